@@ -1,0 +1,65 @@
+"""Shape inference for a whole model spec, and the shape/params/FLOPs table users read.
+
+Runs in plain Python before TensorFlow builds anything; the built Keras model is checked
+against it (models.build), so the table is a promise, not a guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models.spec import LayerSpec, Shape, _show
+from safetrain.errors import SpecError
+
+
+@dataclass(frozen=True)
+class Row:
+    index: int | None     # position in model.layers; None for the input and the head
+    label: str
+    shape: Shape          # output shape without the batch dimension
+    params: int
+    flops: int            # forward pass, per example (multiply-add = 2)
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    layers: tuple[LayerSpec, ...]
+    input_shape: Shape
+    num_classes: int
+    rows: tuple[Row, ...]
+
+    @property
+    def total_params(self) -> int:
+        return sum(r.params for r in self.rows)
+
+    @property
+    def total_flops(self) -> int:
+        return sum(r.flops for r in self.rows)
+
+    def table(self) -> str:
+        header = ("#", "layer", "output shape", "params", "FLOPs")
+        body = [("" if r.index is None else str(r.index), r.label, _show(r.shape),
+                 f"{r.params:,}", f"{r.flops:,}") for r in self.rows]
+        body.append(("", "total", "", f"{self.total_params:,}", f"{self.total_flops:,}"))
+        widths = [max(len(line[i]) for line in [header, *body]) for i in range(5)]
+        fmt = lambda line: "  ".join(  # noqa: E731
+            cell.rjust(w) if i in (0, 3, 4) else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+        return "\n".join([fmt(header), *map(fmt, body)])
+
+
+def infer(layers: list[LayerSpec], input_shape: Shape, num_classes: int) -> ModelPlan:
+    rows = [Row(None, "input", tuple(input_shape), 0, 0)]
+    shape: Shape = tuple(input_shape)
+    for layer in layers:
+        out = layer.output_shape(shape)
+        rows.append(Row(layer.index, layer.label(), out, layer.params(shape), layer.flops(shape, out)))
+        shape = out
+    if len(shape) != 1:
+        raise SpecError(
+            f"the classification head needs a flat feature vector, but the last layer "
+            f"(model.layers.{len(layers) - 1}, {layers[-1].label()}) gives {_show(shape)}",
+            hint="append {type: flatten} or {type: global_avg_pool} to model.layers",
+            config_key=f"model.layers.{len(layers) - 1}")
+    rows.append(Row(None, f"head dense {num_classes} (logits, float32)", (num_classes,),
+                    shape[0] * num_classes + num_classes, 2 * shape[0] * num_classes))
+    return ModelPlan(tuple(layers), tuple(input_shape), num_classes, tuple(rows))

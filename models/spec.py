@@ -1,0 +1,331 @@
+"""Layer specs: typed, validated, and able to compute their own output shape in plain Python.
+
+A model spec is the list under `model.layers` (Keras argument names) plus a head added from the
+dataset. Each layer type is a frozen dataclass registered by name; parsing a config dict into it
+rejects unknown arguments and wrong types with the config path (`model.layers.3.filters`), and
+`output_shape` refuses shapes that cannot work (a dimension < 1, dense on an image) before
+TensorFlow builds anything. Shapes here exclude the batch dimension.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Optional
+
+from safetrain.errors import ConfigError, SpecError
+from safetrain.registry import Registry
+
+Shape = tuple[int, ...]
+
+LAYERS: Registry[type["LayerSpec"]] = Registry("layer type", "model.layers.N.type")
+
+ACTIVATIONS = ("relu", "gelu", "sigmoid", "tanh", "softmax", "swish", "silu", "elu", "selu",
+               "leaky_relu", "linear")
+PADDINGS = ("valid", "same")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer; `index` is its position in `model.layers`, used in every message."""
+
+    type: ClassVar[str]
+    index: int
+
+    @property
+    def key(self) -> str:
+        return f"model.layers.{self.index}"
+
+    def label(self) -> str:
+        """Short human description for the shape table and errors."""
+        return self.type
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def params(self, shape: Shape) -> int:
+        return 0
+
+    def flops(self, shape: Shape, out: Shape) -> int:
+        return 0
+
+    def keras_args(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "index"}
+
+    def _error(self, what: str, fix: str, field: str | None = None) -> SpecError:
+        key = f"{self.key}.{field}" if field else self.key
+        return SpecError(f"model layer {self.index} ({self.label()}) {what}", hint=fix, config_key=key)
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _fmt_pair(value) -> str:
+    a, b = _pair(value)
+    return f"{a}x{b}"
+
+
+def _window_out(size: int, window: int, stride: int, padding: str) -> int:
+    if padding == "same":
+        return math.ceil(size / stride)
+    return (size - window) // stride + 1
+
+
+def _require_image(layer: LayerSpec, shape: Shape) -> None:
+    if len(shape) != 3:
+        raise layer._error(
+            f"needs an image (height, width, channels) but receives {_show(shape)}",
+            f"move {layer.key} before the flatten/dense layers, or remove it")
+
+
+def _show(shape: Shape) -> str:
+    return "(None, " + ", ".join(str(d) for d in shape) + ")"
+
+
+@LAYERS.register("conv2d")
+@dataclass(frozen=True)
+class Conv2D(LayerSpec):
+    type: ClassVar[str] = "conv2d"
+    filters: int = 32
+    kernel_size: int | tuple[int, int] = 3
+    strides: int | tuple[int, int] = 1
+    padding: str = "valid"
+    activation: Optional[str] = None
+    use_bias: bool = True
+
+    def label(self) -> str:
+        act = f", {self.activation}" if self.activation else ""
+        return (f"conv2d {self.filters}, {_fmt_pair(self.kernel_size)}, "
+                f"strides={_fmt_pair(self.strides)}, {self.padding}{act}")
+
+    def output_shape(self, shape: Shape) -> Shape:
+        _require_image(self, shape)
+        (kh, kw), (sh, sw) = _pair(self.kernel_size), _pair(self.strides)
+        out = (_window_out(shape[0], kh, sh, self.padding), _window_out(shape[1], kw, sw, self.padding))
+        if min(out) < 1:
+            raise self._error(
+                f"leaves no pixels: input {_show(shape)} -> output {_show(out + (self.filters,))}; "
+                f"a {kh}x{kw} kernel does not fit a {shape[0]}x{shape[1]} input under padding=valid",
+                f"set {self.key}.padding=same, or lower {self.key}.kernel_size/strides", "padding")
+        return out + (self.filters,)
+
+    def params(self, shape: Shape) -> int:
+        kh, kw = _pair(self.kernel_size)
+        return kh * kw * shape[-1] * self.filters + (self.filters if self.use_bias else 0)
+
+    def flops(self, shape: Shape, out: Shape) -> int:
+        kh, kw = _pair(self.kernel_size)
+        return 2 * out[0] * out[1] * self.filters * kh * kw * shape[-1]
+
+
+@dataclass(frozen=True)
+class _Pool(LayerSpec):
+    pool_size: int | tuple[int, int] = 2
+    strides: Optional[int | tuple[int, int]] = None
+    padding: str = "valid"
+
+    def label(self) -> str:
+        return f"{self.type} {_fmt_pair(self.pool_size)}, {self.padding}"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        _require_image(self, shape)
+        (ph, pw) = _pair(self.pool_size)
+        sh, sw = _pair(self.strides if self.strides is not None else self.pool_size)
+        out = (_window_out(shape[0], ph, sh, self.padding), _window_out(shape[1], pw, sw, self.padding))
+        if min(out) < 1:
+            raise self._error(
+                f"leaves no pixels: input {_show(shape)} -> output {_show(out + (shape[2],))}",
+                f"set {self.key}.padding=same, lower {self.key}.pool_size, or remove this layer",
+                "pool_size")
+        return out + (shape[2],)
+
+    def flops(self, shape: Shape, out: Shape) -> int:
+        ph, pw = _pair(self.pool_size)
+        return out[0] * out[1] * out[2] * ph * pw
+
+
+@LAYERS.register("max_pool")
+@dataclass(frozen=True)
+class MaxPool(_Pool):
+    type: ClassVar[str] = "max_pool"
+
+
+@LAYERS.register("avg_pool")
+@dataclass(frozen=True)
+class AvgPool(_Pool):
+    type: ClassVar[str] = "avg_pool"
+
+
+@dataclass(frozen=True)
+class _GlobalPool(LayerSpec):
+    def output_shape(self, shape: Shape) -> Shape:
+        _require_image(self, shape)
+        return (shape[2],)
+
+    def flops(self, shape: Shape, out: Shape) -> int:
+        return math.prod(shape)
+
+
+@LAYERS.register("global_avg_pool")
+@dataclass(frozen=True)
+class GlobalAvgPool(_GlobalPool):
+    type: ClassVar[str] = "global_avg_pool"
+
+
+@LAYERS.register("global_max_pool")
+@dataclass(frozen=True)
+class GlobalMaxPool(_GlobalPool):
+    type: ClassVar[str] = "global_max_pool"
+
+
+@LAYERS.register("flatten")
+@dataclass(frozen=True)
+class Flatten(LayerSpec):
+    type: ClassVar[str] = "flatten"
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (math.prod(shape),)
+
+
+@LAYERS.register("dense")
+@dataclass(frozen=True)
+class Dense(LayerSpec):
+    type: ClassVar[str] = "dense"
+    units: int = 128
+    activation: Optional[str] = None
+    use_bias: bool = True
+
+    def label(self) -> str:
+        return f"dense {self.units}" + (f", {self.activation}" if self.activation else "")
+
+    def output_shape(self, shape: Shape) -> Shape:
+        if len(shape) != 1:
+            raise self._error(
+                f"receives {_show(shape)}, not a flat feature vector (Keras would apply it to the "
+                f"last axis only, which is rarely what a classifier means)",
+                f"insert {{type: flatten}} or {{type: global_avg_pool}} before {self.key}")
+        return (self.units,)
+
+    def params(self, shape: Shape) -> int:
+        return shape[0] * self.units + (self.units if self.use_bias else 0)
+
+    def flops(self, shape: Shape, out: Shape) -> int:
+        return 2 * shape[0] * self.units
+
+
+@LAYERS.register("dropout")
+@dataclass(frozen=True)
+class Dropout(LayerSpec):
+    type: ClassVar[str] = "dropout"
+    rate: float = 0.5
+
+    def label(self) -> str:
+        return f"dropout {self.rate}"
+
+
+@LAYERS.register("batch_norm")
+@dataclass(frozen=True)
+class BatchNorm(LayerSpec):
+    type: ClassVar[str] = "batch_norm"
+    momentum: float = 0.99
+    epsilon: float = 1e-3
+
+    def params(self, shape: Shape) -> int:
+        return 4 * shape[-1]  # gamma, beta (trainable) + moving mean, variance
+
+    def flops(self, shape: Shape, out: Shape) -> int:
+        return 2 * math.prod(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing config dicts into specs
+
+
+def parse_layers(raw: list[dict[str, Any]]) -> list[LayerSpec]:
+    if not raw:
+        raise ConfigError("model.layers is empty: a model needs at least one layer before the head.",
+                          hint="pick a preset (model=cnn_small) or list layers under model.layers",
+                          config_key="model.layers")
+    return [parse_layer(i, dict(item) if isinstance(item, dict) else item) for i, item in enumerate(raw)]
+
+
+def parse_layer(index: int, raw: Any) -> LayerSpec:
+    key = f"model.layers.{index}"
+    if not isinstance(raw, dict) or "type" not in raw:
+        raise ConfigError(f"{key} must be a mapping with a 'type', got {raw!r}.",
+                          hint=f"write {key} as {{type: conv2d, filters: 32, kernel_size: 3}}",
+                          config_key=key)
+    args = dict(raw)
+    cls = LAYERS.get(str(args.pop("type")), config_key=f"{key}.type")
+    known = {f.name: f for f in fields(cls) if f.name != "index"}
+    hints = typing.get_type_hints(cls)
+    for name, value in args.items():
+        if name not in known:
+            raise ConfigError(
+                f"{key} ({cls.type}) has no argument {name!r}. Known arguments: "
+                f"{', '.join(known) or 'none'}.",
+                hint=f"remove {key}.{name}" + (f" or use one of: {', '.join(known)}" if known else ""),
+                config_key=f"{key}.{name}")
+        args[name] = _check_value(f"{key}.{name}", hints[name], value)
+    spec = cls(index=index, **args)
+    _check_choices(spec)
+    return spec
+
+
+def _check_value(key: str, annotation: Any, value: Any) -> Any:
+    allowed = _flatten_union(annotation)
+    if value is None and type(None) in allowed:
+        return None
+    if isinstance(value, (list, tuple)) and tuple[int, int] in allowed:
+        if len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return (int(value[0]), int(value[1]))
+    for kind in (bool, int, float, str):
+        if kind not in allowed:
+            continue
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise ConfigError(f"{key}={value} must be a positive integer.", hint=f"set {key} >= 1",
+                                  config_key=key)
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+    names = " or ".join(_type_name(a) for a in allowed)
+    raise ConfigError(f"{key}={value!r} has the wrong type: expected {names}.",
+                      hint=f"set {key} to a {names}", config_key=key)
+
+
+def _flatten_union(annotation: Any) -> list[Any]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        out: list[Any] = []
+        for arg in typing.get_args(annotation):
+            out += _flatten_union(arg)
+        return out
+    return [annotation]
+
+
+def _type_name(annotation: Any) -> str:
+    if annotation is type(None):
+        return "null"
+    if annotation == tuple[int, int]:
+        return "[int, int]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _check_choices(spec: LayerSpec) -> None:
+    for name, choices in (("activation", ACTIVATIONS), ("padding", PADDINGS)):
+        value = getattr(spec, name, None)
+        if value is not None and value not in choices:
+            raise ConfigError(f"{spec.key}.{name}={value!r} is not one of: {', '.join(choices)}.",
+                              hint=f"set {spec.key}.{name} to one of: {', '.join(choices)}",
+                              config_key=f"{spec.key}.{name}")
+    rate = getattr(spec, "rate", None)
+    if rate is not None and not 0.0 <= rate < 1.0:
+        raise ConfigError(f"{spec.key}.rate={rate} must be in [0, 1).", hint=f"set {spec.key}.rate=0.3",
+                          config_key=f"{spec.key}.rate")

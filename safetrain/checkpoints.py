@@ -1,0 +1,42 @@
+"""Checkpoints of model, optimizer and position (step, epoch, batch within epoch).
+
+`tf.train.CheckpointManager` under <run dir>/checkpoints. A rerun in the same run dir restores
+the latest one and continues from the saved position.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import tensorflow as tf
+
+log = logging.getLogger("safetrain")
+
+
+class Checkpoints:
+    def __init__(self, directory: Path, model, optimizer, max_to_keep: int = 3) -> None:
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.epoch = tf.Variable(1, dtype=tf.int64, trainable=False, name="epoch")
+        self.in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="in_epoch")
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step,
+                                              epoch=self.epoch, in_epoch=self.in_epoch)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory), max_to_keep=max_to_keep)
+        self.last_saved_step: int | None = None
+
+    def restore(self) -> tuple[int, int, int]:
+        """(steps done, epoch to continue, batches of that epoch already done); zeros when fresh."""
+        latest = self.manager.latest_checkpoint
+        if latest is None:
+            return 0, 1, 0
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        return int(self.step.numpy()), int(self.epoch.numpy()), int(self.in_epoch.numpy())
+
+    def save(self, step: int, epoch: int, in_epoch: int) -> None:
+        if step == self.last_saved_step and int(self.epoch.numpy()) == epoch:
+            return
+        self.step.assign(step)
+        self.epoch.assign(epoch)
+        self.in_epoch.assign(in_epoch)
+        self.manager.save(checkpoint_number=step)
+        self.last_saved_step = step

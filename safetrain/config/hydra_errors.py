@@ -1,0 +1,95 @@
+"""Turn Hydra/OmegaConf composition errors into one ConfigError paragraph.
+
+Hydra prints these as a few loosely related lines and exits 1. We name the key, say what the
+schema expects there (type, allowed enum values, or the known keys of that node) and give the
+exact override to type instead; the CLI exits 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import re
+import typing
+
+from omegaconf.errors import OmegaConfBaseException
+
+from safetrain.config.schema import Config
+from safetrain.errors import ConfigError
+
+
+def explain(exc: BaseException) -> ConfigError:
+    cause = _omegaconf_cause(exc)
+    full_key = getattr(cause, "full_key", None) if cause else None
+    text = str(cause or exc).strip()
+    first = text.splitlines()[0] if text else exc.__class__.__name__
+    missing_group = re.search(r"Could not find '([\w/.-]+)'", str(exc))
+
+    if missing_group:
+        group, _, choice = missing_group.group(1).rpartition("/")
+        options = re.findall(r"^\t(\S+)$", str(exc), flags=re.M)
+        known = ", ".join(options) if options else "none"
+        return ConfigError(
+            f"there is no {group or 'config'} named {choice!r} in the config tree. "
+            f"Known {group or 'config'}s: {known}.",
+            hint=(f"use one of: {', '.join(f'{group}={o}' for o in options)}" if options
+                  else "check the name and the configs/ folder"),
+            config_key=group or None)
+
+    if full_key:
+        node_path, _, leaf = full_key.rpartition(".")
+        node_type = _schema_at(node_path)
+        if "not in" in first or "Key '" in first and "not" in first:
+            known = [f.name for f in dataclasses.fields(node_type)] if node_type else []
+            guess = difflib.get_close_matches(leaf, known, n=1)
+            where = node_path or "the top level"
+            return ConfigError(
+                f"{full_key} is not a config key"
+                + (f" (did you mean {node_path + '.' if node_path else ''}{guess[0]}?)" if guess else "")
+                + f". Keys of {where}: {', '.join(known)}.",
+                hint=f"use one of the keys of {where}", config_key=full_key)
+        expected = _describe_field(node_type, leaf)
+        return ConfigError(
+            f"{full_key}: {first.rstrip('.')}." + (f" Expected {expected}." if expected else ""),
+            hint=f"set {full_key} to {expected}" if expected else f"fix the value of {full_key}",
+            config_key=full_key)
+
+    return ConfigError(f"the command-line overrides or config files could not be composed: {first}",
+                       hint="check the override syntax (key=value, +key=value to add, "
+                            "group=option to choose); add debug=true for the full Hydra error")
+
+
+def _omegaconf_cause(exc: BaseException) -> OmegaConfBaseException | None:
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OmegaConfBaseException):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _schema_at(path: str):
+    node = Config
+    for part in filter(None, path.split(".")):
+        hints = typing.get_type_hints(node) if dataclasses.is_dataclass(node) else {}
+        node = hints.get(part)
+        if node is None or not dataclasses.is_dataclass(node):
+            return None
+    return node
+
+
+def _describe_field(node_type, leaf: str) -> str:
+    if node_type is None:
+        return ""
+    hint = typing.get_type_hints(node_type).get(leaf)
+    if hint is None:
+        return ""
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    base = args[0]
+    suffix = " or null" if type(None) in typing.get_args(hint) else ""
+    if isinstance(base, type) and issubclass(base, enum.Enum):
+        return "one of: " + ", ".join(m.name for m in base) + suffix
+    name = getattr(base, "__name__", str(base))
+    return {"int": "an integer", "float": "a number", "bool": "true or false",
+            "str": "a string"}.get(name, name) + suffix

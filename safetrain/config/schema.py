@@ -1,0 +1,168 @@
+"""The typed config schema, registered in Hydra's ConfigStore.
+
+YAML under configs/ only fills values; these dataclasses decide which keys exist and what type
+each has, so `trainer.batch_size=abc` or `trainer.bacth_size=64` fails at composition, before
+TensorFlow is imported. Enums (not Literal: OmegaConf rejects it) list the allowed choices.
+Names that pick from a registry (optimizer, loss, layer types) stay `str` because registries are
+open to user extensions; they are checked in `safetrain.config.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+class Source(Enum):
+    digits = "digits"              # embedded: scikit-learn's 8x8 digits via a TFDS builder
+    tfds = "tfds"                  # any TFDS catalog name (dataset.name)
+    image_folder = "image_folder"  # one sub-folder per class (dataset.path)
+    idx = "idx"                    # MNIST-family IDX .gz files (dataset.path)
+
+
+class ImageDType(Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Normalization(Enum):
+    scale_0_1 = "scale_0_1"          # x / 255
+    minus_one_one = "minus_one_one"  # x / 127.5 - 1
+    standardize = "standardize"      # per-channel (x - mean) / std from the training split
+    none = "none"                    # raw pixel values as floats
+
+
+class ResizePolicy(Enum):
+    error = "error"              # a size mismatch is a spec error (exit 2)
+    bilinear = "bilinear"        # resize with bilinear interpolation
+    pad_or_crop = "pad_or_crop"  # centre pad or crop, no interpolation
+
+
+class ChannelPolicy(Enum):
+    error = "error"      # a channel mismatch is a spec error (exit 2)
+    convert = "convert"  # gray->RGB, RGBA->RGB, RGB->gray
+
+
+class BadExamplePolicy(Enum):
+    error = "error"  # the first bad example stops the run (exit 3)
+    skip = "skip"    # bad examples are skipped, counted and listed in errors.jsonl
+
+
+class OnNan(Enum):
+    stop = "stop"            # exit 5 at the first non-finite loss
+    skip_step = "skip_step"  # drop that step's update and go on
+
+
+class OnOom(Enum):
+    error = "error"
+    halve_batch = "halve_batch"
+
+
+class Precision(Enum):
+    auto = "auto"
+    float32 = "float32"
+    mixed_float16 = "mixed_float16"
+    mixed_bfloat16 = "mixed_bfloat16"
+
+
+class StrategyKind(Enum):
+    auto = "auto"
+    one_device = "one_device"
+    mirrored = "mirrored"
+    multi_worker = "multi_worker"
+
+
+@dataclass
+class ImageConfig:
+    """The image spec the pipeline must deliver to the model (the model's input is derived from it)."""
+
+    height: int = 28
+    width: int = 28
+    channels: int = 1
+    dtype: ImageDType = ImageDType.float32
+    normalization: Normalization = Normalization.scale_0_1
+
+
+@dataclass
+class SplitsConfig:
+    """TFDS split strings (slicing allowed, e.g. `train[:90%]`); eval may be null to skip it."""
+
+    train: str = "train"
+    eval: Optional[str] = None
+    test: Optional[str] = "test"
+
+
+@dataclass
+class DatasetConfig:
+    source: Source = Source.digits
+    name: str = "digits"                 # TFDS catalog name when source=tfds
+    path: Optional[str] = None           # folder for image_folder / idx
+    data_dir: Optional[str] = None       # TFDS data dir; null = TFDS default (~/tensorflow_datasets)
+    download: bool = True                # false: never touch the network, use prepared data only
+    splits: SplitsConfig = field(default_factory=SplitsConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    resize: ResizePolicy = ResizePolicy.error
+    channel_policy: ChannelPolicy = ChannelPolicy.error
+    on_bad_example: BadExamplePolicy = BadExamplePolicy.error
+    max_pixels: int = 40_000_000         # images above this are bad examples (checked before decoding)
+    num_classes: Optional[int] = None    # from the source when null
+    shuffle_buffer: int = 10_000
+    cache: bool = True                   # cache decoded examples in memory when they fit
+    max_examples: Optional[int] = None   # use only the first N examples of each split (smoke runs)
+
+
+@dataclass
+class ModelConfig:
+    """Layer specs use Keras argument names; the head (num_classes logits, float32) is added."""
+
+    name: str = "custom"
+    layers: List[Dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"                   # registry: see safetrain.optimizers
+    learning_rate: float = 1e-3
+    clipnorm: Optional[float] = None
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 3
+    batch_size: int = 128                # global batch; per-replica = batch_size / replicas
+    eval_batch_size: Optional[int] = None  # null = batch_size
+    max_steps: Optional[int] = None      # stop after this many train steps (across epochs)
+    seed: int = 0
+    deterministic: bool = False          # op determinism: reproducible, slower
+    jit_compile: bool = False            # XLA; about 2x slower on CPU, so off by default
+    loss: str = "sparse_categorical_crossentropy"  # registry: see safetrain.losses
+    checkpoint_every_steps: int = 200
+    log_every_steps: int = 10            # TensorBoard scalars and log lines
+    on_nan: OnNan = OnNan.stop
+    on_oom: OnOom = OnOom.error
+
+
+@dataclass
+class HardwareConfig:
+    precision: Precision = Precision.auto
+    strategy: StrategyKind = StrategyKind.auto
+
+
+@dataclass
+class Config:
+    name: str = "digits_cnn"             # experiment name, recorded in report.json
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    debug: bool = False                  # true: full Python tracebacks
+
+
+def register() -> None:
+    """Make the schema the base of configs/config.yaml (its defaults list names `base_config`)."""
+    ConfigStore.instance().store(name="base_config", node=Config)

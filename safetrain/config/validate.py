@@ -1,0 +1,60 @@
+"""Checks that need more than one field or a registry, run before TensorFlow is imported.
+
+Hydra and the schema already refused wrong types and unknown keys. Here: value ranges, names
+that must exist in a registry, combinations that cannot work, and the model spec's shapes
+against the declared image spec. Each failure explains why and gives the exact override.
+"""
+
+from __future__ import annotations
+
+from models.shapes import ModelPlan, infer
+from models.spec import parse_layers
+from safetrain.config.schema import Config, Source, StrategyKind
+from safetrain.errors import ConfigError
+from safetrain.optimizers import LOSSES, OPTIMIZERS
+
+
+def _positive(key: str, value: float | int | None, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value <= 0:
+        raise ConfigError(f"{key}={value} must be greater than 0.", hint=f"set {key} to a positive value",
+                          config_key=key)
+
+
+def validate(cfg: Config) -> ModelPlan:
+    """Raise ConfigError/SpecError on the first problem; return the model's shape plan."""
+    t, d = cfg.trainer, cfg.dataset
+    for key, value in (("trainer.epochs", t.epochs), ("trainer.batch_size", t.batch_size),
+                       ("trainer.checkpoint_every_steps", t.checkpoint_every_steps),
+                       ("trainer.log_every_steps", t.log_every_steps),
+                       ("optimizer.learning_rate", cfg.optimizer.learning_rate),
+                       ("dataset.image.height", d.image.height), ("dataset.image.width", d.image.width),
+                       ("dataset.max_pixels", d.max_pixels), ("dataset.shuffle_buffer", d.shuffle_buffer)):
+        _positive(key, value)
+    for key, value in (("trainer.max_steps", t.max_steps), ("trainer.eval_batch_size", t.eval_batch_size),
+                       ("dataset.num_classes", d.num_classes), ("dataset.max_examples", d.max_examples),
+                       ("optimizer.clipnorm", cfg.optimizer.clipnorm)):
+        _positive(key, value, allow_none=True)
+    if d.image.channels not in (1, 3, 4):
+        raise ConfigError(f"dataset.image.channels={d.image.channels} must be 1 (gray), 3 (RGB) or 4 (RGBA).",
+                          hint="set dataset.image.channels=1 or 3", config_key="dataset.image.channels")
+    if d.num_classes is not None and d.num_classes < 2:
+        raise ConfigError(f"dataset.num_classes={d.num_classes}: classification needs at least 2 classes.",
+                          hint="set dataset.num_classes=null to take it from the data",
+                          config_key="dataset.num_classes")
+    if d.source in (Source.image_folder, Source.idx):
+        raise ConfigError(
+            f"dataset.source={d.source.value} is not available in this version of safetrain "
+            f"(it arrives with the input-pipelines work).",
+            hint="use dataset.source=digits or dataset.source=tfds", config_key="dataset.source")
+    if cfg.hardware.strategy is StrategyKind.multi_worker:
+        raise ConfigError(
+            "hardware.strategy=multi_worker is not available in this version of safetrain.",
+            hint="use hardware.strategy=auto (one device, or mirrored over several GPUs)",
+            config_key="hardware.strategy")
+    OPTIMIZERS.get(cfg.optimizer.name)
+    LOSSES.get(t.loss)
+    layers = parse_layers(cfg.model.layers)
+    # The head size does not change whether the body fits; the real count comes from the data.
+    return infer(layers, (d.image.height, d.image.width, d.image.channels), d.num_classes or 2)

@@ -1,0 +1,164 @@
+"""The outer loop: plain Python a reader can follow top to bottom.
+
+Epochs of train steps (the tf.functions in safetrain.steps), with at each step: time the wait
+for input and the whole step, check the NaN guard, log at the configured cadence, checkpoint at
+the configured cadence; at each epoch end: evaluate. Invariant: the step counter advances by
+exactly the steps run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from safetrain.config.schema import OnNan, TrainerConfig
+from safetrain.errors import NumericsError
+from safetrain.progress import Progress
+from safetrain.report import ErrorLog
+from safetrain.throughput import StepTimer
+
+log = logging.getLogger("safetrain")
+
+
+@dataclass
+class LoopResult:
+    steps: int = 0
+    epochs: int = 0
+    train_loss: float | None = None
+    train_accuracy: float | None = None
+    eval_loss: float | None = None
+    eval_accuracy: float | None = None
+    skipped_steps: int = 0
+    time_to_first_step_s: float | None = None
+
+
+class _Totals:
+    def __init__(self) -> None:
+        self.loss = 0.0
+        self.correct = 0
+        self.count = 0
+
+    def add(self, out: dict) -> None:
+        self.loss += float(out["loss_sum"])
+        self.correct += int(out["correct"])
+        self.count += int(out["count"])
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss / self.count if self.count else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.count if self.count else float("nan")
+
+
+class TrainLoop:
+    def __init__(self, *, steps, strategy, train_ds, eval_ds, cfg: TrainerConfig, summaries,
+                 checkpoints, errors: ErrorLog, steps_per_epoch: int | None,
+                 learning_rate: Callable[[], float], progress: Progress | None = None,
+                 started: float | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.steps = steps
+        self.strategy = strategy
+        self.train_ds = train_ds
+        self.eval_ds = eval_ds
+        self.cfg = cfg
+        self.summaries = summaries
+        self.checkpoints = checkpoints
+        self.errors = errors
+        self.steps_per_epoch = steps_per_epoch
+        self.learning_rate = learning_rate
+        self.progress = progress or Progress()
+        self.clock = clock
+        self.started = clock() if started is None else started
+        self.timer = StepTimer()
+        self.result = LoopResult()
+
+    def run(self) -> LoopResult:
+        cfg, result = self.cfg, self.result
+        step, start_epoch, done_in_epoch = self.checkpoints.restore()
+        if step:
+            log.info("resuming from checkpoint at step %d (epoch %d)", step, start_epoch)
+        result.steps = step
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            if self._budget_spent():
+                break
+            totals, in_epoch, completed = self._train_epoch(epoch, skip=done_in_epoch)
+            done_in_epoch = 0
+            result.epochs = epoch
+            result.train_loss, result.train_accuracy = totals.mean_loss, totals.accuracy
+            line = f"train loss {totals.mean_loss:.4f} acc {totals.accuracy:.4f}"
+            if self.eval_ds is not None:
+                result.eval_loss, result.eval_accuracy = self.evaluate(self.eval_ds)
+                self.summaries.scalars(result.steps, {"eval/loss": result.eval_loss,
+                                                      "eval/accuracy": result.eval_accuracy})
+                line += f" | eval loss {result.eval_loss:.4f} acc {result.eval_accuracy:.4f}"
+            self.progress.end_epoch(line)
+            # Where a resume starts: the next epoch, or the rest of this one (max_steps hit).
+            self.checkpoints.save(result.steps, *((epoch + 1, 0) if completed else (epoch, in_epoch)))
+            self.summaries.flush()
+        return result
+
+    def _budget_spent(self) -> bool:
+        return self.cfg.max_steps is not None and self.result.steps >= self.cfg.max_steps
+
+    def _train_epoch(self, epoch: int, skip: int = 0) -> tuple[_Totals, int, bool]:
+        """Returns the epoch's totals, the batches done in it, and whether it ran to the end."""
+        cfg, result = self.cfg, self.result
+        dataset = self.train_ds.skip(skip) if skip else self.train_ds
+        iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
+        totals = _Totals()
+        self.progress.start_epoch(epoch, cfg.epochs, self.steps_per_epoch)
+        in_epoch = skip
+        while not self._budget_spent():
+            t0 = self.clock()
+            try:
+                images, labels = next(iterator)
+            except StopIteration:
+                return totals, in_epoch, True
+            t1 = self.clock()
+            out = {k: v.numpy() for k, v in self.steps.train(images, labels).items()}
+            t2 = self.clock()
+            result.steps += 1
+            in_epoch += 1
+            if result.time_to_first_step_s is None:
+                result.time_to_first_step_s = round(t2 - self.started, 3)
+            if not out["finite"]:
+                self._non_finite(epoch, float(out["loss_sum"]))
+                continue
+            totals.add(out)
+            self.timer.add(wait=t1 - t0, total=t2 - t0, examples=int(out["count"]),
+                           first_of_epoch=in_epoch == 1)
+            log_now = result.steps % cfg.log_every_steps == 0
+            if log_now:
+                self._log_scalars(totals)
+            rate = self.timer.rates[-1] if self.timer.rates else None
+            self.progress.update(in_epoch, totals.mean_loss, totals.accuracy, rate, force=log_now)
+            if result.steps % cfg.checkpoint_every_steps == 0:
+                self.checkpoints.save(result.steps, epoch, in_epoch)
+        return totals, in_epoch, False
+
+    def _log_scalars(self, totals: _Totals) -> None:
+        values = {"train/loss": totals.mean_loss, "train/accuracy": totals.accuracy,
+                  "optimizer/learning_rate": self.learning_rate()}
+        values.update(self.timer.interval())
+        self.summaries.scalars(self.result.steps, values)
+
+    def _non_finite(self, epoch: int, loss_sum: float) -> None:
+        step = self.result.steps
+        message = (f"the loss or a gradient became NaN/Inf at step {step} (epoch {epoch}, batch loss "
+                   f"sum {loss_sum}); the update of that step was not applied")
+        hint = ("lower optimizer.learning_rate (e.g. by 10x), set optimizer.clipnorm=1.0, check the "
+                "input normalization (dataset.image.normalization), or set trainer.on_nan=skip_step")
+        if self.cfg.on_nan is OnNan.stop:
+            raise NumericsError(message, hint=hint, config_key="trainer.on_nan")
+        self.result.skipped_steps += 1
+        self.errors.write(phase="train", kind="nan", message=message + "; skipped (trainer.on_nan=skip_step)",
+                          hint=hint, step=step, config_key="trainer.on_nan")
+
+    def evaluate(self, dataset) -> tuple[float, float]:
+        totals = _Totals()
+        for images, labels in self.strategy.experimental_distribute_dataset(dataset):
+            totals.add({k: v.numpy() for k, v in self.steps.eval(images, labels).items()})
+        return totals.mean_loss, totals.accuracy

@@ -1,0 +1,58 @@
+"""Per-epoch progress: a redrawn bar on a terminal, plain log lines otherwise (CI, files, pipes)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Callable, TextIO
+
+log = logging.getLogger("safetrain")
+
+_BAR = 24
+_REDRAW_S = 0.1
+
+
+class Progress:
+    def __init__(self, stream: TextIO | None = None, is_tty: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream or sys.stderr
+        self.is_tty = self.stream.isatty() if is_tty is None else is_tty
+        self.clock = clock
+        self._last_draw = 0.0
+        self._prefix = ""
+        self._total: int | None = None
+
+    def start_epoch(self, epoch: int, epochs: int, total_steps: int | None) -> None:
+        self._prefix = f"epoch {epoch}/{epochs}"
+        self._total = total_steps
+        self._last_draw = 0.0
+
+    def update(self, step: int, loss: float, accuracy: float, examples_per_sec: float | None,
+               force: bool = False) -> None:
+        """Terminal: redraw at most every 0.1 s. Not a terminal: only when `force` (log cadence)."""
+        stats = f"loss {loss:.4f}  acc {accuracy:.4f}"
+        if examples_per_sec:
+            stats += f"  {examples_per_sec:,.0f} ex/s"
+        if self.is_tty:
+            now = self.clock()
+            if not force and now - self._last_draw < _REDRAW_S:
+                return
+            self._last_draw = now
+            if self._total:
+                done = min(step, self._total)
+                filled = int(_BAR * done / self._total)
+                bar = "=" * filled + (">" if filled < _BAR else "") + " " * (_BAR - filled - 1)
+                self.stream.write(f"\r{self._prefix} [{bar}] {done}/{self._total}  {stats}\x1b[K")
+            else:
+                self.stream.write(f"\r{self._prefix} step {step}  {stats}\x1b[K")
+            self.stream.flush()
+        elif force:
+            total = f"/{self._total}" if self._total else ""
+            log.info("%s step %d%s  %s", self._prefix, step, total, stats)
+
+    def end_epoch(self, line: str) -> None:
+        if self.is_tty:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+        log.info("%s  %s", self._prefix, line)

@@ -1,0 +1,82 @@
+"""One run, wrapped so that whatever happens the error is recorded and report.json is written.
+
+Order: typed config -> validation (no TensorFlow yet; config errors exit 2 in about a second)
+-> training (imports TensorFlow). Expected errors print one paragraph and no traceback unless
+`debug=true`; unexpected ones are bugs and keep their traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from safetrain.config.validate import validate
+from safetrain.errors import EXIT_SIGINT, EXIT_SIGTERM, SafetrainError
+from safetrain.report import ErrorLog, RunReport
+
+log = logging.getLogger("safetrain")
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM: a BaseException so no `except Exception` in library code swallows it."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(f"interrupted (exit {exit_code})")
+        self.exit_code = exit_code
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Interrupted(EXIT_SIGTERM)
+
+
+def execute(node: DictConfig, run_dir: Path) -> int:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    report = RunReport(name=str(node.get("name", "")), run_dir=str(run_dir))
+    errors = ErrorLog(run_dir / "errors.jsonl")
+    errors.path.touch()
+    debug = bool(node.get("debug", False))
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    code = 1
+    try:
+        cfg = OmegaConf.to_object(node)
+        plan = validate(cfg)
+        from safetrain.tf_import import import_tensorflow
+
+        import_tensorflow(verbose=debug)  # the first TensorFlow import of the run
+        from safetrain.training import train
+
+        train(cfg, plan, run_dir, report, errors)
+        report.status, code = "ok", 0
+    except SafetrainError as err:
+        code = err.exit_code
+        report.error = err.as_record()
+        errors.write_error(err, step=report.steps or None)
+        log.error("safetrain: %s error (exit %d): %s", err.kind, code, err)
+        if debug:
+            log.error("%s", traceback.format_exc())
+    except (KeyboardInterrupt, Interrupted) as err:
+        code = getattr(err, "exit_code", EXIT_SIGINT)
+        report.status = "interrupted"
+        log.error("safetrain: interrupted (exit %d) after %d steps", code, report.steps)
+    except Exception as err:  # a bug in safetrain or an unclassified failure: keep the traceback
+        report.error = {"kind": "internal", "message": f"{err.__class__.__name__}: {err}",
+                        "hint": "this looks like a safetrain bug; rerun with debug=true and report it",
+                        "config_key": None}
+        errors.write(phase="train", kind="internal", message=report.error["message"],
+                     hint=report.error["hint"], step=report.steps or None)
+        traceback.print_exc(file=sys.stderr)
+        code = 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        report.exit_code = code
+        report.wall_seconds = round(time.monotonic() - started, 3)
+        report.write(run_dir)
+    log.info("run directory: %s", run_dir)
+    return code

@@ -1,0 +1,72 @@
+"""The inner loop: the only tf.function code in safetrain.
+
+One train step and one eval step, each run on every replica with `strategy.run` and reduced to
+sums, so the Python loop can average correctly over uneven last batches. The train step carries
+the NaN guard: the update is applied only when the loss and the gradient norm are finite, and
+the loop reads `finite` to stop or skip (trainer.on_nan).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+_SUM = tf.distribute.ReduceOp.SUM
+
+
+class Steps:
+    def __init__(self, *, strategy, model, optimizer, loss_fn, train_spec, eval_spec,
+                 jit_compile: bool = False) -> None:
+        """`train_spec`/`eval_spec`: the distributed datasets' element specs (fixed signatures, so
+        the last, smaller eval batch does not retrace)."""
+        self.strategy = strategy
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.train = tf.function(self._train, input_signature=train_spec, jit_compile=jit_compile)
+        self.eval = tf.function(self._eval, input_signature=eval_spec, jit_compile=jit_compile)
+
+    def _train(self, images, labels):
+        out = self.strategy.run(self._replica_train, args=(images, labels))
+        return {"loss_sum": self.strategy.reduce(_SUM, out["loss_sum"], axis=None),
+                "correct": self.strategy.reduce(_SUM, out["correct"], axis=None),
+                "count": self.strategy.reduce(_SUM, out["count"], axis=None),
+                "finite": self.strategy.reduce(_SUM, out["finite"], axis=None)
+                == self.strategy.num_replicas_in_sync}
+
+    def _replica_train(self, images, labels):
+        model, optimizer = self.model, self.optimizer
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            per_example = self.loss_fn(labels, logits)
+            loss = tf.nn.compute_average_loss(per_example)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
+        variables = model.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        finite = tf.logical_and(tf.math.is_finite(loss),
+                                tf.math.is_finite(tf.linalg.global_norm([g for g in grads if g is not None])))
+        tf.cond(finite, lambda: self._apply(grads, variables), tf.no_op)
+        return {"loss_sum": tf.reduce_sum(tf.cast(per_example, tf.float32)),
+                "correct": _correct(labels, logits),
+                "count": tf.shape(labels)[0],
+                "finite": tf.cast(finite, tf.int32)}
+
+    def _apply(self, grads, variables):
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return tf.no_op()
+
+    def _eval(self, images, labels):
+        out = self.strategy.run(self._replica_eval, args=(images, labels))
+        return {k: self.strategy.reduce(_SUM, v, axis=None) for k, v in out.items()}
+
+    def _replica_eval(self, images, labels):
+        logits = self.model(images, training=False)
+        return {"loss_sum": tf.reduce_sum(tf.cast(self.loss_fn(labels, logits), tf.float32)),
+                "correct": _correct(labels, logits),
+                "count": tf.shape(labels)[0]}
+
+
+def _correct(labels, logits):
+    predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.int32))

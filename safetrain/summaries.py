@@ -1,0 +1,40 @@
+"""TensorBoard output: one lazily created writer per run, always flushed on the way out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tensorflow as tf
+
+
+class Summaries:
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self._writer = None
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(str(self.logdir))
+        return self._writer
+
+    def scalars(self, step: int, values: dict[str, float | None]) -> None:
+        with self.writer.as_default(step=step):
+            for tag, value in values.items():
+                if value is not None:
+                    tf.summary.scalar(tag, float(value))
+
+    def text(self, tag: str, body: str, step: int = 0, code: bool = True) -> None:
+        """Tables and reports as preformatted text (TensorBoard renders text as Markdown)."""
+        with self.writer.as_default(step=step):
+            tf.summary.text(tag, f"```\n{body}\n```" if code else body)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+            self._writer = None

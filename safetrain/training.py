@@ -1,0 +1,143 @@
+"""Assemble and run one training job: hardware, data, model, loop, test, report.
+
+Called by safetrain.run after the config has been validated; this is where TensorFlow is first
+imported. Everything that writes to the run directory is closed in `finally`, and TensorFlow's
+own errors leave here as GraphError (exit 4) with the op named.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+from models.build import build_model  # noqa: E402
+from models.shapes import ModelPlan, infer  # noqa: E402
+from pipelines.build import build_datasets  # noqa: E402
+from safetrain.checkpoints import Checkpoints  # noqa: E402
+from safetrain.config.schema import Config  # noqa: E402
+from safetrain.env_report import env_text, versions  # noqa: E402
+from safetrain.errors import GraphError, SafetrainError, SpecError  # noqa: E402
+from safetrain.hardware import choose_precision, detect_devices, make_strategy  # noqa: E402
+from safetrain.loop import TrainLoop  # noqa: E402
+from safetrain.optimizers import LOSSES, OPTIMIZERS  # noqa: E402
+from safetrain.report import ErrorLog, RunReport  # noqa: E402
+from safetrain.steps import Steps  # noqa: E402
+from safetrain.summaries import Summaries  # noqa: E402
+
+log = logging.getLogger("safetrain")
+tfds.disable_progress_bar()
+
+
+def train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, errors: ErrorLog) -> None:
+    started = time.perf_counter()
+    t = cfg.trainer
+    report.versions = versions()
+
+    devices = detect_devices()
+    policy, reason = choose_precision(devices, cfg.hardware.precision)
+    keras.mixed_precision.set_global_policy(policy)  # always set: a multirun shares one process
+    strategy = make_strategy(cfg.hardware.strategy, devices)
+    replicas = strategy.num_replicas_in_sync
+    report.hardware = {"devices": [d.describe() for d in devices], "precision_policy": policy,
+                       "precision_reason": reason, "strategy": _strategy_name(strategy),
+                       "replicas": replicas, "per_replica_batch_size": t.batch_size // replicas}
+    log.info("hardware: %s | precision %s (%s) | %s x%d", ", ".join(report.hardware["devices"]),
+             policy, reason, report.hardware["strategy"], replicas)
+
+    keras.utils.set_random_seed(t.seed)
+    if t.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+    data = build_datasets(cfg.dataset, t.batch_size, t.eval_batch_size or t.batch_size, t.seed,
+                          deterministic=t.deterministic)
+    report.data["counts"] = data.counts
+    if data.steps_per_epoch == 0:
+        raise SpecError(
+            f"the training split {cfg.dataset.splits.train!r} has {data.counts['train']} examples, "
+            f"fewer than one batch (trainer.batch_size={t.batch_size}): no step would run",
+            hint=f"set trainer.batch_size={max(1, data.counts['train'] or 1)} or less, or use more data",
+            config_key="trainer.batch_size")
+    plan = infer(list(plan.layers), data.spec.shape, data.source.num_classes)
+    log.info("pipeline:\n  %s", "\n  ".join(data.describe().splitlines()))
+    log.info("model %s:\n%s", cfg.model.name, plan.table())
+
+    summaries = Summaries(run_dir / "tb")
+    try:
+        with strategy.scope():
+            model = build_model(plan, input_dtype=data.spec.dtype, seed=t.seed)
+            optimizer = OPTIMIZERS.get(cfg.optimizer.name)(cfg.optimizer.learning_rate,
+                                                            cfg.optimizer.clipnorm)
+            if policy == "mixed_float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            # Slots must exist before the first step under a strategy, and before a restore.
+            optimizer.build(model.trainable_variables)
+        summaries.text("env/report", env_text(report.versions, devices, report.hardware))
+        summaries.text("model/summary", plan.table())
+        summaries.text("pipeline/spec", data.describe())
+
+        spec_of = lambda ds: strategy.experimental_distribute_dataset(ds).element_spec  # noqa: E731
+        eval_ds = data.eval if data.eval is not None else data.test
+        steps = Steps(strategy=strategy, model=model, optimizer=optimizer, loss_fn=LOSSES.get(t.loss)(),
+                      train_spec=spec_of(data.train),
+                      eval_spec=spec_of(eval_ds) if eval_ds is not None else None,
+                      jit_compile=t.jit_compile)
+        loop = TrainLoop(steps=steps, strategy=strategy, train_ds=data.train, eval_ds=data.eval, cfg=t,
+                         summaries=summaries, checkpoints=Checkpoints(run_dir / "checkpoints", model, optimizer),
+                         errors=errors, steps_per_epoch=data.steps_per_epoch,
+                         learning_rate=lambda: float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+                         started=started)
+        try:
+            result = loop.run()
+            test = loop.evaluate(data.test) if data.test is not None else (None, None)
+        finally:
+            _record(report, loop)
+        report.metrics.update(test_loss=test[0], test_accuracy=test[1])
+        summaries.scalars(result.steps, {"test/loss": test[0], "test/accuracy": test[1]})
+        _final_summary(report, run_dir)
+    except tf.errors.OpError as err:
+        raise _graph_error(err) from err
+    except SafetrainError as err:
+        summaries.text("errors/graph", f"{err.kind}: {err}", step=report.steps)
+        raise
+    finally:
+        summaries.close()
+
+
+def _strategy_name(strategy) -> str:
+    name = type(strategy).__name__
+    return "default (one device)" if name.startswith("_Default") else name
+
+
+def _record(report: RunReport, loop: TrainLoop) -> None:
+    r = loop.result
+    report.steps, report.epochs = r.steps, r.epochs
+    report.time_to_first_step_s = r.time_to_first_step_s
+    report.metrics.update(train_loss=r.train_loss, train_accuracy=r.train_accuracy,
+                          eval_loss=r.eval_loss, eval_accuracy=r.eval_accuracy)
+    report.throughput = loop.timer.summary()
+    report.data["skipped_steps"] = r.skipped_steps
+
+
+def _final_summary(report: RunReport, run_dir: Path) -> None:
+    m, tp = report.metrics, report.throughput
+    acc = f"{m['test_accuracy']:.4f}" if m["test_accuracy"] is not None else "n/a"
+    rate = f"{tp['examples_per_sec']:,.0f}" if tp["examples_per_sec"] else "n/a"
+    log.info("done: test accuracy %s | %s examples/s (median, steady state) | %d steps, %d epochs",
+             acc, rate, report.steps, report.epochs)
+    log.info("tensorboard --logdir %s", run_dir / "tb")
+
+
+def _graph_error(err: tf.errors.OpError) -> GraphError:
+    op = getattr(err, "op", None)
+    op_name = getattr(op, "name", None) or getattr(err, "node_def", None) and err.node_def.name
+    first = (err.message or str(err)).strip().splitlines()[0][:400]
+    kind = "oom" if isinstance(err, tf.errors.ResourceExhaustedError) else "graph"
+    hint = ("lower trainer.batch_size" if kind == "oom"
+            else "rerun with debug=true for the full TensorFlow error")
+    return GraphError(f"TensorFlow {type(err).__name__} at op {op_name or 'unknown'}: {first}",
+                      hint=hint, kind=kind, op=op_name, tf_error_class=type(err).__name__)
