@@ -15,7 +15,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from pipelines.sources.digits import SklearnDigits
-from pipelines.sources.tfds_source import open_builder
+from pipelines.sources.tfds_source import open_builder, read_split
 from pipelines.spec import AdapterPlan, ImageSpec, SourceSpec, plan_adapters
 from safetrain.config.schema import DatasetConfig, Source
 from safetrain.errors import DataError
@@ -79,8 +79,7 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
 
     def raw(split: str, training: bool) -> tf.data.Dataset:
         read_config = tfds.ReadConfig(shuffle_seed=seed)
-        ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=training,
-                                read_config=read_config)
+        ds = read_split(builder, split, shuffle_files=training, read_config=read_config)
         if cfg.max_examples:
             ds = ds.take(cfg.max_examples)
         return ds.map(lambda x, y: (_adapt(x, plan, spec), tf.cast(y, tf.int32)),
@@ -130,7 +129,9 @@ def _count(builder, split: str, limit: int | None) -> int | None:
     try:
         n = builder.info.splits[split].num_examples
     except (KeyError, ValueError, AssertionError, TypeError):
-        return None  # e.g. under tfds.testing.mock_data, which has no split info
+        return None
+    if not isinstance(n, int):
+        return None  # e.g. under tfds.testing.mock_data, whose split info is a stand-in
     return min(n, limit) if limit else n
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from safetrain.config.hydra_errors import check_keys
 from safetrain.config.validate import validate
 from safetrain.errors import EXIT_SIGINT, EXIT_SIGTERM, SafetrainError
 from safetrain.report import ErrorLog, RunReport
@@ -45,6 +46,7 @@ def execute(node: DictConfig, run_dir: Path) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     code = 1
     try:
+        check_keys(node)
         cfg = OmegaConf.to_object(node)
         plan = validate(cfg)
         from safetrain.tf_import import import_tensorflow

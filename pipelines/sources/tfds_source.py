@@ -37,15 +37,8 @@ def open_builder(name: str, data_dir: str | None, download: bool,
             hint="use a name from `tfds.list_builders()`, e.g. mnist, fashion_mnist, cifar10",
             config_key="dataset.name",
         ) from None
-    if builder.is_prepared():
-        return builder
-    if not download and builder_cls is None:
-        raise DataError(
-            f"TFDS dataset {name!r} is not prepared in {builder.data_dir} and "
-            f"dataset.download=false forbids downloading it.",
-            hint=f"set dataset.download=true on a machine with network access, or {_OFFLINE_HINT}",
-            config_key="dataset.download",
-        )
+    if builder.is_prepared() or (not download and builder_cls is None):
+        return builder  # with download=false, missing data is reported when it is read
     if builder_cls is None:
         _check_reachable(name, builder)
     try:
@@ -56,6 +49,22 @@ def open_builder(name: str, data_dir: str | None, download: bool,
             hint=_OFFLINE_HINT, config_key="dataset.name",
         ) from err
     return builder
+
+
+def read_split(builder: tfds.core.DatasetBuilder, split: str, **kwargs):
+    """`builder.as_dataset`, with "not prepared" and bad split strings as DataError."""
+    try:
+        return builder.as_dataset(split=split, as_supervised=True, **kwargs)
+    except AssertionError as err:  # TFDS: "Dataset X: could not find data in DIR"
+        raise DataError(
+            f"TFDS dataset {builder.name!r} has no prepared data in {builder.data_dir} and "
+            f"dataset.download=false forbids downloading it ({_first_line(err)}).",
+            hint=f"set dataset.download=true on a machine with network access, or {_OFFLINE_HINT}",
+            config_key="dataset.download") from None
+    except ValueError as err:  # bad split names / slices
+        raise DataError(f"TFDS dataset {builder.name!r} cannot read split {split!r}: {_first_line(err)}",
+                        hint="fix dataset.splits (e.g. train[:90%], test)",
+                        config_key="dataset.splits") from None
 
 
 def _check_reachable(name: str, builder: tfds.core.DatasetBuilder) -> None:

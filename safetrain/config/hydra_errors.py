@@ -13,6 +13,7 @@ import enum
 import re
 import typing
 
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from safetrain.config.schema import Config
@@ -38,26 +39,53 @@ def explain(exc: BaseException) -> ConfigError:
             config_key=group or None)
 
     if full_key:
+        full_key = re.sub(r"\[(\d+)\]", r".\1", full_key)  # model.layers[0] -> model.layers.0
         node_path, _, leaf = full_key.rpartition(".")
+        if node_path.startswith("model.layers."):
+            return ConfigError(
+                f"{full_key} is not set in the chosen model, so it cannot be overridden.",
+                hint=f"add it with +{full_key}=VALUE (layer arguments are then checked against "
+                     f"the layer's type)", config_key=full_key)
         node_type = _schema_at(node_path)
         if "not in" in first or "Key '" in first and "not" in first:
-            known = [f.name for f in dataclasses.fields(node_type)] if node_type else []
-            guess = difflib.get_close_matches(leaf, known, n=1)
-            where = node_path or "the top level"
-            return ConfigError(
-                f"{full_key} is not a config key"
-                + (f" (did you mean {node_path + '.' if node_path else ''}{guess[0]}?)" if guess else "")
-                + f". Keys of {where}: {', '.join(known)}.",
-                hint=f"use one of the keys of {where}", config_key=full_key)
+            return unknown_key(full_key)
         expected = _describe_field(node_type, leaf)
+        said = "expected one of" in first.lower()
         return ConfigError(
-            f"{full_key}: {first.rstrip('.')}." + (f" Expected {expected}." if expected else ""),
+            f"{full_key}: {first.rstrip('.')}." + (f" Expected {expected}." if expected and not said else ""),
             hint=f"set {full_key} to {expected}" if expected else f"fix the value of {full_key}",
             config_key=full_key)
 
     return ConfigError(f"the command-line overrides or config files could not be composed: {first}",
                        hint="check the override syntax (key=value, +key=value to add, "
                             "group=option to choose); add debug=true for the full Hydra error")
+
+
+def unknown_key(full_key: str) -> ConfigError:
+    node_path, _, leaf = full_key.rpartition(".")
+    node_type = _schema_at(node_path)
+    known = [f.name for f in dataclasses.fields(node_type)] if node_type else []
+    guess = difflib.get_close_matches(leaf, known, n=1)
+    where = node_path or "the top level"
+    return ConfigError(
+        f"{full_key} is not a config key"
+        + (f" (did you mean {node_path + '.' if node_path else ''}{guess[0]}?)" if guess else "")
+        + f". Keys of {where}: {', '.join(known)}.",
+        hint=f"use one of the keys of {where}", config_key=full_key)
+
+
+def check_keys(node: DictConfig, schema=Config, prefix: str = "") -> None:
+    """Refuse keys the schema lacks. Hydra lets `+trainer.foo=1` add them (it opens the struct
+    flag for appends), and OmegaConf.to_object would then drop them silently."""
+    known = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    for key in node.keys():
+        full = f"{prefix}{key}"
+        if key not in known:
+            raise unknown_key(full)
+        child_type = hints[key]
+        if dataclasses.is_dataclass(child_type):
+            check_keys(node[key], child_type, full + ".")
 
 
 def _omegaconf_cause(exc: BaseException) -> OmegaConfBaseException | None:
