@@ -89,7 +89,7 @@ def train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, errors
         loop = TrainLoop(steps=steps, strategy=strategy, train_ds=data.train, eval_ds=data.eval, cfg=t,
                          summaries=summaries, checkpoints=Checkpoints(run_dir / "checkpoints", model, optimizer),
                          errors=errors, steps_per_epoch=data.steps_per_epoch,
-                         learning_rate=lambda: float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+                         learning_rate=lambda: float(optimizer.learning_rate.numpy()),
                          started=started)
         try:
             result = loop.run()

@@ -1,0 +1,79 @@
+"""Shared test set-up: quiet, small TensorFlow; one prepared digits data dir per session.
+
+Runs of the real CLI go through `run_cli` (a subprocess, exactly what a user types); tests that
+must patch TFDS in-process (tfds.testing.mock_data) call `safetrain.cli.main` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "2")
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "2")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+    run_dir: Path
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+    def report(self) -> dict:
+        return json.loads((self.run_dir / "report.json").read_text())
+
+    def errors(self) -> list[dict]:
+        path = self.run_dir / "errors.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory) -> Path:
+    """A TFDS data dir shared by the session: the digits set is prepared into it once."""
+    return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture
+def run_cli(tmp_path, tfds_dir):
+    def run(*overrides: str, timeout: float = 240, data_dir: Path | None = None) -> CliResult:
+        run_dir = tmp_path / "run"
+        cmd = [sys.executable, "-m", "safetrain", f"hydra.run.dir={run_dir}",
+               f"dataset.data_dir={data_dir or tfds_dir}", *overrides]
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        return CliResult(proc.returncode, proc.stdout, proc.stderr, run_dir)
+
+    return run
+
+
+def read_tensorboard(logdir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, str]]:
+    """Scalars and texts from real event files (TF2 summaries come back as tensor events)."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import TENSORS, EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={TENSORS: 0})
+    acc.Reload()
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    texts: dict[str, str] = {}
+    for tag in acc.Tags()["tensors"]:
+        for event in acc.Tensors(tag):
+            value = tf.make_ndarray(event.tensor_proto)
+            if value.dtype.kind in "SO":
+                texts[tag] = value.item().decode() if value.shape == () else str(value)
+            else:
+                scalars.setdefault(tag, []).append((event.step, float(value)))
+    return scalars, texts

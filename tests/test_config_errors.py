@@ -1,0 +1,79 @@
+"""Config mistakes exit 2 with one paragraph, no traceback, before TensorFlow is imported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+# Runs the real CLI and reports, on its last line, whether TensorFlow was ever imported.
+_PROBE = (
+    "import sys\n"
+    "from safetrain.cli import main\n"
+    "try:\n"
+    "    main(sys.argv[1:])\n"
+    "finally:\n"
+    "    print('TF_IMPORTED=' + str('tensorflow' in sys.modules), file=sys.stderr)\n"
+)
+
+
+def run_probe(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _PROBE, f"hydra.run.dir={tmp_path / 'run'}", *overrides],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["trainer.batch_size=abc"], r"trainer\.batch_size: Value 'abc' .* Expected an integer"),
+    (["trainer.bacth_size=64"], r"trainer\.bacth_size is not a config key \(did you mean trainer\.batch_size\?\)"),
+    (["+trainer.foo=1"], r"trainer\.foo is not a config key\. Keys of trainer: epochs, batch_size"),
+    (["hardware.precision=fp16"], r"hardware\.precision: Invalid value 'fp16'.*mixed_bfloat16"),
+    (["+experiment=nope"], r"no experiment named 'nope'.*Known experiments: .*digits_cnn.*mnist_cnn"),
+    (["optimizer.name=adamm"], r"optimizer\.name='adamm' is not a known optimizer \(did you mean 'adam'\?\)"
+                               r"\. Known optimizers: adam, adamw, rmsprop, sgd"),
+    (["+model.layers.0.filtres=8"], r"model\.layers\.0 \(conv2d\) has no argument 'filtres'\. Known arguments: filters"),
+    (["model.layers.1.type=maxpool"], r"model\.layers\.1\.type='maxpool' is not a known layer type \(did you mean 'max_pool'\?\)"),
+    (["trainer.epochs=0"], r"trainer\.epochs=0 must be greater than 0"),
+    (["dataset.source=idx"], r"dataset\.source=idx is not available in this version"),
+])
+def test_config_error_exits_2_with_one_paragraph_before_tensorflow(tmp_path, overrides, expected):
+    proc = run_probe(tmp_path, *overrides)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stderr.strip().splitlines()[-1] == "TF_IMPORTED=False"
+    import re
+    assert re.search(expected, proc.stderr), proc.stderr
+    assert "fix:" in proc.stderr
+
+
+def test_shape_error_names_layer_and_fix_before_tensorflow(tmp_path):
+    # 28 -> pool 14 -> 9x9 valid conv 6 -> pool 3 -> 5x5 valid conv: no pixels left.
+    proc = run_probe(tmp_path, "model.layers.2.kernel_size=9", "model.layers.2.padding=valid",
+                     "+model.layers.4={type: conv2d, filters: 8, kernel_size: 5}")
+    assert proc.returncode == 2, proc.stderr
+    assert "model layer 4 (conv2d 8, 5x5, strides=1x1, valid) leaves no pixels" in proc.stderr
+    assert "input (None, 3, 3, 64)" in proc.stderr
+    assert "fix: set model.layers.4.padding=same" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "TF_IMPORTED=False"
+
+
+def test_config_error_still_writes_report(tmp_path):
+    import json
+
+    proc = run_probe(tmp_path, "optimizer.name=adamm")
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert proc.returncode == report["exit_code"] == 2
+    assert report["status"] == "failed"
+    assert report["error"]["config_key"] == "optimizer.name"
+    errors = (tmp_path / "run" / "errors.jsonl").read_text().splitlines()
+    assert json.loads(errors[0])["phase"] == "config"
+
+
+def test_debug_true_shows_the_traceback(tmp_path):
+    proc = run_probe(tmp_path, "trainer.batch_size=abc", "debug=true")
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr

@@ -1,0 +1,133 @@
+"""End-to-end runs of the real CLI on the embedded digits set: artifacts read back, not mocked."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+
+from conftest import read_tensorboard
+
+pytestmark = pytest.mark.e2e
+
+THROUGHPUT = ("throughput/examples_per_sec", "throughput/steps_per_sec", "throughput/step_time_ms",
+              "throughput/input_wait_fraction")
+
+
+def test_default_run_trains_digits_to_95_percent_and_writes_the_run_dir(run_cli):
+    result = run_cli()
+    assert result.code == 0, result.err
+    assert "Traceback" not in result.text
+
+    report = result.report()
+    assert report["status"] == "ok" and report["exit_code"] == 0 and report["error"] is None
+    assert report["name"] == "digits_cnn"
+    assert report["metrics"]["test_accuracy"] >= 0.95
+    assert 0 < report["metrics"]["train_loss"] < 1.0
+    assert report["epochs"] == 10 and report["steps"] == 10 * (1294 // 32)
+    assert report["data"]["counts"] == {"train": 1294, "eval": 144, "test": 359}
+    tp = report["throughput"]
+    assert tp["examples_per_sec"] > 0 and 0 <= tp["input_wait_fraction"] < 1
+    assert 0 < tp["step_time_ms_p50"] <= tp["step_time_ms_p90"]
+    assert report["hardware"]["precision_policy"] == "float32" and report["hardware"]["replicas"] == 1
+    assert report["versions"]["tensorflow"].startswith("2.21")
+    assert 0 < report["time_to_first_step_s"] < report["wall_seconds"]
+
+    scalars, texts = read_tensorboard(result.run_dir / "tb")
+    for tag in ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy",
+                "optimizer/learning_rate", *THROUGHPUT):
+        assert tag in scalars, f"{tag} missing from {sorted(scalars)}"
+    for tag in THROUGHPUT[:3]:
+        assert all(v > 0 for _, v in scalars[tag]), tag
+    assert all(0 <= v < 1 for _, v in scalars["throughput/input_wait_fraction"])
+    assert len(scalars["eval/accuracy"]) == 10
+    assert scalars["optimizer/learning_rate"][0][1] == pytest.approx(0.001)
+    assert "conv2d 32, 3x3" in texts["model/summary"] and "421,642" in texts["model/summary"]
+    assert "tensorflow: 2.21" in texts["env/report"]
+    assert "resize (bilinear) -> 28x28" in texts["pipeline/spec"]
+
+    # The console: the shape table, non-TTY progress lines, the final summary.
+    assert "(None, 7, 7, 64)" in result.err
+    assert "epoch 10/10 step 40/40" in result.err
+    assert "done: test accuracy" in result.err and f"run directory: {result.run_dir}" in result.err
+    assert (result.run_dir / "checkpoints" / "checkpoint").exists()
+    assert (result.run_dir / ".hydra" / "config.yaml").exists()
+    assert (result.run_dir / "safetrain.log").read_text().count("epoch 10/10") >= 1
+
+
+def test_nan_loss_stops_with_exit_5_and_keeps_records(run_cli):
+    result = run_cli("+debug=tiny", "optimizer=sgd", "optimizer.learning_rate=1e12")
+    assert result.code == 5, result.err
+    assert "Traceback" not in result.text
+    assert "became NaN/Inf at step" in result.err and "lower optimizer.learning_rate" in result.err
+    report = result.report()
+    assert report["status"] == "failed" and report["error"]["kind"] == "nan"
+    assert [e["kind"] for e in result.errors()] == ["nan"]
+    _, texts = read_tensorboard(result.run_dir / "tb")
+    assert "became NaN/Inf" in texts["errors/graph"]
+
+
+def test_nan_skip_step_goes_on_and_lists_each_skip(run_cli):
+    result = run_cli("+debug=tiny", "optimizer=sgd", "optimizer.learning_rate=1e12", "trainer.on_nan=skip_step")
+    assert result.code == 0, result.err
+    report = result.report()
+    skipped = report["data"]["skipped_steps"]
+    assert skipped >= 1 and len(result.errors()) == skipped
+    assert report["steps"] == 4
+
+
+def test_rerun_in_same_run_dir_resumes_from_checkpoint(run_cli):
+    first = run_cli("+debug=tiny")
+    assert first.code == 0, first.err
+    again = run_cli("+debug=tiny", "trainer.max_steps=6")
+    assert again.code == 0, again.err
+    assert "resuming from checkpoint at step 4" in again.err
+    assert again.report()["steps"] == 6
+
+
+def _reachable(host: str) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(_reachable("storage.googleapis.com"),
+                    reason="this machine has network access, so the offline path cannot be exercised")
+def test_mnist_offline_fails_fast_with_exit_3(run_cli):
+    result = run_cli("+experiment=mnist_cnn", timeout=60)
+    assert result.code == 3, result.err
+    assert "Traceback" not in result.text
+    assert "downloading it failed: storage.googleapis.com is unreachable" in result.err
+    assert "train offline with the embedded set" in result.err
+    assert result.report()["error"]["kind"] == "data"
+
+
+def test_mnist_cnn_through_tfds_mock_data(tmp_path):
+    """The real mnist builder and pipeline, with TFDS's own mock serving random uint8 images."""
+    import json
+    import logging
+
+    import tensorflow_datasets as tfds
+    from hydra.core.global_hydra import GlobalHydra
+
+    from safetrain.cli import main
+
+    GlobalHydra.instance().clear()
+    run_dir = tmp_path / "run"
+    try:
+        with tfds.testing.mock_data(num_examples=96), pytest.raises(SystemExit) as exit_info:
+            main(["+experiment=mnist_cnn", "+debug=tiny", "dataset.download=false",
+                  f"dataset.data_dir={tmp_path / 'tfds'}", f"hydra.run.dir={run_dir}"])
+    finally:
+        # Hydra pointed the logger at this test's captured stderr; detach it before capture closes.
+        logging.getLogger("safetrain").handlers.clear()
+        GlobalHydra.instance().clear()
+    assert exit_info.value.code == 0, (run_dir / "safetrain.log").read_text()
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["name"] == "mnist_cnn" and report["status"] == "ok"
+    assert report["steps"] == 3  # 96 mock examples / batch 32, under max_steps=4
+    assert report["metrics"]["test_accuracy"] is not None
+    assert "source mnist: 28x28x1 uint8" in (run_dir / "safetrain.log").read_text()
