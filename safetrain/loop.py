@@ -148,13 +148,15 @@ class TrainLoop:
     def _non_finite(self, epoch: int, loss_sum: float) -> None:
         step = self.result.steps
         message = (f"the loss or a gradient became NaN/Inf at step {step} (epoch {epoch}, batch loss "
-                   f"sum {loss_sum}); the update of that step was not applied")
+                   f"sum {loss_sum})")
         hint = ("lower optimizer.learning_rate (e.g. by 10x), set optimizer.clipnorm=1.0, check the "
                 "input normalization (dataset.image.normalization), or set trainer.on_nan=skip_step")
         if self.cfg.on_nan is OnNan.stop:
-            raise NumericsError(message, hint=hint, config_key="trainer.on_nan")
+            raise NumericsError(message + "; training stopped and no checkpoint was saved after it",
+                                hint=hint, config_key="trainer.on_nan")
         self.result.skipped_steps += 1
-        self.errors.write(phase="train", kind="nan", message=message + "; skipped (trainer.on_nan=skip_step)",
+        self.errors.write(phase="train", kind="nan",
+                          message=message + "; its update was not applied (trainer.on_nan=skip_step)",
                           hint=hint, step=step, config_key="trainer.on_nan")
 
     def evaluate(self, dataset) -> tuple[float, float]:

@@ -19,7 +19,7 @@ from models.build import build_model  # noqa: E402
 from models.shapes import ModelPlan, infer  # noqa: E402
 from pipelines.build import build_datasets  # noqa: E402
 from safetrain.checkpoints import Checkpoints  # noqa: E402
-from safetrain.config.schema import Config  # noqa: E402
+from safetrain.config.schema import Config, OnNan  # noqa: E402
 from safetrain.env_report import env_text, versions  # noqa: E402
 from safetrain.errors import GraphError, SafetrainError, SpecError  # noqa: E402
 from safetrain.hardware import choose_precision, detect_devices, make_strategy  # noqa: E402
@@ -85,7 +85,7 @@ def train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, errors
         steps = Steps(strategy=strategy, model=model, optimizer=optimizer, loss_fn=LOSSES.get(t.loss)(),
                       train_spec=spec_of(data.train),
                       eval_spec=spec_of(eval_ds) if eval_ds is not None else None,
-                      jit_compile=t.jit_compile)
+                      jit_compile=t.jit_compile, guard_updates=t.on_nan is OnNan.skip_step)
         loop = TrainLoop(steps=steps, strategy=strategy, train_ds=data.train, eval_ds=data.eval, cfg=t,
                          summaries=summaries, checkpoints=Checkpoints(run_dir / "checkpoints", model, optimizer),
                          errors=errors, steps_per_epoch=data.steps_per_epoch,

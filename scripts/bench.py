@@ -3,7 +3,8 @@
     python scripts/bench.py                      # prints both rates and the ratio, writes bench.json
     python scripts/bench.py --steps 300 --repeats 7 --batch-size 256
 
-One process, interleaved repeats (fit, safetrain, fit, safetrain, ...) after a warm-up of each,
+One process, interleaved short repeats (fit then safetrain, then safetrain then fit, ...) after a
+warm-up of each,
 so machine noise (this VM's hypervisor steals up to 30% of CPU, and its speed jumps between two
 levels) hits both alike. Two measures: the steady-state step rate (median over every step after
 the first few of each run: time between consecutive step ends, fit via a batch-end callback,
@@ -66,8 +67,8 @@ class _NullStream:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=100, help="timed steps per repeat")
-    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per repeat")
+    parser.add_argument("--repeats", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--data-dir", default=None, help="TFDS data dir (default: TFDS's)")
     parser.add_argument("--out", default="bench.json")
@@ -136,8 +137,12 @@ def main() -> None:
 
     fit_rates, st_rates, ratios = [], [], []
     for r in range(args.repeats):
-        fit_s = run_fit(args.steps)
-        st_s = run_safetrain(args.steps, r)
+        if r % 2:  # alternate the order so neither always runs second
+            st_s = run_safetrain(args.steps, r)
+            fit_s = run_fit(args.steps)
+        else:
+            fit_s = run_fit(args.steps)
+            st_s = run_safetrain(args.steps, r)
         examples = args.steps * args.batch_size
         fit_rates.append(examples / fit_s)
         st_rates.append(examples / st_s)
