@@ -111,6 +111,7 @@ class TrainLoop:
         totals = _Totals()
         self.progress.start_epoch(epoch, cfg.epochs, self.steps_per_epoch)
         in_epoch = skip
+        epoch_started = self.clock()
         while not self._budget_spent():
             t0 = self.clock()
             try:
@@ -133,7 +134,7 @@ class TrainLoop:
             log_now = result.steps % cfg.log_every_steps == 0
             if log_now:
                 self._log_scalars(totals)
-            rate = self.timer.rates[-1] if self.timer.rates else None
+            rate = totals.count / (t2 - epoch_started)  # this epoch so far, input waits included
             self.progress.update(in_epoch, totals.mean_loss, totals.accuracy, rate, force=log_now)
             if result.steps % cfg.checkpoint_every_steps == 0:
                 self.checkpoints.save(result.steps, epoch, in_epoch)

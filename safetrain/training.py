@@ -34,6 +34,23 @@ tfds.disable_progress_bar()
 
 
 def train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, errors: ErrorLog) -> None:
+    """Run the job; any error after this point is also written to TensorBoard's errors/graph."""
+    summaries = Summaries(run_dir / "tb")
+    try:
+        _train(cfg, plan, run_dir, report, errors, summaries)
+    except tf.errors.OpError as err:
+        error = _graph_error(err)
+        summaries.text("errors/graph", f"{error.kind}: {error}", step=report.steps)
+        raise error from err
+    except SafetrainError as err:
+        summaries.text("errors/graph", f"{err.kind}: {err}", step=report.steps)
+        raise
+    finally:
+        summaries.close()
+
+
+def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, errors: ErrorLog,
+           summaries: Summaries) -> None:
     started = time.perf_counter()
     t = cfg.trainer
     report.versions = versions()
@@ -48,6 +65,7 @@ def train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, errors
                        "replicas": replicas, "per_replica_batch_size": t.batch_size // replicas}
     log.info("hardware: %s | precision %s (%s) | %s x%d", ", ".join(report.hardware["devices"]),
              policy, reason, report.hardware["strategy"], replicas)
+    summaries.text("env/report", env_text(report.versions, devices, report.hardware))
 
     keras.utils.set_random_seed(t.seed)
     if t.deterministic:
@@ -65,47 +83,34 @@ def train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, errors
     plan = infer(list(plan.layers), data.spec.shape, data.source.num_classes)
     log.info("pipeline:\n  %s", "\n  ".join(data.describe().splitlines()))
     log.info("model %s:\n%s", cfg.model.name, plan.table())
+    summaries.text("pipeline/spec", data.describe())
+    summaries.text("model/summary", plan.table())
 
-    summaries = Summaries(run_dir / "tb")
+    with strategy.scope():
+        model = build_model(plan, input_dtype=data.spec.dtype, seed=t.seed)
+        optimizer = OPTIMIZERS.get(cfg.optimizer.name)(cfg.optimizer.learning_rate, cfg.optimizer.clipnorm)
+        if policy == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        # Slots must exist before the first step under a strategy, and before a restore.
+        optimizer.build(model.trainable_variables)
+
+    spec_of = lambda ds: strategy.experimental_distribute_dataset(ds).element_spec  # noqa: E731
+    eval_ds = data.eval if data.eval is not None else data.test
+    steps = Steps(strategy=strategy, model=model, optimizer=optimizer, loss_fn=LOSSES.get(t.loss)(),
+                  train_spec=spec_of(data.train), eval_spec=spec_of(eval_ds) if eval_ds is not None else None,
+                  jit_compile=t.jit_compile, guard_updates=t.on_nan is OnNan.skip_step)
+    loop = TrainLoop(steps=steps, strategy=strategy, train_ds=data.train, eval_ds=data.eval, cfg=t,
+                     summaries=summaries, checkpoints=Checkpoints(run_dir / "checkpoints", model, optimizer),
+                     errors=errors, steps_per_epoch=data.steps_per_epoch,
+                     learning_rate=lambda: float(optimizer.learning_rate.numpy()), started=started)
     try:
-        with strategy.scope():
-            model = build_model(plan, input_dtype=data.spec.dtype, seed=t.seed)
-            optimizer = OPTIMIZERS.get(cfg.optimizer.name)(cfg.optimizer.learning_rate,
-                                                            cfg.optimizer.clipnorm)
-            if policy == "mixed_float16":
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            # Slots must exist before the first step under a strategy, and before a restore.
-            optimizer.build(model.trainable_variables)
-        summaries.text("env/report", env_text(report.versions, devices, report.hardware))
-        summaries.text("model/summary", plan.table())
-        summaries.text("pipeline/spec", data.describe())
-
-        spec_of = lambda ds: strategy.experimental_distribute_dataset(ds).element_spec  # noqa: E731
-        eval_ds = data.eval if data.eval is not None else data.test
-        steps = Steps(strategy=strategy, model=model, optimizer=optimizer, loss_fn=LOSSES.get(t.loss)(),
-                      train_spec=spec_of(data.train),
-                      eval_spec=spec_of(eval_ds) if eval_ds is not None else None,
-                      jit_compile=t.jit_compile, guard_updates=t.on_nan is OnNan.skip_step)
-        loop = TrainLoop(steps=steps, strategy=strategy, train_ds=data.train, eval_ds=data.eval, cfg=t,
-                         summaries=summaries, checkpoints=Checkpoints(run_dir / "checkpoints", model, optimizer),
-                         errors=errors, steps_per_epoch=data.steps_per_epoch,
-                         learning_rate=lambda: float(optimizer.learning_rate.numpy()),
-                         started=started)
-        try:
-            result = loop.run()
-            test = loop.evaluate(data.test) if data.test is not None else (None, None)
-        finally:
-            _record(report, loop)
-        report.metrics.update(test_loss=test[0], test_accuracy=test[1])
-        summaries.scalars(result.steps, {"test/loss": test[0], "test/accuracy": test[1]})
-        _final_summary(report, run_dir)
-    except tf.errors.OpError as err:
-        raise _graph_error(err) from err
-    except SafetrainError as err:
-        summaries.text("errors/graph", f"{err.kind}: {err}", step=report.steps)
-        raise
+        result = loop.run()
+        test = loop.evaluate(data.test) if data.test is not None else (None, None)
     finally:
-        summaries.close()
+        _record(report, loop)
+    report.metrics.update(test_loss=test[0], test_accuracy=test[1])
+    summaries.scalars(result.steps, {"test/loss": test[0], "test/accuracy": test[1]})
+    _final_summary(report, run_dir)
 
 
 def _strategy_name(strategy) -> str:

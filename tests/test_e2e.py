@@ -142,3 +142,23 @@ def test_mnist_cnn_through_tfds_mock_data(tmp_path):
     assert report["steps"] == 3  # 96 mock examples / batch 32, under max_steps=4
     assert report["metrics"]["test_accuracy"] is not None
     assert "source mnist: 28x28x1 uint8" in (run_dir / "safetrain.log").read_text()
+
+
+def test_multirun_runs_every_job_and_exits_with_the_worst_code(tmp_path, tfds_dir):
+    import json
+    import os
+    import subprocess
+
+    from conftest import ROOT
+
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "safetrain", "-m", "+debug=tiny", f"dataset.data_dir={tfds_dir}",
+         f"hydra.sweep.dir={sweep}", "hardware.precision=mixed_bfloat16,float32", "optimizer.name=adam,adamm"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2, proc.stderr
+    reports = [json.loads((sweep / str(i) / "report.json").read_text()) for i in range(4)]
+    assert [r["exit_code"] for r in reports] == [0, 2, 0, 2]
+    # Each job sets its own precision policy although all four share one process.
+    assert [r["hardware"]["precision_policy"] for r in reports[::2]] == ["mixed_bfloat16", "float32"]
+    assert all(r["steps"] == 4 for r in reports[::2])
