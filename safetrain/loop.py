@@ -17,6 +17,7 @@ from safetrain.config.schema import OnNan, TrainerConfig
 from safetrain.errors import NumericsError
 from safetrain.progress import Progress
 from safetrain.report import ErrorLog
+from safetrain.signals import SignalGuard
 from safetrain.throughput import StepTimer
 
 log = logging.getLogger("safetrain")
@@ -58,7 +59,8 @@ class TrainLoop:
     def __init__(self, *, steps, strategy, train_ds, eval_ds, cfg: TrainerConfig, summaries,
                  checkpoints, errors: ErrorLog, steps_per_epoch: int | None,
                  learning_rate: Callable[[], float], progress: Progress | None = None,
-                 started: float | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
+                 started: float | None = None, clock: Callable[[], float] = time.perf_counter,
+                 guard: SignalGuard | None = None) -> None:
         self.steps = steps
         self.strategy = strategy
         self.train_ds = train_ds
@@ -71,6 +73,7 @@ class TrainLoop:
         self.learning_rate = learning_rate
         self.progress = progress or Progress()
         self.clock = clock
+        self.guard = guard or SignalGuard()
         self.started = clock() if started is None else started
         self.timer = StepTimer()
         self.result = LoopResult()
@@ -84,7 +87,8 @@ class TrainLoop:
         for epoch in range(start_epoch, cfg.epochs + 1):
             if self._budget_spent():
                 break
-            totals, in_epoch, completed = self._train_epoch(epoch, skip=done_in_epoch)
+            with self.guard.deferred():
+                totals, in_epoch, completed = self._train_epoch(epoch, skip=done_in_epoch)
             done_in_epoch = 0
             result.epochs = epoch
             result.train_loss, result.train_accuracy = totals.mean_loss, totals.accuracy
@@ -125,19 +129,20 @@ class TrainLoop:
             in_epoch += 1
             if result.time_to_first_step_s is None:
                 result.time_to_first_step_s = round(t2 - self.started, 3)
-            if not out["finite"]:
-                self._non_finite(epoch, float(out["loss_sum"]))
-                continue
-            totals.add(out)
-            self.timer.add(wait=t1 - t0, total=t2 - t0, examples=int(out["count"]),
-                           first_of_epoch=in_epoch == 1)
-            log_now = result.steps % cfg.log_every_steps == 0
-            if log_now:
-                self._log_scalars(totals)
-            rate = totals.count / (t2 - epoch_started)  # this epoch so far, input waits included
-            self.progress.update(in_epoch, totals.mean_loss, totals.accuracy, rate, force=log_now)
-            if result.steps % cfg.checkpoint_every_steps == 0:
+            if out["finite"]:
+                totals.add(out)
+                self.timer.add(wait=t1 - t0, total=t2 - t0, examples=int(out["count"]),
+                               first_of_epoch=in_epoch == 1)
+                log_now = result.steps % cfg.log_every_steps == 0
+                if log_now:
+                    self._log_scalars(totals)
+                rate = totals.count / (t2 - epoch_started)  # this epoch so far, input waits included
+                self.progress.update(in_epoch, totals.mean_loss, totals.accuracy, rate, force=log_now)
+            else:
+                self._non_finite(epoch, float(out["loss_sum"]))  # raises unless on_nan=skip_step
+            if result.steps % cfg.checkpoint_every_steps == 0 or self.guard.pending:
                 self.checkpoints.save(result.steps, epoch, in_epoch)
+            self.guard.raise_if_pending()
         return totals, in_epoch, False
 
     def _log_scalars(self, totals: _Totals) -> None:

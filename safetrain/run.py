@@ -8,7 +8,6 @@ Order: typed config -> validation (no TensorFlow yet; config errors exit 2 in ab
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import time
 import traceback
@@ -18,22 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from safetrain.config.hydra_errors import check_keys
 from safetrain.config.validate import validate
-from safetrain.errors import EXIT_SIGINT, EXIT_SIGTERM, SafetrainError
+from safetrain.errors import EXIT_SIGINT, SafetrainError
 from safetrain.report import ErrorLog, RunReport
+from safetrain.signals import Interrupted, SignalGuard
 
 log = logging.getLogger("safetrain")
-
-
-class Interrupted(BaseException):
-    """SIGINT/SIGTERM: a BaseException so no `except Exception` in library code swallows it."""
-
-    def __init__(self, exit_code: int) -> None:
-        super().__init__(f"interrupted (exit {exit_code})")
-        self.exit_code = exit_code
-
-
-def _on_sigterm(signum, frame) -> None:
-    raise Interrupted(EXIT_SIGTERM)
 
 
 def execute(node: DictConfig, run_dir: Path) -> int:
@@ -43,7 +31,7 @@ def execute(node: DictConfig, run_dir: Path) -> int:
     errors = ErrorLog(run_dir / "errors.jsonl")
     errors.path.touch()
     debug = bool(node.get("debug", False))
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    guard = SignalGuard().install()
     code = 1
     try:
         check_keys(node)
@@ -54,7 +42,7 @@ def execute(node: DictConfig, run_dir: Path) -> int:
         import_tensorflow(verbose=debug)  # the first TensorFlow import of the run
         from safetrain.training import train
 
-        train(cfg, plan, run_dir, report, errors)
+        train(cfg, plan, run_dir, report, errors, guard)
         report.status, code = "ok", 0
     except SafetrainError as err:
         code = err.exit_code
@@ -66,7 +54,8 @@ def execute(node: DictConfig, run_dir: Path) -> int:
     except (KeyboardInterrupt, Interrupted) as err:
         code = getattr(err, "exit_code", EXIT_SIGINT)
         report.status = "interrupted"
-        log.error("safetrain: interrupted (exit %d) after %d steps", code, report.steps)
+        log.error("safetrain: interrupted (exit %d) after %d steps; rerun with hydra.run.dir=%s to resume "
+                  "from the last checkpoint", code, report.steps, run_dir)
     except Exception as err:  # a bug in safetrain or an unclassified failure: keep the traceback
         report.error = {"kind": "internal", "message": f"{err.__class__.__name__}: {err}",
                         "hint": "this looks like a safetrain bug; rerun with debug=true and report it",
@@ -76,7 +65,7 @@ def execute(node: DictConfig, run_dir: Path) -> int:
         traceback.print_exc(file=sys.stderr)
         code = 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        guard.restore()
         report.exit_code = code
         report.wall_seconds = round(time.monotonic() - started, 3)
         report.write(run_dir)

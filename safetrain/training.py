@@ -26,6 +26,7 @@ from safetrain.hardware import choose_precision, detect_devices, make_strategy  
 from safetrain.loop import TrainLoop  # noqa: E402
 from safetrain.optimizers import LOSSES, OPTIMIZERS  # noqa: E402
 from safetrain.report import ErrorLog, RunReport  # noqa: E402
+from safetrain.signals import SignalGuard  # noqa: E402
 from safetrain.steps import Steps  # noqa: E402
 from safetrain.summaries import Summaries  # noqa: E402
 
@@ -33,11 +34,12 @@ log = logging.getLogger("safetrain")
 tfds.disable_progress_bar()
 
 
-def train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, errors: ErrorLog) -> None:
+def train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, errors: ErrorLog,
+          guard: SignalGuard | None = None) -> None:
     """Run the job; any error after this point is also written to TensorBoard's errors/graph."""
     summaries = Summaries(run_dir / "tb")
     try:
-        _train(cfg, plan, run_dir, report, errors, summaries)
+        _train(cfg, plan, run_dir, report, errors, summaries, guard)
     except tf.errors.OpError as err:
         error = _graph_error(err)
         summaries.text("errors/graph", f"{error.kind}: {error}", step=report.steps)
@@ -50,7 +52,7 @@ def train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, errors
 
 
 def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, errors: ErrorLog,
-           summaries: Summaries) -> None:
+           summaries: Summaries, guard: SignalGuard | None) -> None:
     started = time.perf_counter()
     t = cfg.trainer
     report.versions = versions()
@@ -102,7 +104,8 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
     loop = TrainLoop(steps=steps, strategy=strategy, train_ds=data.train, eval_ds=data.eval, cfg=t,
                      summaries=summaries, checkpoints=Checkpoints(run_dir / "checkpoints", model, optimizer),
                      errors=errors, steps_per_epoch=data.steps_per_epoch,
-                     learning_rate=lambda: float(optimizer.learning_rate.numpy()), started=started)
+                     learning_rate=lambda: float(optimizer.learning_rate.numpy()), started=started,
+                     guard=guard)
     try:
         result = loop.run()
         test = loop.evaluate(data.test) if data.test is not None else (None, None)

@@ -162,3 +162,41 @@ def test_multirun_runs_every_job_and_exits_with_the_worst_code(tmp_path, tfds_di
     # Each job sets its own precision policy although all four share one process.
     assert [r["hardware"]["precision_policy"] for r in reports[::2]] == ["mixed_bfloat16", "float32"]
     assert all(r["steps"] == 4 for r in reports[::2])
+
+
+def test_sigterm_saves_a_checkpoint_at_the_step_reached_and_a_rerun_resumes(tmp_path, tfds_dir):
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import tensorflow as tf
+
+    from conftest import ROOT
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "safetrain", f"hydra.run.dir={run_dir}", f"dataset.data_dir={tfds_dir}",
+           "trainer.epochs=50", "trainer.log_every_steps=5", "trainer.checkpoint_every_steps=1000"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    for line in proc.stderr:  # wait until training is under way (epoch 1, step 15 logged)
+        if "epoch 1/50 step 15/" in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143, rest
+    assert "interrupted (exit 143)" in rest and "Traceback" not in rest
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["status"] == "interrupted" and report["exit_code"] == 143
+    stopped_at = report["steps"]
+    assert 15 <= stopped_at < 50 * 40
+    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+    assert latest.endswith(f"ckpt-{stopped_at}")  # saved at the exact step reached, not the last cadence
+
+    again = subprocess.run(cmd[:-3] + [f"trainer.max_steps={stopped_at + 5}", "trainer.epochs=50"],
+                           cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from checkpoint at step {stopped_at}" in again.stderr
+    assert json.loads((run_dir / "report.json").read_text())["steps"] == stopped_at + 5
