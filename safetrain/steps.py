@@ -45,7 +45,7 @@ class Steps:
             loss = tf.nn.compute_average_loss(per_example)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-            scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
+            scaled = optimizer.scale_loss(loss)  # identity unless a LossScaleOptimizer (float16)
         variables = model.trainable_variables
         grads = tape.gradient(scaled, variables)
         finite = tf.logical_and(tf.math.is_finite(loss),

@@ -8,27 +8,28 @@ own errors leave here as GraphError (exit 4) with the op named.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
+import keras
+import tensorflow as tf
+import tensorflow_datasets as tfds
 
-from models.build import build_model  # noqa: E402
-from models.shapes import ModelPlan, infer  # noqa: E402
-from pipelines.build import build_datasets  # noqa: E402
-from safetrain.checkpoints import Checkpoints  # noqa: E402
-from safetrain.config.schema import Config, OnNan  # noqa: E402
-from safetrain.env_report import env_text, versions  # noqa: E402
-from safetrain.errors import GraphError, SafetrainError, SpecError  # noqa: E402
-from safetrain.hardware import choose_precision, detect_devices, make_strategy  # noqa: E402
-from safetrain.loop import TrainLoop  # noqa: E402
-from safetrain.optimizers import LOSSES, OPTIMIZERS  # noqa: E402
-from safetrain.report import ErrorLog, RunReport  # noqa: E402
-from safetrain.signals import SignalGuard  # noqa: E402
-from safetrain.steps import Steps  # noqa: E402
-from safetrain.summaries import Summaries  # noqa: E402
+from models.build import build_model
+from models.shapes import ModelPlan, infer
+from pipelines.build import build_datasets
+from safetrain.checkpoints import Checkpoints
+from safetrain.config.schema import Config, OnNan
+from safetrain.env_report import env_text, versions
+from safetrain.errors import GraphError, SafetrainError, SpecError
+from safetrain.hardware import choose_precision, detect_devices, make_strategy
+from safetrain.loop import TrainLoop
+from safetrain.optimizers import LOSSES, OPTIMIZERS
+from safetrain.report import ErrorLog, RunReport
+from safetrain.signals import SignalGuard
+from safetrain.steps import Steps
+from safetrain.summaries import Summaries
 
 log = logging.getLogger("safetrain")
 tfds.disable_progress_bar()
@@ -141,11 +142,16 @@ def _final_summary(report: RunReport, run_dir: Path) -> None:
 
 
 def _graph_error(err: tf.errors.OpError) -> GraphError:
-    op = getattr(err, "op", None)
-    op_name = getattr(op, "name", None) or getattr(err, "node_def", None) and err.node_def.name
-    first = (err.message or str(err)).strip().splitlines()[0][:400]
+    """A minimal classification (the op, OOM or not); the full diagnosis table is future work."""
+    text = (err.message or str(err)).strip()
+    node = re.search(r"[Nn]ode:? '?([\w/.-]+)", text)
+    # "Graph execution error:" + a Python stack of the op's creation; the cause is the first line
+    # after that stack that is not part of it.
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith((" ", "\t"))
+             and not ln.startswith(("Graph execution error", "Detected at node"))]
+    text = lines[0] if lines else text
+    op_name = (err.op.name if err.op is not None else None) or (node.group(1) if node else None)
     kind = "oom" if isinstance(err, tf.errors.ResourceExhaustedError) else "graph"
-    hint = ("lower trainer.batch_size" if kind == "oom"
-            else "rerun with debug=true for the full TensorFlow error")
-    return GraphError(f"TensorFlow {type(err).__name__} at op {op_name or 'unknown'}: {first}",
+    hint = "lower trainer.batch_size" if kind == "oom" else "rerun with debug=true for the full TensorFlow error"
+    return GraphError(f"TensorFlow {type(err).__name__} at op {op_name or 'unknown'}: {text[:400]}",
                       hint=hint, kind=kind, op=op_name, tf_error_class=type(err).__name__)

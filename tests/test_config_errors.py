@@ -73,7 +73,15 @@ def test_config_error_still_writes_report(tmp_path):
     assert json.loads(errors[0])["phase"] == "config"
 
 
-def test_debug_true_shows_the_traceback(tmp_path):
+def test_debug_true_shows_the_full_traceback_of_the_real_error(tmp_path):
     proc = run_probe(tmp_path, "trainer.batch_size=abc", "debug=true")
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr
+    assert "could not be converted to Integer" in proc.stderr
+    assert "Config group override" not in proc.stderr  # `debug` is also a group; main() handles that
+
+
+def test_debug_true_combines_with_the_debug_group(tmp_path):
+    proc = run_probe(tmp_path, "+debug=tiny", "debug=true", "optimizer.name=adamm")
+    assert proc.returncode == 2
+    assert "Traceback" in proc.stderr and "is not a known optimizer" in proc.stderr

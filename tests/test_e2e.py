@@ -88,6 +88,20 @@ def test_nan_skip_step_goes_on_and_lists_each_skip(run_cli):
     assert report["steps"] == 4
 
 
+def test_tensorflow_runtime_error_exits_4_naming_the_op_and_cause(run_cli):
+    # 10 digit classes declared as 5: the loss op rejects label 9 inside the first step.
+    result = run_cli("+debug=tiny", "dataset.num_classes=5")
+    assert result.code == 4, result.err
+    assert "Traceback" not in result.text
+    assert "InvalidArgumentError at op sparse_categorical_crossentropy/" in result.err
+    assert "outside the valid range of [0, 5)" in result.err
+    [event] = result.errors()
+    assert event["tf_error_class"] == "InvalidArgumentError" and event["phase"] == "train"
+    assert "SparseSoftmaxCrossEntropyWithLogits" in event["op"]
+    _, texts = read_tensorboard(result.run_dir / "tb")
+    assert "outside the valid range" in texts["errors/graph"]
+
+
 def test_rerun_in_same_run_dir_resumes_from_checkpoint(run_cli):
     first = run_cli("+debug=tiny")
     assert first.code == 0, first.err
