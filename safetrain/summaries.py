@@ -29,6 +29,13 @@ class Summaries:
         with self.writer.as_default(step=step):
             tf.summary.text(tag, f"```\n{body}\n```" if code else body)
 
+    def hparams(self, values: dict[str, float | int | str | bool]) -> None:
+        """The run's main settings for TensorBoard's HParams dashboard (compare sweep jobs)."""
+        from tensorboard.plugins.hparams import api as hp
+
+        with self.writer.as_default():
+            hp.hparams(values)
+
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()

@@ -69,6 +69,7 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
     log.info("hardware: %s | precision %s (%s) | %s x%d", ", ".join(report.hardware["devices"]),
              policy, reason, report.hardware["strategy"], replicas)
     summaries.text("env/report", env_text(report.versions, devices, report.hardware))
+    summaries.hparams(_hparams(cfg, policy, replicas))
 
     keras.utils.set_random_seed(t.seed)
     if t.deterministic:
@@ -115,6 +116,14 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
     report.metrics.update(test_loss=test[0], test_accuracy=test[1])
     summaries.scalars(result.steps, {"test/loss": test[0], "test/accuracy": test[1]})
     _final_summary(report, run_dir)
+
+
+def _hparams(cfg: Config, policy: str, replicas: int) -> dict:
+    t, o = cfg.trainer, cfg.optimizer
+    return {"experiment": cfg.name, "dataset": cfg.dataset.name, "model": cfg.model.name,
+            "optimizer": o.name, "learning_rate": o.learning_rate, "batch_size": t.batch_size,
+            "epochs": t.epochs, "seed": t.seed, "precision": policy, "replicas": replicas,
+            "jit_compile": t.jit_compile}
 
 
 def _strategy_name(strategy) -> str:

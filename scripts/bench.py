@@ -33,6 +33,7 @@ tf = import_tensorflow()
 import keras  # noqa: E402
 
 from models.build import build_model  # noqa: E402
+from models.presets import preset_layers  # noqa: E402
 from models.shapes import infer  # noqa: E402
 from models.spec import parse_layers  # noqa: E402
 from pipelines.build import build_datasets  # noqa: E402
@@ -45,15 +46,7 @@ from safetrain.report import ErrorLog  # noqa: E402
 from safetrain.steps import Steps  # noqa: E402
 from safetrain.summaries import Summaries  # noqa: E402
 
-CNN = [  # the cnn_small preset
-    {"type": "conv2d", "filters": 32, "kernel_size": 3, "padding": "same", "activation": "relu"},
-    {"type": "max_pool", "pool_size": 2},
-    {"type": "conv2d", "filters": 64, "kernel_size": 3, "padding": "same", "activation": "relu"},
-    {"type": "max_pool", "pool_size": 2},
-    {"type": "flatten"},
-    {"type": "dense", "units": 128, "activation": "relu"},
-    {"type": "dropout", "rate": 0.3},
-]
+CNN = preset_layers("cnn_small")
 
 
 SKIP = 3  # first steps of each fit run, like safetrain's StepTimer.WARMUP_STEPS

@@ -46,6 +46,7 @@ def test_default_run_trains_digits_to_95_percent_and_writes_the_run_dir(run_cli)
     assert "conv2d 32, 3x3" in texts["model/summary"] and "421,642" in texts["model/summary"]
     assert "tensorflow: 2.21" in texts["env/report"]
     assert "resize (bilinear) -> 28x28" in texts["pipeline/spec"]
+    assert "_hparams_/session_start_info" in texts  # the HParams dashboard entry for sweeps
 
     # The console: the shape table, non-TTY progress lines, the final summary.
     assert "(None, 7, 7, 64)" in result.err

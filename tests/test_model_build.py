@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import yaml
 
+from models.presets import preset_layers
 from models.shapes import infer
 from models.spec import parse_layers
+from safetrain.config import config_dir
 
-ROOT = Path(__file__).resolve().parent.parent
-PRESETS = sorted((ROOT / "configs" / "model").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("input_shape", [(28, 28, 1), (32, 32, 3)])
 def test_every_preset_builds_with_inferred_shapes(preset, input_shape):
     from models.build import build_model
 
-    plan = infer(parse_layers(yaml.safe_load(preset.read_text())["layers"]), input_shape, 10)
+    plan = infer(parse_layers(preset_layers(preset)), input_shape, 10)
     model = build_model(plan)
     built = [tuple(layer.output.shape[1:]) for layer in model.layers]
     assert built == [row.shape for row in plan.rows]

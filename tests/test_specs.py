@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from models.presets import preset_layers
 from models.shapes import infer
 from models.spec import parse_layers
 from pipelines.spec import ImageSpec, SourceSpec, plan_adapters
@@ -11,15 +12,7 @@ from safetrain.config.schema import Precision
 from safetrain.errors import ConfigError, HardwareError, SpecError
 from safetrain.hardware import Device, choose_precision
 
-CNN = [
-    {"type": "conv2d", "filters": 32, "kernel_size": 3, "padding": "same", "activation": "relu"},
-    {"type": "max_pool", "pool_size": 2},
-    {"type": "conv2d", "filters": 64, "kernel_size": 3, "padding": "same", "activation": "relu"},
-    {"type": "max_pool", "pool_size": 2},
-    {"type": "flatten"},
-    {"type": "dense", "units": 128, "activation": "relu"},
-    {"type": "dropout", "rate": 0.3},
-]
+CNN = preset_layers("cnn_small")
 
 
 def test_cnn_shapes_params_and_flops_match_hand_computation():
