@@ -90,6 +90,7 @@ class TrainLoop:
             with self.guard.deferred():
                 totals, in_epoch, completed = self._train_epoch(epoch, skip=done_in_epoch)
             done_in_epoch = 0
+            completed = completed or (self.steps_per_epoch is not None and in_epoch >= self.steps_per_epoch)
             result.epochs = epoch
             result.train_loss, result.train_accuracy = totals.mean_loss, totals.accuracy
             line = f"train loss {totals.mean_loss:.4f} acc {totals.accuracy:.4f}"
