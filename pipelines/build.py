@@ -1,26 +1,36 @@
 """Build the train/eval/test tf.data pipelines that deliver exactly the declared image spec.
 
-Order per example: decode (TFDS) -> float32 -> channel adapter -> resize adapter -> normalize ->
-cast to the declared dtype; then cache (decoded, adapted examples, when they fit in memory),
-shuffle, batch, prefetch. The adapters come from `plan_adapters`, which has already refused any
-mismatch the config does not explicitly allow.
+Per example: raw pixels as float32 -> checks (size/channels where they vary, finite, value
+range, label range) -> channel and size adapters -> (cache) -> normalize from the source's
+value range -> cast to the declared dtype. The adapters come from `plan_adapters`, which has
+already refused any mismatch the config does not explicitly allow.
+
+Before the first step every split is read once (the scan): it fills the in-memory cache, counts
+the examples, lists every bad one with its key and reason, and sums the per-channel statistics
+that `standardize` needs. Bad examples then either stop the run (on_bad_example=error, exit 3,
+naming each) or are filtered out, counted and listed (skip). Nothing is dropped silently.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
+from pipelines import checks
+from pipelines.sources.base import Source, array_source
 from pipelines.sources.digits import SklearnDigits
-from pipelines.sources.tfds_source import open_builder, read_split
-from pipelines.spec import AdapterPlan, ImageSpec, SourceSpec, plan_adapters
-from safetrain.config.schema import DatasetConfig, Source
+from pipelines.sources.idx import find_idx_files, idx_source
+from pipelines.sources.image_folder import image_folder_source
+from pipelines.sources.tfds_source import open_builder, tfds_source
+from pipelines.spec import AdapterPlan, BadExample, ImageSpec, SourceSpec, plan_adapters
+from safetrain.config.schema import BadExamplePolicy, DatasetConfig, LabelEncoding, Source as SourceKind
 from safetrain.errors import DataError
 
 _CACHE_LIMIT_BYTES = 2 << 30  # cache adapted examples in memory up to 2 GiB
+_SCAN_BATCH = 1024
 
 
 @dataclass
@@ -31,17 +41,21 @@ class Datasets:
     source: SourceSpec
     spec: ImageSpec
     plan: AdapterPlan
-    counts: dict[str, int | None]   # examples per split (None where the source cannot tell)
-    steps_per_epoch: int | None
+    counts: dict[str, int]          # good examples per split
+    steps_per_epoch: int
+    bad: list[BadExample] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     normalization_stats: tuple[list[float], list[float]] | None = None
 
     def describe(self) -> str:
-        """The `pipeline/spec` text: source, adapters, model input, split sizes."""
-        lines = list(self.plan.steps)
-        lines += [f"split {k}: {v if v is not None else 'unknown'} examples" for k, v in self.counts.items()]
+        """The `pipeline/spec` text: source, scan findings, adapters, model input, split sizes."""
+        lines = list(self.notes) + list(self.plan.steps)
+        lines += [f"split {k}: {v} examples" for k, v in self.counts.items()]
+        if self.bad:
+            lines.append(f"bad examples: {len(self.bad)} (listed in errors.jsonl)")
         if self.normalization_stats:
             mean, std = self.normalization_stats
-            lines.append(f"standardize: mean={mean} std={std}")
+            lines.append(f"standardize: mean={[round(m, 4) for m in mean]} std={[round(s, 4) for s in std]}")
         return "\n".join(lines)
 
 
@@ -50,89 +64,132 @@ def declared_spec(cfg: DatasetConfig) -> ImageSpec:
                      dtype=cfg.image.dtype.value, normalization=cfg.image.normalization.value)
 
 
-def open_source(cfg: DatasetConfig) -> tuple[tfds.core.DatasetBuilder, SourceSpec]:
-    if cfg.source is Source.digits:
+def open_source(cfg: DatasetConfig) -> Source:
+    pixel_range = tuple(cfg.pixel_range) if cfg.pixel_range else None
+    if cfg.source is SourceKind.digits:
         builder = open_builder("sklearn_digits", cfg.data_dir, cfg.download, builder_cls=SklearnDigits)
-    elif cfg.source is Source.tfds:
-        builder = open_builder(cfg.name, cfg.data_dir, cfg.download)
-    else:  # validate() refuses these before we get here
-        raise DataError(f"dataset.source={cfg.source.value} is not available in this version",
-                        config_key="dataset.source")
-    image_key, label_key = _supervised_keys(builder, cfg)
-    image = builder.info.features[image_key]
-    label = builder.info.features[label_key]
-    height, width, channels = (tuple(image.shape) + (None, None, None))[:3]
-    num_classes = cfg.num_classes or getattr(label, "num_classes", None)
-    if not num_classes:
-        raise DataError(f"dataset {cfg.name} does not say how many classes it has",
-                        hint="set dataset.num_classes", config_key="dataset.num_classes")
-    spec = SourceSpec(name=cfg.name, height=height, width=width, channels=channels,
-                      dtype=np.dtype(getattr(image, "np_dtype", np.uint8)).name, num_classes=int(num_classes))
-    return builder, spec
+        return tfds_source(builder, "digits", cfg.num_classes)
+    if cfg.source is SourceKind.tfds:
+        for folder in cfg.local_idx_dirs:
+            if Path(folder).is_dir() and find_idx_files(Path(folder)):
+                source = idx_source(cfg.name, folder, cfg.num_classes, pixel_range)
+                source.notes.insert(0, f"using local IDX files in {folder} instead of TFDS "
+                                       f"(dataset.local_idx_dirs)")
+                return source
+        return tfds_source(open_builder(cfg.name, cfg.data_dir, cfg.download), cfg.name, cfg.num_classes)
+    if cfg.source is SourceKind.idx:
+        return idx_source(cfg.name, cfg.path, cfg.num_classes, pixel_range)
+    return image_folder_source(cfg.name, cfg.path, cfg.num_classes, cfg.max_pixels)
 
 
 def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, seed: int,
-                   deterministic: bool = False) -> Datasets:
-    builder, source = open_source(cfg)
+                   deterministic: bool = False, source: Source | None = None) -> Datasets:
+    """`source` overrides the configured one (in-memory arrays from Python, tests)."""
+    source = source or open_source(cfg)
     spec = declared_spec(cfg)
-    plan = plan_adapters(source, spec, cfg.resize.value, cfg.channel_policy.value)
+    plan = plan_adapters(source.spec, spec, cfg.resize.value, cfg.channel_policy.value)
+    check_args = dict(value_range=source.spec.value_range, num_classes=source.spec.num_classes,
+                      size=(spec.height, spec.width) if plan.check_size else None,
+                      channels=spec.channels if plan.check_channels else None)
+    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or None)
 
-    def raw(split: str, training: bool) -> tf.data.Dataset:
-        read_config = tfds.ReadConfig(shuffle_seed=seed)
-        ds = read_split(builder, split, shuffle_files=training, read_config=read_config)
+    def checked(split: str) -> tf.data.Dataset:
+        ds = source.read(split)
         if cfg.max_examples:
             ds = ds.take(cfg.max_examples)
-        return ds.map(lambda x, y: (_adapt(x, plan, spec), tf.cast(y, tf.int32)),
-                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or None)
 
-    counts = {name: _count(builder, split, cfg.max_examples)
-              for name, split in (("train", cfg.splits.train), ("eval", cfg.splits.eval),
-                                  ("test", cfg.splits.test)) if split}
-    stats = None
-    if spec.normalization == "standardize":
-        stats = _channel_stats(raw(cfg.splits.train, training=False))
+        def prepare(image, label, key):
+            raw = tf.cast(image, tf.float32)
+            status = checks.example_status(raw, label, **check_args)
+            adapted = tf.cond(tf.equal(status, checks.OK), lambda: _adapt(raw, plan, spec),
+                              lambda: tf.zeros(spec.shape, tf.float32))
+            return adapted, tf.cast(label, tf.int32), status, key
 
-    def finish(name: str, split: str, batch: int) -> tf.data.Dataset:
-        training = name == "train"
-        ds = raw(split, training)
-        ds = ds.map(lambda x, y: (_normalize(x, spec, stats), y), num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=deterministic or None)
-        if cfg.cache and (counts.get(name) or 0) * _example_bytes(spec) <= _CACHE_LIMIT_BYTES:
+        ds = ds.map(prepare, **parallel)
+        expected = source.count(split)
+        if cfg.cache and (expected or 0) * _example_bytes(spec) <= _CACHE_LIMIT_BYTES:
             ds = ds.cache()
-        if training:
+        return ds
+
+    names = {"train": cfg.splits.train, "eval": cfg.splits.eval, "test": cfg.splits.test}
+    bases, counts, bad = {}, {}, list(source.bad)
+    stats_sums = None
+    for name, split in names.items():
+        if not split:
+            continue
+        bases[name] = checked(split)
+        counts[name], found, sums = _scan(bases[name], split, check_args,
+                                          want_stats=name == "train" and spec.normalization == "standardize")
+        bad += found
+        stats_sums = sums if sums is not None else stats_sums
+    stats = _mean_std(stats_sums) if stats_sums is not None else None
+    if not counts.get("train"):
+        raise DataError(f"the training split {cfg.splits.train!r} of dataset {source.spec.name} has no usable "
+                        f"examples" + (f" ({len(bad)} bad)" if bad else ""),
+                        hint="check dataset.splits.train and the data", config_key="dataset.splits.train")
+
+    def finish(name: str, batch: int) -> tf.data.Dataset:
+        ds = bases[name].filter(lambda x, y, status, key: tf.equal(status, checks.OK))
+        ds = ds.map(lambda x, y, status, key: (_normalize(x, spec, source.spec.value_range, stats),
+                                               _encode(y, cfg, source.spec.num_classes)), **parallel)
+        if name == "train":
             ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        ds = ds.batch(batch, drop_remainder=training)
+        ds = ds.batch(batch, drop_remainder=name == "train")
         options = tf.data.Options()
         options.deterministic = deterministic
         return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
-    train_n = counts.get("train")
     return Datasets(
-        train=finish("train", cfg.splits.train, batch_size),
-        eval=finish("eval", cfg.splits.eval, eval_batch_size) if cfg.splits.eval else None,
-        test=finish("test", cfg.splits.test, eval_batch_size) if cfg.splits.test else None,
-        source=source, spec=spec, plan=plan, counts=counts,
-        steps_per_epoch=(train_n // batch_size) if train_n is not None else None,
+        train=finish("train", batch_size),
+        eval=finish("eval", eval_batch_size) if "eval" in bases else None,
+        test=finish("test", eval_batch_size) if "test" in bases else None,
+        source=source.spec, spec=spec, plan=plan, counts=counts,
+        steps_per_epoch=counts["train"] // batch_size, bad=bad, notes=source.notes,
         normalization_stats=stats,
     )
 
 
-def _supervised_keys(builder, cfg: DatasetConfig) -> tuple[str, str]:
-    keys = builder.info.supervised_keys
-    if not keys or len(keys) != 2 or not all(isinstance(k, str) for k in keys):
-        raise DataError(f"TFDS dataset {cfg.name} has no (image, label) supervised keys",
-                        hint="pick an image-classification dataset", config_key="dataset.name")
-    return keys[0], keys[1]
-
-
-def _count(builder, split: str, limit: int | None) -> int | None:
-    try:
-        n = builder.info.splits[split].num_examples
-    except (KeyError, ValueError, AssertionError, TypeError):
+def bad_examples_error(bad: list[BadExample], policy: BadExamplePolicy) -> DataError | None:
+    """With on_bad_example=error, the error naming the bad examples (None when there are none)."""
+    if not bad or policy is BadExamplePolicy.skip:
         return None
-    if not isinstance(n, int):
-        return None  # e.g. under tfds.testing.mock_data, whose split info is a stand-in
-    return min(n, limit) if limit else n
+    shown = "; ".join(b.describe() for b in bad[:3])
+    more = f"; and {len(bad) - 3} more (all in errors.jsonl)" if len(bad) > 3 else ""
+    return DataError(f"{len(bad)} bad example{'s' if len(bad) > 1 else ''}: {shown}{more}",
+                     hint="fix or remove the files, or set dataset.on_bad_example=skip to train without them "
+                          "(each skip is listed in errors.jsonl and counted in report.json)",
+                     config_key="dataset.on_bad_example")
+
+
+def from_arrays(cfg: DatasetConfig, splits: dict[str, tuple[np.ndarray, np.ndarray]], batch_size: int,
+                seed: int = 0, value_range: tuple[float, float] | None = None) -> Datasets:
+    """Pipelines over in-memory arrays: the same checks and adapters as every other source."""
+    source = array_source(cfg.name, splits, cfg.num_classes, value_range)
+    return build_datasets(cfg, batch_size, batch_size, seed, source=source)
+
+
+def _scan(ds: tf.data.Dataset, split: str, check_args: dict, want_stats: bool):
+    """One pass: good-example count, bad examples with reasons, optional per-channel sums."""
+    good, bad = 0, []
+    sums = None
+    for x, _, status, key in ds.batch(_SCAN_BATCH):
+        status = status.numpy()
+        ok = status == checks.OK
+        good += int(ok.sum())
+        for code, k in zip(status[~ok], key.numpy()[~ok]):
+            bad.append(BadExample(split=split, key=k.decode(), reason=checks.reason(int(code), **check_args)))
+        if want_stats and ok.any():
+            pixels = tf.reshape(tf.boolean_mask(x, ok), (-1, x.shape[-1])).numpy().astype(np.float64)
+            batch_sums = np.stack([pixels.sum(0), (pixels ** 2).sum(0), np.full(pixels.shape[1], len(pixels))])
+            sums = batch_sums if sums is None else sums + batch_sums
+    return good, bad, sums
+
+
+def _mean_std(sums: np.ndarray) -> tuple[list[float], list[float]]:
+    total, total_sq, n = sums
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean ** 2, 1e-12))
+    return [float(v) for v in mean], [float(v) for v in std]
 
 
 def _example_bytes(spec: ImageSpec) -> int:
@@ -141,9 +198,8 @@ def _example_bytes(spec: ImageSpec) -> int:
 
 def _adapt(image: tf.Tensor, plan: AdapterPlan, spec: ImageSpec) -> tf.Tensor:
     """Channel and size adapters on float32 pixels in the source's value range."""
-    image = tf.cast(image, tf.float32)
     if plan.channels is not None:
-        image = _convert_channels(image, plan.channels[1])
+        image = _convert_channels(image, plan.channels)
     if plan.resize == "bilinear":
         image = tf.image.resize(image, (spec.height, spec.width), method="bilinear")
     elif plan.resize == "pad_or_crop":
@@ -152,35 +208,27 @@ def _adapt(image: tf.Tensor, plan: AdapterPlan, spec: ImageSpec) -> tf.Tensor:
 
 
 def _convert_channels(image: tf.Tensor, to: int) -> tf.Tensor:
-    image = image[..., :3] if to != 4 else image  # RGBA -> RGB drops alpha
+    """gray/gray+alpha/RGB/RGBA -> `to` channels; alpha is dropped, never blended."""
     have = tf.shape(image)[-1]
+    color = tf.cond(have >= 3, lambda: image[..., :3], lambda: image[..., :1])  # drop alpha
     if to == 3:
-        return tf.cond(have == 1, lambda: tf.image.grayscale_to_rgb(image[..., :1]), lambda: image[..., :3])
-    return tf.cond(have == 3, lambda: tf.image.rgb_to_grayscale(image[..., :3]), lambda: image[..., :1])
+        return tf.cond(have >= 3, lambda: color, lambda: tf.image.grayscale_to_rgb(color))
+    return tf.cond(have >= 3, lambda: tf.image.rgb_to_grayscale(color), lambda: color)
 
 
-def _normalize(image: tf.Tensor, spec: ImageSpec, stats) -> tf.Tensor:
+def _normalize(image: tf.Tensor, spec: ImageSpec, value_range: tuple[float, float], stats) -> tf.Tensor:
+    lo, hi = value_range
     if spec.normalization == "scale_0_1":
-        image = image / 255.0
+        image = (image - lo) / (hi - lo)
     elif spec.normalization == "minus_one_one":
-        image = image / 127.5 - 1.0
+        image = (image - lo) / (hi - lo) * 2.0 - 1.0
     elif spec.normalization == "standardize":
         mean, std = stats
-        image = (image - tf.constant(mean)) / tf.constant(std)
+        image = (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
     return tf.cast(image, spec.dtype)
 
 
-def _channel_stats(ds: tf.data.Dataset) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of the (adapted, unnormalized) training split, in one pass."""
-
-    def add(acc, example):
-        x = tf.reshape(tf.cast(example[0], tf.float64), (-1, tf.shape(example[0])[-1]))
-        return (acc[0] + tf.reduce_sum(x, 0), acc[1] + tf.reduce_sum(x * x, 0),
-                acc[2] + tf.cast(tf.shape(x)[0], tf.float64))
-
-    channels = ds.element_spec[0].shape[-1]
-    zeros = tf.zeros([channels], tf.float64)
-    total, total_sq, n = ds.reduce((zeros, zeros, tf.constant(0.0, tf.float64)), add)
-    mean = total / n
-    std = tf.sqrt(tf.maximum(total_sq / n - mean * mean, 1e-12))
-    return [float(v) for v in mean.numpy()], [float(v) for v in std.numpy()]
+def _encode(label: tf.Tensor, cfg: DatasetConfig, num_classes: int) -> tf.Tensor:
+    if cfg.label_encoding is LabelEncoding.one_hot:
+        return tf.one_hot(label, num_classes, dtype=tf.float32)
+    return label

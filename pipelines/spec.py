@@ -32,7 +32,11 @@ class ImageSpec:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """What a source yields before adapters; None where images vary (e.g. a folder of files)."""
+    """What a source yields before adapters; None where images vary (e.g. a folder of files).
+
+    `value_range` is the raw pixel range: normalization maps it (not a guessed 0..255) to the
+    declared range, and values outside it make an example bad.
+    """
 
     name: str
     height: int | None
@@ -40,10 +44,24 @@ class SourceSpec:
     channels: int | None
     dtype: str
     num_classes: int
+    value_range: tuple[float, float] = (0.0, 255.0)
 
     def describe(self) -> str:
         dim = lambda d: "?" if d is None else str(d)  # noqa: E731
-        return f"{dim(self.height)}x{dim(self.width)}x{dim(self.channels)} {self.dtype}"
+        lo, hi = self.value_range
+        return f"{dim(self.height)}x{dim(self.width)}x{dim(self.channels)} {self.dtype} in [{lo:g}, {hi:g}]"
+
+
+@dataclass(frozen=True)
+class BadExample:
+    """One example the pipeline refused: where it is (`split`, `key`: file path or index) and why."""
+
+    split: str
+    key: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.key} ({self.split}): {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -51,21 +69,29 @@ class AdapterPlan:
     """The adapters a pipeline applies, in order; `steps` is what `pipeline/spec` shows."""
 
     resize: str | None        # None | "bilinear" | "pad_or_crop"
-    channels: tuple[int, int] | None  # (from, to) or None
+    channels: int | None      # convert every image to this many channels, or None
     steps: tuple[str, ...]
+    check_size: bool = False      # sizes vary and may not be resized: mismatches are bad examples
+    check_channels: bool = False  # channels vary and may not be converted: likewise
 
 
-_CONVERTIBLE = {(1, 3), (4, 3), (3, 1), (4, 1)}
+_CONVERTIBLE = {(1, 3), (2, 3), (4, 3), (3, 1), (2, 1), (4, 1)}
 
 
 def plan_adapters(source: SourceSpec, declared: ImageSpec, resize: str,
                   channel_policy: str) -> AdapterPlan:
     """Check `source` + adapters == `declared`; raise SpecError naming both specs and the fix."""
-    steps: list[str] = [f"source {source.name}: {source.describe()}"]
+    lo, hi = source.value_range
+    steps: list[str] = [f"source {source.name}: {source.describe()}",
+                        f"check finite, pixel values in [{lo:g}, {hi:g}], labels in [0, {source.num_classes})"]
 
     resize_mode = None
+    varies = source.height is None or source.width is None
     same_size = (source.height, source.width) == (declared.height, declared.width)
-    if not same_size:
+    if varies and resize == "error":
+        steps.append(f"sizes vary: images not {declared.height}x{declared.width} are bad examples "
+                     f"(dataset.resize=error)")
+    elif not same_size:
         if resize == "error":
             size_fix = ("set dataset.resize=bilinear (or pad_or_crop)"
                         + ("" if source.height is None else
@@ -80,7 +106,10 @@ def plan_adapters(source: SourceSpec, declared: ImageSpec, resize: str,
         steps.append(f"resize ({resize}) -> {declared.height}x{declared.width}")
 
     channel_change = None
-    if source.channels != declared.channels:
+    if source.channels is None and channel_policy == "error":
+        steps.append(f"channels vary: images without {declared.channels} channels are bad examples "
+                     f"(dataset.channel_policy=error)")
+    elif source.channels != declared.channels:
         if source.channels is not None and (source.channels, declared.channels) not in _CONVERTIBLE:
             raise SpecError(
                 f"dataset {source.name} delivers {source.channels}-channel images; "
@@ -96,9 +125,11 @@ def plan_adapters(source: SourceSpec, declared: ImageSpec, resize: str,
                       f"{source.channels}" if source.channels else "set dataset.channel_policy=convert"),
                 config_key="dataset.channel_policy",
             )
-        channel_change = (source.channels or 0, declared.channels)
+        channel_change = declared.channels
         steps.append(f"channels {source.channels or '?'} -> {declared.channels}")
 
-    steps.append(f"normalize ({declared.normalization}) and cast -> {declared.dtype}")
+    steps.append(f"normalize ({declared.normalization}) from [{lo:g}, {hi:g}] and cast -> {declared.dtype}")
     steps.append(f"model input: {declared.describe()}")
-    return AdapterPlan(resize=resize_mode, channels=channel_change, steps=tuple(steps))
+    return AdapterPlan(resize=resize_mode, channels=channel_change, steps=tuple(steps),
+                       check_size=varies and resize == "error",
+                       check_channels=source.channels is None and channel_policy == "error")

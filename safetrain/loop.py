@@ -116,7 +116,7 @@ class TrainLoop:
         totals = _Totals()
         self.progress.start_epoch(epoch, cfg.epochs, self.steps_per_epoch)
         in_epoch = skip
-        epoch_started = self.clock()
+        rate_from: tuple[float, int] | None = None  # (time, examples) after the epoch's first step
         while not self._budget_spent():
             t0 = self.clock()
             try:
@@ -137,7 +137,9 @@ class TrainLoop:
                 log_now = result.steps % cfg.log_every_steps == 0
                 if log_now:
                     self._log_scalars(totals)
-                rate = totals.count / (t2 - epoch_started)  # this epoch so far, input waits included
+                # This epoch so far, input waits included, first step (tracing, new iterator) excluded.
+                rate = (totals.count - rate_from[1]) / (t2 - rate_from[0]) if rate_from else None
+                rate_from = rate_from or (t2, totals.count)
                 self.progress.update(in_epoch, totals.mean_loss, totals.accuracy, rate, force=log_now)
             else:
                 self._non_finite(epoch, float(out["loss_sum"]))  # raises unless on_nan=skip_step

@@ -43,3 +43,14 @@ def sparse_categorical_crossentropy():
     """Integer labels, logits from the head; per-example losses (the step averages them)."""
     import keras
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
+
+
+@LOSSES.register("categorical_crossentropy")
+def categorical_crossentropy():
+    """One-hot labels (dataset.label_encoding=one_hot), logits from the head."""
+    import keras
+    return keras.losses.CategoricalCrossentropy(from_logits=True, reduction="none")
+
+
+# Which label encoding each loss expects: validate() refuses the other one before training.
+LOSS_ENCODING = {"sparse_categorical_crossentropy": "sparse", "categorical_crossentropy": "one_hot"}

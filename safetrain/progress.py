@@ -19,14 +19,14 @@ class Progress:
         self.stream = stream or sys.stderr
         self.is_tty = self.stream.isatty() if is_tty is None else is_tty
         self.clock = clock
-        self._last_draw = 0.0
+        self._last_draw = float("-inf")
         self._prefix = ""
         self._total: int | None = None
 
     def start_epoch(self, epoch: int, epochs: int, total_steps: int | None) -> None:
         self._prefix = f"epoch {epoch}/{epochs}"
         self._total = total_steps
-        self._last_draw = 0.0
+        self._last_draw = float("-inf")
 
     def update(self, step: int, loss: float, accuracy: float, examples_per_sec: float | None,
                force: bool = False) -> None:

@@ -75,5 +75,7 @@ class Steps:
 
 
 def _correct(labels, logits):
+    if labels.shape.rank == 2:  # one-hot
+        labels = tf.argmax(labels, axis=-1, output_type=tf.int32)
     predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
     return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.int32))

@@ -18,9 +18,9 @@ import tensorflow_datasets as tfds
 
 from models.build import build_model
 from models.shapes import ModelPlan, infer
-from pipelines.build import build_datasets
+from pipelines.build import bad_examples_error, build_datasets
 from safetrain.checkpoints import Checkpoints
-from safetrain.config.schema import Config, OnNan
+from safetrain.config.schema import BadExamplePolicy, Config, OnNan
 from safetrain.env_report import env_text, versions
 from safetrain.errors import GraphError, SafetrainError, SpecError
 from safetrain.hardware import choose_precision, detect_devices, make_strategy
@@ -78,6 +78,17 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
     data = build_datasets(cfg.dataset, t.batch_size, t.eval_batch_size or t.batch_size, t.seed,
                           deterministic=t.deterministic)
     report.data["counts"] = data.counts
+    for bad in data.bad:
+        errors.write(phase="data", kind="bad_example", message=bad.reason, example=bad.key,
+                     config_key="dataset.on_bad_example",
+                     hint="skipped" if cfg.dataset.on_bad_example is BadExamplePolicy.skip else "")
+    refused = bad_examples_error(data.bad, cfg.dataset.on_bad_example)
+    if refused is not None:
+        raise refused
+    report.data["skipped"] = len(data.bad)
+    if data.bad:
+        log.warning("skipped %d bad examples (dataset.on_bad_example=skip), listed in errors.jsonl; first: %s",
+                    len(data.bad), data.bad[0].describe())
     if data.steps_per_epoch == 0:
         raise SpecError(
             f"the training split {cfg.dataset.splits.train!r} has {data.counts['train']} examples, "
@@ -145,8 +156,10 @@ def _final_summary(report: RunReport, run_dir: Path) -> None:
     m, tp = report.metrics, report.throughput
     acc = f"{m['test_accuracy']:.4f}" if m["test_accuracy"] is not None else "n/a"
     rate = f"{tp['examples_per_sec']:,.0f}" if tp["examples_per_sec"] else "n/a"
-    log.info("done: test accuracy %s | %s examples/s (median, steady state) | %d steps, %d epochs",
-             acc, rate, report.steps, report.epochs)
+    skipped = report.data.get("skipped", 0)
+    log.info("done: test accuracy %s | %s examples/s (median, steady state) | %d steps, %d epochs%s",
+             acc, rate, report.steps, report.epochs,
+             f" | {skipped} bad examples skipped (errors.jsonl)" if skipped else "")
     log.info("tensorboard --logdir %s", run_dir / "tb")
 
 

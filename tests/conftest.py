@@ -74,6 +74,8 @@ def read_tensorboard(logdir: Path) -> tuple[dict[str, list[tuple[int, float]]], 
             value = tf.make_ndarray(event.tensor_proto)
             if value.dtype.kind in "SO":
                 texts[tag] = value.item().decode() if value.shape == () else str(value)
-            else:
+            elif value.shape == ():
                 scalars.setdefault(tag, []).append((event.step, float(value)))
+            else:  # e.g. the HParams plugin's session record: kept by tag, value unused
+                texts.setdefault(tag, "")
     return scalars, texts

@@ -38,7 +38,10 @@ def run_probe(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
     (["+model.layers.0.filtres=8"], r"model\.layers\.0 \(conv2d\) has no argument 'filtres'\. Known arguments: filters"),
     (["model.layers.1.type=maxpool"], r"model\.layers\.1\.type='maxpool' is not a known layer type \(did you mean 'max_pool'\?\)"),
     (["trainer.epochs=0"], r"trainer\.epochs=0 must be greater than 0"),
-    (["dataset.source=idx"], r"dataset\.source=idx is not available in this version"),
+    (["dataset.source=idx"], r"dataset\.source=idx reads files from dataset\.path, which is not set"),
+    (["dataset.label_encoding=one_hot"], r"(?s)trainer\.loss=sparse_categorical_crossentropy expects sparse labels "
+                                         r"but dataset\.label_encoding=one_hot.*trainer\.loss=categorical_crossentropy"),
+    (["dataset.pixel_range=[1,0]"], r"dataset\.pixel_range=\[1\.0, 0\.0\] must be \[min, max\] with min < max"),
 ])
 def test_config_error_exits_2_with_one_paragraph_before_tensorflow(tmp_path, overrides, expected):
     proc = run_probe(tmp_path, *overrides)

@@ -89,18 +89,28 @@ def test_nan_skip_step_goes_on_and_lists_each_skip(run_cli):
     assert report["steps"] == 4
 
 
-def test_tensorflow_runtime_error_exits_4_naming_the_op_and_cause(run_cli):
-    # 10 digit classes declared as 5: the loss op rejects label 9 inside the first step.
+def test_label_out_of_range_is_a_data_error_naming_examples_before_training(run_cli):
+    # 10 digit classes declared as 5: plain Keras fails inside the first step with a graph error
+    # naming the loss op; here the scan names the examples before any step.
     result = run_cli("+debug=tiny", "dataset.num_classes=5")
-    assert result.code == 4, result.err
+    assert result.code == 3, result.err
     assert "Traceback" not in result.text
-    assert "InvalidArgumentError at op sparse_categorical_crossentropy/" in result.err
-    assert "outside the valid range of [0, 5)" in result.err
-    [event] = result.errors()
-    assert event["tf_error_class"] == "InvalidArgumentError" and event["phase"] == "train"
-    assert "SparseSoftmaxCrossEntropyWithLogits" in event["op"]
-    _, texts = read_tensorboard(result.run_dir / "tb")
-    assert "outside the valid range" in texts["errors/graph"]
+    assert "label outside [0, 5) (dataset.num_classes=5)" in result.err
+    assert "train[:90%]#" in result.err and "dataset.on_bad_example=skip" in result.err
+    report = result.report()
+    assert report["steps"] == 0 and report["error"]["kind"] == "data"
+    events = [e for e in result.errors() if e["kind"] == "bad_example"]
+    assert len(events) > 100 and all(e["example"].split("#")[1].isdigit() for e in events)
+
+
+def test_skipped_bad_examples_are_counted_listed_and_training_goes_on(run_cli):
+    result = run_cli("+debug=tiny", "dataset.num_classes=5", "dataset.on_bad_example=skip")
+    assert result.code == 0, result.err
+    report = result.report()
+    listed = [e for e in result.errors() if e["kind"] == "bad_example"]
+    assert report["data"]["skipped"] == len(listed) > 0
+    assert sum(report["data"]["counts"].values()) + len(listed) == 256 + 144 + 256  # tiny: max_examples=256
+    assert f"{len(listed)} bad examples skipped" in result.err
 
 
 def test_rerun_in_same_run_dir_resumes_from_checkpoint(run_cli):

@@ -80,7 +80,7 @@ def test_adapter_plan_refuses_size_and_channel_mismatch_unless_allowed():
     rgb = ImageSpec(28, 28, 3)
     with pytest.raises(SpecError, match=r"declares 3 channels, and dataset\.channel_policy=error"):
         plan_adapters(SourceSpec("mnist", 28, 28, 1, "uint8", 10), rgb, "error", "error")
-    assert plan_adapters(SourceSpec("mnist", 28, 28, 1, "uint8", 10), rgb, "error", "convert").channels == (1, 3)
+    assert plan_adapters(SourceSpec("mnist", 28, 28, 1, "uint8", 10), rgb, "error", "convert").channels == 3
 
 
 GPU_V100 = Device("GPU", "Tesla V100", (7, 0))

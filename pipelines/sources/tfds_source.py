@@ -11,8 +11,12 @@ from __future__ import annotations
 import socket
 from urllib.parse import urlparse
 
+import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from pipelines.sources.base import Source, dtype_range
+from pipelines.spec import SourceSpec
 from safetrain.errors import DataError
 
 # TFDS first looks for a prepared copy on its GCS bucket, then the dataset's own URLs.
@@ -51,10 +55,44 @@ def open_builder(name: str, data_dir: str | None, download: bool,
     return builder
 
 
-def read_split(builder: tfds.core.DatasetBuilder, split: str, **kwargs):
+def tfds_source(builder: tfds.core.DatasetBuilder, name: str, num_classes: int | None) -> Source:
+    """A prepared (or mock) TFDS builder as a Source; keys are `split#index` within the split read."""
+    keys = builder.info.supervised_keys
+    if not keys or len(keys) != 2 or not all(isinstance(k, str) for k in keys):
+        raise DataError(f"TFDS dataset {name} has no (image, label) supervised keys",
+                        hint="pick an image-classification dataset", config_key="dataset.name")
+    image, label = builder.info.features[keys[0]], builder.info.features[keys[1]]
+    num_classes = num_classes or getattr(label, "num_classes", None)
+    if not num_classes:
+        raise DataError(f"dataset {name} does not say how many classes it has",
+                        hint="set dataset.num_classes", config_key="dataset.num_classes")
+    height, width, channels = (tuple(image.shape) + (None, None, None))[:3]
+    dtype = np.dtype(getattr(image, "np_dtype", np.uint8))
+    spec = SourceSpec(name=name, height=height, width=width, channels=channels, dtype=dtype.name,
+                      num_classes=int(num_classes), value_range=dtype_range(dtype) or (0.0, 1.0))
+
+    def read(split: str):
+        ds = _as_dataset(builder, split)
+        return ds.enumerate().map(lambda i, ex: (ex[0], ex[1], tf.strings.join([split, "#", tf.strings.as_string(i)])))
+
+    return Source(spec=spec, read=read, sizes=_split_sizes(builder))
+
+
+def _split_sizes(builder) -> dict[str, int]:
+    try:
+        sizes = {name: info.num_examples for name, info in builder.info.splits.items()}
+    except (AttributeError, TypeError):
+        return {}
+    # Under tfds.testing.mock_data the split info is a stand-in without real numbers.
+    return sizes if all(isinstance(n, int) for n in sizes.values()) else {}
+
+
+def _as_dataset(builder: tfds.core.DatasetBuilder, split: str):
     """`builder.as_dataset`, with "not prepared" and bad split strings as DataError."""
     try:
-        return builder.as_dataset(split=split, as_supervised=True, **kwargs)
+        # Files in a fixed order so `split#index` keys name the same example on every run;
+        # the pipeline shuffles after caching.
+        return builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
     except AssertionError as err:  # TFDS: "Dataset X: could not find data in DIR"
         raise DataError(
             f"TFDS dataset {builder.name!r} has no prepared data in {builder.data_dir} and "

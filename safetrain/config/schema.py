@@ -36,6 +36,11 @@ class Normalization(Enum):
     none = "none"                    # raw pixel values as floats
 
 
+class LabelEncoding(Enum):
+    sparse = "sparse"    # integer class ids; loss sparse_categorical_crossentropy
+    one_hot = "one_hot"  # float vectors; loss categorical_crossentropy
+
+
 class ResizePolicy(Enum):
     error = "error"              # a size mismatch is a spec error (exit 2)
     bilinear = "bilinear"        # resize with bilinear interpolation
@@ -101,6 +106,7 @@ class DatasetConfig:
     source: Source = Source.digits
     name: str = "digits"                 # TFDS catalog name when source=tfds
     path: Optional[str] = None           # folder for image_folder / idx
+    local_idx_dirs: List[str] = field(default_factory=list)  # tfds: IDX folders tried before downloading
     data_dir: Optional[str] = None       # TFDS data dir; null = TFDS default (~/tensorflow_datasets)
     download: bool = True                # false: never touch the network, use prepared data only
     splits: SplitsConfig = field(default_factory=SplitsConfig)
@@ -109,7 +115,9 @@ class DatasetConfig:
     channel_policy: ChannelPolicy = ChannelPolicy.error
     on_bad_example: BadExamplePolicy = BadExamplePolicy.error
     max_pixels: int = 40_000_000         # images above this are bad examples (checked before decoding)
+    pixel_range: Optional[List[float]] = None  # [min, max] of raw pixels; null = from the dtype (uint8: 0..255)
     num_classes: Optional[int] = None    # from the source when null
+    label_encoding: LabelEncoding = LabelEncoding.sparse  # must agree with trainer.loss
     shuffle_buffer: int = 10_000
     cache: bool = True                   # cache decoded examples in memory when they fit
     max_examples: Optional[int] = None   # use only the first N examples of each split (smoke runs)

@@ -11,7 +11,7 @@ from models.shapes import ModelPlan, infer
 from models.spec import parse_layers
 from safetrain.config.schema import Config, Source, StrategyKind
 from safetrain.errors import ConfigError
-from safetrain.optimizers import LOSSES, OPTIMIZERS
+from safetrain.optimizers import LOSS_ENCODING, LOSSES, OPTIMIZERS
 
 
 def _positive(key: str, value: float | int | None, allow_none: bool = False) -> None:
@@ -43,11 +43,15 @@ def validate(cfg: Config) -> ModelPlan:
         raise ConfigError(f"dataset.num_classes={d.num_classes}: classification needs at least 2 classes.",
                           hint="set dataset.num_classes=null to take it from the data",
                           config_key="dataset.num_classes")
-    if d.source in (Source.image_folder, Source.idx):
+    if d.source in (Source.image_folder, Source.idx) and not d.path:
         raise ConfigError(
-            f"dataset.source={d.source.value} is not available in this version of safetrain "
-            f"(it arrives with the input-pipelines work).",
-            hint="use dataset.source=digits or dataset.source=tfds", config_key="dataset.source")
+            f"dataset.source={d.source.value} reads files from dataset.path, which is not set.",
+            hint=f"set dataset.path=/path/to/{'class/folders' if d.source is Source.image_folder else 'idx/files'}",
+            config_key="dataset.path")
+    if d.pixel_range is not None and (len(d.pixel_range) != 2 or not d.pixel_range[0] < d.pixel_range[1]):
+        raise ConfigError(f"dataset.pixel_range={list(d.pixel_range)} must be [min, max] with min < max.",
+                          hint="set dataset.pixel_range=[0,255] (or [0,1] for float images in 0..1)",
+                          config_key="dataset.pixel_range")
     if cfg.hardware.strategy is StrategyKind.multi_worker:
         raise ConfigError(
             "hardware.strategy=multi_worker is not available in this version of safetrain.",
@@ -55,6 +59,15 @@ def validate(cfg: Config) -> ModelPlan:
             config_key="hardware.strategy")
     OPTIMIZERS.get(cfg.optimizer.name)
     LOSSES.get(t.loss)
+    wanted = LOSS_ENCODING.get(t.loss)
+    if wanted and wanted != d.label_encoding.value:
+        other = next(loss for loss, enc in LOSS_ENCODING.items() if enc == d.label_encoding.value)
+        raise ConfigError(
+            f"trainer.loss={t.loss} expects {wanted} labels but dataset.label_encoding="
+            f"{d.label_encoding.value}: the loss would read {d.label_encoding.value} labels as "
+            f"{wanted} ones (Keras reports this as a rank mismatch inside the first step).",
+            hint=f"set trainer.loss={other}, or dataset.label_encoding={wanted}",
+            config_key="trainer.loss")
     layers = parse_layers(cfg.model.layers)
     # The head size does not change whether the body fits; the real count comes from the data.
     return infer(layers, (d.image.height, d.image.width, d.image.channels), d.num_classes or 2)

@@ -1,0 +1,80 @@
+"""Pieces of the loop that need no training: progress output, step timing, error conversion, report."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pytest
+
+from safetrain.progress import Progress
+from safetrain.report import RunReport
+from safetrain.throughput import WARMUP_STEPS, StepTimer
+
+
+def test_progress_redraws_a_bar_on_a_terminal_and_throttles():
+    clock = iter([0.0, 0.05, 0.2, 0.3]).__next__
+    out = io.StringIO()
+    bar = Progress(stream=out, is_tty=True, clock=clock)
+    bar.start_epoch(2, 5, total_steps=8)
+    bar.update(1, 2.0, 0.1, None)          # t=0.0: drawn
+    bar.update(2, 1.9, 0.2, 1000.0)        # t=0.05: throttled
+    bar.update(4, 1.5, 0.5, 1234.0)        # t=0.2: drawn
+    text = out.getvalue()
+    assert text.count("\r") == 2
+    assert "epoch 2/5 [============>           ] 4/8  loss 1.5000  acc 0.5000  1,234 ex/s" in text
+
+
+def test_progress_logs_plain_lines_only_at_the_log_cadence(caplog):
+    out = io.StringIO()
+    bar = Progress(stream=out, is_tty=False)
+    bar.start_epoch(1, 1, total_steps=None)
+    with caplog.at_level("INFO", logger="safetrain"):
+        bar.update(1, 2.0, 0.1, None)
+        bar.update(2, 1.0, 0.2, 99.0, force=True)
+    assert out.getvalue() == ""
+    assert [r.getMessage() for r in caplog.records] == ["epoch 1/1 step 2  loss 1.0000  acc 0.2000  99 ex/s"]
+
+
+def test_step_timer_excludes_warmup_and_epoch_starts():
+    timer = StepTimer()
+    for i in range(WARMUP_STEPS):
+        timer.add(wait=1.0, total=10.0, examples=1, first_of_epoch=False)  # slow tracing steps
+    timer.add(wait=0.5, total=1.0, examples=100, first_of_epoch=True)       # new iterator
+    for total in (0.1, 0.2, 0.4):
+        timer.add(wait=0.01, total=total, examples=100, first_of_epoch=False)
+    summary = timer.summary()
+    assert summary["examples_per_sec"] == 500.0            # median of 1000, 500, 250
+    assert summary["step_time_ms_p50"] == 200.0 and summary["step_time_ms_p90"] == 400.0
+    assert summary["input_wait_fraction"] == pytest.approx(0.03 / 0.7, abs=1e-4)
+    interval = timer.interval()                            # everything since the start
+    assert interval["throughput/steps_per_sec"] == pytest.approx(7 / 31.7)
+    assert timer.interval() == {}
+
+
+def test_report_is_valid_json_even_with_nan_metrics(tmp_path):
+    report = RunReport(name="x")
+    report.metrics["train_loss"] = math.nan
+    path = report.write(tmp_path)
+    data = json.loads(path.read_text())
+    assert data["metrics"]["train_loss"] is None and data["status"] == "failed"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_real_tensorflow_op_error_becomes_a_graph_error_naming_op_and_cause():
+    import tensorflow as tf
+
+    from safetrain.training import _graph_error
+
+    @tf.function
+    def loss(labels, logits):
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        loss(tf.constant([7]), tf.zeros([1, 5]))
+    error = _graph_error(info.value)
+    assert error.exit_code == 4 and error.tf_error_class == "InvalidArgumentError"
+    assert "SparseSoftmaxCrossEntropyWithLogits" in error.op
+    assert "Received a label value of 7 which is outside the valid range of [0, 5)" in error.message
+    assert "Graph execution error" not in error.message
