@@ -48,8 +48,7 @@ class SourceSpec:
 
     def describe(self) -> str:
         dim = lambda d: "?" if d is None else str(d)  # noqa: E731
-        lo, hi = self.value_range
-        return f"{dim(self.height)}x{dim(self.width)}x{dim(self.channels)} {self.dtype} in [{lo:g}, {hi:g}]"
+        return f"{dim(self.height)}x{dim(self.width)}x{dim(self.channels)} {self.dtype}"
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ def plan_adapters(source: SourceSpec, declared: ImageSpec, resize: str,
                   channel_policy: str) -> AdapterPlan:
     """Check `source` + adapters == `declared`; raise SpecError naming both specs and the fix."""
     lo, hi = source.value_range
-    steps: list[str] = [f"source {source.name}: {source.describe()}",
+    steps: list[str] = [f"source {source.name}: {source.describe()} (pixels in [{lo:g}, {hi:g}])",
                         f"check finite, pixel values in [{lo:g}, {hi:g}], labels in [0, {source.num_classes})"]
 
     resize_mode = None

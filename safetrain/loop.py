@@ -83,7 +83,7 @@ class TrainLoop:
         step, start_epoch, done_in_epoch = self.checkpoints.restore()
         if step:
             log.info("resuming from checkpoint at step %d (epoch %d)", step, start_epoch)
-        result.steps = step
+        result.steps, result.epochs = step, start_epoch - 1
         for epoch in range(start_epoch, cfg.epochs + 1):
             if self._budget_spent():
                 break

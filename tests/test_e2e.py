@@ -25,7 +25,7 @@ def test_default_run_trains_digits_to_95_percent_and_writes_the_run_dir(run_cli)
     assert report["name"] == "digits_cnn"
     assert report["metrics"]["test_accuracy"] >= 0.95
     assert 0 < report["metrics"]["train_loss"] < 1.0
-    assert report["epochs"] == 10 and report["steps"] == 10 * (1294 // 32)
+    assert report["epochs"] == 15 and report["steps"] == 15 * (1294 // 32)
     assert report["data"]["counts"] == {"train": 1294, "eval": 144, "test": 359}
     tp = report["throughput"]
     assert tp["examples_per_sec"] > 0 and 0 <= tp["input_wait_fraction"] < 1
@@ -41,7 +41,7 @@ def test_default_run_trains_digits_to_95_percent_and_writes_the_run_dir(run_cli)
     for tag in THROUGHPUT[:3]:
         assert all(v > 0 for _, v in scalars[tag]), tag
     assert all(0 <= v < 1 for _, v in scalars["throughput/input_wait_fraction"])
-    assert len(scalars["eval/accuracy"]) == 10
+    assert len(scalars["eval/accuracy"]) == 15
     assert scalars["optimizer/learning_rate"][0][1] == pytest.approx(0.001)
     assert "conv2d 32, 3x3" in texts["model/summary"] and "421,642" in texts["model/summary"]
     assert "tensorflow: 2.21" in texts["env/report"]
@@ -50,11 +50,11 @@ def test_default_run_trains_digits_to_95_percent_and_writes_the_run_dir(run_cli)
 
     # The console: the shape table, non-TTY progress lines, the final summary.
     assert "(None, 7, 7, 64)" in result.err
-    assert "epoch 10/10 step 40/40" in result.err
+    assert "epoch 15/15 step 40/40" in result.err
     assert "done: test accuracy" in result.err and f"run directory: {result.run_dir}" in result.err
     assert (result.run_dir / "checkpoints" / "checkpoint").exists()
     assert (result.run_dir / ".hydra" / "config.yaml").exists()
-    assert (result.run_dir / "safetrain.log").read_text().count("epoch 10/10") >= 1
+    assert (result.run_dir / "safetrain.log").read_text().count("epoch 15/15") >= 1
 
 
 def test_nan_loss_stops_with_exit_5_and_keeps_records(run_cli):
@@ -225,3 +225,51 @@ def test_sigterm_saves_a_checkpoint_at_the_step_reached_and_a_rerun_resumes(tmp_
     assert again.returncode == 0, again.stderr
     assert f"resuming from checkpoint at step {stopped_at}" in again.stderr
     assert json.loads((run_dir / "report.json").read_text())["steps"] == stopped_at + 5
+
+
+def _messy_folder(root):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("circle", "square"):
+        (root / cls).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    (root / "square" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a whole JPEG")
+    return root
+
+
+def test_image_folder_from_the_cli_stops_naming_the_bad_file_or_skips_it(run_cli, tmp_path):
+    root = _messy_folder(tmp_path / "shapes")
+    args = ["dataset=image_folder", f"dataset.path={root}", "dataset.image.height=16", "dataset.image.width=16",
+            "trainer.epochs=1", "trainer.batch_size=4"]
+    stopped = run_cli(*args)
+    assert stopped.code == 3, stopped.err
+    assert f"{root / 'square' / 'broken.jpg'} (train): unreadable, corrupt or truncated image file" in stopped.err
+    assert "Traceback" not in stopped.text and stopped.report()["steps"] == 0
+
+    skipped = run_cli(*args, "dataset.on_bad_example=skip")
+    assert skipped.code == 0, skipped.err
+    report = skipped.report()
+    assert report["data"]["skipped"] == 1 and report["data"]["counts"]["train"] == 19  # 80% of 24
+    # errors.jsonl keeps the history of the run dir: one event from each of the two runs.
+    events = [e for e in skipped.errors() if e["kind"] == "bad_example"]
+    assert [e["example"] for e in events] == [str(root / "square" / "broken.jpg")] * 2
+    assert events[-1]["hint"] == "skipped"
+    assert "per class: circle 12, square 12" in (skipped.run_dir / "safetrain.log").read_text()
+
+
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir(FASHION),
+                    reason="Debian's dataset-fashion-mnist is not installed (CI installs it)")
+def test_fashion_mnist_experiment_trains_on_the_real_local_idx_files(run_cli):
+    result = run_cli("+experiment=fashion_mnist_cnn", "+debug=tiny", "trainer.max_steps=30",
+                     "dataset.max_examples=null", "dataset.download=false")
+    assert result.code == 0, result.err
+    report = result.report()
+    assert report["data"]["counts"] == {"train": 54000, "eval": 6000, "test": 10000}
+    assert report["metrics"]["test_accuracy"] > 0.5  # 30 steps of batch 32 on real data
+    assert f"using local IDX files in {FASHION}" in result.err

@@ -130,7 +130,8 @@ def _scan(path: Path, split: str, label: int, max_pixels: int) -> Scanned:
             fmt, (width, height), mode = img.format, img.size, img.mode
             frames = getattr(img, "n_frames", 1)
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        return Scanned(path, split, label, problem=f"not a readable image ({err.__class__.__name__}: {err})")
+        return Scanned(path, split, label,
+                       problem=f"unreadable, corrupt or truncated image file ({err.__class__.__name__}: {err})")
     if fmt not in FORMATS:
         return Scanned(path, split, label, problem=f"{fmt} image; supported: PNG, JPEG, BMP, GIF")
     if width * height > max_pixels:
