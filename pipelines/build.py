@@ -128,13 +128,19 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
                         f"examples" + (f" ({len(bad)} bad)" if bad else ""),
                         hint="check dataset.splits.train and the data", config_key="dataset.splits.train")
 
+    bad_splits = {b.split for b in bad}
+
     def finish(name: str, batch: int) -> tf.data.Dataset:
-        ds = bases[name].filter(lambda x, y, status, key: tf.equal(status, checks.OK))
-        ds = ds.map(lambda x, y, status, key: (_normalize(x, spec, source.spec.value_range, stats),
-                                               _encode(y, cfg, source.spec.num_classes)), **parallel)
+        ds = bases[name]
+        if names[name] in bad_splits:  # per-example filtering costs; only where the scan found bad ones
+            ds = ds.filter(_is_ok)
         if name == "train":
             ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch, drop_remainder=name == "train")
+        # Normalize and encode whole batches: vectorized, ~10x cheaper than per example.
+        ds = ds.map(lambda x, y, status, key: (_normalize(x, spec, source.spec.value_range, stats),
+                                               _encode(y, cfg, source.spec.num_classes)),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or None)
         options = tf.data.Options()
         options.deterministic = deterministic
         return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
@@ -147,6 +153,10 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
         steps_per_epoch=counts["train"] // batch_size, bad=bad, notes=source.notes,
         normalization_stats=stats,
     )
+
+
+def _is_ok(x, y, status, key):
+    return tf.equal(status, checks.OK)
 
 
 def bad_examples_error(bad: list[BadExample], policy: BadExamplePolicy) -> DataError | None:

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import tensorflow as tf
+
 from safetrain.config.schema import OnNan, TrainerConfig
 from safetrain.errors import NumericsError
 from safetrain.progress import Progress
@@ -118,13 +120,13 @@ class TrainLoop:
         in_epoch = skip
         rate_from: tuple[float, int] | None = None  # (time, examples) after the epoch's first step
         while not self._budget_spent():
+            if self.steps_per_epoch is not None and in_epoch >= self.steps_per_epoch:
+                return totals, in_epoch, True
             t0 = self.clock()
             try:
-                images, labels = next(iterator)
-            except StopIteration:
+                out = {k: v.numpy() for k, v in self.steps.train(iterator).items()}
+            except tf.errors.OutOfRangeError:  # the data ran out before the counted steps
                 return totals, in_epoch, True
-            t1 = self.clock()
-            out = {k: v.numpy() for k, v in self.steps.train(images, labels).items()}
             t2 = self.clock()
             result.steps += 1
             in_epoch += 1
@@ -132,7 +134,8 @@ class TrainLoop:
                 result.time_to_first_step_s = round(t2 - self.started, 3)
             if out["finite"]:
                 totals.add(out)
-                self.timer.add(wait=t1 - t0, total=t2 - t0, examples=int(out["count"]),
+                self.timer.add(wait=min(float(out["input_wait_s"]), t2 - t0), total=t2 - t0,
+                               examples=int(out["count"]),
                                first_of_epoch=in_epoch == 1)
                 log_now = result.steps % cfg.log_every_steps == 0
                 if log_now:

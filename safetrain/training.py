@@ -112,7 +112,7 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
     spec_of = lambda ds: strategy.experimental_distribute_dataset(ds).element_spec  # noqa: E731
     eval_ds = data.eval if data.eval is not None else data.test
     steps = Steps(strategy=strategy, model=model, optimizer=optimizer, loss_fn=LOSSES.get(t.loss)(),
-                  train_spec=spec_of(data.train), eval_spec=spec_of(eval_ds) if eval_ds is not None else None,
+                  eval_spec=spec_of(eval_ds) if eval_ds is not None else None,
                   jit_compile=t.jit_compile, guard_updates=t.on_nan is OnNan.skip_step)
     loop = TrainLoop(steps=steps, strategy=strategy, train_ds=data.train, eval_ds=data.eval, cfg=t,
                      summaries=summaries, checkpoints=Checkpoints(run_dir / "checkpoints", model, optimizer),
