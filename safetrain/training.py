@@ -78,6 +78,8 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
     data = build_datasets(cfg.dataset, t.batch_size, t.eval_batch_size or t.batch_size, t.seed,
                           deterministic=t.deterministic)
     report.data["counts"] = data.counts
+    log.info("pipeline:\n  %s", "\n  ".join(data.describe().splitlines()))
+    summaries.text("pipeline/spec", data.describe())
     for bad in data.bad:
         errors.write(phase="data", kind="bad_example", message=bad.reason, example=bad.key,
                      config_key="dataset.on_bad_example",
@@ -96,9 +98,7 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
             hint=f"set trainer.batch_size={max(1, data.counts['train'] or 1)} or less, or use more data",
             config_key="trainer.batch_size")
     plan = infer(list(plan.layers), data.spec.shape, data.source.num_classes)
-    log.info("pipeline:\n  %s", "\n  ".join(data.describe().splitlines()))
     log.info("model %s:\n%s", cfg.model.name, plan.table())
-    summaries.text("pipeline/spec", data.describe())
     summaries.text("model/summary", plan.table())
 
     with strategy.scope():
