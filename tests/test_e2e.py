@@ -273,3 +273,12 @@ def test_fashion_mnist_experiment_trains_on_the_real_local_idx_files(run_cli):
     assert report["data"]["counts"] == {"train": 54000, "eval": 6000, "test": 10000}
     assert report["metrics"]["test_accuracy"] > 0.5  # 30 steps of batch 32 on real data
     assert f"using local IDX files in {FASHION}" in result.err
+
+
+def test_one_hot_labels_train_with_categorical_crossentropy(run_cli):
+    result = run_cli("+debug=tiny", "dataset.label_encoding=one_hot", "trainer.loss=categorical_crossentropy",
+                     "trainer.max_steps=8")
+    assert result.code == 0, result.err
+    report = result.report()
+    assert report["steps"] == 8 and 0.0 <= report["metrics"]["test_accuracy"] <= 1.0
+    assert report["metrics"]["train_accuracy"] > 0.0

@@ -245,3 +245,30 @@ def test_idx_folder_reads_gzipped_files_and_refuses_a_truncated_one(tmp_path):
         fh.write(data[:-100])
     with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte\.gz is truncated or padded"):
         idx_source("tiny_idx", tmp_path, num_classes=10)
+
+
+@pytest.mark.parametrize("channels_in, channels_out", [(1, 3), (2, 3), (4, 3), (3, 1), (4, 1), (2, 1)])
+def test_channel_and_size_adapters_eagerly_and_inside_dataset_map(channels_in, channels_out):
+    from pipelines.build import _adapt
+    from pipelines.spec import AdapterPlan, ImageSpec
+
+    spec = ImageSpec(12, 10, channels_out)
+    plan = AdapterPlan(resize="bilinear", channels=channels_out, steps=())
+    image = np.random.default_rng(3).uniform(0, 255, (6, 5, channels_in)).astype(np.float32)
+    eager = _adapt(tf.constant(image), plan, spec).numpy()
+    ds = tf.data.Dataset.from_tensors(image).map(lambda x: _adapt(x, plan, spec))
+    mapped = next(iter(ds)).numpy()
+    assert eager.shape == mapped.shape == (12, 10, channels_out)
+    np.testing.assert_allclose(eager, mapped, rtol=1e-6)
+    if channels_in == 4 and channels_out == 3:  # alpha dropped, colour kept
+        small = _adapt(tf.constant(image), AdapterPlan(None, 3, ()), ImageSpec(6, 5, 3)).numpy()
+        np.testing.assert_array_equal(small, image[..., :3])
+
+
+def test_one_hot_labels_are_encoded_for_categorical_loss():
+    from safetrain.config.schema import LabelEncoding
+
+    ds = from_arrays(config(num_classes=3, label_encoding=LabelEncoding.one_hot),
+                     arrays(labels=[0, 1, 2, 0, 1, 2, 0, 1]), batch_size=4)
+    _, labels = first_batch(ds)
+    assert labels.shape == (4, 3) and labels.sum(axis=1).tolist() == [1, 1, 1, 1]
