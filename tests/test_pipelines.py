@@ -225,8 +225,20 @@ def _write_idx(path, array):
     import gzip
 
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as fh:
+    with (gzip.open(path, "wb") if path.suffix == ".gz" else open(path, "wb")) as fh:
         fh.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_folder_reads_raw_uncompressed_files(tmp_path):
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (5, 28, 28))
+    for stem in ("train", "t10k"):
+        _write_idx(tmp_path / f"{stem}-images-idx3-ubyte", images)
+        _write_idx(tmp_path / f"{stem}-labels-idx1-ubyte", np.arange(5) % 3)
+    source = idx_source("raw_idx", tmp_path, num_classes=None)
+    assert source.spec.num_classes == 3 and source.sizes == {"train": 5, "test": 5}
+    first = next(source.read("train").as_numpy_iterator())
+    np.testing.assert_array_equal(first[0][..., 0], images[0])
 
 
 def test_idx_folder_reads_gzipped_files_and_refuses_a_truncated_one(tmp_path):
