@@ -1,0 +1,12 @@
+"""Model specs: typed layer specs, shape inference and the Keras builder.
+
+    from models.spec import parse_layers
+    from models.shapes import infer
+    plan = infer(parse_layers(cfg.model.layers), (28, 28, 1), num_classes=10)
+    print(plan.table())            # shapes, params, FLOPs: plain Python, no TensorFlow
+    model = models.build.build_model(plan)   # imports Keras; checked against the plan
+
+Importing the package registers every built-in layer type.
+"""
+
+from models import blocks, sequence, spec  # noqa: F401  (registration)

@@ -14,6 +14,8 @@ from safetrain.errors import SpecError
 
 _KERAS = {
     "conv2d": keras.layers.Conv2D,
+    "depthwise_conv2d": keras.layers.DepthwiseConv2D,
+    "separable_conv2d": keras.layers.SeparableConv2D,
     "max_pool": keras.layers.MaxPooling2D,
     "avg_pool": keras.layers.AveragePooling2D,
     "global_avg_pool": keras.layers.GlobalAveragePooling2D,
@@ -22,7 +24,52 @@ _KERAS = {
     "dense": keras.layers.Dense,
     "dropout": keras.layers.Dropout,
     "batch_norm": keras.layers.BatchNormalization,
+    "lstm": keras.layers.LSTM,
+    "gru": keras.layers.GRU,
 }
+
+
+class ResidualBlock(keras.layers.Layer):
+    """The `residual` spec: conv-BN-relu-conv-BN + shortcut (1x1 conv + BN when the shape changes)."""
+
+    def __init__(self, filters: int, kernel_size, strides, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size, self.strides = filters, kernel_size, strides
+        conv = dict(padding="same", use_bias=False)
+        self.conv1 = keras.layers.Conv2D(filters, kernel_size, strides=strides, **conv)
+        self.bn1 = keras.layers.BatchNormalization()
+        self.conv2 = keras.layers.Conv2D(filters, kernel_size, **conv)
+        self.bn2 = keras.layers.BatchNormalization()
+        self.project = None
+
+    def build(self, input_shape) -> None:
+        if input_shape[-1] != self.filters or self.strides not in (1, (1, 1)):
+            self.project = keras.Sequential([
+                keras.layers.Conv2D(self.filters, 1, strides=self.strides, use_bias=False),
+                keras.layers.BatchNormalization()])
+
+    def call(self, x, training=None):
+        y = keras.ops.relu(self.bn1(self.conv1(x), training=training))
+        y = self.bn2(self.conv2(y), training=training)
+        shortcut = self.project(x, training=training) if self.project is not None else x
+        return keras.ops.relu(y + shortcut)
+
+
+def _keras_layer(spec: LayerSpec, seed: int | None, input_shape: tuple[int, ...]):
+    """One Keras layer per spec; `input_shape` (no batch) is what the spec receives."""
+    name = layer_name(spec)
+    if spec.type == "rows_as_sequence":
+        height, width, channels = input_shape
+        return keras.layers.Reshape((height, width * channels), name=name)
+    if spec.type == "residual":
+        return ResidualBlock(spec.filters, spec.kernel_size, spec.strides, name=name)
+    if spec.type == "bidirectional":
+        inner = _KERAS[spec.inner.type](**spec.inner.keras_args())
+        return keras.layers.Bidirectional(inner, merge_mode=spec.merge_mode, name=name)
+    kwargs = spec.keras_args()
+    if spec.type == "dropout" and seed is not None:
+        kwargs["seed"] = seed + spec.index
+    return _KERAS[spec.type](name=name, **kwargs)
 
 
 def layer_name(spec: LayerSpec) -> str:
@@ -32,11 +79,10 @@ def layer_name(spec: LayerSpec) -> str:
 def build_model(plan: ModelPlan, input_dtype: str = "float32", seed: int | None = None) -> keras.Model:
     inputs = keras.Input(shape=plan.input_shape, dtype=input_dtype, name="image")
     x = inputs
-    for spec in plan.layers:
-        kwargs = spec.keras_args()
-        if spec.type == "dropout" and seed is not None:
-            kwargs["seed"] = seed + spec.index
-        x = _KERAS[spec.type](name=layer_name(spec), **kwargs)(x)
+    shape = tuple(plan.input_shape)
+    for spec, row in zip(plan.layers, plan.rows[1:]):
+        x = _keras_layer(spec, seed, shape)(x)
+        shape = row.shape
     # The head always computes in float32: softmax/cross-entropy in float16 lose too much.
     logits = keras.layers.Dense(plan.num_classes, dtype="float32", name="head")(x)
     model = keras.Model(inputs, logits, name="safetrain_model")

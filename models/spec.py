@@ -51,6 +51,9 @@ class LayerSpec:
     def flops(self, shape: Shape, out: Shape) -> int:
         return 0
 
+    def check(self) -> None:
+        """Checks of one layer's own arguments beyond their types (a hook; most need none)."""
+
     def keras_args(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "index"}
 
@@ -102,15 +105,7 @@ class Conv2D(LayerSpec):
                 f"strides={_fmt_pair(self.strides)}, {self.padding}{act}")
 
     def output_shape(self, shape: Shape) -> Shape:
-        _require_image(self, shape)
-        (kh, kw), (sh, sw) = _pair(self.kernel_size), _pair(self.strides)
-        out = (_window_out(shape[0], kh, sh, self.padding), _window_out(shape[1], kw, sw, self.padding))
-        if min(out) < 1:
-            raise self._error(
-                f"leaves no pixels: input {_show(shape)} -> output {_show(out + (self.filters,))}; "
-                f"a {kh}x{kw} kernel does not fit a {shape[0]}x{shape[1]} input under padding=valid",
-                f"set {self.key}.padding=same, or lower {self.key}.kernel_size/strides", "padding")
-        return out + (self.filters,)
+        return _conv_out(self, shape, self.filters)
 
     def params(self, shape: Shape) -> int:
         kh, kw = _pair(self.kernel_size)
@@ -240,6 +235,78 @@ class BatchNorm(LayerSpec):
         return 2 * math.prod(shape)
 
 
+@LAYERS.register("depthwise_conv2d")
+@dataclass(frozen=True)
+class DepthwiseConv2D(LayerSpec):
+    type: ClassVar[str] = "depthwise_conv2d"
+    kernel_size: int | tuple[int, int] = 3
+    strides: int | tuple[int, int] = 1
+    padding: str = "valid"
+    depth_multiplier: int = 1
+    activation: Optional[str] = None
+    use_bias: bool = True
+
+    def label(self) -> str:
+        return (f"depthwise_conv2d x{self.depth_multiplier}, {_fmt_pair(self.kernel_size)}, "
+                f"strides={_fmt_pair(self.strides)}, {self.padding}")
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return _conv_out(self, shape, shape[-1] * self.depth_multiplier if len(shape) == 3 else 0)
+
+    def params(self, shape: Shape) -> int:
+        kh, kw = _pair(self.kernel_size)
+        out = shape[-1] * self.depth_multiplier
+        return kh * kw * out + (out if self.use_bias else 0)
+
+    def flops(self, shape: Shape, out: Shape) -> int:
+        kh, kw = _pair(self.kernel_size)
+        return 2 * out[0] * out[1] * out[2] * kh * kw
+
+
+@LAYERS.register("separable_conv2d")
+@dataclass(frozen=True)
+class SeparableConv2D(LayerSpec):
+    type: ClassVar[str] = "separable_conv2d"
+    filters: int = 32
+    kernel_size: int | tuple[int, int] = 3
+    strides: int | tuple[int, int] = 1
+    padding: str = "valid"
+    depth_multiplier: int = 1
+    activation: Optional[str] = None
+    use_bias: bool = True
+
+    def label(self) -> str:
+        act = f", {self.activation}" if self.activation else ""
+        return (f"separable_conv2d {self.filters}, {_fmt_pair(self.kernel_size)}, "
+                f"strides={_fmt_pair(self.strides)}, {self.padding}{act}")
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return _conv_out(self, shape, self.filters)
+
+    def params(self, shape: Shape) -> int:
+        kh, kw = _pair(self.kernel_size)
+        mid = shape[-1] * self.depth_multiplier
+        return kh * kw * mid + mid * self.filters + (self.filters if self.use_bias else 0)
+
+    def flops(self, shape: Shape, out: Shape) -> int:
+        kh, kw = _pair(self.kernel_size)
+        mid = shape[-1] * self.depth_multiplier
+        return 2 * out[0] * out[1] * (mid * kh * kw + mid * self.filters)
+
+
+def _conv_out(layer, shape: Shape, channels: int) -> Shape:
+    """Output shape of any 2-D convolution; a collapse names the layer and the fix."""
+    _require_image(layer, shape)
+    (kh, kw), (sh, sw) = _pair(layer.kernel_size), _pair(layer.strides)
+    out = (_window_out(shape[0], kh, sh, layer.padding), _window_out(shape[1], kw, sw, layer.padding))
+    if min(out) < 1:
+        raise layer._error(
+            f"leaves no pixels: input {_show(shape)} -> output {_show(out + (channels,))}; "
+            f"a {kh}x{kw} kernel does not fit a {shape[0]}x{shape[1]} input under padding=valid",
+            f"set {layer.key}.padding=same, or lower {layer.key}.kernel_size/strides", "padding")
+    return out + (channels,)
+
+
 # ---------------------------------------------------------------------------------------------
 # Parsing config dicts into specs
 
@@ -252,8 +319,9 @@ def parse_layers(raw: list[dict[str, Any]]) -> list[LayerSpec]:
     return [parse_layer(i, dict(item) if isinstance(item, dict) else item) for i, item in enumerate(raw)]
 
 
-def parse_layer(index: int, raw: Any) -> LayerSpec:
-    key = f"model.layers.{index}"
+def parse_layer(index: int, raw: Any, key: str | None = None) -> LayerSpec:
+    """`key`: the config path of `raw` (default model.layers.INDEX; nested layers pass theirs)."""
+    key = key or f"model.layers.{index}"
     if not isinstance(raw, dict) or "type" not in raw:
         raise ConfigError(f"{key} must be a mapping with a 'type', got {raw!r}.",
                           hint=f"write {key} as {{type: conv2d, filters: 32, kernel_size: 3}}",
@@ -272,6 +340,7 @@ def parse_layer(index: int, raw: Any) -> LayerSpec:
         args[name] = _check_value(f"{key}.{name}", hints[name], value)
     spec = cls(index=index, **args)
     _check_choices(spec)
+    spec.check()
     return spec
 
 
@@ -279,6 +348,8 @@ def _check_value(key: str, annotation: Any, value: Any) -> Any:
     allowed = _flatten_union(annotation)
     if value is None and type(None) in allowed:
         return None
+    if isinstance(value, dict) and dict in allowed:
+        return dict(value)
     if isinstance(value, (list, tuple)) and tuple[int, int] in allowed:
         if len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return (int(value[0]), int(value[1]))
@@ -313,6 +384,8 @@ def _flatten_union(annotation: Any) -> list[Any]:
 def _type_name(annotation: Any) -> str:
     if annotation is type(None):
         return "null"
+    if annotation is dict:
+        return "a mapping"
     if annotation == tuple[int, int]:
         return "[int, int]"
     return getattr(annotation, "__name__", str(annotation))
@@ -325,7 +398,8 @@ def _check_choices(spec: LayerSpec) -> None:
             raise ConfigError(f"{spec.key}.{name}={value!r} is not one of: {', '.join(choices)}.",
                               hint=f"set {spec.key}.{name} to one of: {', '.join(choices)}",
                               config_key=f"{spec.key}.{name}")
-    rate = getattr(spec, "rate", None)
-    if rate is not None and not 0.0 <= rate < 1.0:
-        raise ConfigError(f"{spec.key}.rate={rate} must be in [0, 1).", hint=f"set {spec.key}.rate=0.3",
-                          config_key=f"{spec.key}.rate")
+    for name in ("rate", "dropout", "recurrent_dropout"):
+        rate = getattr(spec, name, None)
+        if rate is not None and not 0.0 <= rate < 1.0:
+            raise ConfigError(f"{spec.key}.{name}={rate} must be in [0, 1).", hint=f"set {spec.key}.{name}=0.3",
+                              config_key=f"{spec.key}.{name}")

@@ -54,6 +54,7 @@ class RunReport:
         "examples_per_sec": None, "input_wait_fraction": None,
         "step_time_ms_p50": None, "step_time_ms_p90": None})
     hardware: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)  # name, params, flops_per_example (forward, inferred)
     data: dict = field(default_factory=lambda: {"skipped": 0, "counts": {}})
     versions: dict = field(default_factory=dict)
     steps: int = 0

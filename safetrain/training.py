@@ -98,6 +98,7 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
             hint=f"set trainer.batch_size={max(1, data.counts['train'] or 1)} or less, or use more data",
             config_key="trainer.batch_size")
     plan = infer(list(plan.layers), data.spec.shape, data.source.num_classes)
+    report.model = {"name": cfg.model.name, "params": plan.total_params, "flops_per_example": plan.total_flops}
     log.info("model %s:\n%s", cfg.model.name, plan.table())
     summaries.text("model/summary", plan.table())
 
@@ -149,6 +150,11 @@ def _record(report: RunReport, loop: TrainLoop) -> None:
     report.metrics.update(train_loss=r.train_loss, train_accuracy=r.train_accuracy,
                           eval_loss=r.eval_loss, eval_accuracy=r.eval_accuracy)
     report.throughput = loop.timer.summary()
+    rate = report.throughput["examples_per_sec"]
+    # Training costs about 3x the forward pass (forward + two backward matmuls per layer): an
+    # estimate for comparing machines, not a measurement of the kernels.
+    report.throughput["train_flops_per_sec"] = (
+        round(3 * report.model["flops_per_example"] * rate) if rate and report.model else None)
     report.data["skipped_steps"] = r.skipped_steps
 
 

@@ -32,6 +32,8 @@ def test_default_run_trains_digits_to_95_percent_and_writes_the_run_dir(run_cli)
     assert 0 < tp["step_time_ms_p50"] <= tp["step_time_ms_p90"]
     assert report["hardware"]["precision_policy"] == "float32" and report["hardware"]["replicas"] == 1
     assert report["versions"]["tensorflow"].startswith("2.21")
+    assert report["model"] == {"name": "cnn_small", "params": 421_642, "flops_per_example": 8_519_936}
+    assert report["throughput"]["train_flops_per_sec"] == pytest.approx(3 * 8_519_936 * tp["examples_per_sec"], rel=1e-3)
     assert 0 < report["time_to_first_step_s"] < report["wall_seconds"]
 
     scalars, texts = read_tensorboard(result.run_dir / "tb")
@@ -282,3 +284,13 @@ def test_one_hot_labels_train_with_categorical_crossentropy(run_cli):
     report = result.report()
     assert report["steps"] == 8 and 0.0 <= report["metrics"]["test_accuracy"] <= 1.0
     assert report["metrics"]["train_accuracy"] > 0.0
+
+
+def test_mnist_rnn_runs_offline_on_the_digits_and_reports_flops(run_cli):
+    result = run_cli("+experiment=mnist_rnn", "dataset=digits", "+debug=tiny", "trainer.max_steps=6")
+    assert result.code == 0, result.err
+    report = result.report()
+    assert report["name"] == "mnist_rnn" and report["model"]["name"] == "lstm_rows"
+    assert report["model"]["params"] == 4 * 128 * (28 + 128 + 1) + 128 * 10 + 10
+    assert report["model"]["flops_per_example"] > 0 and report["throughput"]["train_flops_per_sec"] > 0
+    assert "lstm 128" in result.err and "(None, 28, 28)" in result.err

@@ -108,3 +108,37 @@ def test_float16_on_cpu_or_old_gpu_is_refused_naming_devices():
         choose_precision([CPU], Precision.mixed_float16)
     with pytest.raises(HardwareError, match=r"Tesla K80 \(compute capability 3\.7\)"):
         choose_precision([CPU, GPU_K80], Precision.mixed_float16)
+
+
+def test_recurrent_layers_refuse_non_sequences_naming_the_fix():
+    with pytest.raises(SpecError, match=r"model layer 0 \(lstm 8\) needs a sequence \(timesteps, features\) "
+                                        r"but receives an image \(None, 28, 28, 1\)") as info:
+        infer(parse_layers([{"type": "lstm", "units": 8}]), (28, 28, 1), 10)
+    assert info.value.hint == "insert {type: rows_as_sequence} before model.layers.0"
+    with pytest.raises(SpecError, match=r"model layer 2 \(gru 4\) needs a sequence .* a flat vector \(None, 8\)"):
+        infer(parse_layers([{"type": "rows_as_sequence"}, {"type": "lstm", "units": 8}, {"type": "gru", "units": 4}]),
+              (28, 28, 1), 10)
+    with pytest.raises(SpecError, match=r"model layer 0 \(bidirectional\) wraps a dense; it can only wrap lstm or gru"):
+        parse_layers([{"type": "bidirectional", "layer": {"type": "dense", "units": 3}}])
+    with pytest.raises(ConfigError, match=r"model\.layers\.0\.layer\.type='lsmt' is not a known layer type"):
+        parse_layers([{"type": "bidirectional", "layer": {"type": "lsmt"}}])
+
+
+def test_sequence_params_and_flops_follow_keras_formulas():
+    plan = infer(parse_layers([{"type": "rows_as_sequence"},
+                               {"type": "bidirectional", "layer": {"type": "gru", "units": 4, "return_sequences": True}},
+                               {"type": "lstm", "units": 3}]), (5, 6, 2), 2)
+    assert [r.shape for r in plan.rows[1:4]] == [(5, 12), (5, 8), (3,)]
+    assert plan.rows[2].params == 2 * 3 * 4 * (12 + 4 + 2)   # GRU, reset_after: two bias sets
+    assert plan.rows[3].params == 4 * 3 * (8 + 3 + 1)        # LSTM
+    assert plan.rows[3].flops == 2 * 5 * 4 * 3 * (8 + 3)
+
+
+def test_strides_3_then_pooling_collapse_names_which_pool():
+    # Keras says only "MaxPooling2D"; the spec names which one, its index and the key to change.
+    layers = parse_layers([{"type": "conv2d", "filters": 8, "kernel_size": 3, "strides": 3},
+                           {"type": "max_pool"}, {"type": "conv2d", "filters": 8, "kernel_size": 3, "strides": 3},
+                           {"type": "max_pool"}, {"type": "flatten"}])
+    with pytest.raises(SpecError) as info:
+        infer(layers, (28, 28, 1), 10)
+    assert info.value.config_key == "model.layers.3.pool_size" and "model layer 3 (max_pool" in info.value.message
