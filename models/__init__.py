@@ -9,4 +9,5 @@
 Importing the package registers every built-in layer type.
 """
 
-from models import blocks, sequence, spec  # noqa: F401  (registration)
+from models import blocks, custom, sequence, spec  # noqa: F401  (registration)
+from models import custom_layers  # noqa: F401,E402  (the project's own layers; imports Keras only if used)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import keras
 
+from models import preflight
+from models.custom import CustomLayerSpec
 from models.shapes import ModelPlan
 from models.spec import LayerSpec
 from safetrain.errors import SpecError
@@ -67,6 +69,8 @@ def _keras_layer(spec: LayerSpec, seed: int | None, input_shape: tuple[int, ...]
         inner = _KERAS[spec.inner.type](**spec.inner.keras_args())
         return keras.layers.Bidirectional(inner, merge_mode=spec.merge_mode, name=name)
     kwargs = spec.keras_args()
+    if isinstance(spec, CustomLayerSpec):
+        return spec.keras_class(name=name, **kwargs)
     if spec.type == "dropout" and seed is not None:
         kwargs["seed"] = seed + spec.index
     return _KERAS[spec.type](name=name, **kwargs)
@@ -77,16 +81,24 @@ def layer_name(spec: LayerSpec) -> str:
 
 
 def build_model(plan: ModelPlan, input_dtype: str = "float32", seed: int | None = None) -> keras.Model:
+    """Build layer by layer, so a failure or a wrong output names the layer that caused it (Keras
+    names the *next* layer when a custom layer drops an axis), then preflight custom layers."""
     inputs = keras.Input(shape=plan.input_shape, dtype=input_dtype, name="image")
     x = inputs
     shape = tuple(plan.input_shape)
     for spec, row in zip(plan.layers, plan.rows[1:]):
-        x = _keras_layer(spec, seed, shape)(x)
-        shape = row.shape
+        layer = _keras_layer(spec, seed, shape)
+        try:
+            y = layer(x)
+        except Exception as err:  # noqa: BLE001 - every failure here is reported with the layer named
+            raise preflight.call_error(spec, layer, shape, x.dtype, err) from err
+        preflight.check_output(spec, y, row.shape, plan)
+        x, shape = y, row.shape
     # The head always computes in float32: softmax/cross-entropy in float16 lose too much.
     logits = keras.layers.Dense(plan.num_classes, dtype="float32", name="head")(x)
     model = keras.Model(inputs, logits, name="safetrain_model")
     check_shapes(model, plan)
+    preflight.check_variables_in_call(model, plan, input_dtype)
     return model
 
 
@@ -97,6 +109,7 @@ def check_shapes(model: keras.Model, plan: ModelPlan) -> None:
     if built != inferred:
         raise SpecError(f"built model shapes {built} differ from the inferred shapes {inferred}",
                         hint="this is a safetrain bug in models/spec.py; please report it")
-    if model.count_params() != plan.total_params:
-        raise SpecError(f"built model has {model.count_params()} parameters, inferred {plan.total_params}",
-                        hint="this is a safetrain bug in models/spec.py; please report it")
+    for layer, row in zip(model.layers[1:], plan.rows[1:]):
+        if row.params is not None and layer.count_params() != row.params:
+            raise SpecError(f"built layer {layer.name} has {layer.count_params()} parameters, inferred {row.params}",
+                            hint="this is a safetrain bug in models/spec.py; please report it")

@@ -17,7 +17,7 @@ class Row:
     index: int | None     # position in model.layers; None for the input and the head
     label: str
     shape: Shape          # output shape without the batch dimension
-    params: int
+    params: int | None    # None: a custom layer's, known once built
     flops: int            # forward pass, per example (multiply-add = 2)
 
 
@@ -30,7 +30,8 @@ class ModelPlan:
 
     @property
     def total_params(self) -> int:
-        return sum(r.params for r in self.rows)
+        """Known parameters (custom layers' are counted by the built model)."""
+        return sum(r.params or 0 for r in self.rows)
 
     @property
     def total_flops(self) -> int:
@@ -39,7 +40,7 @@ class ModelPlan:
     def table(self) -> str:
         header = ("#", "layer", "output shape", "params", "FLOPs")
         body = [("" if r.index is None else str(r.index), r.label, _show(r.shape),
-                 f"{r.params:,}", f"{r.flops:,}") for r in self.rows]
+                 "?" if r.params is None else f"{r.params:,}", f"{r.flops:,}") for r in self.rows]
         body.append(("", "total", "", f"{self.total_params:,}", f"{self.total_flops:,}"))
         widths = [max(len(line[i]) for line in [header, *body]) for i in range(5)]
         fmt = lambda line: "  ".join(  # noqa: E731

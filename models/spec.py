@@ -85,7 +85,7 @@ def _require_image(layer: LayerSpec, shape: Shape) -> None:
 
 
 def _show(shape: Shape) -> str:
-    return "(None, " + ", ".join(str(d) for d in shape) + ")"
+    return "(None, " + ", ".join(str(d) for d in shape) + ")" if shape else "(None,)"
 
 
 @LAYERS.register("conv2d")
@@ -346,6 +346,8 @@ def parse_layer(index: int, raw: Any, key: str | None = None) -> LayerSpec:
 
 def _check_value(key: str, annotation: Any, value: Any) -> Any:
     allowed = _flatten_union(annotation)
+    if Any in allowed:
+        return value
     if value is None and type(None) in allowed:
         return None
     if isinstance(value, dict) and dict in allowed:

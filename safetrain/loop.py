@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from safetrain.config.schema import OnNan, TrainerConfig
@@ -23,6 +24,8 @@ from safetrain.signals import SignalGuard
 from safetrain.throughput import StepTimer
 
 log = logging.getLogger("safetrain")
+
+PROBE_STEPS = 3  # steps whose per-variable gradients are checked for being exactly zero
 
 
 @dataclass
@@ -62,7 +65,8 @@ class TrainLoop:
                  checkpoints, errors: ErrorLog, steps_per_epoch: int | None,
                  learning_rate: Callable[[], float], progress: Progress | None = None,
                  started: float | None = None, clock: Callable[[], float] = time.perf_counter,
-                 guard: SignalGuard | None = None) -> None:
+                 guard: SignalGuard | None = None,
+                 on_dead_gradients: Callable[[list[str]], None] | None = None) -> None:
         self.steps = steps
         self.strategy = strategy
         self.train_ds = train_ds
@@ -76,6 +80,9 @@ class TrainLoop:
         self.progress = progress or Progress()
         self.clock = clock
         self.guard = guard or SignalGuard()
+        self.on_dead_gradients = on_dead_gradients
+        self._probe_left = PROBE_STEPS if on_dead_gradients else 0
+        self._grad_max = None
         self.started = clock() if started is None else started
         self.timer = StepTimer()
         self.result = LoopResult()
@@ -123,13 +130,19 @@ class TrainLoop:
             if self.steps_per_epoch is not None and in_epoch >= self.steps_per_epoch:
                 return totals, in_epoch, True
             t0 = self.clock()
+            step_fn = self.steps.train_probe if self._probe_left else self.steps.train
             try:
-                out = {k: v.numpy() for k, v in self.steps.train(iterator).items()}
+                out = {k: v.numpy() for k, v in step_fn(iterator).items()}
             except tf.errors.OutOfRangeError:  # the data ran out before the counted steps
                 return totals, in_epoch, True
             t2 = self.clock()
             result.steps += 1
             in_epoch += 1
+            missing = self.steps.missing_gradients_error()
+            if missing is not None:
+                raise missing
+            if self._probe_left:
+                self._probe(out["grad_abs_max"])
             if result.time_to_first_step_s is None:
                 result.time_to_first_step_s = round(t2 - self.started, 3)
             if out["finite"]:
@@ -150,6 +163,15 @@ class TrainLoop:
                 self.checkpoints.save(result.steps, epoch, in_epoch)
             self.guard.raise_if_pending()
         return totals, in_epoch, False
+
+    def _probe(self, grad_abs_max) -> None:
+        """Dead-gradient check: a variable whose gradient is exactly 0.0 in each probed step."""
+        self._grad_max = grad_abs_max if self._grad_max is None else np.maximum(self._grad_max, grad_abs_max)
+        self._probe_left -= 1
+        if not self._probe_left:
+            dead = [path for path, g in zip(self.steps.variable_paths, self._grad_max) if g == 0.0]
+            if dead:
+                self.on_dead_gradients(dead)
 
     def _log_scalars(self, totals: _Totals) -> None:
         values = {"train/loss": totals.mean_loss, "train/accuracy": totals.accuracy,

@@ -15,6 +15,9 @@ save the poisoned weights.
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import tensorflow as tf
 
 _SUM = tf.distribute.ReduceOp.SUM
@@ -22,35 +25,49 @@ _SUM = tf.distribute.ReduceOp.SUM
 
 class Steps:
     def __init__(self, *, strategy, model, optimizer, loss_fn, eval_spec,
-                 jit_compile: bool = False, guard_updates: bool = False) -> None:
+                 jit_compile: bool = False, guard_updates: bool = False,
+                 on_missing_gradients: Callable[[list[str]], Exception] | None = None) -> None:
         """`eval_spec`: the distributed eval dataset's element spec (a fixed signature, so the
         last, smaller eval batch does not retrace). With `jit_compile` only the per-replica
-        computation is compiled: XLA cannot compile the iterator's `next`."""
+        computation is compiled: XLA cannot compile the iterator's `next`.
+
+        `train_probe` is `train` plus each variable's largest absolute gradient, for the loop's
+        dead-gradient check over the first steps; `on_missing_gradients(paths)` builds the error
+        for trainable variables that get no gradient at all (see missing_gradients_error)."""
         self.strategy = strategy
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = loss_fn
         self.guard_updates = guard_updates
-        self._replica_step = tf.function(self._replica_train, jit_compile=jit_compile) if jit_compile \
-            else self._replica_train
-        self.train = tf.function(self._train, reduce_retracing=True)
+        self.on_missing_gradients = on_missing_gradients
+        self.missing_gradients: list[str] = []
+        self.variable_paths = [v.path for v in model.trainable_variables]
+        self._replica_steps = {}
+        for probe in (False, True):
+            step = functools.partial(self._replica_train, probe=probe)
+            self._replica_steps[probe] = tf.function(step, jit_compile=True) if jit_compile else step
+        self.train = tf.function(functools.partial(self._train, probe=False), reduce_retracing=True)
+        self.train_probe = tf.function(functools.partial(self._train, probe=True), reduce_retracing=True)
         self.eval = tf.function(self._eval, input_signature=eval_spec, jit_compile=jit_compile)
 
-    def _train(self, iterator):
+    def _train(self, iterator, probe: bool):
         started = tf.timestamp()
         with tf.control_dependencies([started]):
             images, labels = next(iterator)
         with tf.control_dependencies(tf.nest.flatten((images, labels), expand_composites=True)):
             fetched = tf.timestamp()
-        out = self.strategy.run(self._replica_step, args=(images, labels))
-        return {"loss_sum": self.strategy.reduce(_SUM, out["loss_sum"], axis=None),
-                "correct": self.strategy.reduce(_SUM, out["correct"], axis=None),
-                "count": self.strategy.reduce(_SUM, out["count"], axis=None),
-                "finite": self.strategy.reduce(_SUM, out["finite"], axis=None)
-                == self.strategy.num_replicas_in_sync,
-                "input_wait_s": fetched - started}
+        out = self.strategy.run(self._replica_steps[probe], args=(images, labels))
+        result = {"loss_sum": self.strategy.reduce(_SUM, out["loss_sum"], axis=None),
+                  "correct": self.strategy.reduce(_SUM, out["correct"], axis=None),
+                  "count": self.strategy.reduce(_SUM, out["count"], axis=None),
+                  "finite": self.strategy.reduce(_SUM, out["finite"], axis=None)
+                  == self.strategy.num_replicas_in_sync,
+                  "input_wait_s": fetched - started}
+        if probe:  # summed over replicas: zero exactly when zero on every replica
+            result["grad_abs_max"] = self.strategy.reduce(_SUM, out["grad_abs_max"], axis=None)
+        return result
 
-    def _replica_train(self, images, labels):
+    def _replica_train(self, images, labels, probe: bool = False):
         model, optimizer = self.model, self.optimizer
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
@@ -61,16 +78,36 @@ class Steps:
             scaled = optimizer.scale_loss(loss)  # identity unless a LossScaleOptimizer (float16)
         variables = model.trainable_variables
         grads = tape.gradient(scaled, variables)
+        # Known while tracing. Raising here would reach the user wrapped in autograph's StagingError,
+        # so record it, update only the variables that have gradients, and let the loop stop after
+        # this first step (before any checkpoint).
+        self.missing_gradients = [v.path for g, v in zip(grads, variables) if g is None]
+        probe_max = [tf.zeros([]) if g is None else tf.reduce_max(tf.abs(tf.cast(g, tf.float32))) for g in grads] \
+            if probe else None
+        if self.missing_gradients:
+            kept = [(g, v) for g, v in zip(grads, variables) if g is not None]
+            grads, variables = [g for g, _ in kept], [v for _, v in kept]
         finite = tf.logical_and(tf.math.is_finite(loss),
                                 tf.math.is_finite(tf.linalg.global_norm([g for g in grads if g is not None])))
         if self.guard_updates:
             tf.cond(finite, lambda: self._apply(grads, variables), tf.no_op)
         else:
             optimizer.apply_gradients(zip(grads, variables))
-        return {"loss_sum": tf.reduce_sum(tf.cast(per_example, tf.float32)),
-                "correct": _correct(labels, logits),
-                "count": tf.shape(labels)[0],
-                "finite": tf.cast(finite, tf.int32)}
+        out = {"loss_sum": tf.reduce_sum(tf.cast(per_example, tf.float32)),
+               "correct": _correct(labels, logits),
+               "count": tf.shape(labels)[0],
+               "finite": tf.cast(finite, tf.int32)}
+        if probe:
+            out["grad_abs_max"] = tf.stack(probe_max)
+        return out
+
+    def missing_gradients_error(self) -> Exception | None:
+        """After the first traced step: the error for variables that got no gradient, if any."""
+        if not self.missing_gradients:
+            return None
+        if self.on_missing_gradients:
+            return self.on_missing_gradients(self.missing_gradients)
+        return ValueError(f"no gradient for {self.missing_gradients}")
 
     def _apply(self, grads, variables):
         self.optimizer.apply_gradients(zip(grads, variables))

@@ -16,15 +16,16 @@ import keras
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from models import gradients
 from models.build import build_model
 from models.shapes import ModelPlan, infer
 from pipelines.build import bad_examples_error, build_datasets
 from safetrain.checkpoints import Checkpoints
-from safetrain.config.schema import BadExamplePolicy, Config, OnNan
+from safetrain.config.schema import BadExamplePolicy, Config, OnDeadGradient, OnNan
 from safetrain.env_report import env_text, versions
 from safetrain.errors import GraphError, SafetrainError, SpecError
 from safetrain.hardware import choose_precision, detect_devices, make_strategy
-from safetrain.loop import TrainLoop
+from safetrain.loop import PROBE_STEPS, TrainLoop
 from safetrain.optimizers import LOSSES, OPTIMIZERS
 from safetrain.report import ErrorLog, RunReport
 from safetrain.signals import SignalGuard
@@ -99,6 +100,7 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
             config_key="trainer.batch_size")
     plan = infer(list(plan.layers), data.spec.shape, data.source.num_classes)
     report.model = {"name": cfg.model.name, "params": plan.total_params, "flops_per_example": plan.total_flops}
+    # (custom layers' parameters are known only once built: report.model["params"] is updated below)
     log.info("model %s:\n%s", cfg.model.name, plan.table())
     summaries.text("model/summary", plan.table())
 
@@ -109,17 +111,19 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         # Slots must exist before the first step under a strategy, and before a restore.
         optimizer.build(model.trainable_variables)
+    report.model["params"] = model.count_params()
 
     spec_of = lambda ds: strategy.experimental_distribute_dataset(ds).element_spec  # noqa: E731
     eval_ds = data.eval if data.eval is not None else data.test
     steps = Steps(strategy=strategy, model=model, optimizer=optimizer, loss_fn=LOSSES.get(t.loss)(),
                   eval_spec=spec_of(eval_ds) if eval_ds is not None else None,
-                  jit_compile=t.jit_compile, guard_updates=t.on_nan is OnNan.skip_step)
+                  jit_compile=t.jit_compile, guard_updates=t.on_nan is OnNan.skip_step,
+                  on_missing_gradients=lambda paths: _gradient_error(plan, paths, "missing"))
     loop = TrainLoop(steps=steps, strategy=strategy, train_ds=data.train, eval_ds=data.eval, cfg=t,
                      summaries=summaries, checkpoints=Checkpoints(run_dir / "checkpoints", model, optimizer),
                      errors=errors, steps_per_epoch=data.steps_per_epoch,
                      learning_rate=lambda: float(optimizer.learning_rate.numpy()), started=started,
-                     guard=guard)
+                     guard=guard, on_dead_gradients=lambda paths: _dead_gradients(plan, paths, t, errors))
     try:
         result = loop.run()
         test = loop.evaluate(data.test) if data.test is not None else (None, None)
@@ -128,6 +132,21 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
     report.metrics.update(test_loss=test[0], test_accuracy=test[1])
     summaries.scalars(result.steps, {"test/loss": test[0], "test/accuracy": test[1]})
     _final_summary(report, run_dir)
+
+
+def _gradient_error(plan: ModelPlan, paths: list[str], kind: str) -> GraphError:
+    message, hint, key = gradients.explain(plan, paths, kind)
+    return GraphError(message, hint=hint, kind=f"{kind}_gradient", config_key=key)
+
+
+def _dead_gradients(plan: ModelPlan, paths: list[str], t, errors: ErrorLog) -> None:
+    error = _gradient_error(plan, paths, "zero")
+    if t.on_dead_gradient is OnDeadGradient.error:
+        raise error
+    errors.write(phase="train", kind=error.kind, message=error.message, hint=error.hint,
+                 config_key=error.config_key, step=PROBE_STEPS)
+    log.warning("warning: %s\n  fix: %s (trainer.on_dead_gradient=error makes this stop the run)",
+                error.message, error.hint)
 
 
 def _hparams(cfg: Config, policy: str, replicas: int) -> dict:

@@ -60,6 +60,36 @@ def run_cli(tmp_path, tfds_dir):
     return run
 
 
+@pytest.fixture
+def run_main(tmp_path, tfds_dir):
+    """The real CLI in this process (for what must be set up in-process: custom layers registered
+    by the test, tfds.testing.mock_data). The console text is read back from the run's log file,
+    which receives every line the console does; an unexpected error would show in report.json as
+    kind "internal" (the only path that prints a traceback)."""
+    import logging
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from safetrain.cli import main
+
+    def run(*overrides: str, data_dir: Path | None = None, name: str = "run") -> CliResult:
+        run_dir = tmp_path / name
+        GlobalHydra.instance().clear()
+        try:
+            main([f"hydra.run.dir={run_dir}", f"dataset.data_dir={data_dir or tfds_dir}", *overrides])
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+        finally:
+            # Hydra pointed the logger at this test's captured stderr; detach it before capture closes.
+            logging.getLogger("safetrain").handlers.clear()
+            GlobalHydra.instance().clear()
+        log_file = run_dir / "safetrain.log"
+        return CliResult(code, "", log_file.read_text() if log_file.exists() else "", run_dir)
+
+    return run
+
+
 def read_tensorboard(logdir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, str]]:
     """Scalars and texts from real event files (TF2 summaries come back as tensor events)."""
     import tensorflow as tf

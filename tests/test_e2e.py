@@ -143,32 +143,19 @@ def test_mnist_offline_fails_fast_with_exit_3(run_cli):
     assert result.report()["error"]["kind"] == "data"
 
 
-def test_mnist_cnn_through_tfds_mock_data(tmp_path):
+def test_mnist_cnn_through_tfds_mock_data(run_main, tmp_path):
     """The real mnist builder and pipeline, with TFDS's own mock serving random uint8 images."""
-    import json
-    import logging
-
     import tensorflow_datasets as tfds
-    from hydra.core.global_hydra import GlobalHydra
 
-    from safetrain.cli import main
-
-    GlobalHydra.instance().clear()
-    run_dir = tmp_path / "run"
-    try:
-        with tfds.testing.mock_data(num_examples=96), pytest.raises(SystemExit) as exit_info:
-            main(["+experiment=mnist_cnn", "+debug=tiny", "dataset.download=false",
-                  f"dataset.data_dir={tmp_path / 'tfds'}", f"hydra.run.dir={run_dir}"])
-    finally:
-        # Hydra pointed the logger at this test's captured stderr; detach it before capture closes.
-        logging.getLogger("safetrain").handlers.clear()
-        GlobalHydra.instance().clear()
-    assert exit_info.value.code == 0, (run_dir / "safetrain.log").read_text()
-    report = json.loads((run_dir / "report.json").read_text())
+    with tfds.testing.mock_data(num_examples=96):
+        result = run_main("+experiment=mnist_cnn", "+debug=tiny", "dataset.download=false",
+                          data_dir=tmp_path / "tfds")
+    assert result.code == 0, result.err
+    report = result.report()
     assert report["name"] == "mnist_cnn" and report["status"] == "ok"
     assert report["steps"] == 3  # 96 mock examples / batch 32, under max_steps=4
     assert report["metrics"]["test_accuracy"] is not None
-    assert "source mnist: 28x28x1 uint8" in (run_dir / "safetrain.log").read_text()
+    assert "source mnist: 28x28x1 uint8" in result.err
 
 
 def test_multirun_runs_every_job_and_exits_with_the_worst_code(tmp_path, tfds_dir):

@@ -92,7 +92,9 @@ def _as_dataset(builder: tfds.core.DatasetBuilder, split: str):
     try:
         # Files in a fixed order so `split#index` keys name the same example on every run;
         # the pipeline shuffles after caching.
-        return builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+        # No TFDS autocache: the pipeline caches itself, after checks and adapters.
+        return builder.as_dataset(split=split, as_supervised=True, shuffle_files=False,
+                                  read_config=tfds.ReadConfig(try_autocache=False))
     except AssertionError as err:  # TFDS: "Dataset X: could not find data in DIR"
         raise DataError(
             f"TFDS dataset {builder.name!r} has no prepared data in {builder.data_dir} and "

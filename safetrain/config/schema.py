@@ -67,6 +67,11 @@ class OnOom(Enum):
     halve_batch = "halve_batch"
 
 
+class OnDeadGradient(Enum):
+    warn = "warn"    # report variables whose gradient is exactly zero over the first steps
+    error = "error"  # exit 4 instead
+
+
 class Precision(Enum):
     auto = "auto"
     float32 = "float32"
@@ -152,6 +157,7 @@ class TrainerConfig:
     log_every_steps: int = 10            # TensorBoard scalars and log lines
     on_nan: OnNan = OnNan.stop
     on_oom: OnOom = OnOom.error
+    on_dead_gradient: OnDeadGradient = OnDeadGradient.warn
 
 
 @dataclass
