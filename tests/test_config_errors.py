@@ -88,3 +88,15 @@ def test_debug_true_combines_with_the_debug_group(tmp_path):
     proc = run_probe(tmp_path, "+debug=tiny", "debug=true", "optimizer.name=adamm")
     assert proc.returncode == 2
     assert "Traceback" in proc.stderr and "is not a known optimizer" in proc.stderr
+
+
+def test_strides_3_then_pooling_collapse_is_refused_before_tensorflow_naming_which_pool(tmp_path):
+    # Keras (baseline case 8b) names only the class "MaxPooling2D", not which of the two.
+    proc = run_probe(tmp_path, "model.layers=[{type: conv2d, filters: 8, kernel_size: 3, strides: 3}, "
+                               "{type: max_pool}, {type: conv2d, filters: 8, kernel_size: 3, strides: 3}, "
+                               "{type: max_pool}, {type: flatten}]")
+    assert proc.returncode == 2, proc.stderr
+    assert ("model layer 3 (max_pool 2x2, valid) leaves no pixels: input (None, 1, 1, 8) -> output "
+            "(None, 0, 0, 8)") in proc.stderr
+    assert "fix: set model.layers.3.padding=same" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1] == "TF_IMPORTED=False"
