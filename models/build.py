@@ -88,17 +88,13 @@ def build_model(plan: ModelPlan, input_dtype: str = "float32", seed: int | None 
     shape = tuple(plan.input_shape)
     for spec, row in zip(plan.layers, plan.rows[1:]):
         layer = _keras_layer(spec, seed, shape)
-        try:
-            y = layer(x)
-        except Exception as err:  # noqa: BLE001 - every failure here is reported with the layer named
-            raise preflight.call_error(spec, layer, shape, x.dtype, err) from err
+        y = preflight.call_layer(spec, layer, x, shape)
         preflight.check_output(spec, y, row.shape, plan)
         x, shape = y, row.shape
     # The head always computes in float32: softmax/cross-entropy in float16 lose too much.
     logits = keras.layers.Dense(plan.num_classes, dtype="float32", name="head")(x)
     model = keras.Model(inputs, logits, name="safetrain_model")
     check_shapes(model, plan)
-    preflight.check_variables_in_call(model, plan, input_dtype)
     return model
 
 

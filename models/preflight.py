@@ -1,9 +1,9 @@
 """Preflight of the built model: what Keras would report later, 40 frames deep, or never.
 
 Run while the model is built, layer by layer: NumPy called on a symbolic tensor, any other
-failure while a layer is traced, a custom layer whose output differs from its declared shape
-(Keras would blame the next layer), non-numeric tensors flowing into a layer, and variables
-created inside `call()`. Each error names the layer by index, type and config path.
+failure while a layer is traced, variables created inside a custom layer's `call()`, a custom
+layer whose output differs from its declared shape (Keras would blame the next layer), and
+non-numeric tensors flowing into a layer. Each error names the layer by index, type and config path.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import inspect
 import re
 
-import keras
 import tensorflow as tf
 
 from models.custom import CustomLayerSpec
@@ -82,32 +81,36 @@ def check_output(spec: LayerSpec, y, expected, plan: ModelPlan) -> None:
                  "output_shape=lambda shape, **args: ...)", config_key=spec.key)
 
 
-def check_variables_in_call(model: keras.Model, plan: ModelPlan, input_dtype: str) -> None:
-    """Trace each custom layer (already built) in a tf.function; any variable created is wrong."""
-    by_name = {f"L{s.index}_{s.type}": s for s in plan.layers if isinstance(s, CustomLayerSpec)}
-    shapes = {s.index: row.shape for s, row in zip(plan.layers, plan.rows[:-1])}  # each layer's input
-    for layer in model.layers:
-        spec = by_name.get(layer.name)
-        if spec is None:
-            continue
-        created: list[str] = []
+def call_layer(spec: LayerSpec, layer, x, shape):
+    """`layer(x)` on the symbolic input, with the layer named in any failure. A custom layer is
+    built first, so any variable created while `call` runs is one created in call()."""
+    custom = isinstance(spec, CustomLayerSpec)
+    created: list[str] = []
 
-        def creator(next_creator, **kwargs):
-            created.append(str(kwargs.get("name") or "unnamed"))
-            return next_creator(**kwargs)
+    def creator(next_creator, **kwargs):
+        created.append(str(kwargs.get("name") or "unnamed"))
+        return next_creator(**kwargs)
 
-        signature = tf.TensorSpec((None, *shapes[spec.index]), input_dtype)
-        try:
-            with tf.variable_creator_scope(creator):
-                tf.function(lambda t, layer=layer: layer(t, training=True)).get_concrete_function(signature)
-        except (ValueError, TypeError) as err:  # tf.function refuses the variable itself
-            if not created and "Variable" not in str(err):
-                raise call_error(spec, layer, shapes[spec.index], input_dtype, err) from err
-            created = created or ["tf.Variable"]
+    try:
+        if custom and not layer.built:
+            layer.build((None, *shape))
+        if not custom:
+            return layer(x)
+        with tf.variable_creator_scope(creator):
+            y = layer(x)
+    except Exception as err:  # noqa: BLE001 - every failure here is reported with the layer named
         if created:
-            cls = type(layer).__name__
-            raise GraphError(
-                f"{_where(spec)} creates a variable inside {cls}.call() ({', '.join(created)}): a new, "
-                f"untrained variable on every call, which tf.function refuses once training starts.",
-                hint=f"create it once in {cls}.build() with self.add_weight(...) and use it in call()",
-                kind="variable_in_call", config_key=spec.key)
+            raise variable_error(spec, layer, created) from err
+        raise call_error(spec, layer, shape, x.dtype, err) from err
+    if created:
+        raise variable_error(spec, layer, created)
+    return y
+
+
+def variable_error(spec: LayerSpec, layer, created: list[str]) -> GraphError:
+    cls = type(layer).__name__
+    return GraphError(
+        f"{_where(spec)} creates a variable inside {cls}.call() ({', '.join(created)}): a new, "
+        f"untrained variable on every call, which tf.function refuses once training starts.",
+        hint=f"create it once in {cls}.build() with self.add_weight(...) and use it in call()",
+        kind="variable_in_call", config_key=spec.key)

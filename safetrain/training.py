@@ -60,7 +60,8 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
     report.versions = versions()
 
     devices = detect_devices()
-    policy, reason = choose_precision(devices, cfg.hardware.precision)
+    recurrent = any(layer.type in ("lstm", "gru", "bidirectional") for layer in plan.layers)
+    policy, reason = choose_precision(devices, cfg.hardware.precision, recurrent=recurrent)
     keras.mixed_precision.set_global_policy(policy)  # always set: a multirun shares one process
     strategy = make_strategy(cfg.hardware.strategy, devices)
     replicas = strategy.num_replicas_in_sync

@@ -83,62 +83,67 @@ def test_adapter_plan_refuses_size_and_channel_mismatch_unless_allowed():
     assert plan_adapters(SourceSpec("mnist", 28, 28, 1, "uint8", 10), rgb, "error", "convert").channels == 3
 
 
-GPU_V100 = Device("GPU", "Tesla V100", (7, 0))
-GPU_A100 = Device("GPU", "A100", (8, 0))
-GPU_K80 = Device("GPU", "Tesla K80", (3, 7))
+# Fake device records (this machine has no GPU): the names say what each stands for.
 CPU = Device("CPU", "cpu:0")
+CPU_BF16 = Device("CPU", "cpu:0", features=frozenset({"avx512_bf16"}))
+P100 = Device("GPU", "Tesla P100", (6, 0))
+GTX1080 = Device("GPU", "GeForce GTX 1080", (6, 1))
+V100 = Device("GPU", "Tesla V100", (7, 0))
+T4 = Device("GPU", "Tesla T4", (7, 5))
+GTX1660 = Device("GPU", "NVIDIA GeForce GTX 1660", (7, 5))
+A100 = Device("GPU", "NVIDIA A100", (8, 0))
+H100 = Device("GPU", "NVIDIA H100", (9, 0))
+TPU = Device("TPU", "TPU v4")
 
 
 @pytest.mark.parametrize("devices, requested, policy", [
     ([CPU], Precision.auto, "float32"),
-    ([CPU, GPU_V100], Precision.auto, "mixed_float16"),
-    ([CPU, GPU_A100], Precision.auto, "mixed_bfloat16"),
-    ([CPU, GPU_A100, GPU_K80], Precision.auto, "float32"),
-    ([CPU, GPU_V100], Precision.mixed_float16, "mixed_float16"),
-    ([CPU], Precision.mixed_bfloat16, "mixed_bfloat16"),
-    ([CPU, GPU_A100], Precision.float32, "float32"),
+    ([CPU_BF16], Precision.auto, "mixed_bfloat16"),
+    ([CPU, P100], Precision.auto, "float32"),
+    ([CPU, V100], Precision.auto, "mixed_float16"),
+    ([CPU, T4], Precision.auto, "mixed_float16"),
+    ([CPU, GTX1660], Precision.auto, "float32"),
+    ([CPU, A100], Precision.auto, "mixed_bfloat16"),
+    ([CPU, H100, H100], Precision.auto, "mixed_bfloat16"),
+    ([CPU_BF16, GTX1080, A100], Precision.auto, "float32"),   # a mixed fleet runs at its weakest
+    ([CPU, TPU], Precision.auto, "mixed_bfloat16"),
+    ([CPU, V100], Precision.mixed_float16, "mixed_float16"),
+    ([CPU_BF16], Precision.mixed_bfloat16, "mixed_bfloat16"),
+    ([CPU, A100], Precision.float32, "float32"),
 ])
 def test_precision_choice_on_fake_device_records(devices, requested, policy):
     chosen, reason = choose_precision(devices, requested)
-    assert chosen == policy and reason
+    assert chosen == policy and reason.startswith(("auto:", "requested"))
 
 
-def test_float16_on_cpu_or_old_gpu_is_refused_naming_devices():
-    with pytest.raises(HardwareError, match=r"needs GPUs with compute capability >= 7\.0.*cpu:0"):
-        choose_precision([CPU], Precision.mixed_float16)
-    with pytest.raises(HardwareError, match=r"Tesla K80 \(compute capability 3\.7\)"):
-        choose_precision([CPU, GPU_K80], Precision.mixed_float16)
+def test_recurrent_models_stay_float32_on_a_bf16_cpu():
+    policy, reason = choose_precision([CPU_BF16], Precision.auto, recurrent=True)
+    assert policy == "float32" and "recurrent layers measured no faster" in reason
+    assert choose_precision([CPU, A100], Precision.auto, recurrent=True)[0] == "mixed_bfloat16"
 
 
-def test_recurrent_layers_refuse_non_sequences_naming_the_fix():
-    with pytest.raises(SpecError, match=r"model layer 0 \(lstm 8\) needs a sequence \(timesteps, features\) "
-                                        r"but receives an image \(None, 28, 28, 1\)") as info:
-        infer(parse_layers([{"type": "lstm", "units": 8}]), (28, 28, 1), 10)
-    assert info.value.hint == "insert {type: rows_as_sequence} before model.layers.0"
-    with pytest.raises(SpecError, match=r"model layer 2 \(gru 4\) needs a sequence .* a flat vector \(None, 8\)"):
-        infer(parse_layers([{"type": "rows_as_sequence"}, {"type": "lstm", "units": 8}, {"type": "gru", "units": 4}]),
-              (28, 28, 1), 10)
-    with pytest.raises(SpecError, match=r"model layer 0 \(bidirectional\) wraps a dense; it can only wrap lstm or gru"):
-        parse_layers([{"type": "bidirectional", "layer": {"type": "dense", "units": 3}}])
-    with pytest.raises(ConfigError, match=r"model\.layers\.0\.layer\.type='lsmt' is not a known layer type"):
-        parse_layers([{"type": "bidirectional", "layer": {"type": "lsmt"}}])
+def test_gtx_1660_stays_float32_and_says_why():
+    _, reason = choose_precision([CPU, GTX1660], Precision.auto)
+    assert "GTX 1660 (compute capability 7.5) has no float16 tensor cores" in reason
 
 
-def test_sequence_params_and_flops_follow_keras_formulas():
-    plan = infer(parse_layers([{"type": "rows_as_sequence"},
-                               {"type": "bidirectional", "layer": {"type": "gru", "units": 4, "return_sequences": True}},
-                               {"type": "lstm", "units": 3}]), (5, 6, 2), 2)
-    assert [r.shape for r in plan.rows[1:4]] == [(5, 12), (5, 8), (3,)]
-    assert plan.rows[2].params == 2 * 3 * 4 * (12 + 4 + 2)   # GRU, reset_after: two bias sets
-    assert plan.rows[3].params == 4 * 3 * (8 + 3 + 1)        # LSTM
-    assert plan.rows[3].flops == 2 * 5 * 4 * 3 * (8 + 3)
+@pytest.mark.parametrize("devices, requested, pattern", [
+    ([CPU], Precision.mixed_float16, r"needs GPUs with float16 tensor cores .*CPU cpu:0.*12-200x slower"),
+    ([CPU_BF16, GTX1660], Precision.mixed_float16, r"NVIDIA GeForce GTX 1660 \(compute capability 7\.5\)"),
+    ([CPU, GTX1080, A100], Precision.mixed_float16, r"GeForce GTX 1080 \(compute capability 6\.1\)"),
+    ([CPU], Precision.mixed_bfloat16, r"needs a TPU, GPUs with compute capability >= 8\.0, or a CPU with "
+                                      r"AVX512_BF16/AMX; this machine has: CPU cpu:0"),
+    ([CPU, V100], Precision.mixed_bfloat16, r"Tesla V100 \(compute capability 7\.0\)"),
+])
+def test_policies_the_hardware_cannot_honour_are_refused_naming_each_device(devices, requested, pattern):
+    with pytest.raises(HardwareError, match=pattern) as info:
+        choose_precision(devices, requested)
+    assert info.value.exit_code == 2 and info.value.config_key == "hardware.precision"
 
 
-def test_strides_3_then_pooling_collapse_names_which_pool():
-    # Keras says only "MaxPooling2D"; the spec names which one, its index and the key to change.
-    layers = parse_layers([{"type": "conv2d", "filters": 8, "kernel_size": 3, "strides": 3},
-                           {"type": "max_pool"}, {"type": "conv2d", "filters": 8, "kernel_size": 3, "strides": 3},
-                           {"type": "max_pool"}, {"type": "flatten"}])
-    with pytest.raises(SpecError) as info:
-        infer(layers, (28, 28, 1), 10)
-    assert info.value.config_key == "model.layers.3.pool_size" and "model layer 3 (max_pool" in info.value.message
+def test_cpu_flags_are_read_from_cpuinfo_text():
+    from safetrain.hardware import parse_cpu_flags
+
+    text = "processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile amx_bf16\n"
+    assert parse_cpu_flags(text) == {"avx512_bf16", "amx_bf16"}
+    assert parse_cpu_flags("flags\t: fpu sse avx512f\n") == frozenset()
