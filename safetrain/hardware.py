@@ -117,12 +117,31 @@ def choose_precision(devices: list[Device], requested: Precision, recurrent: boo
     return "float32", "auto: no GPU and no native bfloat16 on the CPU"
 
 
+def split_cpu(count: int) -> None:
+    """Make the CPU appear as `count` logical devices; must run before TensorFlow initializes them."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current is None or len(current) != count:
+        try:
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+        except RuntimeError as err:  # devices already initialized (e.g. an earlier job of a multirun)
+            raise HardwareError(f"hardware.logical_cpus={count} cannot be applied: TensorFlow has already "
+                                f"initialized its devices in this process ({err})",
+                                hint="run it as its own process, not as a later job of a multirun",
+                                config_key="hardware.logical_cpus") from None
+
+
 def make_strategy(kind: StrategyKind, devices: list[Device]):
     import tensorflow as tf
 
     gpus = [d for d in devices if d.kind == "GPU"]
     if kind is StrategyKind.mirrored or (kind is StrategyKind.auto and len(gpus) > 1):
-        return tf.distribute.MirroredStrategy()
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        # No GPU: mirror over the logical CPUs (hardware.logical_cpus), one replica each.
+        return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
     if kind is StrategyKind.one_device:
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     return tf.distribute.get_strategy()  # the default strategy: one device, no wrapping cost

@@ -24,7 +24,7 @@ from safetrain.checkpoints import Checkpoints
 from safetrain.config.schema import BadExamplePolicy, Config, OnDeadGradient, OnNan
 from safetrain.env_report import env_text, versions
 from safetrain.errors import GraphError, SafetrainError, SpecError
-from safetrain.hardware import choose_precision, detect_devices, make_strategy
+from safetrain.hardware import choose_precision, detect_devices, make_strategy, split_cpu
 from safetrain.loop import PROBE_STEPS, TrainLoop
 from safetrain.optimizers import LOSSES, OPTIMIZERS
 from safetrain.report import ErrorLog, RunReport
@@ -59,6 +59,8 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
     t = cfg.trainer
     report.versions = versions()
 
+    if cfg.hardware.logical_cpus:
+        split_cpu(cfg.hardware.logical_cpus)
     devices = detect_devices()
     recurrent = any(layer.type in ("lstm", "gru", "bidirectional") for layer in plan.layers)
     policy, reason = choose_precision(devices, cfg.hardware.precision, recurrent=recurrent)

@@ -49,7 +49,7 @@ from safetrain.summaries import Summaries  # noqa: E402
 CNN = preset_layers("cnn_small")
 
 
-SKIP = 3  # first steps of each fit run, like safetrain's StepTimer.WARMUP_STEPS
+SKIP = 4  # first steps of each fit run, like safetrain's StepTimer.WARMUP_STEPS
 
 
 class _NullStream:

@@ -292,3 +292,13 @@ def test_mnist_rnn_learns_offline_on_the_digits_and_reports_flops(run_cli):
     assert report["model"]["params"] == 4 * 128 * (28 + 128 + 1) + 128 * 10 + 10
     assert report["model"]["flops_per_example"] > 0 and report["throughput"]["train_flops_per_sec"] > 0
     assert "lstm 128" in result.err and "(None, 28, 28)" in result.err
+
+
+def test_mirrored_strategy_over_two_logical_cpus(run_cli):
+    result = run_cli("+debug=tiny", "hardware.strategy=mirrored", "hardware.logical_cpus=2")
+    assert result.code == 0, result.err
+    hardware = result.report()["hardware"]
+    assert hardware["strategy"] == "MirroredStrategy" and hardware["replicas"] == 2
+    assert hardware["per_replica_batch_size"] == 16  # global batch 32 split over two replicas
+    assert result.report()["steps"] == 4 and result.report()["metrics"]["test_accuracy"] is not None
+    assert "MirroredStrategy x2" in result.err

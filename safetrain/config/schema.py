@@ -164,6 +164,7 @@ class TrainerConfig:
 class HardwareConfig:
     precision: Precision = Precision.auto
     strategy: StrategyKind = StrategyKind.auto
+    logical_cpus: Optional[int] = None   # split the CPU into N logical devices (rehearse mirrored runs)
 
 
 @dataclass
