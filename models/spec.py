@@ -101,7 +101,7 @@ class Conv2D(LayerSpec):
 
     def label(self) -> str:
         act = f", {self.activation}" if self.activation else ""
-        return (f"conv2d {self.filters}, {_fmt_pair(self.kernel_size)}, "
+        return (f"{self.type} {self.filters}, {_fmt_pair(self.kernel_size)}, "
                 f"strides={_fmt_pair(self.strides)}, {self.padding}{act}")
 
     def output_shape(self, shape: Shape) -> Shape:
@@ -265,23 +265,11 @@ class DepthwiseConv2D(LayerSpec):
 
 @LAYERS.register("separable_conv2d")
 @dataclass(frozen=True)
-class SeparableConv2D(LayerSpec):
+class SeparableConv2D(Conv2D):
+    """A depthwise conv (depth_multiplier per channel) then a 1x1 pointwise conv to `filters`."""
+
     type: ClassVar[str] = "separable_conv2d"
-    filters: int = 32
-    kernel_size: int | tuple[int, int] = 3
-    strides: int | tuple[int, int] = 1
-    padding: str = "valid"
     depth_multiplier: int = 1
-    activation: Optional[str] = None
-    use_bias: bool = True
-
-    def label(self) -> str:
-        act = f", {self.activation}" if self.activation else ""
-        return (f"separable_conv2d {self.filters}, {_fmt_pair(self.kernel_size)}, "
-                f"strides={_fmt_pair(self.strides)}, {self.padding}{act}")
-
-    def output_shape(self, shape: Shape) -> Shape:
-        return _conv_out(self, shape, self.filters)
 
     def params(self, shape: Shape) -> int:
         kh, kw = _pair(self.kernel_size)
