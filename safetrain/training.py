@@ -102,8 +102,8 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
             hint=f"set trainer.batch_size={max(1, data.counts['train'] or 1)} or less, or use more data",
             config_key="trainer.batch_size")
     plan = infer(list(plan.layers), data.spec.shape, data.source.num_classes)
-    report.model = {"name": cfg.model.name, "params": plan.total_params, "flops_per_example": plan.total_flops}
-    # (custom layers' parameters are known only once built: report.model["params"] is updated below)
+    # params: counted on the built model below (custom layers' are unknown to the plain-Python plan)
+    report.model = {"name": cfg.model.name, "params": None, "flops_per_example": plan.total_flops}
     log.info("model %s:\n%s", cfg.model.name, plan.table())
     summaries.text("model/summary", plan.table())
 
