@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from models.shapes import ModelPlan, infer
 from models.spec import parse_layers
-from safetrain.config.schema import Config, Source, StrategyKind
+from safetrain.config.schema import Config, OnOom, Source, StrategyKind
 from safetrain.errors import ConfigError
 from safetrain.optimizers import LOSS_ENCODING, LOSSES, OPTIMIZERS
 
@@ -57,6 +57,9 @@ def validate(cfg: Config) -> ModelPlan:
             "hardware.strategy=multi_worker is not available in this version of safetrain.",
             hint="use hardware.strategy=auto (one device, or mirrored over several GPUs)",
             config_key="hardware.strategy")
+    if t.on_oom is OnOom.halve_batch:
+        raise ConfigError("trainer.on_oom=halve_batch is not available in this version of safetrain.",
+                          hint="use trainer.on_oom=error and lower trainer.batch_size", config_key="trainer.on_oom")
     OPTIMIZERS.get(cfg.optimizer.name)
     LOSSES.get(t.loss)
     wanted = LOSS_ENCODING.get(t.loss)
