@@ -173,7 +173,8 @@ def test_multirun_runs_every_job_and_exits_with_the_worst_code(tmp_path, tfds_di
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
         [sys.executable, "-m", "safetrain", "-m", "+debug=tiny", f"dataset.data_dir={tfds_dir}",
-         f"hydra.sweep.dir={sweep}", "hardware.precision=auto,float32", "optimizer.name=adam,adamm"],
+         f"hydra.sweep.dir={sweep}", "trainer.max_steps=7", "hardware.precision=auto,float32",
+         "optimizer.name=adam,adamm"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2, proc.stderr
     reports = [json.loads((sweep / str(i) / "report.json").read_text()) for i in range(4)]
@@ -183,7 +184,17 @@ def test_multirun_runs_every_job_and_exits_with_the_worst_code(tmp_path, tfds_di
 
     auto = "mixed_bfloat16" if cpu_features() else "float32"
     assert [r["hardware"]["precision_policy"] for r in reports[::2]] == [auto, "float32"]
-    assert all(r["steps"] == 4 for r in reports[::2])
+
+    # The sweep report: one row per job, failed jobs included, non-zero exit when any failed.
+    table = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep_report.py"), str(sweep), "--json"],
+                           capture_output=True, text=True, timeout=60)
+    assert table.returncode == 1
+    rows = json.loads(table.stdout)
+    assert [(r["job"], r["precision"], r["exit_code"]) for r in rows] == [
+        (0, auto, 0), (1, None, 2), (2, "float32", 0), (3, None, 2)]
+    assert rows[1]["status"] == "failed (config)" and "optimizer.name=adamm" in rows[1]["overrides"]
+    assert rows[0]["examples_per_sec"] > 0
+    assert all(r["steps"] == 7 for r in reports[::2])
 
 
 def test_sigterm_saves_a_checkpoint_at_the_step_reached_and_a_rerun_resumes(tmp_path, tfds_dir):
