@@ -1,9 +1,10 @@
 """Build the train/eval/test tf.data pipelines that deliver exactly the declared image spec.
 
 Per example: raw pixels as float32 -> checks (size/channels where they vary, finite, value
-range, label range) -> channel and size adapters -> (cache) -> normalize from the source's
-value range -> cast to the declared dtype. The adapters come from `plan_adapters`, which has
-already refused any mismatch the config does not explicitly allow.
+range, label range) -> channel and size adapters -> (cache). Then shuffle, batch, and per batch
+(vectorized): normalize from the source's value range, cast to the declared dtype, encode labels.
+The adapters come from `plan_adapters`, which has already refused any mismatch the config does
+not explicitly allow.
 
 Before the first step every split is read once (the scan): it fills the in-memory cache, counts
 the examples, lists every bad one with its key and reason, and sums the per-channel statistics

@@ -73,6 +73,9 @@ def image_folder_source(name: str, folder: str | Path, num_classes: int | None, 
         raise DataError(f"no PNG/JPEG/BMP/GIF files under {root}", config_key="dataset.path",
                         hint="arrange the images as DIR/<class name>/<image file>")
 
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # Pillow's bomb check off: dataset.max_pixels applies, from the header
     with ThreadPoolExecutor(max_workers=4) as pool:
         scanned = list(pool.map(lambda c: _scan(*c, max_pixels=max_pixels), candidates))
 
@@ -121,7 +124,6 @@ def _split_dirs(root: Path) -> dict[str, Path]:
 def _scan(path: Path, split: str, label: int, max_pixels: int) -> Scanned:
     from PIL import Image, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = None  # our own limit applies, from the header, below
     try:
         size = path.stat().st_size
         if size == 0:
