@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -21,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from safetrain.config import config_dir
 from safetrain.config.hydra_errors import explain
 from safetrain.config.schema import register
+from safetrain.sweep import CONFIG_FLAGS, child_command, run_job_process, uses_basic_launcher
 
 _exit_codes: list[int] = []
 # `debug` is both a config key (full tracebacks) and a config group (`+debug=tiny`), and Hydra
@@ -28,6 +30,7 @@ _exit_codes: list[int] = []
 # out of argv itself and the task sets the key; YAML configs can still say `debug: true`.
 _debug_override: list[bool] = []
 _DEBUG_VALUES = {"debug=true": True, "debug=1": True, "debug=false": False, "debug=0": False}
+_config_flags: list[str] = []  # --config-dir and friends, repeated for isolated sweep jobs
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
@@ -36,16 +39,34 @@ def _hydra_app(cfg: DictConfig) -> int:
 
     if _debug_override:
         cfg.debug = _debug_override[-1]
-
-    code = execute(cfg, Path(HydraConfig.get().runtime.output_dir))
+    hc = HydraConfig.get()
+    if (hc.mode == RunMode.MULTIRUN and cfg.get("isolate_jobs", True)
+            and uses_basic_launcher(str(hc.launcher.get("_target_", "")))):
+        code = run_job_process(child_command(hc.overrides.task, hc.overrides.hydra,
+                                             Path(hc.runtime.output_dir), _config_flags,
+                                             debug=bool(cfg.get("debug", False))))
+    else:
+        code = execute(cfg, Path(hc.runtime.output_dir))
     _exit_codes.append(code)
     return code
+
+
+def _flags(args: list[str], names: tuple[str, ...]) -> list[str]:
+    """The `names` flags of `args` with their values (`--flag value` or `--flag=value`)."""
+    out = []
+    for i, arg in enumerate(args):
+        if arg in names and i + 1 < len(args):
+            out += [arg, args[i + 1]]
+        elif arg.split("=", 1)[0] in names and "=" in arg:
+            out.append(arg)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     _debug_override[:] = [_DEBUG_VALUES[a.lower()] for a in args if a.lower() in _DEBUG_VALUES]
     sys.argv = [sys.argv[0], *(a for a in args if a.lower() not in _DEBUG_VALUES)]
+    _config_flags[:] = _flags(args, CONFIG_FLAGS)
     debug = bool(_debug_override and _debug_override[-1])
     os.environ["HYDRA_FULL_ERROR"] = "1"
     register()

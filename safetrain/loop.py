@@ -147,7 +147,8 @@ class TrainLoop:
                 result.time_to_first_step_s = round(t2 - self.started, 3)
             if out["finite"]:
                 totals.add(out)
-                self.timer.add(wait=min(float(out["input_wait_s"]), t2 - t0), total=t2 - t0,
+                wait = float(out["input_wait_s"])
+                self.timer.add(wait=None if np.isnan(wait) else min(wait, t2 - t0), total=t2 - t0,
                                examples=int(out["count"]),
                                first_of_epoch=in_epoch == 1)
                 log_now = result.steps % cfg.log_every_steps == 0

@@ -25,7 +25,7 @@ _SUM = tf.distribute.ReduceOp.SUM
 
 class Steps:
     def __init__(self, *, strategy, model, optimizer, loss_fn, eval_spec,
-                 jit_compile: bool = False, guard_updates: bool = False,
+                 jit_compile: bool = False, guard_updates: bool = False, time_input: bool = True,
                  on_missing_gradients: Callable[[list[str]], Exception] | None = None) -> None:
         """`eval_spec`: the distributed eval dataset's element spec (a fixed signature, so the
         last, smaller eval batch does not retrace). With `jit_compile` only the per-replica
@@ -33,12 +33,15 @@ class Steps:
 
         `train_probe` is `train` plus each variable's largest absolute gradient, for the loop's
         dead-gradient check over the first steps; `on_missing_gradients(paths)` builds the error
-        for trainable variables that get no gradient at all (see missing_gradients_error)."""
+        for trainable variables that get no gradient at all (see missing_gradients_error).
+        `time_input=False` leaves out the timestamps (op determinism refuses `tf.timestamp`);
+        `input_wait_s` is then NaN."""
         self.strategy = strategy
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = loss_fn
         self.guard_updates = guard_updates
+        self.time_input = time_input
         self.on_missing_gradients = on_missing_gradients
         self.missing_gradients: list[str] = []
         self.variable_paths = [v.path for v in model.trainable_variables]
@@ -51,18 +54,22 @@ class Steps:
         self.eval = tf.function(self._eval, input_signature=eval_spec, jit_compile=jit_compile)
 
     def _train(self, iterator, probe: bool):
-        started = tf.timestamp()
-        with tf.control_dependencies([started]):
+        if self.time_input:
+            started = tf.timestamp()
+            with tf.control_dependencies([started]):
+                images, labels = next(iterator)
+            with tf.control_dependencies(tf.nest.flatten((images, labels), expand_composites=True)):
+                wait = tf.timestamp() - started
+        else:
             images, labels = next(iterator)
-        with tf.control_dependencies(tf.nest.flatten((images, labels), expand_composites=True)):
-            fetched = tf.timestamp()
+            wait = tf.constant(float("nan"), tf.float64)
         out = self.strategy.run(self._replica_steps[probe], args=(images, labels))
         result = {"loss_sum": self.strategy.reduce(_SUM, out["loss_sum"], axis=None),
                   "correct": self.strategy.reduce(_SUM, out["correct"], axis=None),
                   "count": self.strategy.reduce(_SUM, out["count"], axis=None),
                   "finite": self.strategy.reduce(_SUM, out["finite"], axis=None)
                   == self.strategy.num_replicas_in_sync,
-                  "input_wait_s": fetched - started}
+                  "input_wait_s": wait}
         if probe:  # summed over replicas: zero exactly when zero on every replica
             result["grad_abs_max"] = self.strategy.reduce(_SUM, out["grad_abs_max"], axis=None)
         return result

@@ -3,6 +3,8 @@
 Steady state excludes the first steps of the run (tracing; the loop's gradient probe runs the
 first 3 steps through a second traced function, so step 4 traces the plain one) and the first
 step of each epoch (a new iterator), so the medians describe training, not start-up.
+A wait of None means it was not measured (trainer.deterministic=true forbids the in-graph
+timestamps it comes from); the input-wait fraction is then None, never a made-up 0.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ class StepTimer:
     rates: list[float] = field(default_factory=list)
     _interval: list[float] = field(default_factory=lambda: [0.0, 0.0, 0, 0])  # wait, total, steps, examples
     _seen: int = 0
+    _wait_known: bool = True
 
-    def add(self, wait: float, total: float, examples: int, first_of_epoch: bool) -> None:
+    def add(self, wait: float | None, total: float, examples: int, first_of_epoch: bool) -> None:
         self._seen += 1
+        if wait is None:
+            self._wait_known, wait = False, 0.0
         iv = self._interval
         iv[0] += wait
         iv[1] += total
@@ -43,7 +48,7 @@ class StepTimer:
         return {"throughput/examples_per_sec": examples / total,
                 "throughput/steps_per_sec": steps / total,
                 "throughput/step_time_ms": 1000.0 * total / steps,
-                "throughput/input_wait_fraction": wait / total}
+                "throughput/input_wait_fraction": wait / total if self._wait_known else None}
 
     def summary(self) -> dict[str, float | None]:
         if not self.totals:
@@ -51,6 +56,6 @@ class StepTimer:
                     "step_time_ms_p50": None, "step_time_ms_p90": None}
         ms = sorted(1000.0 * t for t in self.totals)
         return {"examples_per_sec": round(statistics.median(self.rates), 1),
-                "input_wait_fraction": round(sum(self.waits) / sum(self.totals), 4),
+                "input_wait_fraction": round(sum(self.waits) / sum(self.totals), 4) if self._wait_known else None,
                 "step_time_ms_p50": round(statistics.median(ms), 3),
                 "step_time_ms_p90": round(ms[min(len(ms) - 1, int(0.9 * len(ms)))], 3)}

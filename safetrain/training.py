@@ -121,6 +121,7 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
     steps = Steps(strategy=strategy, model=model, optimizer=optimizer, loss_fn=LOSSES.get(t.loss)(),
                   eval_spec=spec_of(eval_ds) if eval_ds is not None else None,
                   jit_compile=t.jit_compile, guard_updates=t.on_nan is OnNan.skip_step,
+                  time_input=not t.deterministic,
                   on_missing_gradients=lambda paths: _gradient_error(plan, paths, "missing"))
     loop = TrainLoop(steps=steps, strategy=strategy, train_ds=data.train, eval_ds=data.eval, cfg=t,
                      summaries=summaries, checkpoints=Checkpoints(run_dir / "checkpoints", model, optimizer),

@@ -179,7 +179,7 @@ def test_multirun_runs_every_job_and_exits_with_the_worst_code(tmp_path, tfds_di
     assert proc.returncode == 2, proc.stderr
     reports = [json.loads((sweep / str(i) / "report.json").read_text()) for i in range(4)]
     assert [r["exit_code"] for r in reports] == [0, 2, 0, 2]
-    # Each job sets its own precision policy although all four share one process.
+    # Each job ran in its own process (isolate_jobs=true) with its own precision policy.
     from safetrain.hardware import cpu_features
 
     auto = "mixed_bfloat16" if cpu_features() else "float32"
@@ -195,6 +195,35 @@ def test_multirun_runs_every_job_and_exits_with_the_worst_code(tmp_path, tfds_di
     assert rows[1]["status"] == "failed (config)" and "optimizer.name=adamm" in rows[1]["overrides"]
     assert rows[0]["examples_per_sec"] > 0
     assert all(r["steps"] == 7 for r in reports[::2])
+
+
+def test_multirun_jobs_run_in_their_own_processes_so_process_global_state_cannot_leak(tmp_path, tfds_dir):
+    """`hardware.logical_cpus` can be applied once per process. Isolated, both jobs get their own
+    device split; in one process (isolate_jobs=false, the control) the second job cannot."""
+    import json
+    import os
+    import subprocess
+
+    from conftest import ROOT
+
+    def sweep(name: str, *extra: str) -> tuple[int, list[dict]]:
+        out = tmp_path / name
+        proc = subprocess.run(
+            [sys.executable, "-m", "safetrain", "-m", "+debug=tiny", f"dataset.data_dir={tfds_dir}",
+             f"hydra.sweep.dir={out}", "trainer.max_steps=2", "trainer.deterministic=true",
+             "hardware.strategy=mirrored", "hardware.logical_cpus=2,3", *extra],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        return proc.returncode, [json.loads((out / str(i) / "report.json").read_text()) for i in range(2)]
+
+    code, reports = sweep("isolated")
+    assert code == 0, reports
+    assert [(r["status"], r["hardware"]["replicas"]) for r in reports] == [("ok", 2), ("ok", 3)]
+
+    code, reports = sweep("shared", "isolate_jobs=false")
+    assert code == 2 and reports[0]["status"] == "ok"
+    assert reports[1]["error"]["config_key"] == "hardware.logical_cpus"
+    assert "already initialized its devices in this process" in reports[1]["error"]["message"]
 
 
 def test_sigterm_saves_a_checkpoint_at_the_step_reached_and_a_rerun_resumes(tmp_path, tfds_dir):

@@ -54,6 +54,16 @@ def test_step_timer_excludes_warmup_and_epoch_starts():
     assert timer.interval() == {}
 
 
+def test_step_timer_reports_no_input_wait_when_it_was_not_measured():
+    """trainer.deterministic=true cannot time the input in-graph: the fraction is None, not 0."""
+    timer = StepTimer()
+    for _ in range(WARMUP_STEPS + 3):
+        timer.add(wait=None, total=0.1, examples=10, first_of_epoch=False)
+    assert timer.summary()["input_wait_fraction"] is None
+    assert timer.summary()["examples_per_sec"] == pytest.approx(100.0)
+    assert timer.interval()["throughput/input_wait_fraction"] is None
+
+
 def test_report_is_valid_json_even_with_nan_metrics(tmp_path):
     report = RunReport(name="x")
     report.metrics["train_loss"] = math.nan

@@ -176,6 +176,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     debug: bool = False                  # true: full Python tracebacks
+    isolate_jobs: bool = True            # multirun: each job in its own process (safetrain.sweep)
 
 
 def register() -> None:
