@@ -2,11 +2,16 @@
 
 `tf.train.CheckpointManager` under <run dir>/checkpoints. A rerun in the same run dir restores
 the latest one and continues from the saved position.
+
+In a multi-worker run only the chief keeps checkpoints. The others still take part in every save
+(reading a mirrored or sync-on-read variable can be a collective op all workers must join), but
+write to a private temporary directory that is deleted at once — TensorFlow's documented pattern.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import tensorflow as tf
@@ -15,13 +20,14 @@ log = logging.getLogger("safetrain")
 
 
 class Checkpoints:
-    def __init__(self, directory: Path, model, optimizer, max_to_keep: int = 3) -> None:
+    def __init__(self, directory: Path, model, optimizer, max_to_keep: int = 3, writer: bool = True) -> None:
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.epoch = tf.Variable(1, dtype=tf.int64, trainable=False, name="epoch")
         self.in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="in_epoch")
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step,
                                               epoch=self.epoch, in_epoch=self.in_epoch)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(directory), max_to_keep=max_to_keep)
+        self.writer = writer
         self.last_saved_step: int | None = None
 
     def restore(self) -> tuple[int, int, int]:
@@ -38,5 +44,9 @@ class Checkpoints:
         self.step.assign(step)
         self.epoch.assign(epoch)
         self.in_epoch.assign(in_epoch)
-        self.manager.save(checkpoint_number=step)
+        if self.writer:
+            self.manager.save(checkpoint_number=step)
+        else:
+            with tempfile.TemporaryDirectory(prefix="safetrain-worker-ckpt-") as scratch:
+                self.checkpoint.write(str(Path(scratch) / "ckpt"))
         self.last_saved_step = step

@@ -89,6 +89,14 @@ class GraphError(SafetrainError, RuntimeError):
     phase = "train"
 
 
+class ClusterError(SafetrainError, RuntimeError):
+    """The workers of a multi-worker run could not form or keep their cluster."""
+
+    exit_code = EXIT_GRAPH
+    kind = "cluster"
+    phase = "build"
+
+
 class NumericsError(SafetrainError, ArithmeticError):
     """The loss became NaN or Inf and `trainer.on_nan=stop`."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetrain.cluster import ClusterTask
 from safetrain.config.schema import Precision, StrategyKind
 from safetrain.errors import HardwareError
 
@@ -133,9 +134,13 @@ def split_cpu(count: int) -> None:
                                 config_key="hardware.logical_cpus") from None
 
 
-def make_strategy(kind: StrategyKind, devices: list[Device]):
+def make_strategy(kind: StrategyKind, devices: list[Device], cluster: ClusterTask | None = None):
+    """`cluster` (from TF_CONFIG) means MultiWorkerMirroredStrategy; validation has already
+    refused it with a single-machine strategy, and cluster.wait_for_peers has seen every peer."""
     import tensorflow as tf
 
+    if cluster is not None:
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = [d for d in devices if d.kind == "GPU"]
     if kind is StrategyKind.mirrored or (kind is StrategyKind.auto and len(gpus) > 1):
         if gpus:
@@ -145,3 +150,4 @@ def make_strategy(kind: StrategyKind, devices: list[Device]):
     if kind is StrategyKind.one_device:
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     return tf.distribute.get_strategy()  # the default strategy: one device, no wrapping cost
+

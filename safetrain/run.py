@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from safetrain.cluster import output_dir
 from safetrain.config.hydra_errors import check_keys
 from safetrain.config.validate import validate
 from safetrain.errors import EXIT_SIGINT, SafetrainError
@@ -25,6 +26,8 @@ log = logging.getLogger("safetrain")
 
 
 def execute(node: DictConfig, run_dir: Path) -> int:
+    checkpoint_dir = run_dir / "checkpoints"   # the chief's, which every worker restores from
+    run_dir = output_dir(run_dir)              # a non-chief worker writes under worker-<i>/
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     report = RunReport(name=str(node.get("name", "")), run_dir=str(run_dir))
@@ -33,6 +36,7 @@ def execute(node: DictConfig, run_dir: Path) -> int:
     debug = bool(node.get("debug", False))
     guard = SignalGuard().install()
     code = 1
+
     try:
         check_keys(node)
         cfg = OmegaConf.to_object(node)
@@ -42,15 +46,10 @@ def execute(node: DictConfig, run_dir: Path) -> int:
         import_tensorflow(verbose=debug)  # the first TensorFlow import of the run
         from safetrain.training import train
 
-        train(cfg, plan, run_dir, report, errors, guard)
+        train(cfg, plan, run_dir, report, errors, guard, checkpoint_dir=checkpoint_dir)
         report.status, code = "ok", 0
     except SafetrainError as err:
-        code = err.exit_code
-        report.error = err.as_record()
-        errors.write_error(err, step=report.steps or None)
-        log.error("safetrain: %s error (exit %d): %s", err.kind, code, err)
-        if debug:
-            log.error("%s", traceback.format_exc())
+        code = _failed(err, report, errors, debug)
     except (KeyboardInterrupt, Interrupted) as err:
         code = getattr(err, "exit_code", EXIT_SIGINT)
         report.status = "interrupted"
@@ -71,3 +70,14 @@ def execute(node: DictConfig, run_dir: Path) -> int:
         report.write(run_dir)
     log.info("run directory: %s", run_dir)
     return code
+
+
+def _failed(err: SafetrainError, report: RunReport, errors: ErrorLog, debug: bool) -> int:
+    """Record an expected error in report.json and errors.jsonl and print its one paragraph."""
+    report.status = "failed"
+    report.error = err.as_record()
+    errors.write_error(err, step=report.steps or None)
+    log.error("safetrain: %s error (exit %d): %s", err.kind, err.exit_code, err)
+    if debug:
+        log.error("%s", traceback.format_exc())
+    return err.exit_code

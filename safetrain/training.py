@@ -7,12 +7,15 @@ own errors leave here as GraphError (exit 4) with the op named.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import re
 import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -21,6 +24,7 @@ from models.build import build_model
 from models.shapes import ModelPlan, infer
 from pipelines.build import bad_examples_error, build_datasets
 from safetrain.checkpoints import Checkpoints
+from safetrain.cluster import current_task, wait_for_peers
 from safetrain.config.schema import BadExamplePolicy, Config, OnDeadGradient, OnNan
 from safetrain.env_report import env_text, versions
 from safetrain.errors import GraphError, SafetrainError, SpecError
@@ -37,11 +41,12 @@ tfds.disable_progress_bar()
 
 
 def train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, errors: ErrorLog,
-          guard: SignalGuard | None = None) -> None:
-    """Run the job; any error after this point is also written to TensorBoard's errors/graph."""
+          guard: SignalGuard | None = None, checkpoint_dir: Path | None = None) -> None:
+    """Run the job; any error after this point is also written to TensorBoard's errors/graph.
+    `checkpoint_dir`: the chief's checkpoints (default <run_dir>/checkpoints)."""
     summaries = Summaries(run_dir / "tb")
     try:
-        _train(cfg, plan, run_dir, report, errors, summaries, guard)
+        _train(cfg, plan, run_dir, report, errors, summaries, guard, checkpoint_dir or run_dir / "checkpoints")
     except tf.errors.OpError as err:
         error = _graph_error(err)
         summaries.text("errors/graph", f"{error.kind}: {error}", step=report.steps)
@@ -54,7 +59,7 @@ def train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, errors
 
 
 def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, errors: ErrorLog,
-           summaries: Summaries, guard: SignalGuard | None) -> None:
+           summaries: Summaries, guard: SignalGuard | None, checkpoint_dir: Path) -> None:
     started = time.perf_counter()
     t = cfg.trainer
     report.versions = versions()
@@ -65,11 +70,16 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
     recurrent = any(layer.type in ("lstm", "gru", "bidirectional") for layer in plan.layers)
     policy, reason = choose_precision(devices, cfg.hardware.precision, recurrent=recurrent)
     keras.mixed_precision.set_global_policy(policy)  # always set: a multirun shares one process
-    strategy = make_strategy(cfg.hardware.strategy, devices)
+    cluster = current_task()
+    if cluster is not None:
+        waited = wait_for_peers(cluster, cfg.hardware.worker_timeout_s)
+        log.info("cluster: %s; every worker reachable after %.1f s", cluster.describe(), waited)
+    strategy = make_strategy(cfg.hardware.strategy, devices, cluster=cluster)
     replicas = strategy.num_replicas_in_sync
     report.hardware = {"devices": [d.describe() for d in devices], "precision_policy": policy,
                        "precision_reason": reason, "strategy": _strategy_name(strategy),
-                       "replicas": replicas, "per_replica_batch_size": t.batch_size // replicas}
+                       "replicas": replicas, "per_replica_batch_size": t.batch_size // replicas,
+                       "cluster": cluster.describe() if cluster else None}
     log.info("hardware: %s | precision %s (%s) | %s x%d", ", ".join(report.hardware["devices"]),
              policy, reason, report.hardware["strategy"], replicas)
     summaries.text("env/report", env_text(report.versions, devices, report.hardware))
@@ -81,6 +91,10 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
 
     data = build_datasets(cfg.dataset, t.batch_size, t.eval_batch_size or t.batch_size, t.seed,
                           deterministic=t.deterministic)
+    if cluster is not None:
+        # Shard by element: every worker reads the whole (small, cached) dataset and keeps its share.
+        # FILE sharding (TensorFlow's default) needs at least one input file per worker.
+        data = _shard_by_data(data)
     report.data["counts"] = data.counts
     log.info("pipeline:\n  %s", "\n  ".join(data.describe().splitlines()))
     summaries.text("pipeline/spec", data.describe())
@@ -124,7 +138,8 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
                   time_input=not t.deterministic,
                   on_missing_gradients=lambda paths: _gradient_error(plan, paths, "missing"))
     loop = TrainLoop(steps=steps, strategy=strategy, train_ds=data.train, eval_ds=data.eval, cfg=t,
-                     summaries=summaries, checkpoints=Checkpoints(run_dir / "checkpoints", model, optimizer),
+                     summaries=summaries, checkpoints=Checkpoints(checkpoint_dir, model, optimizer,
+                                                             writer=cluster is None or cluster.is_chief),
                      errors=errors, steps_per_epoch=data.steps_per_epoch,
                      learning_rate=lambda: float(optimizer.learning_rate.numpy()), started=started,
                      guard=guard, on_dead_gradients=lambda paths: _dead_gradients(plan, paths, t, errors))
@@ -133,9 +148,27 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
         test = loop.evaluate(data.test) if data.test is not None else (None, None)
     finally:
         _record(report, loop)
+        report.model["weights_sha256"] = weights_digest(model)
     report.metrics.update(test_loss=test[0], test_accuracy=test[1])
     summaries.scalars(result.steps, {"test/loss": test[0], "test/accuracy": test[1]})
     _final_summary(report, run_dir)
+
+
+def weights_digest(model) -> str:
+    """SHA-256 of every model variable's bytes, in order: equal digests mean identical weights
+    (compares workers of one run, or an interrupted-and-resumed run with an uninterrupted one)."""
+    digest = hashlib.sha256()
+    for variable in model.variables:
+        digest.update(variable.path.encode())
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable.value)).tobytes())
+    return digest.hexdigest()
+
+
+def _shard_by_data(data):
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    shard = lambda ds: ds.with_options(options) if ds is not None else None  # noqa: E731
+    return dataclasses.replace(data, train=shard(data.train), eval=shard(data.eval), test=shard(data.test))
 
 
 def _gradient_error(plan: ModelPlan, paths: list[str], kind: str) -> GraphError:
@@ -163,6 +196,8 @@ def _hparams(cfg: Config, policy: str, replicas: int) -> dict:
 
 def _strategy_name(strategy) -> str:
     name = type(strategy).__name__
+    if name == "CollectiveAllReduceStrategy":  # the class behind tf.distribute.MultiWorkerMirroredStrategy
+        return "MultiWorkerMirroredStrategy"
     return "default (one device)" if name.startswith("_Default") else name
 
 

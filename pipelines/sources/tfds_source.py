@@ -4,11 +4,19 @@ Offline, TFDS's own retries take about 3.5 minutes to give up on `mnist` and the
 `requests` ConnectionError naming a host. We check that the builder's download hosts are
 reachable (a few seconds at most) before asking TFDS to download, and turn any download failure
 into a DataError that says how to train offline.
+
+Preparing is serialized by a file lock in the data dir: the workers of a multi-worker run, or
+the jobs of a parallel sweep, often start together on the same data dir, and two concurrent
+`download_and_prepare` calls race on TFDS's temporary directory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import socket
+from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlparse
 
 import numpy as np
@@ -33,26 +41,41 @@ _OFFLINE_HINT = (
 def open_builder(name: str, data_dir: str | None, download: bool,
                  builder_cls: type | None = None) -> tfds.core.DatasetBuilder:
     """Return a prepared builder for `name` (or for `builder_cls`, for the embedded sets)."""
-    try:
-        builder = builder_cls(data_dir=data_dir) if builder_cls else tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError as err:
-        raise DataError(
-            f"dataset.name={name!r} is not in the TFDS catalog ({err.__class__.__name__}).",
-            hint="use a name from `tfds.list_builders()`, e.g. mnist, fashion_mnist, cifar10",
-            config_key="dataset.name",
-        ) from None
+    def make() -> tfds.core.DatasetBuilder:
+        try:
+            return builder_cls(data_dir=data_dir) if builder_cls else tfds.builder(name, data_dir=data_dir)
+        except tfds.core.registered.DatasetNotFoundError as err:
+            raise DataError(
+                f"dataset.name={name!r} is not in the TFDS catalog ({err.__class__.__name__}).",
+                hint="use a name from `tfds.list_builders()`, e.g. mnist, fashion_mnist, cifar10",
+                config_key="dataset.name",
+            ) from None
+
+    builder = make()
     if builder.is_prepared() or (not download and builder_cls is None):
         return builder  # with download=false, missing data is reported when it is read
-    if builder_cls is None:
-        _check_reachable(name, builder)
-    try:
-        builder.download_and_prepare()
-    except OSError as err:  # requests' ConnectionError is an OSError
-        raise DataError(
-            f"downloading TFDS dataset {name!r} failed: {err.__class__.__name__}: {_first_line(err)}",
-            hint=_OFFLINE_HINT, config_key="dataset.name",
-        ) from err
+    with _prepare_lock(Path(builder.data_dir).parent.parent, name):
+        builder = make()  # another process may have prepared it while we waited
+        if builder.is_prepared():
+            return builder
+        if builder_cls is None:
+            _check_reachable(name, builder)
+        try:
+            builder.download_and_prepare()
+        except OSError as err:  # requests' ConnectionError is an OSError
+            raise DataError(
+                f"downloading TFDS dataset {name!r} failed: {err.__class__.__name__}: {_first_line(err)}",
+                hint=_OFFLINE_HINT, config_key="dataset.name",
+            ) from err
     return builder
+
+
+@contextlib.contextmanager
+def _prepare_lock(root: Path, name: str) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{name}.safetrain-prepare.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        yield
 
 
 def tfds_source(builder: tfds.core.DatasetBuilder, name: str, num_classes: int | None) -> Source:

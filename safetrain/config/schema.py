@@ -165,6 +165,7 @@ class HardwareConfig:
     precision: Precision = Precision.auto
     strategy: StrategyKind = StrategyKind.auto
     logical_cpus: Optional[int] = None   # split the CPU into N logical devices (rehearse mirrored runs)
+    worker_timeout_s: float = 300.0      # multi_worker: how long to wait for every worker to join
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from models.shapes import ModelPlan, infer
 from models.spec import parse_layers
+from safetrain.cluster import current_task
 from safetrain.config.schema import Config, OnOom, Source, StrategyKind
 from safetrain.errors import ConfigError
 from safetrain.optimizers import LOSS_ENCODING, LOSSES, OPTIMIZERS
@@ -52,11 +53,7 @@ def validate(cfg: Config) -> ModelPlan:
         raise ConfigError(f"dataset.pixel_range={list(d.pixel_range)} must be [min, max] with min < max.",
                           hint="set dataset.pixel_range=[0,255] (or [0,1] for float images in 0..1)",
                           config_key="dataset.pixel_range")
-    if cfg.hardware.strategy is StrategyKind.multi_worker:
-        raise ConfigError(
-            "hardware.strategy=multi_worker is not available in this version of safetrain.",
-            hint="use hardware.strategy=auto (one device, or mirrored over several GPUs)",
-            config_key="hardware.strategy")
+    _check_cluster(cfg)
     if t.on_oom is OnOom.halve_batch:
         raise ConfigError("trainer.on_oom=halve_batch is not available in this version of safetrain.",
                           hint="use trainer.on_oom=error and lower trainer.batch_size", config_key="trainer.on_oom")
@@ -74,3 +71,28 @@ def validate(cfg: Config) -> ModelPlan:
     layers = parse_layers(cfg.model.layers)
     # The head size does not change whether the body fits; the real count comes from the data.
     return infer(layers, (d.image.height, d.image.width, d.image.channels), d.num_classes or 2)
+
+
+def _check_cluster(cfg: Config) -> None:
+    """multi_worker needs a well-formed TF_CONFIG; TF_CONFIG makes `auto` mean multi_worker."""
+    h = cfg.hardware
+    task = current_task()  # raises ConfigError naming TF_CONFIG when it is malformed
+    if h.strategy is StrategyKind.multi_worker and task is None:
+        raise ConfigError("hardware.strategy=multi_worker needs TF_CONFIG (the cluster and this "
+                          "worker's task), which is not set.",
+                          hint='export TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                               '"task": {"type": "worker", "index": 0}}\' on each worker',
+                          config_key="hardware.strategy")
+    if task is not None and h.strategy in (StrategyKind.one_device, StrategyKind.mirrored):
+        raise ConfigError(f"TF_CONFIG is set (this process is {task.describe()}) but "
+                          f"hardware.strategy={h.strategy.value} trains alone: every worker would "
+                          f"train its own copy.",
+                          hint="set hardware.strategy=multi_worker (or auto), or unset TF_CONFIG",
+                          config_key="hardware.strategy")
+    if task is not None and h.logical_cpus:
+        raise ConfigError("hardware.logical_cpus splits one machine for a mirrored run; it does not "
+                          "combine with a multi-worker cluster (TF_CONFIG).",
+                          hint="set hardware.logical_cpus=null", config_key="hardware.logical_cpus")
+    if h.worker_timeout_s <= 0:
+        raise ConfigError(f"hardware.worker_timeout_s={h.worker_timeout_s} must be > 0.",
+                          hint="set hardware.worker_timeout_s=300", config_key="hardware.worker_timeout_s")
