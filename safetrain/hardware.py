@@ -6,6 +6,8 @@ fake device sets; `detect_devices` and `cpu_features` are the only parts that as
 
 from __future__ import annotations
 
+import os
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,7 @@ class Device:
     name: str
     compute_capability: tuple[int, int] | None = None
     features: frozenset[str] = field(default_factory=frozenset)  # CPU: bf16-relevant flags
+    memory_mib: int | None = None               # GPU: total memory (nvidia-smi), when known
 
     @property
     def tensor_cores(self) -> bool:
@@ -34,7 +37,8 @@ class Device:
         cc = f" (compute capability {self.compute_capability[0]}.{self.compute_capability[1]})" \
             if self.compute_capability else ""
         flags = f" [{', '.join(sorted(self.features))}]" if self.features else ""
-        return f"{self.kind} {self.name}{cc}{flags}"
+        memory = f" {self.memory_mib / 1024:.0f} GiB" if self.memory_mib else ""
+        return f"{self.kind} {self.name}{cc}{memory}{flags}"
 
 
 def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
@@ -52,17 +56,40 @@ def cpu_features() -> frozenset[str]:
         return frozenset()  # not Linux: no claim
 
 
+def parse_gpu_memory(csv: str) -> list[int]:
+    """Total MiB per GPU from `nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits`."""
+    return [int(line.strip()) for line in csv.splitlines() if line.strip().isdigit()]
+
+
+def gpu_memory_mib() -> list[int]:
+    """TensorFlow reports a GPU's compute capability but not its size; nvidia-smi knows it."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return parse_gpu_memory(out.stdout) if out.returncode == 0 else []
+
+
 def detect_devices() -> list[Device]:
     import tensorflow as tf
 
     devices = []
-    for dev in tf.config.list_physical_devices():
-        if dev.device_type not in ("CPU", "GPU", "TPU"):
-            continue
-        details = tf.config.experimental.get_device_details(dev) if dev.device_type == "GPU" else {}
+    physical = [d for d in tf.config.list_physical_devices() if d.device_type in ("CPU", "GPU", "TPU")]
+    memory = gpu_memory_mib() if any(d.device_type == "GPU" for d in physical) else []
+    gpu_index = 0
+    for dev in physical:
+        details, mib = {}, None
+        if dev.device_type == "GPU":
+            details = tf.config.experimental.get_device_details(dev)
+            # Visible GPUs are in nvidia-smi's order unless CUDA_VISIBLE_DEVICES reorders them.
+            if len(memory) > gpu_index and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+                mib = memory[gpu_index]
+            gpu_index += 1
         devices.append(Device(kind=dev.device_type, name=details.get("device_name", dev.name),
                               compute_capability=details.get("compute_capability"),
-                              features=cpu_features() if dev.device_type == "CPU" else frozenset()))
+                              features=cpu_features() if dev.device_type == "CPU" else frozenset(),
+                              memory_mib=mib))
     return devices
 
 

@@ -147,3 +147,13 @@ def test_cpu_flags_are_read_from_cpuinfo_text():
     text = "processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile amx_bf16\n"
     assert parse_cpu_flags(text) == {"avx512_bf16", "amx_bf16"}
     assert parse_cpu_flags("flags\t: fpu sse avx512f\n") == frozenset()
+
+
+def test_gpu_memory_is_read_from_nvidia_smi_csv_and_shown_per_device():
+    """Fake nvidia-smi output and a fake A100 record: this machine has no GPU."""
+    from safetrain.hardware import parse_gpu_memory
+
+    assert parse_gpu_memory("81920\n40960\n") == [81920, 40960]
+    assert parse_gpu_memory("No devices were found\n") == []
+    a100_80gb = Device("GPU", "NVIDIA A100-SXM4-80GB", (8, 0), memory_mib=81920)
+    assert a100_80gb.describe() == "GPU NVIDIA A100-SXM4-80GB (compute capability 8.0) 80 GiB"
