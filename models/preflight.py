@@ -51,7 +51,7 @@ def call_error(spec: LayerSpec, layer, shape, dtype, err: BaseException) -> Grap
         return GraphError(
             f"{_where(spec)} calls NumPy on a symbolic tensor in {cls}.call(): NumPy needs concrete "
             f"values, but the model is traced into a TensorFlow graph.",
-            hint=f"in {cls}.call use TensorFlow ops: {swap}", kind="numpy_in_graph",
+            hint=f"in {cls}.call use TensorFlow ops: {swap}", kind="symbolic_tensor_numpy",
             config_key=spec.key)
     first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
     return GraphError(f"{_where(spec)} failed when traced with input {_show(shape)} {dtype}: "
@@ -113,4 +113,4 @@ def variable_error(spec: LayerSpec, layer, created: list[str]) -> GraphError:
         f"{_where(spec)} creates a variable inside {cls}.call() ({', '.join(created)}): a new, "
         f"untrained variable on every call, which tf.function refuses once training starts.",
         hint=f"create it once in {cls}.build() with self.add_weight(...) and use it in call()",
-        kind="variable_in_call", config_key=spec.key)
+        kind="variable_in_tf_function", config_key=spec.key)

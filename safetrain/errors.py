@@ -101,5 +101,5 @@ class NumericsError(SafetrainError, ArithmeticError):
     """The loss became NaN or Inf and `trainer.on_nan=stop`."""
 
     exit_code = EXIT_NUMERICS
-    kind = "nan"
+    kind = "non_finite"
     phase = "train"

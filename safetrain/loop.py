@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from safetrain.config.schema import OnNan, TrainerConfig
+from safetrain.diagnosis import Context
 from safetrain.errors import NumericsError
 from safetrain.progress import Progress
 from safetrain.report import ErrorLog
@@ -66,7 +67,8 @@ class TrainLoop:
                  learning_rate: Callable[[], float], progress: Progress | None = None,
                  started: float | None = None, clock: Callable[[], float] = time.perf_counter,
                  guard: SignalGuard | None = None,
-                 on_dead_gradients: Callable[[list[str]], None] | None = None) -> None:
+                 on_dead_gradients: Callable[[list[str]], None] | None = None,
+                 context: Context | None = None) -> None:
         self.steps = steps
         self.strategy = strategy
         self.train_ds = train_ds
@@ -86,6 +88,7 @@ class TrainLoop:
         self.started = clock() if started is None else started
         self.timer = StepTimer()
         self.result = LoopResult()
+        self.context = context or Context()  # phase and step, for diagnosing an error raised here
 
     def run(self) -> LoopResult:
         cfg, result = self.cfg, self.result
@@ -131,6 +134,7 @@ class TrainLoop:
                 return totals, in_epoch, True
             t0 = self.clock()
             step_fn = self.steps.train_probe if self._probe_left else self.steps.train
+            self.context.phase, self.context.step = "train", result.steps + 1
             try:
                 out = {k: v.numpy() for k, v in step_fn(iterator).items()}
             except tf.errors.OutOfRangeError:  # the data ran out before the counted steps
@@ -190,11 +194,12 @@ class TrainLoop:
             raise NumericsError(message + "; training stopped and no checkpoint was saved after it",
                                 hint=hint, config_key="trainer.on_nan")
         self.result.skipped_steps += 1
-        self.errors.write(phase="train", kind="nan",
+        self.errors.write(phase="train", kind="non_finite",
                           message=message + "; its update was not applied (trainer.on_nan=skip_step)",
                           hint=hint, step=step, config_key="trainer.on_nan")
 
     def evaluate(self, dataset) -> tuple[float, float]:
+        self.context.phase, self.context.step = "eval", self.result.steps
         totals = _Totals()
         for images, labels in self.strategy.experimental_distribute_dataset(dataset):
             totals.add({k: v.numpy() for k, v in self.steps.eval(images, labels).items()})

@@ -2,7 +2,8 @@
 
 Called by safetrain.run after the config has been validated; this is where TensorFlow is first
 imported. Everything that writes to the run directory is closed in `finally`, and TensorFlow's
-own errors leave here as GraphError (exit 4) with the op named.
+and Keras' own errors leave here diagnosed (safetrain.diagnosis): one kind, the layer or key, the
+fix, and the exit code of the phase they happened in.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import re
+import math
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from safetrain.checkpoints import Checkpoints
 from safetrain.cluster import current_task, wait_for_peers
 from safetrain.config.schema import BadExamplePolicy, Config, OnDeadGradient, OnNan
 from safetrain.env_report import env_text, versions
+from safetrain.diagnosis import Context, LayerRef, diagnose, is_safetrain_bug
 from safetrain.errors import GraphError, SafetrainError, SpecError
 from safetrain.hardware import choose_precision, detect_devices, make_strategy, split_cpu
 from safetrain.loop import PROBE_STEPS, TrainLoop
@@ -45,21 +47,32 @@ def train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, errors
     """Run the job; any error after this point is also written to TensorBoard's errors/graph.
     `checkpoint_dir`: the chief's checkpoints (default <run_dir>/checkpoints)."""
     summaries = Summaries(run_dir / "tb")
+    context = Context(phase="data")
     try:
-        _train(cfg, plan, run_dir, report, errors, summaries, guard, checkpoint_dir or run_dir / "checkpoints")
-    except tf.errors.OpError as err:
-        error = _graph_error(err)
-        summaries.text("errors/graph", f"{error.kind}: {error}", step=report.steps)
-        raise error from err
+        _train(cfg, plan, run_dir, report, errors, summaries, guard, checkpoint_dir or run_dir / "checkpoints",
+               context)
     except SafetrainError as err:
-        summaries.text("errors/graph", f"{err.kind}: {err}", step=report.steps)
+        summaries.text("errors/graph", _graph_text(err), step=report.steps)
         raise
+    except Exception as err:  # noqa: BLE001 - TensorFlow/Keras failures become one diagnosis
+        if is_safetrain_bug(err):
+            raise
+        error = diagnose(err, context)
+        summaries.text("errors/graph", _graph_text(error), step=report.steps)
+        raise error from err
     finally:
         summaries.close()
 
 
+def _graph_text(error: SafetrainError) -> str:
+    """The TensorBoard errors/graph entry: the same paragraph the terminal shows, plus the record."""
+    return (f"{error.kind} (phase {error.phase}, exit {error.exit_code})\n{error}\n"
+            f"config key: {error.config_key or '-'} | op: {error.op or '-'} | "
+            f"TensorFlow error: {error.tf_error_class or '-'}")
+
+
 def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, errors: ErrorLog,
-           summaries: Summaries, guard: SignalGuard | None, checkpoint_dir: Path) -> None:
+           summaries: Summaries, guard: SignalGuard | None, checkpoint_dir: Path, context: Context) -> None:
     started = time.perf_counter()
     t = cfg.trainer
     report.versions = versions()
@@ -83,6 +96,8 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
     log.info("hardware: %s | precision %s (%s) | %s x%d", ", ".join(report.hardware["devices"]),
              policy, reason, report.hardware["strategy"], replicas)
     summaries.text("env/report", env_text(report.versions, devices, report.hardware))
+    context.precision, context.batch_size = policy, t.batch_size
+    context.device = report.hardware["devices"][-1] if report.hardware["devices"] else None
     summaries.hparams(_hparams(cfg, policy, replicas))
 
     keras.utils.set_random_seed(t.seed)
@@ -121,6 +136,8 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
     log.info("model %s:\n%s", cfg.model.name, plan.table())
     summaries.text("model/summary", plan.table())
 
+    context.phase, context.input_spec = "build", data.spec.describe()
+    context.activation_bytes_per_example = _activation_bytes(plan, policy)
     with strategy.scope():
         model = build_model(plan, input_dtype=data.spec.dtype, seed=t.seed)
         optimizer = OPTIMIZERS.get(cfg.optimizer.name)(cfg.optimizer.learning_rate, cfg.optimizer.clipnorm)
@@ -128,7 +145,9 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         # Slots must exist before the first step under a strategy, and before a restore.
         optimizer.build(model.trainable_variables)
-    report.model["params"] = model.count_params()
+    report.model["params"] = context.params = model.count_params()
+    context.layers = _layer_refs(plan, model)
+    context.phase = "train"
 
     spec_of = lambda ds: strategy.experimental_distribute_dataset(ds).element_spec  # noqa: E731
     eval_ds = data.eval if data.eval is not None else data.test
@@ -142,7 +161,8 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
                                                              writer=cluster is None or cluster.is_chief),
                      errors=errors, steps_per_epoch=data.steps_per_epoch,
                      learning_rate=lambda: float(optimizer.learning_rate.numpy()), started=started,
-                     guard=guard, on_dead_gradients=lambda paths: _dead_gradients(plan, paths, t, errors))
+                     guard=guard, on_dead_gradients=lambda paths: _dead_gradients(plan, paths, t, errors),
+                     context=context)
     try:
         result = loop.run()
         test = loop.evaluate(data.test) if data.test is not None else (None, None)
@@ -152,6 +172,22 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
     report.metrics.update(test_loss=test[0], test_accuracy=test[1])
     summaries.scalars(result.steps, {"test/loss": test[0], "test/accuracy": test[1]})
     _final_summary(report, run_dir)
+
+
+def _layer_refs(plan: ModelPlan, model) -> dict[str, LayerRef]:
+    """Keras layer name -> the config entry it came from, for naming layers in diagnoses."""
+    refs = {}
+    for spec, layer in zip(plan.layers, model.layers[1:]):
+        refs[layer.name] = LayerRef(spec.index, spec.label(), spec.key, type(layer).__name__)
+    head = model.layers[-1]
+    refs[head.name] = LayerRef(len(plan.layers), f"head dense {plan.num_classes}", "dataset.num_classes", "Dense")
+    return refs
+
+
+def _activation_bytes(plan: ModelPlan, policy: str) -> int:
+    """Forward activations of one example, all kept for the backward pass (an estimate for OOM hints)."""
+    width = 2 if policy.startswith("mixed") else 4
+    return width * sum(math.prod(d for d in row.shape if d) for row in plan.rows)
 
 
 def weights_digest(model) -> str:
@@ -225,19 +261,3 @@ def _final_summary(report: RunReport, run_dir: Path) -> None:
              acc, rate, report.steps, report.epochs,
              f" | {skipped} bad examples skipped (errors.jsonl)" if skipped else "")
     log.info("tensorboard --logdir %s", run_dir / "tb")
-
-
-def _graph_error(err: tf.errors.OpError) -> GraphError:
-    """A minimal classification (the op, OOM or not); the full diagnosis table is future work."""
-    text = (err.message or str(err)).strip()
-    node = re.search(r"[Nn]ode:? '?([\w/.-]+)", text)
-    # "Graph execution error:" + a Python stack of the op's creation; the cause is the first line
-    # after that stack that is not part of it.
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith((" ", "\t"))
-             and not ln.startswith(("Graph execution error", "Detected at node"))]
-    text = lines[0] if lines else text
-    op_name = (err.op.name if err.op is not None else None) or (node.group(1) if node else None)
-    kind = "oom" if isinstance(err, tf.errors.ResourceExhaustedError) else "graph"
-    hint = "lower trainer.batch_size" if kind == "oom" else "rerun with debug=true for the full TensorFlow error"
-    return GraphError(f"TensorFlow {type(err).__name__} at op {op_name or 'unknown'}: {text[:400]}",
-                      hint=hint, kind=kind, op=op_name, tf_error_class=type(err).__name__)

@@ -87,7 +87,7 @@ def test_numpy_in_call_exits_4_naming_the_layer_and_the_tf_op(run_main):
     assert ("model layer 2 (np_tanh (custom NpTanh), config model.layers.2) calls NumPy on a symbolic tensor "
             "in NpTanh.call()") in result.err
     assert "np.tanh -> keras.ops.tanh (or tf.math.tanh)" in result.err
-    assert result.report()["error"]["kind"] == "numpy_in_graph"
+    assert result.report()["error"]["kind"] == "symbolic_tensor_numpy"
 
 
 def test_variable_created_in_call_exits_4_with_the_right_fix(run_main):

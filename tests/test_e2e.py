@@ -37,6 +37,8 @@ def test_default_run_trains_digits_to_95_percent_and_writes_the_run_dir(run_cli)
     assert report["hardware"]["precision_reason"].startswith("auto: no GPU")
     assert report["hardware"]["replicas"] == 1
     assert report["versions"]["tensorflow"].startswith("2.21")
+    digest = report["model"].pop("weights_sha256")
+    assert len(digest) == 64 and int(digest, 16)
     assert report["model"] == {"name": "cnn_small", "params": 421_642, "flops_per_example": 8_519_936}
     assert report["throughput"]["train_flops_per_sec"] == pytest.approx(3 * 8_519_936 * tp["examples_per_sec"], rel=1e-3)
     assert 0 < report["time_to_first_step_s"] < report["wall_seconds"]
@@ -70,8 +72,8 @@ def test_nan_loss_stops_with_exit_5_and_keeps_records(run_cli):
     assert "Traceback" not in result.text
     assert "became NaN/Inf at step" in result.err and "lower optimizer.learning_rate" in result.err
     report = result.report()
-    assert report["status"] == "failed" and report["error"]["kind"] == "nan"
-    assert [e["kind"] for e in result.errors()] == ["nan"]
+    assert report["status"] == "failed" and report["error"]["kind"] == "non_finite"
+    assert [e["kind"] for e in result.errors()] == ["non_finite"]
     _, texts = read_tensorboard(result.run_dir / "tb")
     assert "became NaN/Inf" in texts["errors/graph"]
     # Whatever checkpoint exists was written before the blow-up: every saved tensor is finite.
