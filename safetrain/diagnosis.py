@@ -347,7 +347,7 @@ RULES: tuple[Rule, ...] = (
     Rule("shape_mismatch", r"Incompatible shapes|incompatible with the layer|Matrix size-incompatible|"
                            r"Dimensions must be equal|Shapes .* are incompatible|Input to reshape is a tensor|"
                            r"ConcatOp ?: Dimension|output size would be zero or negative|"
-                           r"In\[0\] mismatch In\[1\]", _shape),
+                           r"In\[0\] mismatch In\[1\]|must be evenly divisible by", _shape),
     Rule("unimplemented_kernel", r"UnimplementedError|No OpKernel was registered|Could not find device for node|"
                                  r"is not supported|Could not satisfy device specification|no registered kernel",
          _kernel),
