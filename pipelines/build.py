@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -36,7 +37,7 @@ _SCAN_BATCH = 1024
 
 @dataclass
 class Datasets:
-    train: tf.data.Dataset
+    train_epoch: Callable[[int], tf.data.Dataset]   # the training batches of epoch N (1-based)
     eval: tf.data.Dataset | None
     test: tf.data.Dataset | None
     source: SourceSpec
@@ -84,15 +85,19 @@ def open_source(cfg: DatasetConfig) -> Source:
 
 
 def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, seed: int,
-                   deterministic: bool = False, source: Source | None = None) -> Datasets:
-    """`source` overrides the configured one (in-memory arrays from Python, tests)."""
+                   source: Source | None = None) -> Datasets:
+    """`source` overrides the configured one (in-memory arrays from Python, tests).
+
+    Element order is always deterministic (parallel maps keep their order): resuming and the NaN
+    replay depend on seeing the same batches at the same position, and reordering cheap maps
+    buys nothing measurable (scripts/bench_pipeline.py)."""
     source = source or open_source(cfg)
     spec = declared_spec(cfg)
     plan = plan_adapters(source.spec, spec, cfg.resize.value, cfg.channel_policy.value)
     check_args = dict(value_range=source.spec.value_range, num_classes=source.spec.num_classes,
                       size=(spec.height, spec.width) if plan.check_size else None,
                       channels=spec.channels if plan.check_channels else None)
-    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or None)
+    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def checked(split: str) -> tf.data.Dataset:
         ds = source.read(split)
@@ -131,29 +136,36 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
 
     bad_splits = {b.split for b in bad}
 
-    def finish(name: str, batch: int) -> tf.data.Dataset:
+    def finish(name: str, batch: int, epoch: int = 1) -> tf.data.Dataset:
         ds = bases[name]
         if names[name] in bad_splits:  # per-example filtering costs; only where the scan found bad ones
             ds = ds.filter(_is_ok)
         if name == "train":
-            ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+            # Each epoch's order is a function of (seed, epoch) alone, so a resumed run (or the NaN
+            # replay) sees exactly the batches the first run saw at the same position; the
+            # iterator's whole state is then (epoch, batches done), which the checkpoint holds.
+            ds = ds.shuffle(cfg.shuffle_buffer, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
         ds = ds.batch(batch, drop_remainder=name == "train")
         # Normalize and encode whole batches: vectorized, ~10x cheaper than per example.
         ds = ds.map(lambda x, y, status, key: (_normalize(x, spec, source.spec.value_range, stats),
                                                _encode(y, cfg, source.spec.num_classes)),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or None)
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         options = tf.data.Options()
-        options.deterministic = deterministic
+        options.deterministic = True
         return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
     return Datasets(
-        train=finish("train", batch_size),
+        train_epoch=lambda epoch: finish("train", batch_size, epoch),
         eval=finish("eval", eval_batch_size) if "eval" in bases else None,
         test=finish("test", eval_batch_size) if "test" in bases else None,
         source=source.spec, spec=spec, plan=plan, counts=counts,
         steps_per_epoch=counts["train"] // batch_size, bad=bad, notes=source.notes,
         normalization_stats=stats,
     )
+
+
+def epoch_seed(seed: int | None, epoch: int) -> int:
+    return ((seed or 0) * 1_000_003 + epoch) % (2**31 - 1)
 
 
 def _is_ok(x, y, status, key):

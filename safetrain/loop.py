@@ -62,7 +62,7 @@ class _Totals:
 
 
 class TrainLoop:
-    def __init__(self, *, steps, strategy, train_ds, eval_ds, cfg: TrainerConfig, summaries,
+    def __init__(self, *, steps, strategy, train_epoch: Callable[[int], tf.data.Dataset], eval_ds, cfg: TrainerConfig, summaries,
                  checkpoints, errors: ErrorLog, steps_per_epoch: int | None,
                  learning_rate: Callable[[], float], progress: Progress | None = None,
                  started: float | None = None, clock: Callable[[], float] = time.perf_counter,
@@ -71,7 +71,7 @@ class TrainLoop:
                  context: Context | None = None) -> None:
         self.steps = steps
         self.strategy = strategy
-        self.train_ds = train_ds
+        self.train_epoch = train_epoch
         self.eval_ds = eval_ds
         self.cfg = cfg
         self.summaries = summaries
@@ -123,7 +123,8 @@ class TrainLoop:
     def _train_epoch(self, epoch: int, skip: int = 0) -> tuple[_Totals, int, bool]:
         """Returns the epoch's totals, the batches done in it, and whether it ran to the end."""
         cfg, result = self.cfg, self.result
-        dataset = self.train_ds.skip(skip) if skip else self.train_ds
+        dataset = self.train_epoch(epoch)
+        dataset = dataset.skip(skip) if skip else dataset
         iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
         totals = _Totals()
         self.progress.start_epoch(epoch, cfg.epochs, self.steps_per_epoch)

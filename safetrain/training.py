@@ -104,8 +104,7 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
     if t.deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    data = build_datasets(cfg.dataset, t.batch_size, t.eval_batch_size or t.batch_size, t.seed,
-                          deterministic=t.deterministic)
+    data = build_datasets(cfg.dataset, t.batch_size, t.eval_batch_size or t.batch_size, t.seed)
     if cluster is not None:
         # Shard by element: every worker reads the whole (small, cached) dataset and keeps its share.
         # FILE sharding (TensorFlow's default) needs at least one input file per worker.
@@ -156,7 +155,7 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
                   jit_compile=t.jit_compile, guard_updates=t.on_nan is OnNan.skip_step,
                   time_input=not t.deterministic,
                   on_missing_gradients=lambda paths: _gradient_error(plan, paths, "missing"))
-    loop = TrainLoop(steps=steps, strategy=strategy, train_ds=data.train, eval_ds=data.eval, cfg=t,
+    loop = TrainLoop(steps=steps, strategy=strategy, train_epoch=data.train_epoch, eval_ds=data.eval, cfg=t,
                      summaries=summaries, checkpoints=Checkpoints(checkpoint_dir, model, optimizer,
                                                              writer=cluster is None or cluster.is_chief),
                      errors=errors, steps_per_epoch=data.steps_per_epoch,
@@ -204,7 +203,8 @@ def _shard_by_data(data):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     shard = lambda ds: ds.with_options(options) if ds is not None else None  # noqa: E731
-    return dataclasses.replace(data, train=shard(data.train), eval=shard(data.eval), test=shard(data.test))
+    return dataclasses.replace(data, train_epoch=lambda epoch: shard(data.train_epoch(epoch)),
+                               eval=shard(data.eval), test=shard(data.test))
 
 
 def _gradient_error(plan: ModelPlan, paths: list[str], kind: str) -> GraphError:

@@ -70,7 +70,7 @@ def main() -> None:
     keras.utils.set_random_seed(0)
     data = build_datasets(DatasetConfig(resize=ResizePolicy.bilinear, data_dir=args.data_dir),
                           args.batch_size, args.batch_size, seed=0)
-    stream = data.train.repeat()
+    stream = data.train_epoch(1).repeat()
     plan = infer(parse_layers(CNN), data.spec.shape, data.source.num_classes)
     work = Path(tempfile.mkdtemp(prefix="safetrain-bench-"))
 
@@ -83,7 +83,7 @@ def main() -> None:
     st_opt = OPTIMIZERS.get("adam")(1e-3)
     st_opt.build(st_model.trainable_variables)
     strategy = tf.distribute.get_strategy()
-    spec = strategy.experimental_distribute_dataset(data.train).element_spec
+    spec = strategy.experimental_distribute_dataset(data.train_epoch(1)).element_spec
     steps = Steps(strategy=strategy, model=st_model, optimizer=st_opt, loss_fn=LOSSES.get(
         "sparse_categorical_crossentropy")(), eval_spec=spec)
     summaries = Summaries(work / "tb")
@@ -109,7 +109,7 @@ def main() -> None:
     def run_safetrain(n: int, repeat: int) -> float:
         cfg = TrainerConfig(epochs=1, batch_size=args.batch_size, log_every_steps=10,
                             checkpoint_every_steps=10**9)
-        loop = TrainLoop(steps=steps, strategy=strategy, train_ds=stream.take(n), eval_ds=None, cfg=cfg,
+        loop = TrainLoop(steps=steps, strategy=strategy, train_epoch=lambda epoch: stream.take(n), eval_ds=None, cfg=cfg,
                          summaries=summaries, errors=ErrorLog(work / "errors.jsonl"),
                          checkpoints=Checkpoints(work / f"ckpt{repeat}", st_model, st_opt),
                          steps_per_epoch=n, learning_rate=lambda: float(st_opt.learning_rate.numpy()),

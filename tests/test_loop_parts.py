@@ -71,21 +71,3 @@ def test_report_is_valid_json_even_with_nan_metrics(tmp_path):
     data = json.loads(path.read_text())
     assert data["metrics"]["train_loss"] is None and data["status"] == "failed"
     assert not list(tmp_path.glob(".*.tmp"))
-
-
-def test_a_real_tensorflow_op_error_becomes_a_graph_error_naming_op_and_cause():
-    import tensorflow as tf
-
-    from safetrain.training import _graph_error
-
-    @tf.function
-    def loss(labels, logits):
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-
-    with pytest.raises(tf.errors.InvalidArgumentError) as info:
-        loss(tf.constant([7]), tf.zeros([1, 5]))
-    error = _graph_error(info.value)
-    assert error.exit_code == 4 and error.tf_error_class == "InvalidArgumentError"
-    assert "SparseSoftmaxCrossEntropyWithLogits" in error.op
-    assert "Received a label value of 7 which is outside the valid range of [0, 5)" in error.message
-    assert "Graph execution error" not in error.message

@@ -25,7 +25,7 @@ def config(height=8, width=8, channels=1, normalization=Normalization.scale_0_1,
 
 
 def first_batch(datasets):
-    images, labels = next(iter(datasets.train))
+    images, labels = next(iter(datasets.train_epoch(1)))
     return images.numpy(), labels.numpy()
 
 
@@ -134,7 +134,7 @@ def test_nan_out_of_range_and_bad_labels_are_named_then_error_or_skip():
     error = bad_examples_error(ds.bad, BadExamplePolicy.error)
     assert error.exit_code == 3 and "3 bad examples: train#2 (train): pixel values include NaN" in error.message
     assert bad_examples_error(ds.bad, BadExamplePolicy.skip) is None
-    seen = np.concatenate([x.numpy() for x, _ in ds.train])
+    seen = np.concatenate([x.numpy() for x, _ in ds.train_epoch(1)])
     assert len(seen) == 4 and np.isfinite(seen).all() and seen.max() <= 1.0  # 5 good, batch 2, drop remainder
 
 
@@ -181,7 +181,7 @@ def test_image_folder_names_the_corrupt_file_and_converts_rgba_and_gray(messy_fo
     summary = ds.describe()
     assert "17 image files, 16 readable, 1 refused, 1 non-image files ignored" in summary
     assert "per class: cat 8, dog 8" in summary and "channels: 1 (1), 3 (14), 4 (1)" in summary
-    images = np.concatenate([x.numpy() for x, _ in ds.train])
+    images = np.concatenate([x.numpy() for x, _ in ds.train_epoch(1)])
     assert images.shape == (16, 32, 32, 3) and 0.0 <= images.min() and images.max() <= 1.0
 
 
