@@ -93,11 +93,14 @@ def _chain(err: BaseException) -> list[BaseException]:
 _FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+), in (\S+)')
 _NODE = re.compile(r"(?:Detected at node|\{\{node) '?([^\s'}]+)")
 _GRAPH_OP = re.compile(r'in output \d+ of graph op "([^"]+)"')
-_USER_LINE = re.compile(r"\+ (\S+) \(L(\d+)\) (\S+)\n\s*->")
+_CREATION_FRAME = re.compile(r"\+ (\S+) \(L(\d+)\) (\S+)")
 
 
 def _is_library(path: str) -> bool:
-    return any(part in path for part in ("site-packages", "dist-packages", "/lib/python", "<frozen"))
+    """Installed code. TensorFlow shortens long paths in creation stacks to '...tail'; those are
+    library frames (its "->" user-code guess also marks Keras' own files)."""
+    return path.startswith("...") or any(
+        part in path for part in ("site-packages", "dist-packages", "/lib/python", "<frozen"))
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -141,16 +144,15 @@ def facts(err: BaseException, ctx: Context) -> Facts:
     graph_op = _GRAPH_OP.search(message)
     layer = _layer_from_op(op, ctx) or _layer_from_frames(chain, ctx) or _layer_from_text(raw, ctx)
     return Facts(tf_error_class=type(head).__name__, cause=cause[:600], op=op, layer=layer,
-                 source=_user_source(message, chain), raw=raw, runtime=hasattr(head, "error_code"))
+                 source=_user_source(message, chain, runtime=hasattr(head, "error_code")), raw=raw,
+                 runtime=hasattr(head, "error_code"))
 
 
 def _layer_from_op(op: str | None, ctx: Context) -> LayerRef | None:
     for part in (op or "").split("/"):
-        if part in ctx.layers:
-            return ctx.layers[part]
-        m = re.match(r"(L\d+_\w+?)(?:_\d+)?$", part)  # Keras may suffix a re-entered name scope
-        if m and m.group(1) in ctx.layers:
-            return ctx.layers[m.group(1)]
+        for name in (part, re.sub(r"_\d+$", "", part)):  # Keras suffixes a re-entered name scope: head_1
+            if name in ctx.layers:
+                return ctx.layers[name]
     return None
 
 
@@ -182,14 +184,17 @@ def _layer_from_text(raw: str, ctx: Context) -> LayerRef | None:
     return None
 
 
-def _user_source(message: str, chain: list[BaseException]) -> str | None:
-    """The user's line: from TensorFlow's creation stack ('->' marks user code) or the traceback."""
-    m = _USER_LINE.search(message)
-    if m and not _is_library(m.group(1)):
-        return f"{Path(m.group(1)).name}:{m.group(2)} in {m.group(3)}"
+def _user_source(message: str, chain: list[BaseException], runtime: bool) -> str | None:
+    """The user's line: from TensorFlow's creation stack ('->' marks user code) or the traceback.
+    A run-time error's Python traceback is where the step was *called*, not where the op was
+    written, so only the op's creation frames in the message count then."""
+    created = [m for m in _CREATION_FRAME.finditer(message) if not _is_library(m.group(1))]
+    if created:  # the innermost non-library frame of the op's creation: the user's, unless it is ours
+        m = created[-1]
+        return None if _is_ours(m.group(1)) else f"{Path(m.group(1)).name}:{m.group(2)} in {m.group(3)}"
     frames = [(f, ln, fn) for f, ln, fn in (fr.groups() for fr in map(_FRAME.match, message.splitlines()) if fr)
               if not _is_library(f) and not _is_ours(f)]
-    for err in chain:
+    for err in [] if runtime else chain:
         tb = err.__traceback__
         while tb is not None:
             code = tb.tb_frame.f_code

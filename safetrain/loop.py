@@ -95,6 +95,8 @@ class TrainLoop:
         step, start_epoch, done_in_epoch = self.checkpoints.restore()
         if step:
             log.info("resuming from checkpoint at step %d (epoch %d)", step, start_epoch)
+        else:  # the starting point: a NaN in the first steps can still be replayed from here
+            self.checkpoints.save(0, 1, 0)
         result.steps, result.epochs = step, start_epoch - 1
         for epoch in range(start_epoch, cfg.epochs + 1):
             if self._budget_spent():
@@ -153,7 +155,7 @@ class TrainLoop:
             if out["finite"]:
                 totals.add(out)
                 wait = float(out["input_wait_s"])
-                self.timer.add(wait=None if np.isnan(wait) else min(wait, t2 - t0), total=t2 - t0,
+                self.timer.add(wait=None if wait < 0 else min(wait, t2 - t0), total=t2 - t0,
                                examples=int(out["count"]),
                                first_of_epoch=in_epoch == 1)
                 log_now = result.steps % cfg.log_every_steps == 0

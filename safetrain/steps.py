@@ -35,7 +35,7 @@ class Steps:
         dead-gradient check over the first steps; `on_missing_gradients(paths)` builds the error
         for trainable variables that get no gradient at all (see missing_gradients_error).
         `time_input=False` leaves out the timestamps (op determinism refuses `tf.timestamp`);
-        `input_wait_s` is then NaN."""
+        `input_wait_s` is then -1."""
         self.strategy = strategy
         self.model = model
         self.optimizer = optimizer
@@ -62,7 +62,7 @@ class Steps:
                 wait = tf.timestamp() - started
         else:
             images, labels = next(iterator)
-            wait = tf.constant(float("nan"), tf.float64)
+            wait = tf.constant(-1.0, tf.float64)  # "not measured" (not NaN: check_numerics would object)
         out = self.strategy.run(self._replica_steps[probe], args=(images, labels))
         result = {"loss_sum": self.strategy.reduce(_SUM, out["loss_sum"], axis=None),
                   "correct": self.strategy.reduce(_SUM, out["correct"], axis=None),

@@ -29,10 +29,11 @@ from safetrain.cluster import current_task, wait_for_peers
 from safetrain.config.schema import BadExamplePolicy, Config, OnDeadGradient, OnNan
 from safetrain.env_report import env_text, versions
 from safetrain.diagnosis import Context, LayerRef, diagnose, is_safetrain_bug
-from safetrain.errors import GraphError, SafetrainError, SpecError
+from safetrain.errors import GraphError, NumericsError, SafetrainError, SpecError
 from safetrain.hardware import choose_precision, detect_devices, make_strategy, split_cpu
 from safetrain.loop import PROBE_STEPS, TrainLoop
 from safetrain.optimizers import LOSSES, OPTIMIZERS
+from safetrain.replay import locate_non_finite
 from safetrain.report import ErrorLog, RunReport
 from safetrain.signals import SignalGuard
 from safetrain.steps import Steps
@@ -150,20 +151,35 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
 
     spec_of = lambda ds: strategy.experimental_distribute_dataset(ds).element_spec  # noqa: E731
     eval_ds = data.eval if data.eval is not None else data.test
-    steps = Steps(strategy=strategy, model=model, optimizer=optimizer, loss_fn=LOSSES.get(t.loss)(),
-                  eval_spec=spec_of(eval_ds) if eval_ds is not None else None,
-                  jit_compile=t.jit_compile, guard_updates=t.on_nan is OnNan.skip_step,
-                  time_input=not t.deterministic,
-                  on_missing_gradients=lambda paths: _gradient_error(plan, paths, "missing"))
-    loop = TrainLoop(steps=steps, strategy=strategy, train_epoch=data.train_epoch, eval_ds=data.eval, cfg=t,
-                     summaries=summaries, checkpoints=Checkpoints(checkpoint_dir, model, optimizer,
-                                                             writer=cluster is None or cluster.is_chief),
+
+    def make_steps(**overrides) -> Steps:
+        args = dict(strategy=strategy, model=model, optimizer=optimizer, loss_fn=LOSSES.get(t.loss)(),
+                    eval_spec=spec_of(eval_ds) if eval_ds is not None else None,
+                    jit_compile=t.jit_compile, guard_updates=t.on_nan is OnNan.skip_step,
+                    time_input=not t.deterministic,
+                    on_missing_gradients=lambda paths: _gradient_error(plan, paths, "missing"))
+        return Steps(**{**args, **overrides})
+
+    checkpoints = Checkpoints(checkpoint_dir, model, optimizer, writer=cluster is None or cluster.is_chief)
+    loop = TrainLoop(steps=make_steps(), strategy=strategy, train_epoch=data.train_epoch, eval_ds=data.eval, cfg=t,
+                     summaries=summaries, checkpoints=checkpoints,
                      errors=errors, steps_per_epoch=data.steps_per_epoch,
                      learning_rate=lambda: float(optimizer.learning_rate.numpy()), started=started,
                      guard=guard, on_dead_gradients=lambda paths: _dead_gradients(plan, paths, t, errors),
                      context=context)
     try:
-        result = loop.run()
+        try:
+            result = loop.run()
+        except NumericsError as err:
+            if err.config_key == "trainer.on_nan" and cluster is None:  # the loop's NaN stop
+                where, key, op = locate_non_finite(
+                    make_steps=lambda: make_steps(guard_updates=False, time_input=False),
+                    restore=checkpoints.restore, train_epoch=data.train_epoch, strategy=strategy,
+                    steps_per_epoch=data.steps_per_epoch, failed_step=loop.result.steps, model=model,
+                    context=context)
+                raise NumericsError(f"{err.message}. {where}", hint=err.hint, config_key=key or err.config_key,
+                                    op=op) from None
+            raise
         test = loop.evaluate(data.test) if data.test is not None else (None, None)
     finally:
         _record(report, loop)

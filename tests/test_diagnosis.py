@@ -66,6 +66,14 @@ class HugeWhenBatchOver8(keras.layers.Layer):
         return x
 
 
+@custom_layer("log_of_minus_one")
+class LogOfMinusOne(keras.layers.Layer):
+    """Injects NaN (log of a negative number) only while training."""
+
+    def call(self, x, training=None):
+        return x + tf.math.log(-tf.ones_like(x)) if training else x
+
+
 def _run_with(run_main, layer: str, *extra: str):
     return run_main("+debug=tiny", "hardware.precision=float32", *extra,
                     f"model.layers=[{{type: conv2d, filters: 4, kernel_size: 3}}, {{type: {layer}}}, {{type: flatten}}]")
@@ -133,6 +141,18 @@ def test_out_of_memory_gives_batch_size_parameters_and_the_fix(run_main):
                                says=["trainer.batch_size=32", "OOM when allocating tensor",
                                      "set trainer.batch_size=16", "model layer 1 (huge_when_batch_over_8"])
     assert record["tf_error_class"] == "ResourceExhaustedError"
+
+
+def test_an_injected_nan_is_replayed_with_check_numerics_to_the_op_and_line_that_made_it(run_main):
+    import inspect
+
+    result = _run_with(run_main, "log_of_minus_one")
+    line = inspect.getsourcelines(LogOfMinusOne.call)[1] + 1
+    record = _assert_diagnosed(result, code=5, kind="non_finite", phase="train", key="model.layers.1",
+                               says=["Replayed with check_numerics", "model layer 1 (log_of_minus_one",
+                                     f"test_diagnosis.py:{line} in call"])
+    assert record["op"].endswith("L1_log_of_minus_one_1/Log")
+    assert "the learning rate is the likely cause" not in record["message"]  # the weights were fine
 
 
 # --- real errors from TensorFlow ops, diagnosed directly ----------------------------------------

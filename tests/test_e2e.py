@@ -71,8 +71,12 @@ def test_nan_loss_stops_with_exit_5_and_keeps_records(run_cli):
     assert result.code == 5, result.err
     assert "Traceback" not in result.text
     assert "became NaN/Inf at step" in result.err and "lower optimizer.learning_rate" in result.err
+    # The replay from the last good checkpoint names the first op and the cause.
+    assert "Replayed with check_numerics: the first non-finite value came from op" in result.err
+    assert "the learning rate is the likely cause" in result.err
     report = result.report()
     assert report["status"] == "failed" and report["error"]["kind"] == "non_finite"
+    assert report["error"]["config_key"] == "optimizer.learning_rate"
     assert [e["kind"] for e in result.errors()] == ["non_finite"]
     _, texts = read_tensorboard(result.run_dir / "tb")
     assert "became NaN/Inf" in texts["errors/graph"]
