@@ -26,7 +26,7 @@ from models.shapes import ModelPlan, infer
 from pipelines.build import bad_examples_error, build_datasets
 from safetrain.checkpoints import Checkpoints
 from safetrain.cluster import current_task, wait_for_peers
-from safetrain.config.schema import BadExamplePolicy, Config, OnDeadGradient, OnNan
+from safetrain.config.schema import BadExamplePolicy, Config, OnDeadGradient, OnNan, OnOom
 from safetrain.env_report import env_text, versions
 from safetrain.diagnosis import Context, LayerRef, diagnose, is_safetrain_bug
 from safetrain.errors import GraphError, NumericsError, SafetrainError, SpecError
@@ -48,21 +48,46 @@ def train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, errors
     """Run the job; any error after this point is also written to TensorBoard's errors/graph.
     `checkpoint_dir`: the chief's checkpoints (default <run_dir>/checkpoints)."""
     summaries = Summaries(run_dir / "tb")
-    context = Context(phase="data")
+    checkpoint_dir = checkpoint_dir or run_dir / "checkpoints"
     try:
-        _train(cfg, plan, run_dir, report, errors, summaries, guard, checkpoint_dir or run_dir / "checkpoints",
-               context)
+        while True:
+            context = Context(phase="data")
+            try:
+                _train(cfg, plan, run_dir, report, errors, summaries, guard, checkpoint_dir, context)
+                return
+            except SafetrainError:
+                raise
+            except Exception as err:  # noqa: BLE001 - TensorFlow/Keras failures become one diagnosis
+                if is_safetrain_bug(err):
+                    raise
+                error = diagnose(err, context)
+                smaller = _halved(cfg, error)
+                if smaller is None:
+                    raise error from err
+            # trainer.on_oom=halve_batch: record this attempt, then again from the last checkpoint.
+            note = (f"{error.message}; retrying from the last checkpoint with trainer.batch_size="
+                    f"{smaller.trainer.batch_size} (trainer.on_oom=halve_batch)")
+            errors.write(phase=error.phase, kind=error.kind, message=note, hint=error.hint, step=context.step,
+                         config_key=error.config_key, tf_error_class=error.tf_error_class, op=error.op)
+            summaries.text("errors/graph", _graph_text(error) + "\n" + note, step=report.steps)
+            log.warning("out of memory with trainer.batch_size=%d: retrying from the last checkpoint with %d "
+                        "(trainer.on_oom=halve_batch)", cfg.trainer.batch_size, smaller.trainer.batch_size)
+            cfg = smaller
     except SafetrainError as err:
         summaries.text("errors/graph", _graph_text(err), step=report.steps)
         raise
-    except Exception as err:  # noqa: BLE001 - TensorFlow/Keras failures become one diagnosis
-        if is_safetrain_bug(err):
-            raise
-        error = diagnose(err, context)
-        summaries.text("errors/graph", _graph_text(error), step=report.steps)
-        raise error from err
     finally:
         summaries.close()
+
+
+def _halved(cfg: Config, error: SafetrainError) -> Config | None:
+    """The config for the next attempt under trainer.on_oom=halve_batch, or None to stop."""
+    t = cfg.trainer
+    if error.kind != "out_of_memory" or t.on_oom is not OnOom.halve_batch or t.batch_size // 2 < t.min_batch_size:
+        return None
+    trainer = dataclasses.replace(t, batch_size=t.batch_size // 2,
+                                  eval_batch_size=(t.eval_batch_size // 2 or 1) if t.eval_batch_size else None)
+    return dataclasses.replace(cfg, trainer=trainer)
 
 
 def _graph_text(error: SafetrainError) -> str:
@@ -92,7 +117,8 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
     replicas = strategy.num_replicas_in_sync
     report.hardware = {"devices": [d.describe() for d in devices], "precision_policy": policy,
                        "precision_reason": reason, "strategy": _strategy_name(strategy),
-                       "replicas": replicas, "per_replica_batch_size": t.batch_size // replicas,
+                       "replicas": replicas, "global_batch_size": t.batch_size,
+                       "per_replica_batch_size": t.batch_size // replicas,
                        "cluster": cluster.describe() if cluster else None}
     log.info("hardware: %s | precision %s (%s) | %s x%d", ", ".join(report.hardware["devices"]),
              policy, reason, report.hardware["strategy"], replicas)
@@ -160,7 +186,8 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
                     on_missing_gradients=lambda paths: _gradient_error(plan, paths, "missing"))
         return Steps(**{**args, **overrides})
 
-    checkpoints = Checkpoints(checkpoint_dir, model, optimizer, writer=cluster is None or cluster.is_chief)
+    checkpoints = Checkpoints(checkpoint_dir, model, optimizer, writer=cluster is None or cluster.is_chief,
+                              batch_size=t.batch_size)
     loop = TrainLoop(steps=make_steps(), strategy=strategy, train_epoch=data.train_epoch, eval_ds=data.eval, cfg=t,
                      summaries=summaries, checkpoints=checkpoints,
                      errors=errors, steps_per_epoch=data.steps_per_epoch,

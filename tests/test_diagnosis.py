@@ -155,6 +155,25 @@ def test_an_injected_nan_is_replayed_with_check_numerics_to_the_op_and_line_that
     assert "the learning rate is the likely cause" not in record["message"]  # the weights were fine
 
 
+def test_on_oom_halve_batch_retries_from_the_checkpoint_until_it_fits(run_main):
+    result = _run_with(run_main, "huge_when_batch_over_8", "trainer.on_oom=halve_batch")
+    assert result.code == 0, result.err
+    report = result.report()
+    assert report["status"] == "ok" and report["steps"] == 4 and report["hardware"]["global_batch_size"] == 8
+    retries = [e for e in result.errors() if e["kind"] == "out_of_memory"]
+    assert [e["message"].rsplit("trainer.batch_size=", 1)[1][:2] for e in retries] == ["16", "8 "]
+    assert "retrying from the last checkpoint with 16 (trainer.on_oom=halve_batch)" in result.err
+
+
+def test_on_oom_halve_batch_stops_at_min_batch_size_with_the_diagnosis(run_main):
+    result = _run_with(run_main, "huge_when_batch_over_8", "trainer.on_oom=halve_batch",
+                       "trainer.min_batch_size=16")
+    assert result.code == 4, result.err
+    assert result.report()["error"]["kind"] == "out_of_memory"
+    assert "trainer.batch_size=16" in result.report()["error"]["message"]  # the last size tried
+    assert len([e for e in result.errors() if e["kind"] == "out_of_memory"]) == 2  # one retry, then the stop
+
+
 # --- real errors from TensorFlow ops, diagnosed directly ----------------------------------------
 
 LAYERS = {"L0_dense": LayerRef(0, "dense 16", "model.layers.0", "Dense")}

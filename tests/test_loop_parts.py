@@ -71,3 +71,17 @@ def test_report_is_valid_json_even_with_nan_metrics(tmp_path):
     data = json.loads(path.read_text())
     assert data["metrics"]["train_loss"] is None and data["status"] == "failed"
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_checkpoint_resumed_with_another_batch_size_continues_at_the_same_example(tmp_path):
+    import keras
+
+    from safetrain.checkpoints import Checkpoints
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    optimizer = keras.optimizers.SGD()
+    optimizer.build(model.trainable_variables)
+    Checkpoints(tmp_path, model, optimizer, batch_size=16).save(step=40, epoch=2, in_epoch=6)
+    assert Checkpoints(tmp_path, model, optimizer, batch_size=32).restore() == (40, 2, 3)  # 96 examples in
+    assert Checkpoints(tmp_path, model, optimizer, batch_size=8).restore() == (40, 2, 12)
+    assert Checkpoints(tmp_path, model, optimizer, batch_size=16).restore() == (40, 2, 6)

@@ -157,6 +157,7 @@ class TrainerConfig:
     log_every_steps: int = 10            # TensorBoard scalars and log lines
     on_nan: OnNan = OnNan.stop
     on_oom: OnOom = OnOom.error
+    min_batch_size: int = 1              # on_oom=halve_batch stops halving below this
     on_dead_gradient: OnDeadGradient = OnDeadGradient.warn
 
 

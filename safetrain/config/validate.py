@@ -54,9 +54,14 @@ def validate(cfg: Config) -> ModelPlan:
                           hint="set dataset.pixel_range=[0,255] (or [0,1] for float images in 0..1)",
                           config_key="dataset.pixel_range")
     _check_cluster(cfg)
-    if t.on_oom is OnOom.halve_batch:
-        raise ConfigError("trainer.on_oom=halve_batch is not available in this version of safetrain.",
-                          hint="use trainer.on_oom=error and lower trainer.batch_size", config_key="trainer.on_oom")
+    if t.on_oom is OnOom.halve_batch and current_task() is not None:
+        raise ConfigError("trainer.on_oom=halve_batch cannot be used in a multi-worker run (TF_CONFIG): every "
+                          "worker would have to agree on the new batch size.",
+                          hint="set trainer.on_oom=error and a trainer.batch_size that fits",
+                          config_key="trainer.on_oom")
+    if t.min_batch_size < 1:
+        raise ConfigError(f"trainer.min_batch_size={t.min_batch_size} must be >= 1.",
+                          hint="set trainer.min_batch_size=1", config_key="trainer.min_batch_size")
     OPTIMIZERS.get(cfg.optimizer.name)
     LOSSES.get(t.loss)
     wanted = LOSS_ENCODING.get(t.loss)
