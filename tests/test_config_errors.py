@@ -41,7 +41,8 @@ def run_probe(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
     (["dataset.source=idx"], r"dataset\.source=idx reads files from dataset\.path, which is not set"),
     (["dataset.label_encoding=one_hot"], r"(?s)trainer\.loss=sparse_categorical_crossentropy expects sparse labels "
                                          r"but dataset\.label_encoding=one_hot.*trainer\.loss=categorical_crossentropy"),
-    (["trainer.on_oom=halve_batch"], r"trainer\.on_oom=halve_batch is not available in this version"),
+    (["trainer.min_batch_size=0"], r"trainer\.min_batch_size=0 must be >= 1"),
+    (["hardware.strategy=multi_worker"], r"hardware\.strategy=multi_worker needs TF_CONFIG"),
     (["dataset.pixel_range=[1,0]"], r"dataset\.pixel_range=\[1\.0, 0\.0\] must be \[min, max\] with min < max"),
 ])
 def test_config_error_exits_2_with_one_paragraph_before_tensorflow(tmp_path, overrides, expected):
