@@ -86,6 +86,7 @@ class TrainLoop:
         self._probe_left = PROBE_STEPS if on_dead_gradients else 0
         self._grad_max = None
         self.started = clock() if started is None else started
+        self._saved_at = self.clock()
         self.timer = StepTimer()
         self.result = LoopResult()
         self.context = context or Context()  # phase and step, for diagnosing an error raised here
@@ -93,6 +94,9 @@ class TrainLoop:
     def run(self) -> LoopResult:
         cfg, result = self.cfg, self.result
         step, start_epoch, done_in_epoch = self.checkpoints.restore()
+        for warning in self.checkpoints.warnings:
+            self.errors.write(phase="train", kind="checkpoint_fallback", message=warning, step=step,
+                              hint="the run resumed from an older checkpoint; steps after it are trained again")
         if step:
             log.info("resuming from checkpoint at step %d (epoch %d)", step, start_epoch)
         else:  # the starting point: a NaN in the first steps can still be replayed from here
@@ -167,8 +171,10 @@ class TrainLoop:
                 self.progress.update(in_epoch, totals.mean_loss, totals.accuracy, rate, force=log_now)
             else:
                 self._non_finite(epoch, float(out["loss_sum"]))  # raises unless on_nan=skip_step
-            if result.steps % cfg.checkpoint_every_steps == 0 or self.guard.pending:
+            if (result.steps % cfg.checkpoint_every_steps == 0 or self.guard.pending
+                    or (cfg.checkpoint_every_seconds and t2 - self._saved_at >= cfg.checkpoint_every_seconds)):
                 self.checkpoints.save(result.steps, epoch, in_epoch)
+                self._saved_at = self.clock()
             self.guard.raise_if_pending()
         return totals, in_epoch, False
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import time
@@ -78,6 +79,15 @@ def train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, errors
         raise
     finally:
         summaries.close()
+
+
+def _run_spec(cfg: Config, num_classes: int) -> dict:
+    """The settings that fix the weights' shapes and meaning: a resume must keep them."""
+    image = cfg.dataset.image
+    return {"dataset.image.height": image.height, "dataset.image.width": image.width,
+            "dataset.image.channels": image.channels, "dataset.image.normalization": image.normalization.value,
+            "dataset.num_classes": num_classes, "dataset.label_encoding": cfg.dataset.label_encoding.value,
+            "model.layers": json.dumps(cfg.model.layers, sort_keys=True, default=str)}
 
 
 def _halved(cfg: Config, error: SafetrainError) -> Config | None:
@@ -187,7 +197,7 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
         return Steps(**{**args, **overrides})
 
     checkpoints = Checkpoints(checkpoint_dir, model, optimizer, writer=cluster is None or cluster.is_chief,
-                              batch_size=t.batch_size)
+                              batch_size=t.batch_size, run_spec=_run_spec(cfg, data.source.num_classes))
     loop = TrainLoop(steps=make_steps(), strategy=strategy, train_epoch=data.train_epoch, eval_ds=data.eval, cfg=t,
                      summaries=summaries, checkpoints=checkpoints,
                      errors=errors, steps_per_epoch=data.steps_per_epoch,

@@ -154,6 +154,7 @@ class TrainerConfig:
     jit_compile: bool = False            # XLA; about 2x slower on CPU, so off by default
     loss: str = "sparse_categorical_crossentropy"  # registry: see safetrain.losses
     checkpoint_every_steps: int = 200
+    checkpoint_every_seconds: Optional[float] = None  # also save when this long has passed since the last save
     log_every_steps: int = 10            # TensorBoard scalars and log lines
     on_nan: OnNan = OnNan.stop
     on_oom: OnOom = OnOom.error

@@ -59,6 +59,13 @@ def validate(cfg: Config) -> ModelPlan:
                           "worker would have to agree on the new batch size.",
                           hint="set trainer.on_oom=error and a trainer.batch_size that fits",
                           config_key="trainer.on_oom")
+    if t.checkpoint_every_seconds is not None and t.checkpoint_every_seconds <= 0:
+        raise ConfigError(f"trainer.checkpoint_every_seconds={t.checkpoint_every_seconds} must be > 0 (or null).",
+                          hint="set trainer.checkpoint_every_seconds=600", config_key="trainer.checkpoint_every_seconds")
+    if t.checkpoint_every_seconds and current_task() is not None:
+        raise ConfigError("trainer.checkpoint_every_seconds cannot be used in a multi-worker run: every worker must "
+                          "save at the same step, and their clocks differ.",
+                          hint="use trainer.checkpoint_every_steps", config_key="trainer.checkpoint_every_seconds")
     if t.min_batch_size < 1:
         raise ConfigError(f"trainer.min_batch_size={t.min_batch_size} must be >= 1.",
                           hint="set trainer.min_batch_size=1", config_key="trainer.min_batch_size")
