@@ -81,7 +81,7 @@ def open_source(cfg: DatasetConfig) -> Source:
         return tfds_source(open_builder(cfg.name, cfg.data_dir, cfg.download), cfg.name, cfg.num_classes)
     if cfg.source is SourceKind.idx:
         return idx_source(cfg.name, cfg.path, cfg.num_classes, pixel_range)
-    return image_folder_source(cfg.name, cfg.path, cfg.num_classes, cfg.max_pixels)
+    return image_folder_source(cfg.name, cfg.path, cfg.num_classes, cfg.max_pixels, cfg.max_file_bytes)
 
 
 def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, seed: int,

@@ -82,7 +82,7 @@ class Checkpoints:
             try:
                 self.checkpoint.restore(prefix).assert_existing_objects_matched()
                 break
-            except (tf.errors.OpError, ValueError, AssertionError) as err:
+            except Exception as err:  # noqa: BLE001 - truncated files raise IndexError, OpError, ValueError...
                 reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
                 warning = f"checkpoint {Path(prefix).name} is unreadable ({type(err).__name__}: {reason}); " \
                           f"falling back to the previous one"

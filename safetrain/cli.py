@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from safetrain.config import config_dir
 from safetrain.config.hydra_errors import explain
 from safetrain.config.schema import register
+from safetrain.errors import ConfigError
 from safetrain.sweep import CONFIG_FLAGS, child_command, run_job_process, uses_basic_launcher
 
 _exit_codes: list[int] = []
@@ -62,8 +63,27 @@ def _flags(args: list[str], names: tuple[str, ...]) -> list[str]:
     return out
 
 
+def refuse_code_execution(args: list[str]) -> ConfigError | None:
+    """Configs name components from registries; nothing a command line says is imported or run.
+    Hydra itself would instantiate `hydra.callbacks` (and honour `_target_` where a caller asks
+    for it) before any safetrain code sees the config, so such overrides are refused up front."""
+    for arg in args:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if "_target_" in key or key.startswith(("hydra.callbacks", "hydra/callbacks")):
+            return ConfigError(
+                f"the override {arg!r} asks to import and run code named in a config; safetrain never does "
+                f"(no _target_ instantiation, no Hydra callbacks from the command line).",
+                hint="choose components by name from the registries (model.layers[].type, optimizer.name, "
+                     "dataset.source); Python code goes in models/custom_layers.py", config_key=key)
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
+    refused = refuse_code_execution(args)
+    if refused is not None:
+        print(f"safetrain: config error (exit {refused.exit_code}): {refused}", file=sys.stderr)
+        sys.exit(refused.exit_code)
     _debug_override[:] = [_DEBUG_VALUES[a.lower()] for a in args if a.lower() in _DEBUG_VALUES]
     sys.argv = [sys.argv[0], *(a for a in args if a.lower() not in _DEBUG_VALUES)]
     _config_flags[:] = _flags(args, CONFIG_FLAGS)
@@ -77,6 +97,15 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         error = explain(exc)
+        print(f"safetrain: config error (exit {error.exit_code}): {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except OSError as exc:  # Hydra creates the run dir (and writes .hydra/) before any task code runs
+        if debug:
+            raise
+        error = ConfigError(f"the run directory cannot be created or written: {exc.filename or ''} "
+                            f"({exc.__class__.__name__}: {exc.strerror or exc})",
+                            hint="set hydra.run.dir (or hydra.sweep.dir) to a folder you can write to",
+                            config_key="hydra.run.dir")
         print(f"safetrain: config error (exit {error.exit_code}): {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     sys.exit(max(_exit_codes, default=0))

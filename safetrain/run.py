@@ -18,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from safetrain.cluster import output_dir
 from safetrain.config.hydra_errors import check_keys
 from safetrain.config.validate import validate
-from safetrain.errors import EXIT_SIGINT, SafetrainError
+from safetrain.errors import EXIT_SIGINT, ConfigError, SafetrainError
 from safetrain.report import ErrorLog, RunReport
+from safetrain.rundir import check_free_space, check_writable
 from safetrain.signals import Interrupted, SignalGuard
 
 log = logging.getLogger("safetrain")
@@ -28,7 +29,11 @@ log = logging.getLogger("safetrain")
 def execute(node: DictConfig, run_dir: Path) -> int:
     checkpoint_dir = run_dir / "checkpoints"   # the chief's, which every worker restores from
     run_dir = output_dir(run_dir)              # a non-chief worker writes under worker-<i>/
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        check_writable(run_dir)
+    except ConfigError as err:  # no report.json can be written either: say it and stop
+        log.error("safetrain: %s error (exit %d): %s", err.kind, err.exit_code, err)
+        return err.exit_code
     started = time.monotonic()
     report = RunReport(name=str(node.get("name", "")), run_dir=str(run_dir))
     errors = ErrorLog(run_dir / "errors.jsonl")
@@ -41,6 +46,7 @@ def execute(node: DictConfig, run_dir: Path) -> int:
         check_keys(node)
         cfg = OmegaConf.to_object(node)
         plan = validate(cfg)
+        check_free_space(run_dir, plan.total_params)
         from safetrain.tf_import import import_tensorflow
 
         import_tensorflow(verbose=debug)  # the first TensorFlow import of the run

@@ -174,6 +174,9 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
 
     context.phase, context.input_spec = "build", data.spec.describe()
     context.activation_bytes_per_example = _activation_bytes(plan, policy)
+    # Seeded again right before the weights are drawn: preparing a TFDS dataset (first run on a
+    # data dir only) consumes Python's global RNG, which Keras' unseeded initializers draw from.
+    keras.utils.set_random_seed(t.seed)
     with strategy.scope():
         model = build_model(plan, input_dtype=data.spec.dtype, seed=t.seed)
         optimizer = OPTIMIZERS.get(cfg.optimizer.name)(cfg.optimizer.learning_rate, cfg.optimizer.clipnorm)

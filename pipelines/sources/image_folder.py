@@ -40,7 +40,8 @@ class Scanned:
     problem: str | None = None                  # set: a bad example
 
 
-def image_folder_source(name: str, folder: str | Path, num_classes: int | None, max_pixels: int) -> Source:
+def image_folder_source(name: str, folder: str | Path, num_classes: int | None, max_pixels: int,
+                        max_file_bytes: int = 200 * 2**20) -> Source:
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise DataError(f"dataset.path={folder} is not a folder", hint="point dataset.path at a folder of "
@@ -77,7 +78,7 @@ def image_folder_source(name: str, folder: str | Path, num_classes: int | None, 
 
     Image.MAX_IMAGE_PIXELS = None  # Pillow's bomb check off: dataset.max_pixels applies, from the header
     with ThreadPoolExecutor(max_workers=4) as pool:
-        scanned = list(pool.map(lambda c: _scan(*c, max_pixels=max_pixels), candidates))
+        scanned = list(pool.map(lambda c: _scan(*c, max_pixels=max_pixels, max_file_bytes=max_file_bytes), candidates))
 
     good = [s for s in scanned if s.problem is None]
     bad = [BadExample(split=s.split, key=str(s.path), reason=s.problem) for s in scanned if s.problem]
@@ -121,13 +122,16 @@ def _split_dirs(root: Path) -> dict[str, Path]:
     return {"train": root}
 
 
-def _scan(path: Path, split: str, label: int, max_pixels: int) -> Scanned:
+def _scan(path: Path, split: str, label: int, max_pixels: int, max_file_bytes: int = 200 * 2**20) -> Scanned:
     from PIL import Image, UnidentifiedImageError
 
     try:
         size = path.stat().st_size
         if size == 0:
             return Scanned(path, split, label, problem="empty file (0 bytes)")
+        if size > max_file_bytes:  # before Pillow reads a byte of it
+            return Scanned(path, split, label, problem=f"{size:,} bytes exceeds dataset.max_file_bytes="
+                                                       f"{max_file_bytes:,} (not opened)")
         with Image.open(path) as img:
             fmt, (width, height), mode = img.format, img.size, img.mode
             frames = getattr(img, "n_frames", 1)

@@ -61,8 +61,16 @@ def explain(exc: BaseException) -> ConfigError:
                             "group=option to choose); add debug=true for the full Hydra error")
 
 
+def target_refused(full_key: str) -> ConfigError:
+    return ConfigError(f"{full_key} names code to import and run; safetrain configs choose components by name "
+                       f"from registries and never instantiate a _target_.",
+                       hint=f"remove {full_key} from the config", config_key=full_key)
+
+
 def unknown_key(full_key: str) -> ConfigError:
     node_path, _, leaf = full_key.rpartition(".")
+    if leaf == "_target_":
+        return target_refused(full_key)
     node_type = _schema_at(node_path)
     known = [f.name for f in dataclasses.fields(node_type)] if node_type else []
     guess = difflib.get_close_matches(leaf, known, n=1)
@@ -81,6 +89,8 @@ def check_keys(node: DictConfig, schema=Config, prefix: str = "") -> None:
     hints = typing.get_type_hints(schema)
     for key in node.keys():
         full = f"{prefix}{key}"
+        if key == "_target_":  # from a YAML file; the command line is checked in cli.main
+            raise target_refused(full)
         if key not in known:
             raise unknown_key(full)
         child_type = hints[key]

@@ -120,6 +120,7 @@ class DatasetConfig:
     channel_policy: ChannelPolicy = ChannelPolicy.error
     on_bad_example: BadExamplePolicy = BadExamplePolicy.error
     max_pixels: int = 40_000_000         # images above this are bad examples (checked before decoding)
+    max_file_bytes: int = 209_715_200    # image files above this (200 MiB) are bad examples (never opened)
     pixel_range: Optional[List[float]] = None  # [min, max] of raw pixels; null = from the dtype (uint8: 0..255)
     num_classes: Optional[int] = None    # from the source when null
     label_encoding: LabelEncoding = LabelEncoding.sparse  # must agree with trainer.loss

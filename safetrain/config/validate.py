@@ -7,6 +7,8 @@ against the declared image spec. Each failure explains why and gives the exact o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from models.shapes import ModelPlan, infer
 from models.spec import parse_layers
 from safetrain.cluster import current_task
@@ -31,7 +33,8 @@ def validate(cfg: Config) -> ModelPlan:
                        ("trainer.log_every_steps", t.log_every_steps),
                        ("optimizer.learning_rate", cfg.optimizer.learning_rate),
                        ("dataset.image.height", d.image.height), ("dataset.image.width", d.image.width),
-                       ("dataset.max_pixels", d.max_pixels), ("dataset.shuffle_buffer", d.shuffle_buffer)):
+                       ("dataset.max_pixels", d.max_pixels), ("dataset.max_file_bytes", d.max_file_bytes),
+                       ("dataset.shuffle_buffer", d.shuffle_buffer)):
         _positive(key, value)
     for key, value in (("trainer.max_steps", t.max_steps), ("trainer.eval_batch_size", t.eval_batch_size),
                        ("dataset.num_classes", d.num_classes), ("dataset.max_examples", d.max_examples),
@@ -53,6 +56,7 @@ def validate(cfg: Config) -> ModelPlan:
         raise ConfigError(f"dataset.pixel_range={list(d.pixel_range)} must be [min, max] with min < max.",
                           hint="set dataset.pixel_range=[0,255] (or [0,1] for float images in 0..1)",
                           config_key="dataset.pixel_range")
+    _check_paths(cfg)
     _check_cluster(cfg)
     if t.on_oom is OnOom.halve_batch and current_task() is not None:
         raise ConfigError("trainer.on_oom=halve_batch cannot be used in a multi-worker run (TF_CONFIG): every "
@@ -108,3 +112,22 @@ def _check_cluster(cfg: Config) -> None:
     if h.worker_timeout_s <= 0:
         raise ConfigError(f"hardware.worker_timeout_s={h.worker_timeout_s} must be > 0.",
                           hint="set hardware.worker_timeout_s=300", config_key="hardware.worker_timeout_s")
+
+
+def _check_paths(cfg: Config) -> None:
+    """Paths from the config are resolved (~, relative to the working directory) and must be what
+    their key says: a folder to read from, a data dir that is a folder if it exists."""
+    d = cfg.dataset
+    if d.path:
+        resolved = Path(d.path).expanduser().resolve()
+        if not resolved.is_dir():
+            raise ConfigError(f"dataset.path={d.path} ({resolved}) is not an existing folder.",
+                              hint="point dataset.path at the folder that holds the data", config_key="dataset.path")
+        d.path = str(resolved)
+    if d.data_dir:
+        resolved = Path(d.data_dir).expanduser().resolve()
+        if resolved.exists() and not resolved.is_dir():
+            raise ConfigError(f"dataset.data_dir={d.data_dir} ({resolved}) is a file, not a folder.",
+                              hint="point dataset.data_dir at a folder (TFDS prepares datasets in it)",
+                              config_key="dataset.data_dir")
+        d.data_dir = str(resolved)
