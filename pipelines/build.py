@@ -48,6 +48,11 @@ class Datasets:
     bad: list[BadExample] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     normalization_stats: tuple[list[float], list[float]] | None = None
+    raw_test: Callable[[], tf.data.Dataset] | None = None  # (image, label, key) before adapters: export checks
+
+    def adapt(self, image: tf.Tensor) -> tf.Tensor:
+        """One raw float32 image through the training channel/size adapters (for checks)."""
+        return _adapt(image, self.plan, self.spec)
 
     def describe(self) -> str:
         """The `pipeline/spec` text: source, scan findings, adapters, model input, split sizes."""
@@ -161,7 +166,28 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
         source=source.spec, spec=spec, plan=plan, counts=counts,
         steps_per_epoch=counts["train"] // batch_size, bad=bad, notes=source.notes,
         normalization_stats=stats,
+        raw_test=(lambda: source.read(names["test"])) if names.get("test") else None,
     )
+
+
+def prepare_encoded(data: tf.Tensor, spec: ImageSpec, resize: str, channel_policy: str, stats) -> tf.Tensor:
+    """The serving path for one encoded image (PNG, JPEG, BMP, GIF bytes): decode, then the same
+    adapters the config allows (`dataset.resize`, `dataset.channel_policy`) and the training
+    normalization. What those policies refuse in training is refused here too, by name."""
+    image = tf.cast(tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False), tf.float32)
+    checks = []
+    if channel_policy == "error":
+        checks.append(tf.debugging.assert_equal(tf.shape(image)[-1], spec.channels, message=(
+            f"the image's channel count is not the model's {spec.channels} (trained with "
+            f"dataset.channel_policy=error)")))
+    if resize == "error":
+        checks.append(tf.debugging.assert_equal(tf.shape(image)[:2], [spec.height, spec.width], message=(
+            f"the image is not {spec.height}x{spec.width} (trained with dataset.resize=error)")))
+    with tf.control_dependencies(checks):  # refuse by name before any adapter could fail obscurely
+        image = tf.identity(image)
+    plan = AdapterPlan(resize=None if resize == "error" else resize,
+                       channels=None if channel_policy == "error" else spec.channels, steps=())
+    return _normalize(_adapt(image, plan, spec), spec, (0.0, 255.0), stats)
 
 
 def epoch_seed(seed: int | None, epoch: int) -> int:

@@ -45,6 +45,13 @@ class SourceSpec:
     dtype: str
     num_classes: int
     value_range: tuple[float, float] = (0.0, 255.0)
+    class_names: tuple[str, ...] = ()   # label id -> name, when the source knows them
+
+    def names(self) -> list[str]:
+        """A name per class: the source's, else the label id as text."""
+        if len(self.class_names) == self.num_classes:
+            return list(self.class_names)
+        return [str(i) for i in range(self.num_classes)]
 
     def describe(self) -> str:
         dim = lambda d: "?" if d is None else str(d)  # noqa: E731

@@ -111,7 +111,7 @@ def _cause_text(message: str) -> str:
     """The sentence that states the cause, without TensorFlow's node/stack preamble, autograph's
     "in user code:" listing, Keras' "Exception encountered when calling" header and its
     "Arguments received by" trailer."""
-    text = _ANSI.sub("", message)
+    text = _ANSI.sub("", message).replace("<stack traces unavailable>", "")
     if "in user code:" in text:
         starts = list(_EXCEPTION_LINE.finditer(text))
         if starts:

@@ -61,6 +61,7 @@ class RunReport:
     epochs: int = 0
     wall_seconds: float = 0.0
     time_to_first_step_s: float | None = None
+    export: dict | None = None        # the SavedModel's path, input, classes and self-check
     run_dir: str = ""
 
     def write(self, run_dir: Path) -> Path:

@@ -29,6 +29,11 @@ class Summaries:
         with self.writer.as_default(step=step):
             tf.summary.text(tag, f"```\n{body}\n```" if code else body)
 
+    def image(self, tag: str, image, step: int = 0) -> None:
+        """One (H, W, 3) float image in [0, 1]."""
+        with self.writer.as_default(step=step):
+            tf.summary.image(tag, tf.convert_to_tensor(image, tf.float32)[None], max_outputs=1)
+
     def hparams(self, values: dict[str, float | int | str | bool]) -> None:
         """The run's main settings for TensorBoard's HParams dashboard (compare sweep jobs)."""
         from tensorboard.plugins.hparams import api as hp

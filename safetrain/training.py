@@ -25,12 +25,14 @@ from models import gradients
 from models.build import build_model
 from models.shapes import ModelPlan, infer
 from pipelines.build import bad_examples_error, build_datasets
+from safetrain import visuals
 from safetrain.checkpoints import Checkpoints
 from safetrain.cluster import current_task, wait_for_peers
 from safetrain.config.schema import BadExamplePolicy, Config, OnDeadGradient, OnNan, OnOom
 from safetrain.env_report import env_text, versions
 from safetrain.diagnosis import Context, LayerRef, diagnose, is_safetrain_bug
 from safetrain.errors import GraphError, NumericsError, SafetrainError, SpecError
+from safetrain.export import export
 from safetrain.hardware import choose_precision, detect_devices, make_strategy, split_cpu
 from safetrain.loop import PROBE_STEPS, TrainLoop
 from safetrain.optimizers import LOSSES, OPTIMIZERS
@@ -149,6 +151,8 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
     report.data["counts"] = data.counts
     log.info("pipeline:\n  %s", "\n  ".join(data.describe().splitlines()))
     summaries.text("pipeline/spec", data.describe())
+    first_images, _ = next(iter(data.train_epoch(1).take(1)))
+    summaries.image("inputs/after_enforcement", visuals.mosaic(first_images.numpy()[:32].astype("float32")))
     for bad in data.bad:
         errors.write(phase="data", kind="bad_example", message=bad.reason, example=bad.key,
                      config_key="dataset.on_bad_example",
@@ -226,7 +230,30 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
         report.model["weights_sha256"] = weights_digest(model)
     report.metrics.update(test_loss=test[0], test_accuracy=test[1])
     summaries.scalars(result.steps, {"test/loss": test[0], "test/accuracy": test[1]})
+    if data.test is not None:
+        _confusion(loop.steps, data, summaries, result.steps, report)
+    if t.export and (cluster is None or cluster.is_chief):
+        report.export = export(model, data, cfg.dataset, run_dir / "export")
+        log.info("exported: %s (self-check on test images: max |diff| %s)", report.export["path"],
+                 report.export["self_check_max_abs_diff"])
     _final_summary(report, run_dir)
+
+
+def _confusion(steps: Steps, data, summaries: Summaries, step: int, report: RunReport) -> None:
+    """The test split's confusion matrix and per-class accuracy, as a picture, a table and scalars."""
+    labels, predicted = [], []
+    for images, y in data.test:
+        predicted.append(steps.predict(images).numpy())
+        labels.append(y.numpy().argmax(-1) if y.shape.rank == 2 else y.numpy())
+    names = data.source.names()
+    matrix = visuals.confusion_matrix(np.concatenate(labels), np.concatenate(predicted), len(names))
+    accuracy = visuals.per_class_accuracy(matrix)
+    summaries.image("test/confusion_matrix", visuals.heatmap(matrix), step=step)
+    summaries.text("test/confusion_table", visuals.matrix_text(matrix, names), step=step, code=False)
+    summaries.scalars(step, {f"test_class_accuracy/{name}": float(a) for name, a in zip(names, accuracy)
+                             if np.isfinite(a)})
+    report.metrics["test_class_accuracy"] = {name: (float(a) if np.isfinite(a) else None)
+                                             for name, a in zip(names, accuracy)}
 
 
 def _layer_refs(plan: ModelPlan, model) -> dict[str, LayerRef]:

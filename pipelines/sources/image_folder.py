@@ -93,7 +93,8 @@ def image_folder_source(name: str, folder: str | Path, num_classes: int | None, 
     widths = {s.shape[1] for s in good}
     channels = {s.shape[2] for s in good}
     spec = SourceSpec(name=name, height=_single(heights), width=_single(widths), channels=_single(channels),
-                      dtype="uint8", num_classes=len(classes), value_range=(0.0, 255.0))
+                      dtype="uint8", num_classes=len(classes), value_range=(0.0, 255.0),
+                      class_names=tuple(classes))
     sizes = {split: len(items) for split, items in files.items()}
     notes = _summary(root, classes, scanned, good, ignored)
 

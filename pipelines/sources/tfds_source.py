@@ -92,7 +92,8 @@ def tfds_source(builder: tfds.core.DatasetBuilder, name: str, num_classes: int |
     height, width, channels = (tuple(image.shape) + (None, None, None))[:3]
     dtype = np.dtype(getattr(image, "np_dtype", np.uint8))
     spec = SourceSpec(name=name, height=height, width=width, channels=channels, dtype=dtype.name,
-                      num_classes=int(num_classes), value_range=dtype_range(dtype) or (0.0, 1.0))
+                      num_classes=int(num_classes), value_range=dtype_range(dtype) or (0.0, 1.0),
+                      class_names=tuple(getattr(label, "names", None) or ()))
 
     def read(split: str):
         ds = _as_dataset(builder, split)

@@ -160,6 +160,7 @@ class TrainerConfig:
     on_nan: OnNan = OnNan.stop
     on_oom: OnOom = OnOom.error
     min_batch_size: int = 1              # on_oom=halve_batch stops halving below this
+    export: bool = True                  # write <run dir>/export: a SavedModel for safetrain.predict
     on_dead_gradient: OnDeadGradient = OnDeadGradient.warn
 
 

@@ -1,0 +1,97 @@
+"""`python -m safetrain.predict run_dir=RUN FILE... [top_k=3]`: classify image files with a run's export.
+
+Loads <run dir>/export (the SavedModel written at the end of training) and classifies each file
+on its own, so one bad file (not an image, truncated, the wrong size or channels for a model
+trained with resize/channel_policy=error) gets its own error line and the others are still
+classified. Prints one line per file:
+
+    digit.png: 7 0.982 | 1 0.011 | 9 0.004
+    notes.txt: error: not an image TensorFlow can decode (Unknown image file format...)
+
+Exit 0 when every file was classified, 3 when any could not be (data error), 2 for bad arguments
+or a run without an export.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from safetrain.errors import EXIT_CONFIG, EXIT_DATA
+
+USAGE = "usage: python -m safetrain.predict run_dir=RUN_DIR [top_k=3] FILE [FILE...]"
+
+
+def parse(args: list[str]) -> tuple[Path, int, list[Path]]:
+    run_dir, top_k, files = None, 3, []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if eq and key == "run_dir":
+            run_dir = Path(value).expanduser()
+        elif eq and key == "top_k":
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"top_k={value} must be a positive integer")
+            top_k = int(value)
+        else:
+            files.append(Path(arg))
+    if run_dir is None or not files:
+        raise ValueError("give run_dir=... and at least one image file")
+    if not (run_dir / "export" / "saved_model.pb").exists():
+        raise ValueError(f"{run_dir} has no export/ (trained with trainer.export=false, or not finished); "
+                         f"train with trainer.export=true")
+    return run_dir, top_k, files
+
+
+def _reason(err: Exception) -> str:
+    from safetrain.diagnosis import Context, facts
+
+    cause = facts(err, Context(phase="data")).cause
+    refused = re.search(r"assertion failed: \[(.*?)\]", cause)
+    if refused:
+        return refused.group(1).replace("\\'", "'")
+    if "Unknown image file format" in cause or "Input is empty" in cause:
+        return f"not an image TensorFlow can decode ({cause})"
+    return cause
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run_dir, top_k, files = parse(sys.argv[1:] if argv is None else argv)
+    except ValueError as err:
+        print(f"safetrain.predict: {err}\n{USAGE}", file=sys.stderr)
+        return EXIT_CONFIG
+    from safetrain.tf_import import import_tensorflow
+
+    tf = import_tensorflow()
+    served = tf.saved_model.load(str(run_dir / "export"))
+    names = json.loads((run_dir / "export" / "signature.json").read_text())["classes"]
+    failed = 0
+    for path in files:
+        try:
+            out = served.classify(tf.constant([path.read_bytes()]))
+        except (OSError, tf.errors.OpError) as err:
+            failed += 1
+            reason = err.strerror if isinstance(err, OSError) else _reason(err)
+            print(f"{path}: error: {reason}")
+            continue
+        probabilities = out["probabilities"].numpy()[0]
+        best = probabilities.argsort()[::-1][:top_k]
+        print(f"{path}: " + " | ".join(f"{names[i]} {probabilities[i]:.3f}" for i in best))
+    if failed:
+        print(f"safetrain.predict: {failed} of {len(files)} files could not be classified", file=sys.stderr)
+    return EXIT_DATA if failed else 0
+
+
+def probabilities_of(run_dir: Path, files: list[Path]) -> list[list[float]]:
+    """For tests and scripts: the probability rows for `files` (all must be readable)."""
+    from safetrain.tf_import import import_tensorflow
+
+    tf = import_tensorflow()
+    served = tf.saved_model.load(str(run_dir / "export"))
+    return [served.classify(tf.constant([p.read_bytes()]))["probabilities"].numpy()[0].tolist() for p in files]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
