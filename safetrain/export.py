@@ -59,11 +59,14 @@ def export(model, data: Datasets, cfg: DatasetConfig, directory: Path) -> dict:
             "model_input": data.spec.describe(), "classes": data.source.names(),
             "resize": cfg.resize.value, "channel_policy": cfg.channel_policy.value}
     (directory / "signature.json").write_text(json.dumps(info, indent=2) + "\n")
-    info["self_check_max_abs_diff"] = _self_check(serving, model, data, directory / "samples")
+    # bfloat16 keeps ~3 significant digits: batch composition alone moves probabilities by ~1e-3.
+    tolerance = 1e-2 if model.dtype_policy.compute_dtype != "float32" else 1e-4
+    info["self_check_tolerance"] = tolerance
+    info["self_check_max_abs_diff"] = _self_check(serving, model, data, directory / "samples", tolerance)
     return info
 
 
-def _self_check(serving: Serving, model, data: Datasets, samples: Path) -> float | None:
+def _self_check(serving: Serving, model, data: Datasets, samples: Path, tolerance: float) -> float | None:
     if data.raw_test is None:
         return None
     files, expected, encoded = [], [], []
@@ -86,6 +89,7 @@ def _self_check(serving: Serving, model, data: Datasets, samples: Path) -> float
     diff = float(np.max(np.abs(served - np.stack(expected))))
     (samples / "expected.json").write_text(json.dumps(
         {"files": files, "probabilities": [p.tolist() for p in expected]}, indent=1) + "\n")
-    if diff > 1e-3:
-        log.warning("warning: the exported model disagrees with training on test images (max |diff| %.3g)", diff)
+    if diff > tolerance:
+        log.warning("warning: the exported model disagrees with training on test images (max |diff| %.3g > %g)",
+                    diff, tolerance)
     return round(diff, 6)
