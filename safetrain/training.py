@@ -191,6 +191,10 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
     report.model["params"] = context.params = model.count_params()
     context.layers = _layer_refs(plan, model)
     context.phase = "train"
+    if cfg.dry_run:
+        log.info("dry run: the config, the data (every example scanned) and the model (%s parameters) check out; "
+                 "nothing was trained", f"{report.model['params']:,}")
+        return
 
     spec_of = lambda ds: strategy.experimental_distribute_dataset(ds).element_spec  # noqa: E731
     eval_ds = data.eval if data.eval is not None else data.test

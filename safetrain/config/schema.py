@@ -182,6 +182,7 @@ class Config:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     debug: bool = False                  # true: full Python tracebacks
     isolate_jobs: bool = True            # multirun: each job in its own process (safetrain.sweep)
+    dry_run: bool = False                # check config, data (the full scan) and model; train nothing
 
 
 def register() -> None:
