@@ -114,83 +114,12 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
     started = time.perf_counter()
     t = cfg.trainer
     report.versions = versions()
-
-    if cfg.hardware.logical_cpus:
-        split_cpu(cfg.hardware.logical_cpus)
-    devices = detect_devices()
-    recurrent = any(layer.type in ("lstm", "gru", "bidirectional") for layer in plan.layers)
-    policy, reason = choose_precision(devices, cfg.hardware.precision, recurrent=recurrent)
-    keras.mixed_precision.set_global_policy(policy)  # always set: a multirun shares one process
-    cluster = current_task()
-    if cluster is not None:
-        waited = wait_for_peers(cluster, cfg.hardware.worker_timeout_s)
-        log.info("cluster: %s; every worker reachable after %.1f s", cluster.describe(), waited)
-    strategy = make_strategy(cfg.hardware.strategy, devices, cluster=cluster)
-    replicas = strategy.num_replicas_in_sync
-    report.hardware = {"devices": [d.describe() for d in devices], "precision_policy": policy,
-                       "precision_reason": reason, "strategy": _strategy_name(strategy),
-                       "replicas": replicas, "global_batch_size": t.batch_size,
-                       "per_replica_batch_size": t.batch_size // replicas,
-                       "cluster": cluster.describe() if cluster else None}
-    log.info("hardware: %s | precision %s (%s) | %s x%d", ", ".join(report.hardware["devices"]),
-             policy, reason, report.hardware["strategy"], replicas)
-    summaries.text("env/report", env_text(report.versions, devices, report.hardware))
-    context.precision, context.batch_size = policy, t.batch_size
-    context.device = report.hardware["devices"][-1] if report.hardware["devices"] else None
-    summaries.hparams(_hparams(cfg, policy, replicas))
-
+    strategy, policy, cluster = _hardware(cfg, plan, report, summaries, context)
     keras.utils.set_random_seed(t.seed)
     if t.deterministic:
         tf.config.experimental.enable_op_determinism()
-
-    data = build_datasets(cfg.dataset, t.batch_size, t.eval_batch_size or t.batch_size, t.seed)
-    if cluster is not None:
-        # Shard by element: every worker reads the whole (small, cached) dataset and keeps its share.
-        # FILE sharding (TensorFlow's default) needs at least one input file per worker.
-        data = _shard_by_data(data)
-    report.data["counts"] = data.counts
-    log.info("pipeline:\n  %s", "\n  ".join(data.describe().splitlines()))
-    summaries.text("pipeline/spec", data.describe())
-    first_images, _ = next(iter(data.train_epoch(1).take(1)))
-    summaries.image("inputs/after_enforcement", visuals.mosaic(first_images.numpy()[:32].astype("float32")))
-    for bad in data.bad:
-        errors.write(phase="data", kind="bad_example", message=bad.reason, example=bad.key,
-                     config_key="dataset.on_bad_example",
-                     hint="skipped" if cfg.dataset.on_bad_example is BadExamplePolicy.skip else "")
-    refused = bad_examples_error(data.bad, cfg.dataset.on_bad_example)
-    if refused is not None:
-        raise refused
-    report.data["skipped"] = len(data.bad)
-    if data.bad:
-        log.warning("skipped %d bad examples (dataset.on_bad_example=skip), listed in errors.jsonl; first: %s",
-                    len(data.bad), data.bad[0].describe())
-    if data.steps_per_epoch == 0:
-        raise SpecError(
-            f"the training split {cfg.dataset.splits.train!r} has {data.counts['train']} examples, "
-            f"fewer than one batch (trainer.batch_size={t.batch_size}): no step would run",
-            hint=f"set trainer.batch_size={max(1, data.counts['train'] or 1)} or less, or use more data",
-            config_key="trainer.batch_size")
-    plan = infer(list(plan.layers), data.spec.shape, data.source.num_classes)
-    # params: counted on the built model below (custom layers' are unknown to the plain-Python plan)
-    report.model = {"name": cfg.model.name, "params": None, "flops_per_example": plan.total_flops}
-    log.info("model %s:\n%s", cfg.model.name, plan.table())
-    summaries.text("model/summary", plan.table())
-
-    context.phase, context.input_spec = "build", data.spec.describe()
-    context.activation_bytes_per_example = _activation_bytes(plan, policy)
-    # Seeded again right before the weights are drawn: preparing a TFDS dataset (first run on a
-    # data dir only) consumes Python's global RNG, which Keras' unseeded initializers draw from.
-    keras.utils.set_random_seed(t.seed)
-    with strategy.scope():
-        model = build_model(plan, input_dtype=data.spec.dtype, seed=t.seed)
-        optimizer = OPTIMIZERS.get(cfg.optimizer.name)(cfg.optimizer.learning_rate, cfg.optimizer.clipnorm)
-        if policy == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        # Slots must exist before the first step under a strategy, and before a restore.
-        optimizer.build(model.trainable_variables)
-    report.model["params"] = context.params = model.count_params()
-    context.layers = _layer_refs(plan, model)
-    context.phase = "train"
+    data = _data(cfg, cluster, report, errors, summaries)
+    plan, model, optimizer = _model(cfg, plan, data, strategy, policy, report, summaries, context)
     if cfg.dry_run:
         log.info("dry run: the config, the data (every example scanned) and the model (%s parameters) check out; "
                  "nothing was trained", f"{report.model['params']:,}")
@@ -241,6 +170,95 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
         log.info("exported: %s (self-check on test images: max |diff| %s)", report.export["path"],
                  report.export["self_check_max_abs_diff"])
     _final_summary(report, run_dir)
+
+
+def _hardware(cfg: Config, plan: ModelPlan, report: RunReport, summaries: Summaries, context: Context):
+    """Devices, precision policy and strategy (after a multi-worker rendezvous); recorded everywhere."""
+    t = cfg.trainer
+    if cfg.hardware.logical_cpus:
+        split_cpu(cfg.hardware.logical_cpus)
+    devices = detect_devices()
+    recurrent = any(layer.type in ("lstm", "gru", "bidirectional") for layer in plan.layers)
+    policy, reason = choose_precision(devices, cfg.hardware.precision, recurrent=recurrent)
+    keras.mixed_precision.set_global_policy(policy)  # always set: a multirun may share one process
+    cluster = current_task()
+    if cluster is not None:
+        waited = wait_for_peers(cluster, cfg.hardware.worker_timeout_s)
+        log.info("cluster: %s; every worker reachable after %.1f s", cluster.describe(), waited)
+    strategy = make_strategy(cfg.hardware.strategy, devices, cluster=cluster)
+    replicas = strategy.num_replicas_in_sync
+    report.hardware = {"devices": [d.describe() for d in devices], "precision_policy": policy,
+                       "precision_reason": reason, "strategy": _strategy_name(strategy),
+                       "replicas": replicas, "global_batch_size": t.batch_size,
+                       "per_replica_batch_size": t.batch_size // replicas,
+                       "cluster": cluster.describe() if cluster else None}
+    log.info("hardware: %s | precision %s (%s) | %s x%d", ", ".join(report.hardware["devices"]),
+             policy, reason, report.hardware["strategy"], replicas)
+    summaries.text("env/report", env_text(report.versions, devices, report.hardware))
+    context.precision, context.batch_size = policy, t.batch_size
+    context.device = report.hardware["devices"][-1] if report.hardware["devices"] else None
+    summaries.hparams(_hparams(cfg, policy, replicas))
+    return strategy, policy, cluster
+
+
+def _data(cfg: Config, cluster, report: RunReport, errors: ErrorLog, summaries: Summaries):
+    """The checked pipelines; bad examples recorded, and refused unless dataset.on_bad_example=skip."""
+    t = cfg.trainer
+    data = build_datasets(cfg.dataset, t.batch_size, t.eval_batch_size or t.batch_size, t.seed)
+    if cluster is not None:
+        # Shard by element: every worker reads the whole (small, cached) dataset and keeps its share.
+        # FILE sharding (TensorFlow's default) needs at least one input file per worker.
+        data = _shard_by_data(data)
+    report.data["counts"] = data.counts
+    log.info("pipeline:\n  %s", "\n  ".join(data.describe().splitlines()))
+    summaries.text("pipeline/spec", data.describe())
+    first_images, _ = next(iter(data.train_epoch(1).take(1)))
+    summaries.image("inputs/after_enforcement", visuals.mosaic(first_images.numpy()[:32].astype("float32")))
+    for bad in data.bad:
+        errors.write(phase="data", kind="bad_example", message=bad.reason, example=bad.key,
+                     config_key="dataset.on_bad_example",
+                     hint="skipped" if cfg.dataset.on_bad_example is BadExamplePolicy.skip else "")
+    refused = bad_examples_error(data.bad, cfg.dataset.on_bad_example)
+    if refused is not None:
+        raise refused
+    report.data["skipped"] = len(data.bad)
+    if data.bad:
+        log.warning("skipped %d bad examples (dataset.on_bad_example=skip), listed in errors.jsonl; first: %s",
+                    len(data.bad), data.bad[0].describe())
+    if data.steps_per_epoch == 0:
+        raise SpecError(
+            f"the training split {cfg.dataset.splits.train!r} has {data.counts['train']} examples, "
+            f"fewer than one batch (trainer.batch_size={t.batch_size}): no step would run",
+            hint=f"set trainer.batch_size={max(1, data.counts['train'] or 1)} or less, or use more data",
+            config_key="trainer.batch_size")
+    return data
+
+
+def _model(cfg: Config, plan: ModelPlan, data, strategy, policy: str, report: RunReport, summaries: Summaries,
+           context: Context):
+    """The shape table for the real input, then model and optimizer built in the strategy's scope."""
+    t = cfg.trainer
+    plan = infer(list(plan.layers), data.spec.shape, data.source.num_classes)
+    # params: counted on the built model below (custom layers' are unknown to the plain-Python plan)
+    report.model = {"name": cfg.model.name, "params": None, "flops_per_example": plan.total_flops}
+    log.info("model %s:\n%s", cfg.model.name, plan.table())
+    summaries.text("model/summary", plan.table())
+    context.phase, context.input_spec = "build", data.spec.describe()
+    context.activation_bytes_per_example = _activation_bytes(plan, policy)
+    # Seeded again right before the weights are drawn: preparing a TFDS dataset (first run on a
+    # data dir only) consumes Python's global RNG, which Keras' unseeded initializers draw from.
+    keras.utils.set_random_seed(t.seed)
+    with strategy.scope():
+        model = build_model(plan, input_dtype=data.spec.dtype, seed=t.seed)
+        optimizer = OPTIMIZERS.get(cfg.optimizer.name)(cfg.optimizer.learning_rate, cfg.optimizer.clipnorm)
+        if policy == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        # Slots must exist before the first step under a strategy, and before a restore.
+        optimizer.build(model.trainable_variables)
+    report.model["params"] = context.params = model.count_params()
+    context.layers = _layer_refs(plan, model)
+    context.phase = "train"
+    return plan, model, optimizer
 
 
 def _confusion(steps: Steps, data, summaries: Summaries, step: int, report: RunReport) -> None:
