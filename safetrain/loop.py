@@ -62,8 +62,8 @@ class _Totals:
 
 
 class TrainLoop:
-    def __init__(self, *, steps, strategy, train_epoch: Callable[[int], tf.data.Dataset], eval_ds, cfg: TrainerConfig, summaries,
-                 checkpoints, errors: ErrorLog, steps_per_epoch: int | None,
+    def __init__(self, *, steps, strategy, train_epoch: Callable[[int], tf.data.Dataset], eval_ds,
+                 cfg: TrainerConfig, summaries, checkpoints, errors: ErrorLog, steps_per_epoch: int | None,
                  learning_rate: Callable[[], float], progress: Progress | None = None,
                  started: float | None = None, clock: Callable[[], float] = time.perf_counter,
                  guard: SignalGuard | None = None,

@@ -61,7 +61,8 @@ def locate_non_finite(*, make_steps: Callable[[], object], restore: Callable[[],
     if found is not None:
         return _explain(found, step + 1, failed_step, (start_size, before), context)
     return ("The replay from the last checkpoint with check_numerics ran to the failing step without a "
-            "non-finite value (non-deterministic kernels); set trainer.deterministic=true to make it exact.", None, None)
+            "non-finite value (non-deterministic kernels); set trainer.deterministic=true to make it exact.",
+            None, None)
 
 
 def _largest_weight(model) -> float:

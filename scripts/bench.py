@@ -109,8 +109,8 @@ def main() -> None:
     def run_safetrain(n: int, repeat: int) -> float:
         cfg = TrainerConfig(epochs=1, batch_size=args.batch_size, log_every_steps=10,
                             checkpoint_every_steps=10**9)
-        loop = TrainLoop(steps=steps, strategy=strategy, train_epoch=lambda epoch: stream.take(n), eval_ds=None, cfg=cfg,
-                         summaries=summaries, errors=ErrorLog(work / "errors.jsonl"),
+        loop = TrainLoop(steps=steps, strategy=strategy, train_epoch=lambda epoch: stream.take(n), eval_ds=None,
+                         cfg=cfg, summaries=summaries, errors=ErrorLog(work / "errors.jsonl"),
                          checkpoints=Checkpoints(work / f"ckpt{repeat}", st_model, st_opt),
                          steps_per_epoch=n, learning_rate=lambda: float(st_opt.learning_rate.numpy()),
                          progress=Progress(stream=_NullStream(), is_tty=False))

@@ -100,7 +100,8 @@ class Soak:
     def sigterm(self, run_dir: Path, rng: random.Random) -> bool:
         code = self.signal_at(run_dir, rng.randint(2, TOTAL - 2), signal.SIGTERM)
         report = _report(run_dir)
-        if not self.check(code == 143 and report.get("status") == "interrupted", f"sigterm: exit {code}, {report.get('status')}"):
+        if not self.check(code == 143 and report.get("status") == "interrupted",
+                          f"sigterm: exit {code}, {report.get('status')}"):
             return False
         saved = _newest_checkpoint(run_dir)
         self.lost += max(0, report["steps"] - (saved or 0))
@@ -125,7 +126,8 @@ class Soak:
         skipped = report.get("data", {}).get("skipped_steps", 0)
         listed = [e for e in _errors(run_dir) if e["kind"] == "non_finite"]
         return (self.check(done.returncode == 0 and report.get("steps") == TOTAL, f"nan_steps: exit {done.returncode}")
-                and self.check(skipped >= 1 and len(listed) == skipped, f"nan_steps: {skipped} skipped, {len(listed)} listed")
+                and self.check(skipped >= 1 and len(listed) == skipped,
+                               f"nan_steps: {skipped} skipped, {len(listed)} listed")
                 and self.check(_checkpoints_finite(run_dir), "nan_steps: a saved tensor is not finite"))
 
     def corrupt_image(self, run_dir: Path, rng: random.Random) -> bool:
@@ -144,7 +146,8 @@ class Soak:
         resumed = int(m.group(1)) if m else 0
         self.lost += max(0, (expected or 0) - resumed)
         return (self.check(again.returncode == 0, f"{fault}: rerun exit {again.returncode}: {again.stderr[-300:]}")
-                and self.check(resumed == (expected or 0), f"{fault}: resumed at {resumed}, newest checkpoint {expected}")
+                and self.check(resumed == (expected or 0),
+                               f"{fault}: resumed at {resumed}, newest checkpoint {expected}")
                 and self.check(_report(run_dir).get("steps") == TOTAL, f"{fault}: rerun did not finish"))
 
 
@@ -218,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         ok = getattr(soak, fault)(work / f"run{i:02d}-{fault}", rng)
         completed += ok
-        print(f"run {i + 1:2d}/{args.runs}  {fault:<21} {'ok' if ok else 'FAILED'}  ({time.monotonic() - started:.0f} s)",
-              flush=True)
+        took = time.monotonic() - started
+        print(f"run {i + 1:2d}/{args.runs}  {fault:<21} {'ok' if ok else 'FAILED'}  ({took:.0f} s)", flush=True)
     print(f"faults injected {args.runs}, runs completed {completed}, steps lost beyond last checkpoint {soak.lost}")
     for failure in soak.failures:
         print(f"  failed: {failure}")

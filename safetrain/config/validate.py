@@ -65,7 +65,8 @@ def validate(cfg: Config) -> ModelPlan:
                           config_key="trainer.on_oom")
     if t.checkpoint_every_seconds is not None and t.checkpoint_every_seconds <= 0:
         raise ConfigError(f"trainer.checkpoint_every_seconds={t.checkpoint_every_seconds} must be > 0 (or null).",
-                          hint="set trainer.checkpoint_every_seconds=600", config_key="trainer.checkpoint_every_seconds")
+                          hint="set trainer.checkpoint_every_seconds=600",
+                          config_key="trainer.checkpoint_every_seconds")
     if t.checkpoint_every_seconds and current_task() is not None:
         raise ConfigError("trainer.checkpoint_every_seconds cannot be used in a multi-worker run: every worker must "
                           "save at the same step, and their clocks differ.",
