@@ -92,7 +92,6 @@ def _chain(err: BaseException) -> list[BaseException]:
 
 _FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+), in (\S+)')
 _NODE = re.compile(r"(?:Detected at node|\{\{node) '?([^\s'}]+)")
-_GRAPH_OP = re.compile(r'in output \d+ of graph op "([^"]+)"')
 _CREATION_FRAME = re.compile(r"\+ (\S+) \(L(\d+)\) (\S+)")
 
 
@@ -141,7 +140,6 @@ def facts(err: BaseException, ctx: Context) -> Facts:
     node = _NODE.search(message)
     if op is None and node:
         op = node.group(1)
-    graph_op = _GRAPH_OP.search(message)
     layer = _layer_from_op(op, ctx) or _layer_from_frames(chain, ctx) or _layer_from_text(raw, ctx)
     return Facts(tf_error_class=type(head).__name__, cause=cause[:600], op=op, layer=layer,
                  source=_user_source(message, chain, runtime=hasattr(head, "error_code")), raw=raw,
