@@ -3,8 +3,8 @@
 Hydra's basic launcher calls the task function once per job in one process. TensorFlow keeps
 process-global state that a job cannot undo: logical device splits (`hardware.logical_cpus`),
 `enable_op_determinism`, the Keras dtype policy, traced functions and allocator memory. So with
-`isolate_jobs=true` (the default) the Hydra process only composes and validates each job's config
-and then runs `python -m safetrain` for it in a child process, in the job's own output directory.
+`isolate_jobs=true` (the default) the Hydra process only composes each job's config (type
+errors fail there) and then runs `python -m safetrain` for it in a child process, in the job's own output directory.
 The parent never imports TensorFlow. Launchers other than the basic one (submitit, joblib)
 already give every job its own process and are left alone.
 
