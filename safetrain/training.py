@@ -192,8 +192,9 @@ def _hardware(cfg: Config, plan: ModelPlan, report: RunReport, summaries: Summar
                        "replicas": replicas, "global_batch_size": t.batch_size,
                        "per_replica_batch_size": t.batch_size // replicas,
                        "cluster": cluster.describe() if cluster else None}
-    log.info("hardware: %s | precision %s (%s) | %s x%d", ", ".join(report.hardware["devices"]),
-             policy, reason, report.hardware["strategy"], replicas)
+    log.info("hardware: %s | precision %s (%s) | %s x%d | batch %d global, %d per replica",
+             ", ".join(report.hardware["devices"]), policy, reason, report.hardware["strategy"], replicas,
+             t.batch_size, t.batch_size // replicas)
     summaries.text("env/report", env_text(report.versions, devices, report.hardware))
     context.precision, context.batch_size = policy, t.batch_size
     context.device = report.hardware["devices"][-1] if report.hardware["devices"] else None

@@ -347,4 +347,4 @@ def test_mirrored_strategy_over_two_logical_cpus(run_cli):
     assert hardware["strategy"] == "MirroredStrategy" and hardware["replicas"] == 2
     assert hardware["per_replica_batch_size"] == 16  # global batch 32 split over two replicas
     assert result.report()["steps"] == 4 and result.report()["metrics"]["test_accuracy"] is not None
-    assert "MirroredStrategy x2" in result.err
+    assert "MirroredStrategy x2 | batch 32 global, 16 per replica" in result.err
