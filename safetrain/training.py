@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import math
+import tempfile
 import time
 from pathlib import Path
 
@@ -169,6 +170,9 @@ def _train(cfg: Config, plan: ModelPlan, run_dir: Path, report: RunReport, error
         report.export = export(model, data, cfg.dataset, run_dir / "export")
         log.info("exported: %s (self-check on test images: max |diff| %s)", report.export["path"],
                  report.export["self_check_max_abs_diff"])
+    elif t.export:  # saving may read variables collectively: every worker saves, only the chief keeps it
+        with tempfile.TemporaryDirectory(prefix="safetrain-worker-export-") as scratch:
+            export(model, data, cfg.dataset, Path(scratch) / "export")
     _final_summary(report, run_dir)
 
 

@@ -157,7 +157,8 @@ def _finish(procs: list[subprocess.Popen], deadline_s: float) -> list[tuple[int,
 def test_two_workers_train_together_to_identical_weights_and_only_the_chief_checkpoints(tmp_path, tfds_dir):
     run_dir = tmp_path / "run"  # one run dir for both, as on a shared filesystem
     ports = _free_ports(2)
-    procs = [_start_worker(run_dir, ports, i, tfds_dir, "hardware.worker_timeout_s=120") for i in (0, 1)]
+    procs = [_start_worker(run_dir, ports, i, tfds_dir, "hardware.worker_timeout_s=120", "trainer.export=true")
+             for i in (0, 1)]
     (code0, out0), (code1, out1) = _finish(procs, deadline_s=240)
     assert (code0, code1) == (0, 0), out0[-3000:] + out1[-3000:]
 
@@ -175,6 +176,7 @@ def test_two_workers_train_together_to_identical_weights_and_only_the_chief_chec
     saved = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert "checkpoint" in saved and "ckpt-4.index" in saved
     assert not (run_dir / "worker-1" / "checkpoints").exists()
+    assert (run_dir / "export" / "saved_model.pb").exists() and not (run_dir / "worker-1" / "export").exists()
     assert "every worker reachable" in out0 and "MultiWorkerMirroredStrategy x2" in out1
 
 
