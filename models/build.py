@@ -31,8 +31,10 @@ _KERAS = {
 }
 
 
+@keras.saving.register_keras_serializable(package="safetrain")
 class ResidualBlock(keras.layers.Layer):
-    """The `residual` spec: conv-BN-relu-conv-BN + shortcut (1x1 conv + BN when the shape changes)."""
+    """The `residual` spec: conv-BN-relu-conv-BN + shortcut (1x1 conv + BN when the shape changes).
+    Registered and configurable so an exported `model.keras` loads with `safe_mode=True`."""
 
     def __init__(self, filters: int, kernel_size, strides, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -43,6 +45,10 @@ class ResidualBlock(keras.layers.Layer):
         self.conv2 = keras.layers.Conv2D(filters, kernel_size, **conv)
         self.bn2 = keras.layers.BatchNormalization()
         self.project = None
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "strides": self.strides}
 
     def build(self, input_shape) -> None:
         if input_shape[-1] != self.filters or self.strides not in (1, (1, 1)):

@@ -15,6 +15,7 @@ a fresh process, through `python -m safetrain.predict`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -58,12 +59,42 @@ def export(model, data: Datasets, cfg: DatasetConfig, directory: Path) -> dict:
     info = {"path": str(directory), "input": "encoded image files (PNG, JPEG, BMP, GIF), any size",
             "model_input": data.spec.describe(), "classes": data.source.names(),
             "resize": cfg.resize.value, "channel_policy": cfg.channel_policy.value}
+    info.update(_keras_file(model, directory / "model.keras"))
     (directory / "signature.json").write_text(json.dumps(info, indent=2) + "\n")
     # bfloat16 keeps ~3 significant digits: batch composition alone moves probabilities by ~1e-3.
     tolerance = 1e-2 if model.dtype_policy.compute_dtype != "float32" else 1e-4
     info["self_check_tolerance"] = tolerance
     info["self_check_max_abs_diff"] = _self_check(serving, model, data, directory / "samples", tolerance)
     return info
+
+
+def _keras_file(model, path: Path) -> dict:
+    """The bare model (no input enforcement) as `.keras`, for fine-tuning in Keras — kept only if it
+    loads back with `safe_mode=True` to the same weights. A custom layer without `get_config` or
+    Keras registration cannot; the file is then left out and the reason recorded."""
+    import keras
+
+    try:
+        model.save(path)
+        loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
+        saved, back = model.get_weights(), loaded.get_weights()
+        if len(saved) != len(back) or not all(np.array_equal(a, b) for a, b in zip(saved, back)):
+            raise ValueError("the reloaded weights differ")
+    except Exception as err:  # noqa: BLE001 - any failure means: no .keras file, and why
+        path.unlink(missing_ok=True)
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
+        log.warning("warning: no model.keras in the export (%s); the SavedModel is complete", reason)
+        return {"keras_file": None, "keras_file_note": reason}
+    return {"keras_file": str(path), "keras_file_note": "loads with keras.saving.load_model(path, safe_mode=True)",
+            "keras_weights_sha256": arrays_digest(saved)}
+
+
+def arrays_digest(arrays) -> str:
+    """SHA-256 over weight arrays (values only): the same after a save and a load."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def _self_check(serving: Serving, model, data: Datasets, samples: Path, tolerance: float) -> float | None:

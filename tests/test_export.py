@@ -57,6 +57,18 @@ def test_the_export_agrees_with_training_when_loaded_in_a_fresh_process(trained)
 
 
 @pytest.mark.e2e
+def test_the_keras_file_loads_in_safe_mode_with_the_exported_weights(trained):
+    report = json.loads((trained / "report.json").read_text())["export"]
+    assert report["keras_file"] == str(trained / "export" / "model.keras")
+    fresh = subprocess.run([sys.executable, "-c", "import sys, keras; from safetrain.export import arrays_digest; "
+                            "m = keras.saving.load_model(sys.argv[1], safe_mode=True, compile=False); "
+                            "print(arrays_digest(m.get_weights()))", report["keras_file"]],
+                           capture_output=True, text=True, env=ENV, timeout=120)
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout.strip().splitlines()[-1] == report["keras_weights_sha256"]
+
+
+@pytest.mark.e2e
 def test_predict_classifies_good_files_and_names_each_bad_one(trained, tmp_path):
     from PIL import Image
 
