@@ -22,6 +22,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,9 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_check:
         return 0
     print("checking it (config, every image, the model's shapes) without training:")
-    check = subprocess.run([sys.executable, "-m", "safetrain", *run, "dry_run=true",
-                            f"hydra.run.dir={target.parent / '.checks' / args.name}"],
+    # The check's run dir (report.json, the scan's errors.jsonl) goes to a temporary folder, not
+    # into the config tree, where Hydra would see its .hydra/*.yaml as configs.
+    check_dir = Path(tempfile.mkdtemp(prefix=f"safetrain-check-{args.name}-"))
+    check = subprocess.run([sys.executable, "-m", "safetrain", *run, "dry_run=true", f"hydra.run.dir={check_dir}"],
                            env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    print(f"check's run directory (report.json, errors.jsonl): {check_dir}")
     return check.returncode
 
 
