@@ -50,9 +50,10 @@ class Datasets:
     normalization_stats: tuple[list[float], list[float]] | None = None
     raw_test: Callable[[], tf.data.Dataset] | None = None  # (image, label, key) before adapters: export checks
 
-    def adapt(self, image: tf.Tensor) -> tf.Tensor:
-        """One raw float32 image through the training channel/size adapters (for checks)."""
-        return _adapt(image, self.plan, self.spec)
+    def model_input(self, image: tf.Tensor) -> tf.Tensor:
+        """One raw image as the training pipeline delivers it: adapters, normalization, dtype."""
+        adapted = _adapt(tf.cast(image, tf.float32), self.plan, self.spec)
+        return _normalize(adapted, self.spec, self.source.value_range, self.normalization_stats)
 
     def describe(self) -> str:
         """The `pipeline/spec` text: source, scan findings, adapters, model input, split sizes."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from pipelines.build import Datasets, _normalize, prepare_encoded
+from pipelines.build import Datasets, prepare_encoded
 from safetrain.config.schema import DatasetConfig
 
 log = logging.getLogger("safetrain")
@@ -105,9 +105,7 @@ def _self_check(serving: Serving, model, data: Datasets, samples: Path, toleranc
         if image.dtype != tf.uint8:
             return None  # float sources have no lossless PNG form; nothing to compare
         encoded.append(tf.io.encode_png(image).numpy())
-        x = _normalize(data.adapt(tf.cast(image, tf.float32)), data.spec, data.source.value_range,
-                       data.normalization_stats)
-        logits = model(tf.cast(x, data.spec.dtype)[None], training=False)
+        logits = model(data.model_input(image)[None], training=False)
         expected.append(tf.nn.softmax(tf.cast(logits, tf.float32))[0].numpy())
     if not encoded:
         return None

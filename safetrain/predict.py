@@ -62,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"safetrain.predict: {err}\n{USAGE}", file=sys.stderr)
         return EXIT_CONFIG
-    from safetrain.tf_import import import_tensorflow
-
-    tf = import_tensorflow()
-    served = tf.saved_model.load(str(run_dir / "export"))
+    tf, served = _load(run_dir)
     names = json.loads((run_dir / "export" / "signature.json").read_text())["classes"]
     failed = 0
     for path in files:
@@ -84,12 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_DATA if failed else 0
 
 
-def probabilities_of(run_dir: Path, files: list[Path]) -> list[list[float]]:
-    """For tests and scripts: the probability rows for `files` (all must be readable)."""
+def _load(run_dir: Path):
+    """TensorFlow (imported quietly) and the run's exported SavedModel."""
     from safetrain.tf_import import import_tensorflow
 
     tf = import_tensorflow()
-    served = tf.saved_model.load(str(run_dir / "export"))
+    return tf, tf.saved_model.load(str(run_dir / "export"))
+
+
+def probabilities_of(run_dir: Path, files: list[Path]) -> list[list[float]]:
+    """For tests and scripts: the probability rows for `files` (all must be readable)."""
+    tf, served = _load(run_dir)
     return [served.classify(tf.constant([p.read_bytes()]))["probabilities"].numpy()[0].tolist() for p in files]
 
 

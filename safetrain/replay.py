@@ -48,7 +48,8 @@ def locate_non_finite(*, make_steps: Callable[[], object], restore: Callable[[],
             dataset = train_epoch(epoch)
             iterator = iter(strategy.experimental_distribute_dataset(dataset.skip(in_epoch) if in_epoch else dataset))
             while step < failed_step and in_epoch < steps_per_epoch:
-                before = _largest_weight(model)  # the failing step's own update runs alongside the check
+                with _checks_paused():  # eager variable reads are checked too
+                    before = _largest_weight(model)  # the failing step's own update runs alongside the check
                 try:
                     steps.train(iterator)
                 except tf.errors.OpError as err:
@@ -66,18 +67,17 @@ def locate_non_finite(*, make_steps: Callable[[], object], restore: Callable[[],
 
 
 def _largest_weight(model) -> float:
-    """The largest |weight| of the model (inf when any is non-finite); read with checks off."""
+    """The largest |weight| of the model (inf when any is non-finite)."""
     largest = 0.0
-    with _checks_paused():
-        for variable in model.trainable_variables:
-            value = np.asarray(variable.value).astype(np.float32)
-            largest = max(largest, float(np.max(np.abs(value))) if value.size else 0.0)
+    for variable in model.trainable_variables:
+        value = np.asarray(variable.value).astype(np.float32)
+        largest = max(largest, float(np.max(np.abs(value))) if value.size else 0.0)
     return largest
 
 
 @contextlib.contextmanager
 def _checks_paused():
-    """Eager reads of a variable are checked too while check_numerics is on."""
+    """check_numerics off for a moment (only ever used while it is on)."""
     tf.debugging.disable_check_numerics()
     try:
         yield
