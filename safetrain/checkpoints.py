@@ -27,6 +27,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from safetrain.errors import SpecError
+from safetrain.run_state import Position
 
 log = logging.getLogger("safetrain")
 
@@ -71,11 +72,11 @@ class Checkpoints:
                  for p in self.directory.glob("ckpt-*.index") if (m := re.fullmatch(r"ckpt-(\d+)\.index", p.name))}
         return [found[n] for n in sorted(found, reverse=True)]
 
-    def restore(self) -> tuple[int, int, int]:
-        """(steps done, epoch to continue, batches of that epoch already done); zeros when fresh."""
+    def restore(self) -> Position:
+        """Where the newest readable checkpoint left off; the start when there is none."""
         candidates = self._candidates()
         if not candidates:
-            return 0, 1, 0
+            return Position()
         self._check_run_spec()
         current = int(self.batch_size.numpy())
         for prefix in candidates:
@@ -98,7 +99,7 @@ class Checkpoints:
             log.info("the checkpoint was saved with batch size %d, this run uses %d: continuing at batch %d "
                      "of the epoch (same examples)", saved, current, in_epoch)
         self.batch_size.assign(current)
-        return int(self.step.numpy()), int(self.epoch.numpy()), in_epoch
+        return Position(int(self.step.numpy()), int(self.epoch.numpy()), in_epoch)
 
     def _check_run_spec(self) -> None:
         path = self.directory / SPEC_FILE
@@ -115,12 +116,12 @@ class Checkpoints:
                 hint=f"set {key}={saved[key]!r} to resume, or use a new hydra.run.dir to start a new run",
                 config_key=key)
 
-    def save(self, step: int, epoch: int, in_epoch: int) -> None:
-        if step == self.last_saved_step and int(self.epoch.numpy()) == epoch:
+    def save(self, at: Position) -> None:
+        if at.step == self.last_saved_step and int(self.epoch.numpy()) == at.epoch:
             return
-        self.step.assign(step)
-        self.epoch.assign(epoch)
-        self.in_epoch.assign(in_epoch)
+        self.step.assign(at.step)
+        self.epoch.assign(at.epoch)
+        self.in_epoch.assign(at.in_epoch)
         if self.writer:
             self.manager.save(checkpoint_number=step)
             spec = self.directory / SPEC_FILE
@@ -131,4 +132,4 @@ class Checkpoints:
         else:
             with tempfile.TemporaryDirectory(prefix="safetrain-worker-ckpt-") as scratch:
                 self.checkpoint.write(str(Path(scratch) / "ckpt"))
-        self.last_saved_step = step
+        self.last_saved_step = at.step

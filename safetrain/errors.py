@@ -9,6 +9,9 @@ This module must stay importable without TensorFlow.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import StrEnum
+
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_DATA = 3
@@ -18,15 +21,58 @@ EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
 
+class ErrorKind(StrEnum):
+    """Every `kind` a run records (report.json `error.kind`, errors.jsonl `kind`, the README's
+    tables). A StrEnum: it is written to JSON and compared as its plain string."""
+
+    # refused before training
+    config = "config"
+    spec = "spec"
+    hardware = "hardware"
+    data = "data"
+    bad_example = "bad_example"              # one example refused or skipped (errors.jsonl)
+    # diagnosed TensorFlow/Keras failures (safetrain.diagnosis)
+    shape_mismatch = "shape_mismatch"
+    dtype_mismatch = "dtype_mismatch"
+    unimplemented_kernel = "unimplemented_kernel"
+    out_of_memory = "out_of_memory"
+    non_finite = "non_finite"
+    symbolic_tensor_numpy = "symbolic_tensor_numpy"
+    variable_in_tf_function = "variable_in_tf_function"
+    missing_gradient = "missing_gradient"
+    zero_gradient = "zero_gradient"          # trainer.on_dead_gradient
+    label_out_of_range = "label_out_of_range"
+    data_decode = "data_decode"
+    version_mismatch = "version_mismatch"
+    unknown = "unknown"
+    # other run events
+    build = "build"                          # a custom layer failed its construction-time preflight
+    graph = "graph"
+    cluster = "cluster"
+    checkpoint_fallback = "checkpoint_fallback"
+    interrupted = "interrupted"
+    internal = "internal"                    # a safetrain bug (keeps its traceback)
+    error = "error"
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why something failed, the fix, and the config key to change (None when no key fits)."""
+
+    why: str
+    fix: str
+    config_key: str | None = None
+
+
 class SafetrainError(Exception):
     """Base of all expected errors; never raised directly."""
 
     exit_code = 1
-    kind = "error"
+    kind: ErrorKind = ErrorKind.error
     phase = "train"
 
     def __init__(self, message: str, *, hint: str = "", config_key: str | None = None,
-                 kind: str | None = None, op: str | None = None,
+                 kind: ErrorKind | None = None, op: str | None = None,
                  tf_error_class: str | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -35,7 +81,7 @@ class SafetrainError(Exception):
         self.op = op
         self.tf_error_class = tf_error_class
         if kind is not None:
-            self.kind = kind
+            self.kind = ErrorKind(kind)
 
     def __str__(self) -> str:
         text = self.message
@@ -53,7 +99,7 @@ class ConfigError(SafetrainError, ValueError):
     """A config value, key or name is wrong; found before TensorFlow is imported."""
 
     exit_code = EXIT_CONFIG
-    kind = "config"
+    kind = ErrorKind.config
     phase = "config"
 
 
@@ -61,7 +107,7 @@ class SpecError(SafetrainError, ValueError):
     """The data and model specs cannot fit together (shapes, dtypes, channels)."""
 
     exit_code = EXIT_CONFIG
-    kind = "spec"
+    kind = ErrorKind.spec
     phase = "build"
 
 
@@ -69,7 +115,7 @@ class HardwareError(SafetrainError, RuntimeError):
     """The requested precision or strategy cannot run on the detected devices."""
 
     exit_code = EXIT_CONFIG
-    kind = "hardware"
+    kind = ErrorKind.hardware
     phase = "config"
 
 
@@ -77,7 +123,7 @@ class DataError(SafetrainError, IOError):
     """The data could not be loaded (download failed, missing files, bad example)."""
 
     exit_code = EXIT_DATA
-    kind = "data"
+    kind = ErrorKind.data
     phase = "data"
 
 
@@ -85,7 +131,7 @@ class GraphError(SafetrainError, RuntimeError):
     """TensorFlow failed while tracing or running a step."""
 
     exit_code = EXIT_GRAPH
-    kind = "graph"
+    kind = ErrorKind.graph
     phase = "train"
 
 
@@ -93,7 +139,7 @@ class ClusterError(SafetrainError, RuntimeError):
     """The workers of a multi-worker run could not form or keep their cluster."""
 
     exit_code = EXIT_GRAPH
-    kind = "cluster"
+    kind = ErrorKind.cluster
     phase = "build"
 
 
@@ -101,5 +147,15 @@ class NumericsError(SafetrainError, ArithmeticError):
     """The loss became NaN or Inf and `trainer.on_nan=stop`."""
 
     exit_code = EXIT_NUMERICS
-    kind = "non_finite"
+    kind = ErrorKind.non_finite
     phase = "train"
+
+
+class NanStop(NumericsError):
+    """The loop's own stop at the first non-finite step (trainer.on_nan=stop), before any
+    checkpoint could save the poisoned weights; `step` is the failing step. The assembler replays
+    from the last checkpoint to name the op (safetrain.replay)."""
+
+    def __init__(self, message: str, *, step: int, hint: str = "") -> None:
+        super().__init__(message, hint=hint, config_key="trainer.on_nan")
+        self.step = step

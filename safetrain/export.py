@@ -3,9 +3,9 @@
 `classify(images)` takes a batch of encoded image files (PNG, JPEG, BMP, GIF bytes) of any size
 and applies what training applied — decode, the channel and size adapters the config allows,
 the same normalization (with the training split's statistics for `standardize`) — then returns
-class probabilities, the top class id and its name. The enforcement is pipelines'
-`prepare_encoded`, the same adapter functions the training pipeline runs, so serving cannot
-drift from training. A SavedModel is a graph: loading it runs no Python from the export.
+class probabilities, the top class id and its name. The enforcement is
+`pipelines.serving.prepare_encoded`, the same adapter ops the training pipeline runs, so serving
+cannot drift from training. A SavedModel is a graph: loading it runs no Python from the export.
 
 Each export checks itself: test-split images are encoded as PNG and classified both ways — the
 training pipeline plus the model, and the serving signature — and must agree. The images and the
@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from pipelines.build import Datasets, prepare_encoded
+from pipelines.build import Datasets
+from pipelines.serving import prepare_encoded
 from safetrain.config.schema import DatasetConfig
 
 log = logging.getLogger("safetrain")

@@ -45,7 +45,8 @@ def parse(args: list[str]) -> tuple[Path, int, list[Path]]:
 
 
 def _reason(err: Exception) -> str:
-    from safetrain.diagnosis import Context, facts
+    from safetrain.facts import facts
+    from safetrain.run_state import Context
 
     cause = facts(err, Context(phase="data")).cause
     refused = re.search(r"assertion failed: \[(.*?)\]", cause)

@@ -17,26 +17,38 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
-from safetrain.diagnosis import Context, facts
+from safetrain.facts import facts
+from safetrain.run_state import Context, Position
 
 log = logging.getLogger("safetrain")
 
 MAX_REPLAY_STEPS = 500  # beyond this the replay would take too long; say so instead
 
 
-def locate_non_finite(*, make_steps: Callable[[], object], restore: Callable[[], tuple[int, int, int]],
+@dataclass(frozen=True)
+class Finding:
+    """What the replay found: a sentence for the error message, the config key to blame, the op."""
+
+    text: str
+    config_key: str | None = None
+    op: str | None = None
+
+
+def locate_non_finite(*, make_steps: Callable[[], object], restore: Callable[[], Position],
                       train_epoch: Callable[[int], tf.data.Dataset], strategy, steps_per_epoch: int,
-                      failed_step: int, model, context: Context) -> tuple[str, str | None, str | None]:
-    """Return (a sentence naming where the first non-finite value appeared, its config key, the op)."""
-    step, epoch, in_epoch = restore()
+                      failed_step: int, model, context: Context) -> Finding:
+    """Where the first non-finite value of the steps up to `failed_step` appeared."""
+    start = restore()
+    step, epoch, in_epoch = start.step, start.epoch, start.in_epoch
     if failed_step - step > MAX_REPLAY_STEPS:
-        return (f"Not replayed: the last checkpoint is {failed_step - step} steps before the failure (more than "
-                f"{MAX_REPLAY_STEPS}); lower trainer.checkpoint_every_steps to make the replay possible.", None, None)
+        return Finding(f"Not replayed: the last checkpoint is {failed_step - step} steps before the failure (more "
+                       f"than {MAX_REPLAY_STEPS}); lower trainer.checkpoint_every_steps to make the replay possible.")
     log.info("replaying steps %d..%d from the checkpoint with check_numerics to find the first non-finite op",
              step + 1, failed_step)
     found = None
@@ -61,9 +73,8 @@ def locate_non_finite(*, make_steps: Callable[[], object], restore: Callable[[],
         tf.debugging.disable_check_numerics()  # before reading weights: eager reads are checked too
     if found is not None:
         return _explain(found, step + 1, failed_step, (start_size, before), context)
-    return ("The replay from the last checkpoint with check_numerics ran to the failing step without a "
-            "non-finite value (non-deterministic kernels); set trainer.deterministic=true to make it exact.",
-            None, None)
+    return Finding("The replay from the last checkpoint with check_numerics ran to the failing step without a "
+                   "non-finite value (non-deterministic kernels); set trainer.deterministic=true to make it exact.")
 
 
 def _largest_weight(model) -> float:
@@ -86,7 +97,7 @@ def _checks_paused():
 
 
 def _explain(err: tf.errors.OpError, step: int, failed_step: int, sizes: tuple[float, float],
-             context: Context) -> tuple[str, str | None, str | None]:
+             context: Context) -> Finding:
     f = facts(err, context)
     op = (f.op or "unknown op").replace("/CheckNumericsV2", "")
     where = f.layer.describe() if f.layer else "no model layer (the loss or the optimizer update)"
@@ -98,8 +109,8 @@ def _explain(err: tf.errors.OpError, step: int, failed_step: int, sizes: tuple[f
     if not np.isfinite(before) or before > 1e3 * max(1.0, start_size):
         text += (f" Before that step the largest weight was {before:.3g} (at the checkpoint {start_size:.3g}): "
                  f"the updates blew the weights up, so the learning rate is the likely cause.")
-        return text, "optimizer.learning_rate", op
+        return Finding(text, "optimizer.learning_rate", op)
     if "gradient" in op.lower() or op.startswith(("SGD", "Adam", "RMSprop", "AdamW")):
-        return text + " It is in the backward pass or the update: lower optimizer.learning_rate or set " \
-                      "optimizer.clipnorm.", "optimizer.learning_rate", op
-    return text, f.layer.config_key if f.layer else None, op
+        return Finding(text + " It is in the backward pass or the update: lower optimizer.learning_rate or set "
+                              "optimizer.clipnorm.", "optimizer.learning_rate", op)
+    return Finding(text, f.layer.config_key if f.layer else None, op)

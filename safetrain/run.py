@@ -18,8 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from safetrain.cluster import output_dir
 from safetrain.config.hydra_errors import check_keys
 from safetrain.config.validate import validate
-from safetrain.errors import EXIT_SIGINT, ConfigError, SafetrainError
-from safetrain.report import ErrorLog, RunReport
+from safetrain.errors import EXIT_SIGINT, ConfigError, ErrorKind, SafetrainError
+from safetrain.record import RunRecord
 from safetrain.rundir import check_free_space, check_writable
 from safetrain.signals import Interrupted, SignalGuard
 
@@ -35,9 +35,8 @@ def execute(node: DictConfig, run_dir: Path) -> int:
         log.error("safetrain: %s error (exit %d): %s", err.kind, err.exit_code, err)
         return err.exit_code
     started = time.monotonic()
-    report = RunReport(name=str(node.get("name", "")), run_dir=str(run_dir))
-    errors = ErrorLog(run_dir / "errors.jsonl")
-    errors.path.touch()
+    record = RunRecord(run_dir, name=str(node.get("name", "")))
+    report = record.report
     debug = bool(node.get("debug", False))
     guard = SignalGuard().install()
     code = 1
@@ -52,37 +51,33 @@ def execute(node: DictConfig, run_dir: Path) -> int:
         import_tensorflow(verbose=debug)  # the first TensorFlow import of the run
         from safetrain.training import train
 
-        train(cfg, plan, run_dir, report, errors, guard, checkpoint_dir=checkpoint_dir)
+        train(cfg, plan, record, guard, checkpoint_dir=checkpoint_dir)
         report.status, code = "ok", 0
     except SafetrainError as err:
-        code = _failed(err, report, errors, debug)
+        code = _failed(err, record, debug)
     except (KeyboardInterrupt, Interrupted) as err:
         code = getattr(err, "exit_code", EXIT_SIGINT)
         report.status = "interrupted"
         log.error("safetrain: interrupted (exit %d) after %d steps; rerun with hydra.run.dir=%s to resume "
                   "from the last checkpoint", code, report.steps, run_dir)
     except Exception as err:  # a bug in safetrain or an unclassified failure: keep the traceback
-        report.error = {"kind": "internal", "message": f"{err.__class__.__name__}: {err}",
+        report.error = {"kind": ErrorKind.internal, "message": f"{err.__class__.__name__}: {err}",
                         "hint": "this looks like a safetrain bug; rerun with debug=true and report it",
                         "config_key": None}
-        errors.write(phase="train", kind="internal", message=report.error["message"],
+        record.event(phase="train", kind=ErrorKind.internal, message=report.error["message"],
                      hint=report.error["hint"], step=report.steps or None)
         traceback.print_exc(file=sys.stderr)
         code = 1
     finally:
         guard.restore()
-        report.exit_code = code
-        report.wall_seconds = round(time.monotonic() - started, 3)
-        report.write(run_dir)
+        record.close(code, round(time.monotonic() - started, 3))
     log.info("run directory: %s", run_dir)
     return code
 
 
-def _failed(err: SafetrainError, report: RunReport, errors: ErrorLog, debug: bool) -> int:
-    """Record an expected error in report.json and errors.jsonl and print its one paragraph."""
-    report.status = "failed"
-    report.error = err.as_record()
-    errors.write_error(err, step=report.steps or None)
+def _failed(err: SafetrainError, record: RunRecord, debug: bool) -> int:
+    """Record an expected error everywhere it belongs and print its one paragraph."""
+    record.fail(err)
     log.error("safetrain: %s error (exit %d): %s", err.kind, err.exit_code, err)
     if debug:
         log.error("%s", traceback.format_exc())

@@ -1,10 +1,12 @@
-"""TensorBoard output: one lazily created writer per run, always flushed on the way out."""
+"""TensorBoard output: one lazily created writer per run, always flushed on the way out.
+
+TensorFlow is imported when the first summary is written, not with this module, so the run
+record (safetrain.record) stays importable before validation has passed.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import tensorflow as tf
 
 
 class Summaries:
@@ -15,10 +17,14 @@ class Summaries:
     @property
     def writer(self):
         if self._writer is None:
+            import tensorflow as tf
+
             self._writer = tf.summary.create_file_writer(str(self.logdir))
         return self._writer
 
     def scalars(self, step: int, values: dict[str, float | None]) -> None:
+        import tensorflow as tf
+
         with self.writer.as_default(step=step):
             for tag, value in values.items():
                 if value is not None:
@@ -26,11 +32,15 @@ class Summaries:
 
     def text(self, tag: str, body: str, step: int = 0, code: bool = True) -> None:
         """Tables and reports as preformatted text (TensorBoard renders text as Markdown)."""
+        import tensorflow as tf
+
         with self.writer.as_default(step=step):
             tf.summary.text(tag, f"```\n{body}\n```" if code else body)
 
     def image(self, tag: str, image, step: int = 0) -> None:
         """One (H, W, 3) float image in [0, 1]."""
+        import tensorflow as tf
+
         with self.writer.as_default(step=step):
             tf.summary.image(tag, tf.convert_to_tensor(image, tf.float32)[None], max_outputs=1)
 

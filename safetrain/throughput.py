@@ -1,8 +1,9 @@
 """Step timing: examples/s, step time percentiles and the share of time spent waiting for input.
 
-Steady state excludes the first steps of the run (tracing; the loop's gradient probe runs the
-first 3 steps through a second traced function, so step 4 traces the plain one) and the first
-step of each epoch (a new iterator), so the medians describe training, not start-up.
+Steady state excludes the first `warmup_steps` of the run (tracing: the loop's gradient probe
+runs its first steps through a second traced function, then the plain one is traced, so the loop
+passes the probe's step count + 1) and the first step of each epoch (a new iterator), so the
+medians describe training, not start-up.
 A wait of None means it was not measured (trainer.deterministic=true forbids the in-graph
 timestamps it comes from); the input-wait fraction is then None, never a made-up 0.
 """
@@ -12,11 +13,10 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-WARMUP_STEPS = 4
-
 
 @dataclass
 class StepTimer:
+    warmup_steps: int = 1
     waits: list[float] = field(default_factory=list)
     totals: list[float] = field(default_factory=list)
     rates: list[float] = field(default_factory=list)
@@ -33,7 +33,7 @@ class StepTimer:
         iv[1] += total
         iv[2] += 1
         iv[3] += examples
-        if self._seen <= WARMUP_STEPS or first_of_epoch or total <= 0:
+        if self._seen <= self.warmup_steps or first_of_epoch or total <= 0:
             return
         self.waits.append(wait)
         self.totals.append(total)

@@ -10,7 +10,9 @@ import pytest
 
 from safetrain.progress import Progress
 from safetrain.report import RunReport
-from safetrain.throughput import WARMUP_STEPS, StepTimer
+from safetrain.throughput import StepTimer
+
+WARMUP_STEPS = 4
 
 
 def test_progress_redraws_a_bar_on_a_terminal_and_throttles():
@@ -38,7 +40,7 @@ def test_progress_logs_plain_lines_only_at_the_log_cadence(caplog):
 
 
 def test_step_timer_excludes_warmup_and_epoch_starts():
-    timer = StepTimer()
+    timer = StepTimer(warmup_steps=WARMUP_STEPS)
     for i in range(WARMUP_STEPS):
         timer.add(wait=1.0, total=10.0, examples=1, first_of_epoch=False)  # slow tracing steps
     timer.add(wait=0.5, total=1.0, examples=100, first_of_epoch=True)       # new iterator
@@ -56,7 +58,7 @@ def test_step_timer_excludes_warmup_and_epoch_starts():
 
 def test_step_timer_reports_no_input_wait_when_it_was_not_measured():
     """trainer.deterministic=true cannot time the input in-graph: the fraction is None, not 0."""
-    timer = StepTimer()
+    timer = StepTimer(warmup_steps=WARMUP_STEPS)
     for _ in range(WARMUP_STEPS + 3):
         timer.add(wait=None, total=0.1, examples=10, first_of_epoch=False)
     assert timer.summary()["input_wait_fraction"] is None
@@ -77,11 +79,12 @@ def test_a_checkpoint_resumed_with_another_batch_size_continues_at_the_same_exam
     import keras
 
     from safetrain.checkpoints import Checkpoints
+    from safetrain.run_state import Position
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     optimizer = keras.optimizers.SGD()
     optimizer.build(model.trainable_variables)
-    Checkpoints(tmp_path, model, optimizer, batch_size=16).save(step=40, epoch=2, in_epoch=6)
-    assert Checkpoints(tmp_path, model, optimizer, batch_size=32).restore() == (40, 2, 3)  # 96 examples in
-    assert Checkpoints(tmp_path, model, optimizer, batch_size=8).restore() == (40, 2, 12)
-    assert Checkpoints(tmp_path, model, optimizer, batch_size=16).restore() == (40, 2, 6)
+    Checkpoints(tmp_path, model, optimizer, batch_size=16).save(Position(step=40, epoch=2, in_epoch=6))
+    assert Checkpoints(tmp_path, model, optimizer, batch_size=32).restore() == Position(40, 2, 3)  # 96 examples in
+    assert Checkpoints(tmp_path, model, optimizer, batch_size=8).restore() == Position(40, 2, 12)
+    assert Checkpoints(tmp_path, model, optimizer, batch_size=16).restore() == Position(40, 2, 6)

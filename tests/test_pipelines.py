@@ -10,7 +10,8 @@ import tensorflow as tf
 from PIL import Image
 
 from pipelines import checks
-from pipelines.build import bad_examples_error, build_datasets, from_arrays
+from pipelines.build import build_datasets, from_arrays
+from pipelines.scan import bad_examples_error
 from pipelines.sources.idx import idx_source
 from safetrain.config.schema import (BadExamplePolicy, ChannelPolicy, DatasetConfig, ImageConfig,
                                      Normalization, ResizePolicy, Source, SplitsConfig)
@@ -261,19 +262,19 @@ def test_idx_folder_reads_gzipped_files_and_refuses_a_truncated_one(tmp_path):
 
 @pytest.mark.parametrize("channels_in, channels_out", [(1, 3), (2, 3), (4, 3), (3, 1), (4, 1), (2, 1)])
 def test_channel_and_size_adapters_eagerly_and_inside_dataset_map(channels_in, channels_out):
-    from pipelines.build import _adapt
+    from pipelines.ops import adapt
     from pipelines.spec import AdapterPlan, ImageSpec
 
     spec = ImageSpec(12, 10, channels_out)
     plan = AdapterPlan(resize="bilinear", channels=channels_out, steps=())
     image = np.random.default_rng(3).uniform(0, 255, (6, 5, channels_in)).astype(np.float32)
-    eager = _adapt(tf.constant(image), plan, spec).numpy()
-    ds = tf.data.Dataset.from_tensors(image).map(lambda x: _adapt(x, plan, spec))
+    eager = adapt(tf.constant(image), plan, spec).numpy()
+    ds = tf.data.Dataset.from_tensors(image).map(lambda x: adapt(x, plan, spec))
     mapped = next(iter(ds)).numpy()
     assert eager.shape == mapped.shape == (12, 10, channels_out)
     np.testing.assert_allclose(eager, mapped, rtol=1e-6)
     if channels_in == 4 and channels_out == 3:  # alpha dropped, colour kept
-        small = _adapt(tf.constant(image), AdapterPlan(None, 3, ()), ImageSpec(6, 5, 3)).numpy()
+        small = adapt(tf.constant(image), AdapterPlan(None, 3, ()), ImageSpec(6, 5, 3)).numpy()
         np.testing.assert_array_equal(small, image[..., :3])
 
 

@@ -1,0 +1,67 @@
+"""Tensor ops of the pipelines: adapters, normalization, label encoding, the epoch seed.
+
+Pure TensorFlow functions of a tensor and the specs, shared by the training pipelines
+(pipelines.build) and the serving path (pipelines.serving), so serving cannot drift from
+training. Each runs the same eagerly and inside `Dataset.map` (both are tested).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from pipelines import checks
+from pipelines.spec import AdapterPlan, ImageSpec
+from safetrain.config.schema import DatasetConfig, LabelEncoding
+
+
+def epoch_seed(seed: int | None, epoch: int) -> int:
+    """The shuffle seed of one epoch: each epoch's order is a function of (seed, epoch) alone."""
+    return ((seed or 0) * 1_000_003 + epoch) % (2**31 - 1)
+
+
+def is_ok(x, y, status, key):
+    """Dataset.filter predicate: the example passed every check."""
+    return tf.equal(status, checks.OK)
+
+
+def example_bytes(spec: ImageSpec) -> int:
+    """Bytes of one adapted example as cached (float32)."""
+    return spec.height * spec.width * spec.channels * 4
+
+
+def adapt(image: tf.Tensor, plan: AdapterPlan, spec: ImageSpec) -> tf.Tensor:
+    """Channel and size adapters on float32 pixels in the source's value range."""
+    if plan.channels is not None:
+        image = convert_channels(image, plan.channels)
+    if plan.resize == "bilinear":
+        image = tf.image.resize(image, (spec.height, spec.width), method="bilinear")
+    elif plan.resize == "pad_or_crop":
+        image = tf.image.resize_with_crop_or_pad(image, spec.height, spec.width)
+    return tf.ensure_shape(image, spec.shape)
+
+
+def convert_channels(image: tf.Tensor, to: int) -> tf.Tensor:
+    """gray/gray+alpha/RGB/RGBA -> `to` channels; alpha is dropped, never blended."""
+    have = tf.shape(image)[-1]
+    color = tf.cond(have >= 3, lambda: image[..., :3], lambda: image[..., :1])  # drop alpha
+    if to == 3:
+        return tf.cond(have >= 3, lambda: color, lambda: tf.image.grayscale_to_rgb(color))
+    return tf.cond(have >= 3, lambda: tf.image.rgb_to_grayscale(color), lambda: color)
+
+
+def normalize(image: tf.Tensor, spec: ImageSpec, value_range: tuple[float, float], stats) -> tf.Tensor:
+    lo, hi = value_range
+    if spec.normalization == "scale_0_1":
+        image = (image - lo) / (hi - lo)
+    elif spec.normalization == "minus_one_one":
+        image = (image - lo) / (hi - lo) * 2.0 - 1.0
+    elif spec.normalization == "standardize":
+        mean, std = stats
+        image = (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+    return tf.cast(image, spec.dtype)
+
+
+def encode(label: tf.Tensor, cfg: DatasetConfig, num_classes: int) -> tf.Tensor:
+    if cfg.label_encoding is LabelEncoding.one_hot:
+        return tf.one_hot(label, num_classes, dtype=tf.float32)
+    return label

@@ -1,0 +1,55 @@
+"""The scan: one pass over each split before the first step.
+
+It fills the in-memory cache, counts the good examples, lists every bad one with its key and
+reason, and sums the per-channel statistics that `standardize` needs. Bad examples then either
+stop the run (`bad_examples_error`, on_bad_example=error, exit 3, naming each) or are filtered
+out, counted and listed (skip). Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from pipelines import checks
+from pipelines.spec import BadExample
+from safetrain.config.schema import BadExamplePolicy
+from safetrain.errors import DataError
+
+SCAN_BATCH = 1024
+
+
+def scan(ds: tf.data.Dataset, split: str, check_args: dict, want_stats: bool):
+    """One pass: good-example count, bad examples with reasons, optional per-channel sums."""
+    good, bad = 0, []
+    sums = None
+    for x, _, status, key in ds.batch(SCAN_BATCH):
+        status = status.numpy()
+        ok = status == checks.OK
+        good += int(ok.sum())
+        for code, k in zip(status[~ok], key.numpy()[~ok]):
+            bad.append(BadExample(split=split, key=k.decode(), reason=checks.reason(int(code), **check_args)))
+        if want_stats and ok.any():
+            pixels = tf.reshape(tf.boolean_mask(x, ok), (-1, x.shape[-1])).numpy().astype(np.float64)
+            batch_sums = np.stack([pixels.sum(0), (pixels ** 2).sum(0), np.full(pixels.shape[1], len(pixels))])
+            sums = batch_sums if sums is None else sums + batch_sums
+    return good, bad, sums
+
+
+def mean_std(sums: np.ndarray) -> tuple[list[float], list[float]]:
+    total, total_sq, n = sums
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean ** 2, 1e-12))
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def bad_examples_error(bad: list[BadExample], policy: BadExamplePolicy) -> DataError | None:
+    """With on_bad_example=error, the error naming the bad examples (None when there are none)."""
+    if not bad or policy is BadExamplePolicy.skip:
+        return None
+    shown = "; ".join(b.describe() for b in bad[:3])
+    more = f"; and {len(bad) - 3} more (all in errors.jsonl)" if len(bad) > 3 else ""
+    return DataError(f"{len(bad)} bad example{'s' if len(bad) > 1 else ''}: {shown}{more}",
+                     hint="fix or remove the files, or set dataset.on_bad_example=skip to train without them "
+                          "(each skip is listed in errors.jsonl and counted in report.json)",
+                     config_key="dataset.on_bad_example")

@@ -1,0 +1,199 @@
+"""Periodic work around the train step: small objects the loop calls after each step and epoch.
+
+CommonLoopUtils' `periodic_actions` and Orbit's `Action`s are the model: logging, checkpointing,
+evaluation and the dead-gradient probe each decide for themselves when they are due (every N
+steps, every S seconds on an injectable clock, every epoch) and do one thing. The loop
+(safetrain.loop) only trains and calls them in order, so new periodic work (early stopping,
+LR-on-plateau, EMA evaluation) plugs in without touching it. Plain Python: the cadence logic is
+unit-tested with a fake clock and never sleeps.
+
+An action implements either hook or both; an `after_epoch` may return a fragment for the
+epoch's console line ("eval loss 0.1 acc 0.97").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from safetrain.run_state import Position
+
+PROBE_STEPS = 3  # steps whose per-variable gradients are checked for being exactly zero
+
+
+class Totals:
+    """Sums of one epoch's (or one evaluation's) step outputs: loss, correct, count."""
+
+    def __init__(self) -> None:
+        self.loss = 0.0
+        self.correct = 0
+        self.count = 0
+
+    def add(self, out: dict) -> None:
+        self.loss += float(out["loss_sum"])
+        self.correct += int(out["correct"])
+        self.count += int(out["count"])
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss / self.count if self.count else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.count if self.count else float("nan")
+
+
+@dataclass(frozen=True)
+class StepEnd:
+    """What an action sees after a train step."""
+
+    at: Position             # after the step: steps done, this epoch, batches of it done
+    outputs: dict[str, Any]  # the step's host values (loss_sum, correct, count, finite, ...)
+    totals: Totals           # this epoch so far (finite steps only)
+    rate: float | None       # this epoch's examples/s so far, first step excluded; None at first
+    finite: bool             # False: the step was non-finite and its update skipped (on_nan=skip_step)
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """What an action sees when an epoch's steps are done (or the step budget ran out)."""
+
+    epoch: int
+    step: int                # steps done
+    totals: Totals
+    next_position: Position  # where a resume continues: the next epoch, or the rest of this one
+
+
+class Action(Protocol):
+    def after_step(self, end: StepEnd) -> None: ...
+    def after_epoch(self, end: EpochEnd) -> str | None: ...
+
+
+class _Hooks:
+    """Default no-op hooks, so each action writes only the one it needs."""
+
+    def after_step(self, end: StepEnd) -> None:
+        return None
+
+    def after_epoch(self, end: EpochEnd) -> str | None:
+        return None
+
+
+class EverySteps:
+    """Due at every multiple of `n` steps."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, step: int) -> bool:
+        return step % self.n == 0
+
+
+class EverySeconds:
+    """Due once `seconds` have passed on `clock` since the last `reset` (never when None)."""
+
+    def __init__(self, seconds: float | None, clock: Callable[[], float]) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.last = clock()
+
+    def __call__(self) -> bool:
+        return self.seconds is not None and self.clock() - self.last >= self.seconds
+
+    def reset(self) -> None:
+        self.last = self.clock()
+
+
+class LogScalars(_Hooks):
+    """Every `every` steps: train loss/accuracy, the learning rate and throughput to TensorBoard,
+    and a progress line (a terminal's bar is redrawn at every step, throttled by Progress)."""
+
+    def __init__(self, every: int, record, progress, timer, learning_rate: Callable[[], float]) -> None:
+        self.due = EverySteps(every)
+        self.record = record
+        self.progress = progress
+        self.timer = timer
+        self.learning_rate = learning_rate
+
+    def after_step(self, end: StepEnd) -> None:
+        if not end.finite:
+            return
+        due = self.due(end.at.step)
+        if due:
+            values = {"train/loss": end.totals.mean_loss, "train/accuracy": end.totals.accuracy,
+                      "optimizer/learning_rate": self.learning_rate()}
+            values.update(self.timer.interval())
+            self.record.scalars(end.at.step, values)
+        self.progress.update(end.at.in_epoch, end.totals.mean_loss, end.totals.accuracy, end.rate, force=due)
+
+
+class SaveCheckpoints(_Hooks):
+    """Every `every_steps` steps, every `every_seconds` seconds since the last save, and where
+    each epoch ends (the position a resume continues from)."""
+
+    def __init__(self, checkpoints, every_steps: int, every_seconds: float | None,
+                 clock: Callable[[], float]) -> None:
+        self.checkpoints = checkpoints
+        self.due_steps = EverySteps(every_steps)
+        self.due_seconds = EverySeconds(every_seconds, clock)
+
+    def save(self, at: Position) -> None:
+        self.checkpoints.save(at)
+        self.due_seconds.reset()
+
+    def after_step(self, end: StepEnd) -> None:
+        if self.due_steps(end.at.step) or self.due_seconds():
+            self.save(end.at)
+
+    def after_epoch(self, end: EpochEnd) -> str | None:
+        self.save(end.next_position)
+        return None
+
+
+class Evaluate(_Hooks):
+    """At each epoch end: the eval split's loss and accuracy, to TensorBoard and the epoch line.
+    `results` holds the latest, for the run's report and for actions after this one."""
+
+    def __init__(self, evaluate: Callable[[Any], tuple[float, float]], dataset, record) -> None:
+        self.evaluate = evaluate
+        self.dataset = dataset
+        self.record = record
+        self.loss: float | None = None
+        self.accuracy: float | None = None
+
+    def after_epoch(self, end: EpochEnd) -> str | None:
+        self.loss, self.accuracy = self.evaluate(self.dataset)
+        self.record.scalars(end.step, {"eval/loss": self.loss, "eval/accuracy": self.accuracy})
+        return f"eval loss {self.loss:.4f} acc {self.accuracy:.4f}"
+
+
+class GradientProbe(_Hooks):
+    """Dead-gradient check over the first `steps` steps: a trainable variable whose gradient is
+    exactly 0.0 in each of them never changes. While `active`, the loop runs the probing step
+    (which also returns each variable's largest |gradient|); then `on_dead(paths)` is called once
+    with the dead variables, if any."""
+
+    def __init__(self, variable_paths: list[str], on_dead: Callable[[list[str]], None],
+                 steps: int = PROBE_STEPS) -> None:
+        self.variable_paths = variable_paths
+        self.on_dead = on_dead
+        self.steps = steps
+        self.left = steps
+        self._largest = None
+
+    @property
+    def active(self) -> bool:
+        return self.left > 0
+
+    def after_step(self, end: StepEnd) -> None:
+        if not self.active:
+            return
+        grads = end.outputs["grad_abs_max"]
+        self._largest = grads if self._largest is None else np.maximum(self._largest, grads)
+        self.left -= 1
+        if not self.left:
+            dead = [path for path, g in zip(self.variable_paths, self._largest) if g == 0.0]
+            if dead:
+                self.on_dead(dead)

@@ -1,0 +1,49 @@
+"""Where a run is: its position in the data, and what a diagnosis needs to know about it.
+
+The loop and the assembler write `Context` (phase, step, the model's layers, the batch); the
+diagnosis reads it. Keeping it here, apart from the error classifier, lets the loop depend only
+on plain state. TensorFlow-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Position:
+    """A point in training: steps done, the epoch to continue (1-based), and batches of that
+    epoch already done. The data order is a function of (seed, epoch), so this is the iterator's
+    whole state: what a checkpoint stores and a resume continues from."""
+
+    step: int = 0
+    epoch: int = 1
+    in_epoch: int = 0
+
+
+@dataclass(frozen=True)
+class LayerRef:
+    """A model layer as the user knows it."""
+
+    index: int
+    label: str          # e.g. "conv2d 32, 3x3, ..." (the shape table's wording)
+    config_key: str     # e.g. "model.layers[3]"
+    class_name: str = ""
+
+    def describe(self) -> str:
+        return f"model layer {self.index} ({self.label}, config {self.config_key})"
+
+
+@dataclass
+class Context:
+    """What the run knew when the error happened; every field may be unknown."""
+
+    phase: str = "train"                  # build | data | trace | train | eval
+    step: int | None = None
+    batch_size: int | None = None
+    precision: str | None = None
+    device: str | None = None
+    input_spec: str | None = None         # what the pipeline delivers, e.g. "28x28x1 float32"
+    params: int | None = None
+    activation_bytes_per_example: int | None = None
+    layers: dict[str, LayerRef] = field(default_factory=dict)  # Keras layer name -> LayerRef
