@@ -1,6 +1,6 @@
 """Model specs: typed layer specs, shape inference and the Keras builder.
 
-    from models.spec import parse_layers
+    from models.parse import parse_layers
     from models.shapes import infer
     plan = infer(parse_layers(cfg.model.layers), (28, 28, 1), num_classes=10)
     print(plan.table())            # shapes, params, FLOPs: plain Python, no TensorFlow

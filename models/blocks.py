@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from models.fields import positive
 from models.spec import LAYERS, LayerSpec, Shape, _conv_out, _fmt_pair, _pair
 
 
@@ -14,9 +15,9 @@ class Residual(LayerSpec):
     """conv-BN-relu-conv-BN plus a shortcut (a 1x1 conv + BN where shape changes), added, relu."""
 
     type: ClassVar[str] = "residual"
-    filters: int = 32
-    kernel_size: int | tuple[int, int] = 3
-    strides: int | tuple[int, int] = 1
+    filters: int = positive(32)
+    kernel_size: int | tuple[int, int] = positive(3)
+    strides: int | tuple[int, int] = positive(1)
 
     padding: ClassVar[str] = "same"
 

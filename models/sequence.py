@@ -11,7 +11,9 @@ import functools
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-from models.spec import LAYERS, LayerSpec, Shape, _require_image, _show, parse_layer
+from models.fields import fraction, one_of, positive
+from models.parse import parse_layer
+from models.spec import LAYERS, LayerSpec, Shape, _require_image, _show
 from safetrain.errors import SpecError
 
 
@@ -29,10 +31,10 @@ class RowsAsSequence(LayerSpec):
 
 @dataclass(frozen=True)
 class _Recurrent(LayerSpec):
-    units: int = 64
+    units: int = positive(64)
     return_sequences: bool = False
-    dropout: float = 0.0
-    recurrent_dropout: float = 0.0
+    dropout: float = fraction(0.0)
+    recurrent_dropout: float = fraction(0.0)
     gates: ClassVar[int] = 4
 
     def label(self) -> str:
@@ -80,7 +82,7 @@ class Bidirectional(LayerSpec):
 
     type: ClassVar[str] = "bidirectional"
     layer: dict = None  # type: ignore[assignment]
-    merge_mode: Optional[str] = "concat"
+    merge_mode: Optional[str] = one_of(("concat", "sum", "ave", "mul"), "concat")
 
     @functools.cached_property
     def inner(self) -> _Recurrent:
@@ -107,7 +109,4 @@ class Bidirectional(LayerSpec):
         return 2 * self.inner.flops(shape, self.inner.output_shape(shape))
 
     def check(self) -> None:
-        if self.merge_mode not in ("concat", "sum", "ave", "mul"):
-            raise self._error(f"merge_mode={self.merge_mode!r} is not one of concat, sum, ave, mul",
-                              f"set {self.key}.merge_mode=concat", "merge_mode")
         self.inner  # noqa: B018  (parses and checks the wrapped layer now, not at build time)

@@ -1,21 +1,20 @@
 """Layer specs: typed, validated, and able to compute their own output shape in plain Python.
 
 A model spec is the list under `model.layers` (Keras argument names) plus a head added from the
-dataset. Each layer type is a frozen dataclass registered by name; parsing a config dict into it
-rejects unknown arguments and wrong types with the config path (`model.layers.3.filters`), and
-`output_shape` refuses shapes that cannot work (a dimension < 1, dense on an image) before
-TensorFlow builds anything. Shapes here exclude the batch dimension.
+dataset. Each layer type is a frozen dataclass registered by name whose fields declare their own
+value checks (models.fields); models.parse turns config dicts into these specs. `output_shape`
+refuses shapes that cannot work (a dimension < 1, dense on an image) before TensorFlow builds
+anything. Shapes here exclude the batch dimension.
 """
 
 from __future__ import annotations
 
 import math
-import types
-import typing
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Optional
 
-from safetrain.errors import ConfigError, SpecError
+from models.fields import fraction, one_of, positive
+from safetrain.errors import SpecError
 from safetrain.registry import Registry
 
 Shape = tuple[int, ...]
@@ -92,11 +91,11 @@ def _show(shape: Shape) -> str:
 @dataclass(frozen=True)
 class Conv2D(LayerSpec):
     type: ClassVar[str] = "conv2d"
-    filters: int = 32
-    kernel_size: int | tuple[int, int] = 3
-    strides: int | tuple[int, int] = 1
-    padding: str = "valid"
-    activation: Optional[str] = None
+    filters: int = positive(32)
+    kernel_size: int | tuple[int, int] = positive(3)
+    strides: int | tuple[int, int] = positive(1)
+    padding: str = one_of(PADDINGS, "valid")
+    activation: Optional[str] = one_of(ACTIVATIONS, None)
     use_bias: bool = True
 
     def label(self) -> str:
@@ -118,9 +117,9 @@ class Conv2D(LayerSpec):
 
 @dataclass(frozen=True)
 class _Pool(LayerSpec):
-    pool_size: int | tuple[int, int] = 2
-    strides: Optional[int | tuple[int, int]] = None
-    padding: str = "valid"
+    pool_size: int | tuple[int, int] = positive(2)
+    strides: Optional[int | tuple[int, int]] = positive(None)
+    padding: str = one_of(PADDINGS, "valid")
 
     def label(self) -> str:
         return f"{self.type} {_fmt_pair(self.pool_size)}, {self.padding}"
@@ -189,8 +188,8 @@ class Flatten(LayerSpec):
 @dataclass(frozen=True)
 class Dense(LayerSpec):
     type: ClassVar[str] = "dense"
-    units: int = 128
-    activation: Optional[str] = None
+    units: int = positive(128)
+    activation: Optional[str] = one_of(ACTIVATIONS, None)
     use_bias: bool = True
 
     def label(self) -> str:
@@ -215,7 +214,7 @@ class Dense(LayerSpec):
 @dataclass(frozen=True)
 class Dropout(LayerSpec):
     type: ClassVar[str] = "dropout"
-    rate: float = 0.5
+    rate: float = fraction(0.5)
 
     def label(self) -> str:
         return f"dropout {self.rate}"
@@ -239,11 +238,11 @@ class BatchNorm(LayerSpec):
 @dataclass(frozen=True)
 class DepthwiseConv2D(LayerSpec):
     type: ClassVar[str] = "depthwise_conv2d"
-    kernel_size: int | tuple[int, int] = 3
-    strides: int | tuple[int, int] = 1
-    padding: str = "valid"
-    depth_multiplier: int = 1
-    activation: Optional[str] = None
+    kernel_size: int | tuple[int, int] = positive(3)
+    strides: int | tuple[int, int] = positive(1)
+    padding: str = one_of(PADDINGS, "valid")
+    depth_multiplier: int = positive(1)
+    activation: Optional[str] = one_of(ACTIVATIONS, None)
     use_bias: bool = True
 
     def label(self) -> str:
@@ -269,7 +268,7 @@ class SeparableConv2D(Conv2D):
     """A depthwise conv (depth_multiplier per channel) then a 1x1 pointwise conv to `filters`."""
 
     type: ClassVar[str] = "separable_conv2d"
-    depth_multiplier: int = 1
+    depth_multiplier: int = positive(1)
 
     def params(self, shape: Shape) -> int:
         kh, kw = _pair(self.kernel_size)
@@ -293,103 +292,3 @@ def _conv_out(layer, shape: Shape, channels: int) -> Shape:
             f"a {kh}x{kw} kernel does not fit a {shape[0]}x{shape[1]} input under padding=valid",
             f"set {layer.key}.padding=same, or lower {layer.key}.kernel_size/strides", "padding")
     return out + (channels,)
-
-
-# ---------------------------------------------------------------------------------------------
-# Parsing config dicts into specs
-
-
-def parse_layers(raw: list[dict[str, Any]]) -> list[LayerSpec]:
-    if not raw:
-        raise ConfigError("model.layers is empty: a model needs at least one layer before the head.",
-                          hint="pick a preset (model=cnn_small) or list layers under model.layers",
-                          config_key="model.layers")
-    return [parse_layer(i, dict(item) if isinstance(item, dict) else item) for i, item in enumerate(raw)]
-
-
-def parse_layer(index: int, raw: Any, key: str | None = None) -> LayerSpec:
-    """`key`: the config path of `raw` (default model.layers.INDEX; nested layers pass theirs)."""
-    key = key or f"model.layers.{index}"
-    if not isinstance(raw, dict) or "type" not in raw:
-        raise ConfigError(f"{key} must be a mapping with a 'type', got {raw!r}.",
-                          hint=f"write {key} as {{type: conv2d, filters: 32, kernel_size: 3}}",
-                          config_key=key)
-    args = dict(raw)
-    cls = LAYERS.get(str(args.pop("type")), config_key=f"{key}.type")
-    known = {f.name: f for f in fields(cls) if f.name != "index"}
-    hints = typing.get_type_hints(cls)
-    for name, value in args.items():
-        if name not in known:
-            raise ConfigError(
-                f"{key} ({cls.type}) has no argument {name!r}. Known arguments: "
-                f"{', '.join(known) or 'none'}.",
-                hint=f"remove {key}.{name}" + (f" or use one of: {', '.join(known)}" if known else ""),
-                config_key=f"{key}.{name}")
-        args[name] = _check_value(f"{key}.{name}", hints[name], value)
-    spec = cls(index=index, **args)
-    _check_choices(spec)
-    spec.check()
-    return spec
-
-
-def _check_value(key: str, annotation: Any, value: Any) -> Any:
-    allowed = _flatten_union(annotation)
-    if Any in allowed:
-        return value
-    if value is None and type(None) in allowed:
-        return None
-    if isinstance(value, dict) and dict in allowed:
-        return dict(value)
-    if isinstance(value, (list, tuple)) and tuple[int, int] in allowed:
-        if len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return (int(value[0]), int(value[1]))
-    for kind in (bool, int, float, str):
-        if kind not in allowed:
-            continue
-        if kind is bool and isinstance(value, bool):
-            return value
-        if kind is int and isinstance(value, int) and not isinstance(value, bool):
-            if value < 1:
-                raise ConfigError(f"{key}={value} must be a positive integer.", hint=f"set {key} >= 1",
-                                  config_key=key)
-            return value
-        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if kind is str and isinstance(value, str):
-            return value
-    names = " or ".join(_type_name(a) for a in allowed)
-    raise ConfigError(f"{key}={value!r} has the wrong type: expected {names}.",
-                      hint=f"set {key} to a {names}", config_key=key)
-
-
-def _flatten_union(annotation: Any) -> list[Any]:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        out: list[Any] = []
-        for arg in typing.get_args(annotation):
-            out += _flatten_union(arg)
-        return out
-    return [annotation]
-
-
-def _type_name(annotation: Any) -> str:
-    if annotation is type(None):
-        return "null"
-    if annotation is dict:
-        return "a mapping"
-    if annotation == tuple[int, int]:
-        return "[int, int]"
-    return getattr(annotation, "__name__", str(annotation))
-
-
-def _check_choices(spec: LayerSpec) -> None:
-    for name, choices in (("activation", ACTIVATIONS), ("padding", PADDINGS)):
-        value = getattr(spec, name, None)
-        if value is not None and value not in choices:
-            raise ConfigError(f"{spec.key}.{name}={value!r} is not one of: {', '.join(choices)}.",
-                              hint=f"set {spec.key}.{name} to one of: {', '.join(choices)}",
-                              config_key=f"{spec.key}.{name}")
-    for name in ("rate", "dropout", "recurrent_dropout"):
-        rate = getattr(spec, name, None)
-        if rate is not None and not 0.0 <= rate < 1.0:
-            raise ConfigError(f"{spec.key}.{name}={rate} must be in [0, 1).", hint=f"set {spec.key}.{name}=0.3",
-                              config_key=f"{spec.key}.{name}")

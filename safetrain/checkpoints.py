@@ -123,7 +123,7 @@ class Checkpoints:
         self.epoch.assign(at.epoch)
         self.in_epoch.assign(at.in_epoch)
         if self.writer:
-            self.manager.save(checkpoint_number=step)
+            self.manager.save(checkpoint_number=at.step)
             spec = self.directory / SPEC_FILE
             if self.run_spec and not spec.exists():
                 tmp = spec.with_name(f".{SPEC_FILE}.tmp")

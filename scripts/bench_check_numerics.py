@@ -29,7 +29,7 @@ import keras  # noqa: E402
 from models.build import build_model  # noqa: E402
 from models.presets import preset_layers  # noqa: E402
 from models.shapes import infer  # noqa: E402
-from models.spec import parse_layers  # noqa: E402
+from models.parse import parse_layers  # noqa: E402
 from pipelines.build import build_datasets  # noqa: E402
 from safetrain.config.schema import DatasetConfig, ResizePolicy  # noqa: E402
 from safetrain.optimizers import LOSSES, OPTIMIZERS  # noqa: E402

@@ -87,7 +87,7 @@ def measure_wait_floor(name: str, data_dir: str | None, timed_steps: int = 300) 
 
     from models.build import build_model
     from models.shapes import infer
-    from models.spec import parse_layers
+    from models.parse import parse_layers
     from pipelines.build import build_datasets
     from safetrain.hardware import choose_precision, detect_devices
     from safetrain.optimizers import LOSSES, OPTIMIZERS

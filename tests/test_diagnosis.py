@@ -16,7 +16,8 @@ import tensorflow as tf
 
 from conftest import read_tensorboard
 from models.custom import custom_layer
-from safetrain.diagnosis import Context, LayerRef, diagnose, is_safetrain_bug
+from safetrain.diagnosis import diagnose, is_safetrain_bug
+from safetrain.run_state import Context, LayerRef
 from safetrain.errors import DataError, GraphError
 
 

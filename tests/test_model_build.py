@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from models.presets import preset_layers
 from models.shapes import infer
-from models.spec import parse_layers
+from models.parse import parse_layers
 from safetrain.config import config_dir
 
 PRESETS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))

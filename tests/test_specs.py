@@ -6,7 +6,7 @@ import pytest
 
 from models.presets import preset_layers
 from models.shapes import infer
-from models.spec import parse_layers
+from models.parse import parse_layers
 from pipelines.spec import ImageSpec, SourceSpec, plan_adapters
 from safetrain.config.schema import Precision
 from safetrain.errors import ConfigError, HardwareError, SpecError

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.shapes import ModelPlan, infer
-from models.spec import parse_layers
+from models.parse import parse_layers
 from safetrain.cluster import current_task
 from safetrain.config.schema import Config, OnOom, Source, StrategyKind
 from safetrain.errors import ConfigError
