@@ -1,0 +1,219 @@
+"""TrainLoop and its periodic actions with a fake step function and a fake clock.
+
+No graph is traced and nothing sleeps: the step "trains" by returning fixed outputs and advancing
+the clock, so the cadence (logging, checkpoints every N steps and every S seconds, evaluation at
+epoch ends, the gradient probe), the NaN stop and skip, the resume position and the signal
+handling are checked exactly, step by step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from safetrain.actions import Evaluate, EverySeconds, GradientProbe, LogScalars, SaveCheckpoints
+from safetrain.config.schema import OnNan, TrainerConfig
+from safetrain.errors import NanStop
+from safetrain.loop import TrainLoop
+from safetrain.progress import Progress
+from safetrain.run_state import Position
+from safetrain.signals import Interrupted, SignalGuard
+from safetrain.throughput import StepTimer
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeSteps:
+    """`train(iterator)` takes one batch and returns what safetrain.steps returns; each step
+    takes `step_seconds` on the fake clock. A batch of None is a non-finite step."""
+
+    variable_paths = ["L0_dense/kernel", "L0_dense/bias", "head/kernel"]
+
+    def __init__(self, clock: FakeClock, step_seconds: float = 1.0, grads=(1.0, 0.0, 2.0)) -> None:
+        self.clock, self.step_seconds, self.grads = clock, step_seconds, grads
+        self.calls: list[str] = []
+
+    def _run(self, iterator, probe: bool) -> dict:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            raise tf.errors.OutOfRangeError(None, None, "end of data") from None
+        self.clock.now += self.step_seconds
+        self.calls.append("probe" if probe else "train")
+        out = {"loss_sum": 4.0 if batch is not None else float("nan"), "correct": 3, "count": 4,
+               "finite": batch is not None, "input_wait_s": 0.1}
+        if probe:
+            out["grad_abs_max"] = np.array(self.grads)
+        return out
+
+    def train(self, iterator):
+        return self._run(iterator, probe=False)
+
+    def train_probe(self, iterator):
+        return self._run(iterator, probe=True)
+
+    def eval(self, images, labels):
+        return {"loss_sum": 2.0, "correct": 1, "count": 2}
+
+    def missing_gradients_error(self):
+        return None
+
+
+class FakeCheckpoints:
+    def __init__(self, start: Position = Position()) -> None:
+        self.start = start
+        self.saved: list[Position] = []
+        self.warnings: list[str] = []
+
+    def restore(self) -> Position:
+        return self.start
+
+    def save(self, at: Position) -> None:
+        self.saved.append(at)
+
+
+class FakeRecord:
+    def __init__(self) -> None:
+        self.scalar_steps: dict[str, list[int]] = {}
+        self.events: list[dict] = []
+
+    def scalars(self, step, values) -> None:
+        for tag, value in values.items():
+            if value is not None:
+                self.scalar_steps.setdefault(tag, []).append(step)
+
+    def event(self, **fields) -> None:
+        self.events.append(fields)
+
+    def flush(self) -> None:
+        pass
+
+
+def make_loop(*, epochs=2, steps_per_epoch=5, max_steps=None, every_steps=3, every_seconds=None, log_every=2,
+              on_nan=OnNan.stop, batches=None, start=Position(), step_seconds=1.0, guard=None, probe_steps=3):
+    clock = FakeClock()
+    steps = FakeSteps(clock, step_seconds)
+    cfg = TrainerConfig(epochs=epochs, max_steps=max_steps, on_nan=on_nan, log_every_steps=log_every,
+                        checkpoint_every_steps=every_steps, checkpoint_every_seconds=every_seconds)
+    record, checkpoints, dead = FakeRecord(), FakeCheckpoints(start), []
+    progress = Progress(is_tty=False)
+    probe = GradientProbe(steps.variable_paths, dead.append, steps=probe_steps)
+    timer = StepTimer(warmup_steps=probe.steps + 1)
+    data = batches or (lambda epoch: [f"e{epoch}b{i}" for i in range(steps_per_epoch)])
+    seen: list[tuple[int, int]] = []
+
+    def train_batches(epoch, skip):
+        seen.append((epoch, skip))
+        return data(epoch)[skip:]
+
+    loop = TrainLoop(steps=steps, train_batches=train_batches, distribute=lambda ds: ds, cfg=cfg, record=record,
+                     checkpoints=checkpoints, steps_per_epoch=steps_per_epoch, probe=probe, timer=timer,
+                     progress=progress, started=0.0, clock=clock, guard=guard)
+    evaluation = Evaluate(loop.evaluate, [("images", "labels")], record)
+    loop.actions = [probe, LogScalars(log_every, record, progress, timer, learning_rate=lambda: 0.01), evaluation,
+                    SaveCheckpoints(checkpoints, every_steps, every_seconds, clock)]
+    return loop, steps, record, checkpoints, evaluation, dead, seen
+
+
+def test_checkpoints_every_n_steps_at_epoch_ends_and_the_start():
+    loop, _, _, checkpoints, _, _, _ = make_loop(epochs=2, steps_per_epoch=5, every_steps=3)
+    result = loop.run()
+    assert result.steps == 10 and result.epochs == 2
+    assert checkpoints.saved == [Position(0, 1, 0), Position(3, 1, 3), Position(5, 2, 0), Position(6, 2, 1),
+                                 Position(9, 2, 4), Position(10, 3, 0)]
+
+
+def test_checkpoints_every_s_seconds_on_the_fake_clock_counted_from_the_last_save():
+    loop, _, _, checkpoints, _, _, _ = make_loop(epochs=1, steps_per_epoch=8, every_steps=1000, every_seconds=2.5,
+                                                 step_seconds=1.0)
+    loop.run()
+    # t=3 (>= 2.5 since the start), t=6, then the epoch end at step 8.
+    assert checkpoints.saved == [Position(0, 1, 0), Position(3, 1, 3), Position(6, 1, 6), Position(8, 2, 0)]
+
+
+def test_every_seconds_is_never_due_when_off():
+    clock = FakeClock()
+    due = EverySeconds(None, clock)
+    clock.now = 1e9
+    assert not due()
+
+
+def test_scalars_are_logged_at_the_cadence_and_eval_at_each_epoch_end():
+    loop, _, record, _, evaluation, _, _ = make_loop(epochs=2, steps_per_epoch=5, log_every=2)
+    loop.run()
+    assert record.scalar_steps["train/loss"] == [2, 4, 6, 8, 10]
+    assert record.scalar_steps["optimizer/learning_rate"] == [2, 4, 6, 8, 10]
+    assert record.scalar_steps["eval/accuracy"] == [5, 10]
+    assert (evaluation.loss, evaluation.accuracy) == (1.0, 0.5)
+    assert record.scalar_steps["throughput/examples_per_sec"] == [2, 4, 6, 8, 10]
+    # The median leaves out the 4 warm-up steps (3 probing + the first plain one) and epoch starts.
+    assert len(loop.timer.totals) == 10 - 4 - 1
+    assert loop.timer.summary()["examples_per_sec"] == pytest.approx(4.0)  # 4 examples per fake second
+
+
+def test_the_probe_runs_the_first_steps_then_reports_dead_variables_once():
+    loop, steps, _, _, _, dead, _ = make_loop(epochs=1, steps_per_epoch=5, probe_steps=3)
+    loop.run()
+    assert steps.calls == ["probe"] * 3 + ["train"] * 2
+    assert dead == [["L0_dense/bias"]]
+
+
+def test_a_non_finite_step_stops_at_that_step_without_a_checkpoint_after_it():
+    data = lambda epoch: ["a", "b", None, "d"]  # noqa: E731
+    loop, _, _, checkpoints, _, _, _ = make_loop(epochs=1, steps_per_epoch=4, every_steps=1, batches=data)
+    with pytest.raises(NanStop) as stopped:
+        loop.run()
+    assert stopped.value.step == 3 and stopped.value.config_key == "trainer.on_nan"
+    assert "at step 3 (epoch 1" in stopped.value.message
+    assert checkpoints.saved[-1] == Position(2, 1, 2)
+
+
+def test_skip_step_records_each_skip_and_goes_on():
+    data = lambda epoch: ["a", None, "c", None]  # noqa: E731
+    loop, _, record, _, _, _, _ = make_loop(epochs=1, steps_per_epoch=4, on_nan=OnNan.skip_step, batches=data,
+                                            log_every=1)
+    result = loop.run()
+    assert result.steps == 4 and result.skipped_steps == 2
+    assert [e["step"] for e in record.events] == [2, 4] and all(e["kind"] == "non_finite" for e in record.events)
+    assert record.scalar_steps["train/loss"] == [1, 3]  # skipped steps are not logged
+    assert result.train_loss == 1.0  # totals count the finite steps only
+
+
+def test_max_steps_mid_epoch_saves_where_a_resume_continues():
+    loop, _, _, checkpoints, _, _, _ = make_loop(epochs=3, steps_per_epoch=5, max_steps=7, every_steps=100)
+    result = loop.run()
+    assert result.steps == 7 and result.epochs == 2
+    assert checkpoints.saved[-1] == Position(7, 2, 2)
+
+
+def test_a_resume_skips_the_batches_done_and_keeps_counting_from_the_checkpoint():
+    loop, steps, _, checkpoints, _, _, seen = make_loop(epochs=2, steps_per_epoch=5, start=Position(7, 2, 2),
+                                                        every_steps=100)
+    result = loop.run()
+    assert seen == [(2, 2)] and result.steps == 10 and len(steps.calls) == 3
+    assert checkpoints.saved == [Position(10, 3, 0)]  # no step-0 save on a resume
+
+
+def test_a_pending_signal_saves_at_the_exact_step_then_stops():
+    guard = SignalGuard()
+    loop, steps, _, checkpoints, _, _, _ = make_loop(epochs=1, steps_per_epoch=5, every_steps=100, guard=guard)
+    real_train = steps.train
+
+    def train(iterator):
+        out = real_train(iterator)
+        if len(steps.calls) == 4:
+            guard.pending = 143  # what the SIGTERM handler records inside `deferred()`
+        return out
+
+    steps.train = train
+    with pytest.raises(Interrupted) as stopped:
+        loop.run()
+    assert stopped.value.exit_code == 143
+    assert checkpoints.saved == [Position(0, 1, 0), Position(4, 1, 4)]
