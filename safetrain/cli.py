@@ -33,6 +33,10 @@ _debug_override: list[bool] = []
 _DEBUG_VALUES = {"debug=true": True, "debug=1": True, "debug=false": False, "debug=0": False}
 _config_flags: list[str] = []  # --config-dir and friends, repeated for isolated sweep jobs
 
+# `python -m safetrain` is this experiment: its values live in its own file only
+# (configs/experiment/digits_cnn.yaml), not also in config.yaml.
+DEFAULT_EXPERIMENT = "digits_cnn"
+
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _hydra_app(cfg: DictConfig) -> int:
@@ -78,8 +82,17 @@ def refuse_code_execution(args: list[str]) -> ConfigError | None:
     return None
 
 
+def with_default_experiment(args: list[str]) -> list[str]:
+    """`args` plus `+experiment=digits_cnn` when they choose no experiment (and no other primary
+    config), so the default run and `+experiment=digits_cnn` compose to the same config."""
+    chosen = any(a.split("=", 1)[0].lstrip("+~") == "experiment" for a in args)
+    if chosen or any(a.split("=", 1)[0] in ("--config-name", "-cn") for a in args):
+        return args
+    return [f"+experiment={DEFAULT_EXPERIMENT}", *args]
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else list(argv)
+    args = with_default_experiment(sys.argv[1:] if argv is None else list(argv))
     refused = refuse_code_execution(args)
     if refused is not None:
         print(f"safetrain: config error (exit {refused.exit_code}): {refused}", file=sys.stderr)

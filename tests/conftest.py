@@ -1,12 +1,22 @@
 """Shared test set-up: quiet, small TensorFlow; one prepared digits data dir per session.
 
-Runs of the real CLI go through `run_cli` (a subprocess, exactly what a user types); tests that
-must patch TFDS in-process (tfds.testing.mock_data) call `safetrain.cli.main` directly.
+Three ways to run a job, fastest first:
+- `train(*values)`: the real config, composed once per session (`+debug=tiny`, this session's
+  TFDS dir, as lightning-hydra-template's conftest does), copied, changed by `key=value` values
+  and run in this process through `safetrain.run.execute` — what most end-to-end tests need;
+- `run_main(*overrides)`: the real Hydra app in this process, for overrides that change the
+  defaults list (`+experiment=...`, `optimizer=sgd`) or in-process patches (tfds mock_data);
+- `run_cli(*overrides)`: a subprocess, exactly what a user types — for what only a process shows:
+  exit codes and tracebacks of the process itself, signals, process-global TensorFlow settings
+  (op determinism, logical CPUs), sweeps.
 """
 
 from __future__ import annotations
 
+import copy
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -56,6 +66,50 @@ def run_cli(tmp_path, tfds_dir):
         proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
         return CliResult(proc.returncode, proc.stdout, proc.stderr, run_dir)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tfds_dir):
+    """The default experiment under `+debug=tiny`, composed once for the whole session."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from safetrain.cli import DEFAULT_EXPERIMENT
+    from safetrain.config import config_dir
+    from safetrain.config.schema import register
+
+    register()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=[f"+experiment={DEFAULT_EXPERIMENT}", "+debug=tiny",
+                                            f"dataset.data_dir={tfds_dir}"])
+
+
+@pytest.fixture
+def train(tiny_config, tmp_path):
+    """Run the composed tiny config in this process with `key=value` changes (typed: a wrong key or
+    type fails here as it would at composition). The console text is what the safetrain logger
+    printed."""
+    from safetrain.run import execute
+
+    def run(*values: str, name: str = "run") -> CliResult:
+        node = copy.deepcopy(tiny_config)
+        node.merge_with_dotlist(list(values))
+        run_dir = tmp_path / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        logger, text = logging.getLogger("safetrain"), io.StringIO()
+        handler = logging.StreamHandler(text)
+        level = logger.level
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        try:
+            code = execute(node, run_dir)
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+        return CliResult(code, "", text.getvalue(), run_dir)
 
     return run
 

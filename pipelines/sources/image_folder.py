@@ -41,7 +41,7 @@ class Scanned:
 
 
 def image_folder_source(name: str, folder: str | Path, num_classes: int | None, max_pixels: int,
-                        max_file_bytes: int = 200 * 2**20) -> Source:
+                        max_file_bytes: int) -> Source:
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise DataError(f"dataset.path={folder} is not a folder", hint="point dataset.path at a folder of "
@@ -123,7 +123,7 @@ def _split_dirs(root: Path) -> dict[str, Path]:
     return {"train": root}
 
 
-def _scan(path: Path, split: str, label: int, max_pixels: int, max_file_bytes: int = 200 * 2**20) -> Scanned:
+def _scan(path: Path, split: str, label: int, max_pixels: int, max_file_bytes: int) -> Scanned:
     from PIL import Image, UnidentifiedImageError
 
     try:

@@ -90,41 +90,41 @@ class StrategyKind(Enum):
 class ImageConfig:
     """The image spec the pipeline must deliver to the model (the model's input is derived from it)."""
 
-    height: int = 28
-    width: int = 28
-    channels: int = 1
-    dtype: ImageDType = ImageDType.float32
-    normalization: Normalization = Normalization.scale_0_1
+    height: int = 28                     # pixels; the model's input height
+    width: int = 28                      # pixels; the model's input width
+    channels: int = 1                    # 1 (gray), 3 (RGB) or 4 (RGBA)
+    dtype: ImageDType = ImageDType.float32  # dtype of the model input (mixed precision casts inside)
+    normalization: Normalization = Normalization.scale_0_1  # from the source's pixel range
 
 
 @dataclass
 class SplitsConfig:
     """TFDS split strings (slicing allowed, e.g. `train[:90%]`); eval may be null to skip it."""
 
-    train: str = "train"
-    eval: Optional[str] = None
-    test: Optional[str] = "test"
+    train: str = "train"                 # the split trained on
+    eval: Optional[str] = None           # evaluated after each epoch; null = no per-epoch evaluation
+    test: Optional[str] = "test"         # evaluated once at the end (never used to choose anything)
 
 
 @dataclass
 class DatasetConfig:
-    source: Source = Source.digits
+    source: Source = Source.digits       # where the examples come from (pipelines.sources.registry)
     name: str = "digits"                 # TFDS catalog name when source=tfds
     path: Optional[str] = None           # folder for image_folder / idx
     local_idx_dirs: List[str] = field(default_factory=list)  # tfds: IDX folders tried before downloading
     data_dir: Optional[str] = None       # TFDS data dir; null = TFDS default (~/tensorflow_datasets)
     download: bool = True                # false: never touch the network, use prepared data only
-    splits: SplitsConfig = field(default_factory=SplitsConfig)
-    image: ImageConfig = field(default_factory=ImageConfig)
-    resize: ResizePolicy = ResizePolicy.error
-    channel_policy: ChannelPolicy = ChannelPolicy.error
-    on_bad_example: BadExamplePolicy = BadExamplePolicy.error
+    splits: SplitsConfig = field(default_factory=SplitsConfig)  # split strings per role
+    image: ImageConfig = field(default_factory=ImageConfig)     # the declared model input
+    resize: ResizePolicy = ResizePolicy.error             # what to do with images of another size
+    channel_policy: ChannelPolicy = ChannelPolicy.error   # what to do with images of other channels
+    on_bad_example: BadExamplePolicy = BadExamplePolicy.error  # stop on a bad example, or skip it
     max_pixels: int = 40_000_000         # images above this are bad examples (checked before decoding)
     max_file_bytes: int = 209_715_200    # image files above this (200 MiB) are bad examples (never opened)
     pixel_range: Optional[List[float]] = None  # [min, max] of raw pixels; null = from the dtype (uint8: 0..255)
     num_classes: Optional[int] = None    # from the source when null
     label_encoding: LabelEncoding = LabelEncoding.sparse  # must agree with trainer.loss
-    shuffle_buffer: int = 10_000
+    shuffle_buffer: int = 10_000         # examples in the shuffle buffer (the order is seeded per epoch)
     cache: bool = True                   # cache decoded examples in memory when they fit
     max_examples: Optional[int] = None   # use only the first N examples of each split (smoke runs)
 
@@ -133,53 +133,53 @@ class DatasetConfig:
 class ModelConfig:
     """Layer specs use Keras argument names; the head (num_classes logits, float32) is added."""
 
-    name: str = "custom"
-    layers: List[Dict[str, Any]] = field(default_factory=list)
+    name: str = "custom"                 # recorded in report.json and HParams
+    layers: List[Dict[str, Any]] = field(default_factory=list)  # layer specs, each {type: NAME, ...}
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adam"                   # registry: see safetrain.optimizers
-    learning_rate: float = 1e-3
-    clipnorm: Optional[float] = None
+    name: str = "adam"                   # registry: see safetrain.optimizers (OPTIMIZERS)
+    learning_rate: float = 1e-3          # the optimizer's (constant) learning rate
+    clipnorm: Optional[float] = None     # clip each gradient to this norm; null = no clipping
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 3
+    epochs: int = 3                      # passes over the training split
     batch_size: int = 128                # global batch; per-replica = batch_size / replicas
     eval_batch_size: Optional[int] = None  # null = batch_size
     max_steps: Optional[int] = None      # stop after this many train steps (across epochs)
-    seed: int = 0
+    seed: int = 0                        # weights, shuffles and dropout are functions of it
     deterministic: bool = False          # op determinism: reproducible, slower
     jit_compile: bool = False            # XLA; about 2x slower on CPU, so off by default
-    loss: str = "sparse_categorical_crossentropy"  # registry: see safetrain.losses
-    checkpoint_every_steps: int = 200
+    loss: str = "sparse_categorical_crossentropy"  # registry: see safetrain.optimizers (LOSSES)
+    checkpoint_every_steps: int = 200    # also at every epoch end and on SIGTERM/SIGINT
     checkpoint_every_seconds: Optional[float] = None  # also save when this long has passed since the last save
     log_every_steps: int = 10            # TensorBoard scalars and log lines
-    on_nan: OnNan = OnNan.stop
-    on_oom: OnOom = OnOom.error
+    on_nan: OnNan = OnNan.stop           # a non-finite loss or gradient: stop (exit 5) or skip the step
+    on_oom: OnOom = OnOom.error          # out of memory: stop (exit 4) or retry with half the batch
     min_batch_size: int = 1              # on_oom=halve_batch stops halving below this
     export: bool = True                  # write <run dir>/export: a SavedModel for safetrain.predict
-    on_dead_gradient: OnDeadGradient = OnDeadGradient.warn
+    on_dead_gradient: OnDeadGradient = OnDeadGradient.warn  # exactly-zero gradients over the first steps
 
 
 @dataclass
 class HardwareConfig:
-    precision: Precision = Precision.auto
-    strategy: StrategyKind = StrategyKind.auto
+    precision: Precision = Precision.auto  # auto: chosen from the detected devices, and why is recorded
+    strategy: StrategyKind = StrategyKind.auto  # auto: multi_worker with TF_CONFIG, mirrored on several GPUs
     logical_cpus: Optional[int] = None   # split the CPU into N logical devices (rehearse mirrored runs)
     worker_timeout_s: float = 300.0      # multi_worker: how long to wait for every worker to join
 
 
 @dataclass
 class Config:
-    name: str = "digits_cnn"             # experiment name, recorded in report.json
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    name: str = "custom"                 # experiment name (each experiment sets it), in report.json
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)    # configs/dataset/
+    model: ModelConfig = field(default_factory=ModelConfig)          # configs/model/
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)  # configs/optimizer/
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)    # configs/trainer/
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)  # configs/hardware/
     debug: bool = False                  # true: full Python tracebacks
     isolate_jobs: bool = True            # multirun: each job in its own process (safetrain.sweep)
     dry_run: bool = False                # check config, data (the full scan) and model; train nothing
