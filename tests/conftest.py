@@ -13,6 +13,7 @@ Three ways to run a job, fastest first:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
@@ -91,7 +92,7 @@ def tiny_config(tfds_dir):
 def train(tiny_config, tmp_path):
     """Run the composed tiny config in this process with `key=value` changes (typed: a wrong key or
     type fails here as it would at composition). The console text is what the safetrain logger
-    printed."""
+    printed plus what the run wrote to sys.stderr (a traceback, if any)."""
     from safetrain.run import execute
 
     def run(*values: str, name: str = "run") -> CliResult:
@@ -105,7 +106,8 @@ def train(tiny_config, tmp_path):
         logger.setLevel(logging.INFO)
         logger.addHandler(handler)
         try:
-            code = execute(node, run_dir)
+            with contextlib.redirect_stderr(text):  # what run.py prints itself (a traceback, for a bug)
+                code = execute(node, run_dir)
         finally:
             logger.removeHandler(handler)
             logger.setLevel(level)

@@ -44,7 +44,10 @@ def test_sigterm_at_a_random_step_then_rerun_ends_bitwise_equal_to_an_uninterrup
     done = subprocess.run(_cmd(straight, tfds_dir, *same), capture_output=True, text=True, env=ENV, timeout=240)
     assert done.returncode == 0, done.stderr
 
-    stop_after = random.Random().randint(2, 21)  # any step but the last epoch's end
+    # Any step but the last epoch's end; RESUME_SEED=N replays a failure's stop step.
+    seed = int(os.environ.get("RESUME_SEED", random.SystemRandom().randrange(2**32)))
+    print(f"RESUME_SEED={seed}")
+    stop_after = random.Random(seed).randint(2, 21)
     interrupted = tmp_path / "interrupted"
     proc = subprocess.Popen(_cmd(interrupted, tfds_dir, *same), stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.monotonic() + 180
@@ -64,39 +67,36 @@ def test_sigterm_at_a_random_step_then_rerun_ends_bitwise_equal_to_an_uninterrup
     assert f"resuming from checkpoint at step {stopped['steps']}" in resumed.stderr
     a, b = _report(straight), _report(interrupted)
     assert b["steps"] == a["steps"] == 24
-    assert b["model"]["weights_sha256"] == a["model"]["weights_sha256"], f"stopped after step {stopped['steps']}"
+    assert b["model"]["weights_sha256"] == a["model"]["weights_sha256"], \
+        f"stopped after step {stopped['steps']} (replay: RESUME_SEED={seed})"
     assert b["metrics"]["test_accuracy"] == a["metrics"]["test_accuracy"]
 
 
 @pytest.mark.e2e
-def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, tfds_dir):
-    run_dir = tmp_path / "run"
-    first = subprocess.run(_cmd(run_dir, tfds_dir, "trainer.checkpoint_every_steps=2", "trainer.max_steps=4"),
-                           capture_output=True, text=True, env=ENV, timeout=240)
-    assert first.returncode == 0, first.stderr
+def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(train):
+    first = train("trainer.checkpoint_every_steps=2", "trainer.max_steps=4")
+    assert first.code == 0, first.err
+    run_dir = first.run_dir
     data = run_dir / "checkpoints" / "ckpt-4.data-00000-of-00001"
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 3])  # a crash mid-write
 
-    again = subprocess.run(_cmd(run_dir, tfds_dir, "trainer.checkpoint_every_steps=2", "trainer.max_steps=6"),
-                           capture_output=True, text=True, env=ENV, timeout=240)
-    assert again.returncode == 0, again.stderr
-    assert "checkpoint ckpt-4 is unreadable" in again.stderr and "resuming from checkpoint at step 2" in again.stderr
+    again = train("trainer.checkpoint_every_steps=2", "trainer.max_steps=6")
+    assert again.code == 0, again.err
+    assert "checkpoint ckpt-4 is unreadable" in again.err and "resuming from checkpoint at step 2" in again.err
     assert _report(run_dir)["steps"] == 6
     [fallback] = [e for e in _errors(run_dir) if e["kind"] == "checkpoint_fallback"]
     assert "ckpt-4" in fallback["message"]
 
 
 @pytest.mark.e2e
-def test_a_resume_that_changes_a_shape_defining_setting_is_refused_naming_it(tmp_path, tfds_dir):
-    run_dir = tmp_path / "run"
-    first = subprocess.run(_cmd(run_dir, tfds_dir, "trainer.max_steps=2"), capture_output=True, text=True,
-                           env=ENV, timeout=240)
-    assert first.returncode == 0, first.stderr
-    changed = subprocess.run(_cmd(run_dir, tfds_dir, "trainer.max_steps=4", "dataset.image.height=32",
-                                  "dataset.image.width=32"), capture_output=True, text=True, env=ENV, timeout=240)
-    assert changed.returncode == 2, changed.stderr
-    assert "trained with dataset.image.height=28, but this run has dataset.image.height=32" in changed.stderr
-    assert "also changed: dataset.image.width" in changed.stderr and "Traceback" not in changed.stderr
+def test_a_resume_that_changes_a_shape_defining_setting_is_refused_naming_it(train):
+    first = train("trainer.max_steps=2")
+    assert first.code == 0, first.err
+    run_dir = first.run_dir
+    changed = train("trainer.max_steps=4", "dataset.image.height=32", "dataset.image.width=32")
+    assert changed.code == 2, changed.err
+    assert "trained with dataset.image.height=28, but this run has dataset.image.height=32" in changed.err
+    assert "also changed: dataset.image.width" in changed.err and "Traceback" not in changed.err
     assert _report(run_dir)["error"]["config_key"] == "dataset.image.height"
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("ckpt-*.index")) == ["ckpt-0.index", "ckpt-2.index"]
 
