@@ -2,7 +2,7 @@
 
 Each reproduces a failure measured with plain Keras in ../shared/reference/keras-baseline.md and
 asserts the exit code, the layer named (index, type, config path) and that no traceback is shown.
-The layers are registered here, in-process, so the CLI runs in-process too (run_main).
+The layers are registered here, in-process, so the runs are in-process too (the `train` fixture).
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ class ScaledTanh(keras.layers.Layer):
 
 
 RNN = "{type: rows_as_sequence}, {type: lstm, units: 8}"
-TINY = ("+debug=tiny",)
 
 
 def assert_clean(result, code):
@@ -74,15 +73,15 @@ def assert_clean(result, code):
     assert (result.report()["error"] or {}).get("kind") != "internal"
 
 
-def test_a_good_custom_layer_trains_and_shows_in_the_table(run_main):
-    result = run_main(*TINY, "model.layers=[{type: flatten}, {type: dense, units: 16}, {type: scaled_tanh, scale: 2.0}]")
+def test_a_good_custom_layer_trains_and_shows_in_the_table(train):
+    result = train("model.layers=[{type: flatten}, {type: dense, units: 16}, {type: scaled_tanh, scale: 2.0}]")
     assert_clean(result, 0)
     assert "scaled_tanh (custom ScaledTanh)" in result.err
     assert result.report()["model"]["params"] == 28 * 28 * 16 + 16 + 16 * 10 + 10
 
 
-def test_numpy_in_call_exits_4_naming_the_layer_and_the_tf_op(run_main):
-    result = run_main(*TINY, "model.layers=[{type: flatten}, {type: dense, units: 16}, {type: np_tanh}]")
+def test_numpy_in_call_exits_4_naming_the_layer_and_the_tf_op(train):
+    result = train("model.layers=[{type: flatten}, {type: dense, units: 16}, {type: np_tanh}]")
     assert_clean(result, 4)
     assert ("model layer 2 (np_tanh (custom NpTanh), config model.layers.2) calls NumPy on a symbolic tensor "
             "in NpTanh.call()") in result.err
@@ -90,31 +89,31 @@ def test_numpy_in_call_exits_4_naming_the_layer_and_the_tf_op(run_main):
     assert result.report()["error"]["kind"] == "symbolic_tensor_numpy"
 
 
-def test_variable_created_in_call_exits_4_with_the_right_fix(run_main):
-    result = run_main(*TINY, "model.layers=[{type: flatten}, {type: scale_in_call}, {type: dense, units: 8}]")
+def test_variable_created_in_call_exits_4_with_the_right_fix(train):
+    result = train("model.layers=[{type: flatten}, {type: scale_in_call}, {type: dense, units: 8}]")
     assert_clean(result, 4)
     assert "model layer 1 (scale_in_call (custom ScaleInCall), config model.layers.1) creates a variable" in result.err
     assert "create it once in ScaleInCall.build() with self.add_weight(...)" in result.err
 
 
-def test_slicing_away_the_feature_axis_names_the_culprit_not_the_next_layer(run_main):
-    result = run_main(*TINY, "model.layers=[{type: flatten}, {type: take_first}, {type: dense, units: 8}]")
+def test_slicing_away_the_feature_axis_names_the_culprit_not_the_next_layer(train):
+    result = train("model.layers=[{type: flatten}, {type: take_first}, {type: dense, units: 8}]")
     assert_clean(result, 2)
     assert ("model layer 1 (take_first (custom TakeFirst), config model.layers.1) returns (None,) but the spec "
             "expects (None, 784) — it drops an axis") in result.err
     assert "inputs[:, :1] instead of inputs[:, 0]" in result.err
 
 
-def test_strings_into_an_lstm_are_refused_naming_both_layers(run_main):
-    result = run_main(*TINY, "model.layers=[{type: rows_as_sequence}, {type: to_text}, {type: lstm, units: 8}]")
+def test_strings_into_an_lstm_are_refused_naming_both_layers(train):
+    result = train("model.layers=[{type: rows_as_sequence}, {type: to_text}, {type: lstm, units: 8}]")
     assert_clean(result, 2)
     assert ("model layer 1 (to_text (custom ToText), config model.layers.1) outputs string tensors, but model "
             "layer 2 (lstm 8) needs numbers") in result.err
 
 
-def test_sign_before_the_head_zeroes_the_lstm_gradients_and_is_reported(run_main):
+def test_sign_before_the_head_zeroes_the_lstm_gradients_and_is_reported(train):
     # Plain Keras trains this "fine" while the LSTM's weights change by exactly 0.0, silently.
-    result = run_main(*TINY, f"model.layers=[{RNN}, {{type: sign_act}}]")
+    result = train(f"model.layers=[{RNN}, {{type: sign_act}}]")
     assert_clean(result, 0)
     assert "got an exactly zero gradient in every one of the first steps" in result.err
     assert "L1_lstm/lstm_cell/kernel" in result.err
@@ -122,14 +121,14 @@ def test_sign_before_the_head_zeroes_the_lstm_gradients_and_is_reported(run_main
     [event] = [e for e in result.errors() if e["kind"] == "zero_gradient"]
     assert event["config_key"] == "model.layers.2"
 
-    stopped = run_main(*TINY, f"model.layers=[{RNN}, {{type: sign_act}}]", "trainer.on_dead_gradient=error",
+    stopped = train(f"model.layers=[{RNN}, {{type: sign_act}}]", "trainer.on_dead_gradient=error",
                        name="stopped")
     assert_clean(stopped, 4)
     assert stopped.report()["error"]["kind"] == "zero_gradient"
 
 
-def test_argmax_cuts_gradients_exit_4_naming_variables_and_layer(run_main):
-    result = run_main(*TINY, "model.layers=[{type: flatten}, {type: dense, units: 16}, {type: argmax_feature}]")
+def test_argmax_cuts_gradients_exit_4_naming_variables_and_layer(train):
+    result = train("model.layers=[{type: flatten}, {type: dense, units: 16}, {type: argmax_feature}]")
     assert_clean(result, 4)
     assert "2 trainable variables get no gradient at all (None): L1_dense/kernel, L1_dense/bias" in result.err
     assert "stops at model layer 2 (argmax_feature (custom ArgmaxFeature), config model.layers.2)" in result.err

@@ -75,9 +75,9 @@ class LogOfMinusOne(keras.layers.Layer):
         return x + tf.math.log(-tf.ones_like(x)) if training else x
 
 
-def _run_with(run_main, layer: str, *extra: str):
-    return run_main("+debug=tiny", "hardware.precision=float32", *extra,
-                    f"model.layers=[{{type: conv2d, filters: 4, kernel_size: 3}}, {{type: {layer}}}, {{type: flatten}}]")
+def _run_with(train, layer: str, *extra: str):
+    return train("hardware.precision=float32", *extra,
+                 f"model.layers=[{{type: conv2d, filters: 4, kernel_size: 3}}, {{type: {layer}}}, {{type: flatten}}]")
 
 
 def _assert_diagnosed(result, *, code: int, kind: str, phase: str, key: str, says: list[str]) -> dict:
@@ -98,30 +98,30 @@ def _assert_diagnosed(result, *, code: int, kind: str, phase: str, key: str, say
 pytestmark = pytest.mark.e2e
 
 
-def test_numpy_on_a_symbolic_tensor_at_trace_time_names_the_layer_and_the_source_line(run_main):
+def test_numpy_on_a_symbolic_tensor_at_trace_time_names_the_layer_and_the_source_line(train):
     import inspect
 
-    result = _run_with(run_main, "numpy_when_training")
+    result = _run_with(train, "numpy_when_training")
     line = inspect.getsourcelines(NumpyWhenTraining.call)[1] + 1
     _assert_diagnosed(result, code=4, kind="symbolic_tensor_numpy", phase="trace", key="model.layers.1",
                       says=["model layer 1 (numpy_when_training (custom NumpyWhenTraining)",
                             f"test_diagnosis.py:{line} in call", "keras.ops.tanh"])
 
 
-def test_a_variable_created_while_tracing_names_the_layer_and_add_weight(run_main):
-    result = _run_with(run_main, "variable_when_training")
+def test_a_variable_created_while_tracing_names_the_layer_and_add_weight(train):
+    result = _run_with(train, "variable_when_training")
     _assert_diagnosed(result, code=4, kind="variable_in_tf_function", phase="trace", key="model.layers.1",
                       says=["model layer 1 (variable_when_training", "self.add_weight"])
 
 
-def test_a_float64_tensor_in_a_float32_model_is_a_dtype_mismatch(run_main):
-    result = _run_with(run_main, "float64_when_training")
+def test_a_float64_tensor_in_a_float32_model_is_a_dtype_mismatch(train):
+    result = _run_with(train, "float64_when_training")
     _assert_diagnosed(result, code=4, kind="dtype_mismatch", phase="trace", key="model.layers.1",
                       says=["model layer 1 (float64_when_training", "float64", "keras.ops.cast"])
 
 
-def test_an_op_without_a_cpu_kernel_for_its_dtype_names_op_and_layer(run_main):
-    result = _run_with(run_main, "string_roundtrip")
+def test_an_op_without_a_cpu_kernel_for_its_dtype_names_op_and_layer(train):
+    result = _run_with(train, "string_roundtrip")
     record = _assert_diagnosed(result, code=4, kind="unimplemented_kernel", phase="train",
                                key="model.layers.1", says=["Cast string to float is not supported",
                                                            "L1_string_roundtrip"])
@@ -129,25 +129,25 @@ def test_an_op_without_a_cpu_kernel_for_its_dtype_names_op_and_layer(run_main):
     assert result.report()["steps"] == 0  # the first step failed
 
 
-def test_a_shape_that_breaks_only_on_the_last_eval_batch_is_a_shape_mismatch_in_eval(run_main):
-    result = _run_with(run_main, "reshape_batch_32")
+def test_a_shape_that_breaks_only_on_the_last_eval_batch_is_a_shape_mismatch_in_eval(train):
+    result = _run_with(train, "reshape_batch_32")
     _assert_diagnosed(result, code=4, kind="shape_mismatch", phase="eval", key="model.layers.1",
                       says=["Input to reshape is a tensor with", "model layer 1 (reshape_batch_32"])
     assert result.report()["steps"] == 4  # training ran; the eval at the epoch end failed
 
 
-def test_out_of_memory_gives_batch_size_parameters_and_the_fix(run_main):
-    result = _run_with(run_main, "huge_when_batch_over_8")
+def test_out_of_memory_gives_batch_size_parameters_and_the_fix(train):
+    result = _run_with(train, "huge_when_batch_over_8")
     record = _assert_diagnosed(result, code=4, kind="out_of_memory", phase="train", key="trainer.batch_size",
                                says=["trainer.batch_size=32", "OOM when allocating tensor",
                                      "set trainer.batch_size=16", "model layer 1 (huge_when_batch_over_8"])
     assert record["tf_error_class"] == "ResourceExhaustedError"
 
 
-def test_an_injected_nan_is_replayed_with_check_numerics_to_the_op_and_line_that_made_it(run_main):
+def test_an_injected_nan_is_replayed_with_check_numerics_to_the_op_and_line_that_made_it(train):
     import inspect
 
-    result = _run_with(run_main, "log_of_minus_one")
+    result = _run_with(train, "log_of_minus_one")
     line = inspect.getsourcelines(LogOfMinusOne.call)[1] + 1
     record = _assert_diagnosed(result, code=5, kind="non_finite", phase="train", key="model.layers.1",
                                says=["Replayed with check_numerics", "model layer 1 (log_of_minus_one",
@@ -156,8 +156,8 @@ def test_an_injected_nan_is_replayed_with_check_numerics_to_the_op_and_line_that
     assert "the learning rate is the likely cause" not in record["message"]  # the weights were fine
 
 
-def test_on_oom_halve_batch_retries_from_the_checkpoint_until_it_fits(run_main):
-    result = _run_with(run_main, "huge_when_batch_over_8", "trainer.on_oom=halve_batch")
+def test_on_oom_halve_batch_retries_from_the_checkpoint_until_it_fits(train):
+    result = _run_with(train, "huge_when_batch_over_8", "trainer.on_oom=halve_batch")
     assert result.code == 0, result.err
     report = result.report()
     assert report["status"] == "ok" and report["steps"] == 4 and report["hardware"]["global_batch_size"] == 8
@@ -166,8 +166,8 @@ def test_on_oom_halve_batch_retries_from_the_checkpoint_until_it_fits(run_main):
     assert "retrying from the last checkpoint with 16 (trainer.on_oom=halve_batch)" in result.err
 
 
-def test_on_oom_halve_batch_stops_at_min_batch_size_with_the_diagnosis(run_main):
-    result = _run_with(run_main, "huge_when_batch_over_8", "trainer.on_oom=halve_batch",
+def test_on_oom_halve_batch_stops_at_min_batch_size_with_the_diagnosis(train):
+    result = _run_with(train, "huge_when_batch_over_8", "trainer.on_oom=halve_batch",
                        "trainer.min_batch_size=16")
     assert result.code == 4, result.err
     assert result.report()["error"]["kind"] == "out_of_memory"
