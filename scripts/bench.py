@@ -37,19 +37,20 @@ from models.presets import preset_layers  # noqa: E402
 from models.shapes import infer  # noqa: E402
 from models.parse import parse_layers  # noqa: E402
 from pipelines.build import build_datasets  # noqa: E402
+from safetrain.actions import LogScalars, SaveCheckpoints  # noqa: E402
 from safetrain.checkpoints import Checkpoints  # noqa: E402
 from safetrain.config.schema import DatasetConfig, ResizePolicy, TrainerConfig  # noqa: E402
 from safetrain.loop import TrainLoop  # noqa: E402
 from safetrain.optimizers import LOSSES, OPTIMIZERS  # noqa: E402
 from safetrain.progress import Progress  # noqa: E402
-from safetrain.report import ErrorLog  # noqa: E402
+from safetrain.record import RunRecord  # noqa: E402
 from safetrain.steps import Steps  # noqa: E402
-from safetrain.summaries import Summaries  # noqa: E402
+from safetrain.throughput import StepTimer  # noqa: E402
 
 CNN = preset_layers("cnn_small")
 
 
-SKIP = 4  # first steps of each fit run, like safetrain's StepTimer.WARMUP_STEPS
+SKIP = 4  # first steps of each run left out of the medians (safetrain's loop: its probe's 3 + 1)
 
 
 class _NullStream:
@@ -86,7 +87,8 @@ def main() -> None:
     spec = strategy.experimental_distribute_dataset(data.train_epoch(1)).element_spec
     steps = Steps(strategy=strategy, model=st_model, optimizer=st_opt, loss_fn=LOSSES.get(
         "sparse_categorical_crossentropy")(), eval_spec=spec)
-    summaries = Summaries(work / "tb")
+    record = RunRecord(work)
+    record.open_tensorboard()
 
     fit_step_s: list[float] = []
     st_step_s: list[float] = []
@@ -109,17 +111,20 @@ def main() -> None:
     def run_safetrain(n: int, repeat: int) -> float:
         cfg = TrainerConfig(epochs=1, batch_size=args.batch_size, log_every_steps=10,
                             checkpoint_every_steps=10**9)
-        loop = TrainLoop(steps=steps, strategy=strategy, train_epoch=lambda epoch: stream.take(n), eval_ds=None,
-                         cfg=cfg, summaries=summaries, errors=ErrorLog(work / "errors.jsonl"),
-                         checkpoints=Checkpoints(work / f"ckpt{repeat}", st_model, st_opt),
-                         steps_per_epoch=n, learning_rate=lambda: float(st_opt.learning_rate.numpy()),
-                         progress=Progress(stream=_NullStream(), is_tty=False))
+        checkpoints = Checkpoints(work / f"ckpt{repeat}", st_model, st_opt)
+        progress, timer = Progress(stream=_NullStream(), is_tty=False), StepTimer(warmup_steps=SKIP)
+        loop = TrainLoop(steps=steps, train_batches=lambda epoch, skip: strategy.experimental_distribute_dataset(
+                             stream.take(n)), distribute=strategy.experimental_distribute_dataset, cfg=cfg,
+                         record=record, checkpoints=checkpoints, steps_per_epoch=n, timer=timer, progress=progress,
+                         actions=[LogScalars(cfg.log_every_steps, record, progress, timer,
+                                             learning_rate=lambda: float(st_opt.learning_rate.numpy())),
+                                  SaveCheckpoints(checkpoints, cfg.checkpoint_every_steps, None, time.perf_counter)])
         start = time.perf_counter()
         result = loop.run()
         elapsed = time.perf_counter() - start
         if result.steps != n:
             raise RuntimeError(f"safetrain ran {result.steps} steps, expected {n}")
-        st_step_s.extend(loop.timer.totals)  # already without its first steps (StepTimer.WARMUP_STEPS)
+        st_step_s.extend(loop.timer.totals)  # already without its first SKIP steps
         return elapsed
 
     warm = max(10, args.steps // 10)
@@ -142,7 +147,7 @@ def main() -> None:
         ratios.append(fit_s / st_s)
         print(f"repeat {r + 1}/{args.repeats}: fit {fit_rates[-1]:8,.0f} ex/s   "
               f"safetrain {st_rates[-1]:8,.0f} ex/s   ratio {ratios[-1]:.3f}", flush=True)
-    summaries.close()
+    record.board.close()
     fit_steady = args.batch_size / statistics.median(fit_step_s)
     st_steady = args.batch_size / statistics.median(st_step_s)
 

@@ -157,3 +157,29 @@ def test_gpu_memory_is_read_from_nvidia_smi_csv_and_shown_per_device():
     assert parse_gpu_memory("No devices were found\n") == []
     a100_80gb = Device("GPU", "NVIDIA A100-SXM4-80GB", (8, 0), memory_mib=81920)
     assert a100_80gb.describe() == "GPU NVIDIA A100-SXM4-80GB (compute capability 8.0) 80 GiB"
+
+
+def test_field_checks_apply_where_a_layer_declares_them_not_by_name():
+    """Built-in layers declare their checks per field; a custom layer's own `axis: int = -1`,
+    `offset: int = 0` or `rate` mean whatever that layer says and are checked for type only."""
+    import keras
+
+    from models.custom import custom_layer
+
+    @custom_layer("shift_along_axis")
+    class ShiftAlongAxis(keras.layers.Layer):
+        def __init__(self, axis: int = -1, offset: int = 0, rate: float = 2.0, **kwargs):
+            super().__init__(**kwargs)
+            self.axis, self.offset, self.rate = axis, offset, rate
+
+    [spec] = parse_layers([{"type": "shift_along_axis", "axis": -1, "offset": 0, "rate": 1.5}])
+    assert (spec.axis, spec.offset, spec.rate) == (-1, 0, 1.5)
+    with pytest.raises(ConfigError, match=r"model\.layers\.0\.axis='x' has the wrong type: expected int"):
+        parse_layers([{"type": "shift_along_axis", "axis": "x"}])
+    # The built-in checks still hold, on the fields that declare them (pairs included).
+    with pytest.raises(ConfigError, match=r"model\.layers\.0\.kernel_size=\(0, 3\) must be a positive integer"):
+        parse_layers([{"type": "conv2d", "kernel_size": [0, 3]}])
+    with pytest.raises(ConfigError, match=r"model\.layers\.0\.layer\.recurrent_dropout=1\.0 must be in \[0, 1\)"):
+        parse_layers([{"type": "bidirectional", "layer": {"type": "lstm", "recurrent_dropout": 1.0}}])
+    with pytest.raises(ConfigError, match=r"model\.layers\.0\.merge_mode='stack' is not one of: concat, sum"):
+        parse_layers([{"type": "bidirectional", "layer": {"type": "lstm"}, "merge_mode": "stack"}])
