@@ -16,7 +16,7 @@ import tensorflow as tf
 from models.custom import CustomLayerSpec
 from models.shapes import ModelPlan
 from models.spec import LayerSpec, _show
-from safetrain.errors import GraphError, SpecError
+from safetrain.errors import ErrorKind, GraphError, SpecError
 
 _NUMPY_SIGNS = ("Cannot convert a symbolic", "to a numpy array", "__array__")
 
@@ -51,13 +51,13 @@ def call_error(spec: LayerSpec, layer, shape, dtype, err: BaseException) -> Grap
         return GraphError(
             f"{_where(spec)} calls NumPy on a symbolic tensor in {cls}.call(): NumPy needs concrete "
             f"values, but the model is traced into a TensorFlow graph.",
-            hint=f"in {cls}.call use TensorFlow ops: {swap}", kind="symbolic_tensor_numpy",
+            hint=f"in {cls}.call use TensorFlow ops: {swap}", kind=ErrorKind.symbolic_tensor_numpy,
             config_key=spec.key)
     first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
     return GraphError(f"{_where(spec)} failed when traced with input {_show(shape)} {dtype}: "
                       f"{type(err).__name__}: {first}",
                       hint=f"fix {cls}.call for inputs of shape {_show(shape)}; rerun with debug=true "
-                           f"for the full error", kind="build", config_key=spec.key)
+                           f"for the full error", kind=ErrorKind.build, config_key=spec.key)
 
 
 def check_output(spec: LayerSpec, y, expected, plan: ModelPlan) -> None:
@@ -113,4 +113,4 @@ def variable_error(spec: LayerSpec, layer, created: list[str]) -> GraphError:
         f"{_where(spec)} creates a variable inside {cls}.call() ({', '.join(created)}): a new, "
         f"untrained variable on every call, which tf.function refuses once training starts.",
         hint=f"create it once in {cls}.build() with self.add_weight(...) and use it in call()",
-        kind="variable_in_tf_function", config_key=spec.key)
+        kind=ErrorKind.variable_in_tf_function, config_key=spec.key)

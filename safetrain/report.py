@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetrain.errors import SafetrainError
 
 
 def _clean(value: Any) -> Any:
@@ -88,8 +87,3 @@ class ErrorLog:
             fh.write(json.dumps(_clean(record)) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-
-    def write_error(self, error: SafetrainError, step: int | None = None) -> None:
-        self.write(phase=error.phase, kind=error.kind, message=error.message, hint=error.hint,
-                   step=step, config_key=error.config_key, tf_error_class=error.tf_error_class,
-                   op=error.op)

@@ -49,4 +49,4 @@ def test_every_schema_field_has_a_comment_and_every_module_it_names_exists():
             importlib.import_module(dotted)
         except ModuleNotFoundError:
             module, _, attribute = dotted.rpartition(".")
-            assert hasattr(importlib.import_module(module), attribute), f"schema.py names {dotted}, which does not exist"
+            assert hasattr(importlib.import_module(module), attribute), f"schema.py names {dotted}: no such thing"

@@ -7,6 +7,7 @@ file and the name, not as an import cycle somewhere else.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,14 @@ def _uses_tf_function(path: Path) -> bool:
 def test_tf_function_code_lives_in_one_module():
     users = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "safetrain").rglob("*.py") if _uses_tf_function(p))
     assert users == ["safetrain/export.py", "safetrain/steps.py"]  # export: the SavedModel's serving signature
+
+
+def test_the_error_kinds_the_readme_lists_are_the_codes():
+    from safetrain.diagnosis import RULES
+    from safetrain.errors import ErrorKind
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| kind | exit |"):readme.index("**NaN/Inf**")]
+    listed = set(re.findall(r"^\| `([a-z_]+)` \|", table, re.M))
+    assert listed == {rule.kind.value for rule in RULES} | {"unknown"}
+    assert listed <= {kind.value for kind in ErrorKind}
