@@ -82,13 +82,27 @@ def refuse_code_execution(args: list[str]) -> ConfigError | None:
     return None
 
 
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-dir", "-cd",
+                "--experimental-rerun"}
+_INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
 def with_default_experiment(args: list[str]) -> list[str]:
     """`args` plus `+experiment=digits_cnn` when they choose no experiment (and no other primary
     config), so the default run and `+experiment=digits_cnn` compose to the same config."""
     chosen = any(a.split("=", 1)[0].lstrip("+~") == "experiment" for a in args)
     if chosen or any(a.split("=", 1)[0] in ("--config-name", "-cn") for a in args):
         return args
-    return [f"+experiment={DEFAULT_EXPERIMENT}", *args]
+    # Hydra's argparse takes the overrides as one run of positional arguments: the added one goes
+    # right before the first override, never between flags (or into an optional `--info` value).
+    at = 0
+    while at < len(args) and args[at].startswith("-"):
+        takes_value = args[at] in _VALUE_FLAGS or (args[at] in ("--info", "-i") and at + 1 < len(args)
+                                                     and args[at + 1] in _INFO_CHOICES)
+        at += 2 if takes_value else 1
+    if at == len(args) and args and args[-1] in ("--info", "-i"):
+        at -= 1
+    return [*args[:at], f"+experiment={DEFAULT_EXPERIMENT}", *args[at:]]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,7 +32,13 @@ def test_the_default_run_composes_to_the_digits_cnn_experiment(tmp_path):
 
 
 def test_the_default_experiment_is_added_only_when_none_is_chosen():
-    assert with_default_experiment(["trainer.epochs=2"]) == [f"+experiment={DEFAULT_EXPERIMENT}", "trainer.epochs=2"]
+    default = f"+experiment={DEFAULT_EXPERIMENT}"
+    assert with_default_experiment(["-m", "trainer.epochs=2,3"]) == ["-m", default, "trainer.epochs=2,3"]
+    assert with_default_experiment(["x=1", "--cfg", "job"]) == [default, "x=1", "--cfg", "job"]
+    assert with_default_experiment(["--cfg", "job", "x=1"]) == ["--cfg", "job", default, "x=1"]
+    assert with_default_experiment(["--info", "defaults", "x=1"]) == ["--info", "defaults", default, "x=1"]
+    assert with_default_experiment(["--cfg", "job", "--info"]) == ["--cfg", "job", default, "--info"]
+    assert with_default_experiment([]) == [default]
     for chosen in (["+experiment=mnist_cnn"], ["experiment=mnist_cnn"], ["++experiment=x"], ["--config-name", "mine"]):
         assert with_default_experiment(chosen) == chosen
 
