@@ -71,8 +71,8 @@ class Action(Protocol):
     def after_epoch(self, end: EpochEnd) -> str | None: ...
 
 
-class _Hooks:
-    """Default no-op hooks, so each action writes only the one it needs."""
+class BaseAction:
+    """No-op hooks to subclass, so each action writes only the one it needs."""
 
     def after_step(self, end: StepEnd) -> None:
         return None
@@ -106,7 +106,7 @@ class EverySeconds:
         self.last = self.clock()
 
 
-class LogScalars(_Hooks):
+class LogScalars(BaseAction):
     """Every `every` steps: train loss/accuracy, the learning rate and throughput to TensorBoard,
     and a progress line (a terminal's bar is redrawn at every step, throttled by Progress)."""
 
@@ -129,7 +129,7 @@ class LogScalars(_Hooks):
         self.progress.update(end.at.in_epoch, end.totals.mean_loss, end.totals.accuracy, end.rate, force=due)
 
 
-class SaveCheckpoints(_Hooks):
+class SaveCheckpoints(BaseAction):
     """Every `every_steps` steps, every `every_seconds` seconds since the last save, and where
     each epoch ends (the position a resume continues from)."""
 
@@ -152,7 +152,7 @@ class SaveCheckpoints(_Hooks):
         return None
 
 
-class Evaluate(_Hooks):
+class Evaluate(BaseAction):
     """At each epoch end: the eval split's loss and accuracy, to TensorBoard and the epoch line.
     `results` holds the latest, for the run's report and for actions after this one."""
 
@@ -169,7 +169,7 @@ class Evaluate(_Hooks):
         return f"eval loss {self.loss:.4f} acc {self.accuracy:.4f}"
 
 
-class GradientProbe(_Hooks):
+class GradientProbe(BaseAction):
     """Dead-gradient check over the first `steps` steps: a trainable variable whose gradient is
     exactly 0.0 in each of them never changes. While `active`, the loop runs the probing step
     (which also returns each variable's largest |gradient|); then `on_dead(paths)` is called once

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 from safetrain.errors import DataError, ErrorKind, Explanation, GraphError, NumericsError, SafetrainError
-from safetrain.facts import Facts, facts, is_safetrain_bug  # noqa: F401  (is_safetrain_bug: re-exported)
+from safetrain.facts import Facts, facts
 from safetrain.run_state import Context
 
-# --- the table -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Rule:
+    """One row of the table: errors whose text matches `pattern` are `kind`, explained by `explain`."""
+
     kind: ErrorKind
     pattern: str                                  # regex over "<class>: <cause>\n<raw>"
     explain: Callable[[Facts, Context, re.Match], Explanation]

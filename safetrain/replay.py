@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import tensorflow as tf
@@ -41,9 +41,10 @@ class Finding:
 
 
 def locate_non_finite(*, make_steps: Callable[[], object], restore: Callable[[], Position],
-                      train_epoch: Callable[[int], tf.data.Dataset], strategy, steps_per_epoch: int,
+                      train_batches: Callable[[int, int], Iterable], steps_per_epoch: int,
                       failed_step: int, model, context: Context) -> Finding:
-    """Where the first non-finite value of the steps up to `failed_step` appeared."""
+    """Where the first non-finite value of the steps up to `failed_step` appeared.
+    `train_batches(epoch, skip)`: the same batches the loop trained on (safetrain.loop)."""
     start = restore()
     step, epoch, in_epoch = start.step, start.epoch, start.in_epoch
     if failed_step - step > MAX_REPLAY_STEPS:
@@ -57,8 +58,7 @@ def locate_non_finite(*, make_steps: Callable[[], object], restore: Callable[[],
     try:
         steps = make_steps()  # fresh tf.functions: check_numerics instruments graphs traced from now on
         while step < failed_step and found is None:
-            dataset = train_epoch(epoch)
-            iterator = iter(strategy.experimental_distribute_dataset(dataset.skip(in_epoch) if in_epoch else dataset))
+            iterator = iter(train_batches(epoch, in_epoch))
             while step < failed_step and in_epoch < steps_per_epoch:
                 with _checks_paused():  # eager variable reads are checked too
                     before = _largest_weight(model)  # the failing step's own update runs alongside the check

@@ -36,7 +36,8 @@ from safetrain.actions import PROBE_STEPS, Evaluate, GradientProbe, LogScalars, 
 from safetrain.checkpoints import Checkpoints
 from safetrain.cluster import ClusterTask, current_task, wait_for_peers
 from safetrain.config.schema import BadExamplePolicy, Config, OnDeadGradient, OnNan, OnOom
-from safetrain.diagnosis import diagnose, is_safetrain_bug
+from safetrain.diagnosis import diagnose
+from safetrain.facts import is_safetrain_bug
 from safetrain.env_report import env_text, versions
 from safetrain.errors import ErrorKind, GraphError, NanStop, NumericsError, SafetrainError, SpecError
 from safetrain.export import export
@@ -179,14 +180,13 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
                 raise
             found = locate_non_finite(
                 make_steps=lambda: make_steps(guard_updates=False, time_input=False), restore=checkpoints.restore,
-                train_epoch=data.train_epoch, strategy=strategy, steps_per_epoch=data.steps_per_epoch,
-                failed_step=stop.step, model=model, context=context)
+                train_batches=train_batches, steps_per_epoch=data.steps_per_epoch, failed_step=stop.step,
+                model=model, context=context)
             raise NumericsError(f"{stop.message}. {found.text}", hint=stop.hint,
                                 config_key=found.config_key or stop.config_key, op=found.op) from None
         test = loop.evaluate(data.test) if data.test is not None else (None, None)
     finally:
-        _record_loop(record, loop, evaluation)
-        report.model["weights_sha256"] = weights_digest(model)
+        _record_loop(record, loop, evaluation, model)
     report.metrics.update(test_loss=test[0], test_accuracy=test[1])
     record.scalars(result.steps, {"test/loss": test[0], "test/accuracy": test[1]})
     if data.test is not None:
@@ -307,8 +307,10 @@ def _record_model(record: RunRecord, cfg: Config, built: Built, policy: str, con
     context.layers = built.layers
 
 
-def _record_loop(record: RunRecord, loop: TrainLoop, evaluation: Evaluate | None) -> None:
+def _record_loop(record: RunRecord, loop: TrainLoop, evaluation: Evaluate | None, model) -> None:
+    """What training ended with, stopped or not: position, metrics, throughput, the final weights."""
     report, r = record.report, loop.result
+    report.model["weights_sha256"] = weights_digest(model)
     report.steps, report.epochs = r.steps, r.epochs
     report.time_to_first_step_s = r.time_to_first_step_s
     report.metrics.update(train_loss=r.train_loss, train_accuracy=r.train_accuracy,

@@ -16,7 +16,8 @@ import tensorflow as tf
 
 from conftest import read_tensorboard
 from models.custom import custom_layer
-from safetrain.diagnosis import diagnose, is_safetrain_bug
+from safetrain.diagnosis import diagnose
+from safetrain.facts import is_safetrain_bug
 from safetrain.run_state import Context, LayerRef
 from safetrain.errors import DataError, GraphError
 
@@ -251,10 +252,10 @@ def test_an_unrecognised_error_keeps_the_raw_message_and_op():
 
 
 def test_a_slip_in_safetrain_itself_is_not_dressed_up_as_a_diagnosis():
-    from safetrain import diagnosis
+    from safetrain import facts
 
     def buggy():
-        return diagnosis.facts(None, None)  # AttributeError inside safetrain/diagnosis.py
+        return facts.facts(None, None)  # AttributeError inside safetrain/facts.py
 
     assert is_safetrain_bug(_raised(buggy))
     assert not is_safetrain_bug(_raised(lambda: tf.reshape(tf.zeros([3]), [2])))
