@@ -172,10 +172,10 @@ class Evaluate(BaseAction):
 class GradientProbe(BaseAction):
     """Dead-gradient check over the first `steps` steps: a trainable variable whose gradient is
     exactly 0.0 in each of them never changes. While `active`, the loop runs the probing step
-    (which also returns each variable's largest |gradient|); then `on_dead(paths)` is called once
-    with the dead variables, if any."""
+    (which also returns each variable's largest |gradient|); then `on_dead(paths, step)` is called
+    once with the dead variables, if any, and the step the probe ended at."""
 
-    def __init__(self, variable_paths: list[str], on_dead: Callable[[list[str]], None],
+    def __init__(self, variable_paths: list[str], on_dead: Callable[[list[str], int], None],
                  steps: int = PROBE_STEPS) -> None:
         self.variable_paths = variable_paths
         self.on_dead = on_dead
@@ -196,4 +196,4 @@ class GradientProbe(BaseAction):
         if not self.left:
             dead = [path for path, g in zip(self.variable_paths, self._largest) if g == 0.0]
             if dead:
-                self.on_dead(dead)
+                self.on_dead(dead, end.at.step)

@@ -32,7 +32,7 @@ from models.shapes import ModelPlan, infer
 from pipelines.build import Datasets, build_datasets
 from pipelines.scan import bad_examples_error
 from safetrain import visuals
-from safetrain.actions import PROBE_STEPS, Evaluate, GradientProbe, LogScalars, SaveCheckpoints
+from safetrain.actions import Evaluate, GradientProbe, LogScalars, SaveCheckpoints
 from safetrain.checkpoints import Checkpoints
 from safetrain.cluster import ClusterTask, current_task, wait_for_peers
 from safetrain.config.schema import BadExamplePolicy, Config, OnDeadGradient, OnNan, OnOom
@@ -159,7 +159,7 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
                               run_spec=_run_spec(cfg, data.source.num_classes))
     steps = make_steps()
     clock, progress = time.perf_counter, Progress()
-    probe = GradientProbe(steps.variable_paths, lambda paths: _dead_gradients(built.plan, paths, t, record))
+    probe = GradientProbe(steps.variable_paths, lambda paths, step: _dead_gradients(built.plan, paths, step, t, record))
     # Steady-state timing starts after the last traced step: the probe's steps, then the plain one.
     timer = StepTimer(warmup_steps=probe.steps + 1)
     loop = TrainLoop(steps=steps, train_batches=train_batches, distribute=strategy.experimental_distribute_dataset,
@@ -415,12 +415,12 @@ def _gradient_error(plan: ModelPlan, paths: list[str], kind: ErrorKind) -> Graph
     return GraphError(said.why, hint=said.fix, kind=kind, config_key=said.config_key)
 
 
-def _dead_gradients(plan: ModelPlan, paths: list[str], t, record: RunRecord) -> None:
+def _dead_gradients(plan: ModelPlan, paths: list[str], step: int, t, record: RunRecord) -> None:
     error = _gradient_error(plan, paths, ErrorKind.zero_gradient)
     if t.on_dead_gradient is OnDeadGradient.error:
         raise error
     record.event(phase="train", kind=error.kind, message=error.message, hint=error.hint,
-                 config_key=error.config_key, step=PROBE_STEPS)
+                 config_key=error.config_key, step=step)
     log.warning("warning: %s\n  fix: %s (trainer.on_dead_gradient=error makes this stop the run)",
                 error.message, error.hint)
 

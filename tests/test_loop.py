@@ -104,7 +104,7 @@ def make_loop(*, epochs=2, steps_per_epoch=5, max_steps=None, every_steps=3, eve
                         checkpoint_every_steps=every_steps, checkpoint_every_seconds=every_seconds)
     record, checkpoints, dead = FakeRecord(), FakeCheckpoints(start), []
     progress = Progress(is_tty=False)
-    probe = GradientProbe(steps.variable_paths, dead.append, steps=probe_steps)
+    probe = GradientProbe(steps.variable_paths, lambda paths, step: dead.append((paths, step)), steps=probe_steps)
     timer = StepTimer(warmup_steps=probe.steps + 1)
     data = batches or (lambda epoch: [f"e{epoch}b{i}" for i in range(steps_per_epoch)])
     seen: list[tuple[int, int]] = []
@@ -162,7 +162,7 @@ def test_the_probe_runs_the_first_steps_then_reports_dead_variables_once():
     loop, steps, _, _, _, dead, _ = make_loop(epochs=1, steps_per_epoch=5, probe_steps=3)
     loop.run()
     assert steps.calls == ["probe"] * 3 + ["train"] * 2
-    assert dead == [["L0_dense/bias"]]
+    assert dead == [(["L0_dense/bias"], 3)]
 
 
 def test_a_non_finite_step_stops_at_that_step_without_a_checkpoint_after_it():
