@@ -31,7 +31,7 @@ from models.build import build_model
 from models.shapes import ModelPlan, infer
 from pipelines.build import Datasets, build_datasets
 from pipelines.scan import bad_examples_error
-from safetrain import visuals
+from safetrain import schedules, visuals
 from safetrain.actions import Evaluate, GradientProbe, LogScalars, SaveCheckpoints
 from safetrain.checkpoints import Checkpoints
 from safetrain.cluster import ClusterTask, current_task, wait_for_peers
@@ -43,7 +43,7 @@ from safetrain.errors import ErrorKind, GraphError, NanStop, NumericsError, Safe
 from safetrain.export import export
 from safetrain.hardware import Device, choose_precision, detect_devices, make_strategy, split_cpu
 from safetrain.loop import TrainLoop
-from safetrain.optimizers import LOSSES, OPTIMIZERS
+from safetrain.optimizers import LOSSES, OPTIMIZERS, exclude_one_dimensional
 from safetrain.progress import Progress
 from safetrain.record import RunRecord
 from safetrain.replay import locate_non_finite
@@ -79,6 +79,8 @@ class Built:
     model: keras.Model
     optimizer: Any
     layers: dict[str, LayerRef]  # Keras layer name -> the config entry it came from
+    schedule: schedules.Plan     # the learning rate over the steps
+    recipe: str                  # optimizer, learning-rate schedule, weight decay, label smoothing, in words
 
 
 def train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard | None = None,
@@ -143,7 +145,8 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
     eval_ds = data.eval if data.eval is not None else data.test
 
     def make_steps(**overrides) -> Steps:
-        args = dict(strategy=strategy, model=model, optimizer=optimizer, loss_fn=LOSSES.get(t.loss)(),
+        args = dict(strategy=strategy, model=model, optimizer=optimizer,
+                    loss_fn=LOSSES.get(t.loss)(label_smoothing=t.label_smoothing),
                     eval_spec=spec_of(eval_ds) if eval_ds is not None else None,
                     jit_compile=t.jit_compile, guard_updates=t.on_nan is OnNan.skip_step,
                     time_input=not t.deterministic,
@@ -168,8 +171,9 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
                      context=context)
     evaluation = Evaluate(loop.evaluate, data.eval, record) if data.eval is not None else None
     # Checkpointing last: it saves what the actions before it decided.
-    loop.actions = [probe, LogScalars(t.log_every_steps, record, progress, timer,
-                                      learning_rate=lambda: float(optimizer.learning_rate.numpy())),
+    # The rate the logged step used (the optimizer has already counted that step).
+    used_rate = lambda: schedules.value_at(built.schedule.learning_rate, optimizer.iterations - 1)  # noqa: E731
+    loop.actions = [probe, LogScalars(t.log_every_steps, record, progress, timer, learning_rate=used_rate),
                     *([evaluation] if evaluation else []),
                     SaveCheckpoints(checkpoints, t.checkpoint_every_steps, t.checkpoint_every_seconds, clock)]
     try:
@@ -251,15 +255,25 @@ def _model(cfg: Config, plan: ModelPlan, data: Datasets, hardware: Hardware) -> 
     """Model and optimizer, built in the strategy's scope for the planned shapes."""
     # Seeded again right before the weights are drawn: preparing a TFDS dataset (first run on a
     # data dir only) consumes Python's global RNG, which Keras' unseeded initializers draw from.
-    keras.utils.set_random_seed(cfg.trainer.seed)
+    t, o = cfg.trainer, cfg.optimizer
+    keras.utils.set_random_seed(t.seed)
+    run_steps = data.steps_per_epoch * t.epochs
+    schedule = schedules.learning_rate(o, data.steps_per_epoch, min(run_steps, t.max_steps or run_steps))
     with hardware.strategy.scope():
-        model = build_model(plan, input_dtype=data.spec.dtype, seed=cfg.trainer.seed)
-        optimizer = OPTIMIZERS.get(cfg.optimizer.name)(cfg.optimizer.learning_rate, cfg.optimizer.clipnorm)
+        model = build_model(plan, input_dtype=data.spec.dtype, seed=t.seed)
+        optimizer = OPTIMIZERS.get(o.name)(schedule.learning_rate, o.clipnorm, o.weight_decay)
+        undecayed = exclude_one_dimensional(optimizer, model.trainable_variables)
         if hardware.policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         # Slots must exist before the first step under a strategy, and before a restore.
         optimizer.build(model.trainable_variables)
-    return Built(plan=plan, model=model, optimizer=optimizer, layers=_layer_refs(plan, model))
+    recipe = f"{o.name}, learning rate {schedule.describe}"
+    if o.weight_decay:
+        recipe += f", weight decay {o.weight_decay:g} (not on the {undecayed} 1-D weights: biases, normalization)"
+    if t.label_smoothing:
+        recipe += f", label smoothing {t.label_smoothing:g}"
+    return Built(plan=plan, model=model, optimizer=optimizer, layers=_layer_refs(plan, model),
+                 schedule=schedule, recipe=recipe)
 
 
 # --- recording: each setup result is written once, here -----------------------------------------
@@ -302,6 +316,8 @@ def _record_plan(record: RunRecord, cfg: Config, plan: ModelPlan) -> None:
 def _record_model(record: RunRecord, cfg: Config, built: Built, policy: str, context: Context) -> None:
     params = built.model.count_params()  # counted on the built model: custom layers' are unknown to the plan
     record.report.model = {"name": cfg.model.name, "params": params, "flops_per_example": built.plan.total_flops}
+    log.info("optimizer: %s", built.recipe)
+    record.text("optimizer/recipe", built.recipe)
     context.params = params
     context.activation_bytes_per_example = _activation_bytes(built.plan, policy)
     context.layers = built.layers
@@ -428,7 +444,8 @@ def _dead_gradients(plan: ModelPlan, paths: list[str], step: int, t, record: Run
 def _hparams(cfg: Config, policy: str, replicas: int) -> dict:
     t, o = cfg.trainer, cfg.optimizer
     return {"experiment": cfg.name, "dataset": cfg.dataset.name, "model": cfg.model.name,
-            "optimizer": o.name, "learning_rate": o.learning_rate, "batch_size": t.batch_size,
+            "optimizer": o.name, "learning_rate": o.learning_rate, "schedule": o.schedule.value,
+            "weight_decay": o.weight_decay, "label_smoothing": t.label_smoothing, "batch_size": t.batch_size,
             "epochs": t.epochs, "seed": t.seed, "precision": policy, "replicas": replicas,
             "jit_compile": t.jit_compile}
 

@@ -44,6 +44,17 @@ def run_probe(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
     (["trainer.min_batch_size=0"], r"trainer\.min_batch_size=0 must be >= 1"),
     (["hardware.strategy=multi_worker"], r"hardware\.strategy=multi_worker needs TF_CONFIG"),
     (["dataset.pixel_range=[1,0]"], r"dataset\.pixel_range=\[1\.0, 0\.0\] must be \[min, max\] with min < max"),
+    (["optimizer.schedule=one_cycle", "optimizer.warmup_epochs=1"],
+     r"optimizer\.schedule=one_cycle warms up by itself .* optimizer\.warmup_epochs=1\.0 would add a second"),
+    (["optimizer.milestones=[5]"], r"optimizer\.milestones=\[5\.0\] only applies to optimizer\.schedule=step"),
+    (["optimizer.schedule=step"], r"optimizer\.schedule=step needs optimizer\.milestones"),
+    (["optimizer.schedule=step", "optimizer.milestones=[20]"], r"must increase and lie .* before the end "
+                                                                r"\(trainer\.epochs=15\)"),
+    (["optimizer.min_learning_rate=0.01"], r"optimizer\.min_learning_rate=0\.01 must be >= 0 and below "
+                                           r"optimizer\.learning_rate=0\.001"),
+    (["trainer.label_smoothing=1.0"], r"trainer\.label_smoothing=1\.0 must be in \[0, 1\)"),
+    (["optimizer.weight_decay=-1"], r"optimizer\.weight_decay=-1\.0 must be >= 0"),
+    (["optimizer.warmup_epochs=15"], r"optimizer\.warmup_epochs=15\.0 is not shorter than trainer\.epochs=15"),
 ])
 def test_config_error_exits_2_with_one_paragraph_before_tensorflow(tmp_path, overrides, expected):
     proc = run_probe(tmp_path, *overrides)

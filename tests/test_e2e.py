@@ -368,3 +368,18 @@ def test_mirrored_strategy_over_two_logical_cpus(run_cli):
     assert hardware["per_replica_batch_size"] == 16  # global batch 32 split over two replicas
     assert result.report()["steps"] == 4 and result.report()["metrics"]["test_accuracy"] is not None
     assert "MirroredStrategy x2 | batch 32 global, 16 per replica" in result.err
+
+
+def test_the_recipe_is_printed_and_tensorboard_shows_the_rate_each_step_used(train):
+    result = train("trainer.max_steps=8", "optimizer.schedule=cosine", "optimizer.warmup_epochs=0.25",
+                   "optimizer.weight_decay=0.05", "trainer.label_smoothing=0.1")
+    assert result.code == 0, result.err
+    recipe = ("adam, learning rate linear warmup over 2 steps, then cosine 0.001 -> 0 at step 8, weight decay "
+              "0.05 (not on the 4 1-D weights: biases, normalization), label smoothing 0.1")
+    assert f"optimizer: {recipe}" in result.err
+    scalars, texts = read_tensorboard(result.run_dir / "tb")
+    assert recipe in texts["optimizer/recipe"]
+    steps, rates = zip(*scalars["optimizer/learning_rate"])
+    assert steps == tuple(range(1, 9))
+    assert rates[0] == pytest.approx(0.0005) and rates[1] == pytest.approx(0.001)  # the 2 warmup steps
+    assert all(b < a for a, b in zip(rates[2:], rates[3:])) and rates[-1] == pytest.approx(0.0, abs=1e-9)

@@ -39,7 +39,10 @@ def test_sigterm_at_a_random_step_then_rerun_ends_bitwise_equal_to_an_uninterrup
     dropout RNG and the position, so nothing is left to differ. A tolerance would hide exactly the
     bugs this test exists for (a lost RNG state shows as a small drift, not a crash)."""
     same = ("trainer.deterministic=true", "trainer.epochs=3", "trainer.max_steps=null",
-            "trainer.checkpoint_every_steps=1000")  # 8 steps per epoch; saves only at epoch ends and on signals
+            "trainer.checkpoint_every_steps=1000",  # 8 steps per epoch; saves only at epoch ends and on signals
+            # the recipe's pieces ride along: a schedule with warmup, weight decay, label smoothing
+            "optimizer.schedule=cosine", "optimizer.warmup_epochs=1", "optimizer.weight_decay=0.01",
+            "trainer.label_smoothing=0.1")
     straight = tmp_path / "straight"
     done = subprocess.run(_cmd(straight, tfds_dir, *same), capture_output=True, text=True, env=ENV, timeout=240)
     assert done.returncode == 0, done.stderr

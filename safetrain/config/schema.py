@@ -79,6 +79,14 @@ class Precision(Enum):
     mixed_bfloat16 = "mixed_bfloat16"
 
 
+class Schedule(Enum):
+    constant = "constant"    # optimizer.learning_rate throughout (after any warmup)
+    cosine = "cosine"        # cosine decay to optimizer.min_learning_rate by the last step
+    linear = "linear"        # linear decay to optimizer.min_learning_rate by the last step
+    step = "step"            # times optimizer.decay_factor at each epoch in optimizer.milestones
+    one_cycle = "one_cycle"  # learning_rate/25 up to learning_rate over 30% of the steps, cosine down
+
+
 class StrategyKind(Enum):
     auto = "auto"
     one_device = "one_device"
@@ -140,8 +148,14 @@ class ModelConfig:
 @dataclass
 class OptimizerConfig:
     name: str = "adam"                   # registry: see safetrain.optimizers (OPTIMIZERS)
-    learning_rate: float = 1e-3          # the optimizer's (constant) learning rate
+    learning_rate: float = 1e-3          # the peak learning rate; optimizer.schedule shapes it over the run
     clipnorm: Optional[float] = None     # clip each gradient to this norm; null = no clipping
+    weight_decay: float = 0.0            # decoupled weight decay; 1-D weights (biases, normalization) excluded
+    schedule: Schedule = Schedule.constant  # the learning rate over the steps (safetrain.schedules)
+    warmup_epochs: float = 0.0           # linear warmup from ~0 to learning_rate first (not with one_cycle)
+    min_learning_rate: float = 0.0       # where cosine, linear and one_cycle end
+    milestones: List[float] = field(default_factory=list)  # schedule=step: epochs where the rate drops
+    decay_factor: float = 0.1            # schedule=step: the rate is multiplied by this at each milestone
 
 
 @dataclass
@@ -154,6 +168,7 @@ class TrainerConfig:
     deterministic: bool = False          # op determinism: reproducible, slower
     jit_compile: bool = False            # XLA; about 2x slower on CPU, so off by default
     loss: str = "sparse_categorical_crossentropy"  # registry: see safetrain.optimizers (LOSSES)
+    label_smoothing: float = 0.0         # targets 1 - s + s/K and s/K (sparse and one-hot labels alike)
     checkpoint_every_steps: int = 200    # also at every epoch end and on SIGTERM/SIGINT
     checkpoint_every_seconds: Optional[float] = None  # also save when this long has passed since the last save
     log_every_steps: int = 10            # TensorBoard scalars and log lines

@@ -12,7 +12,7 @@ from pathlib import Path
 from models.shapes import ModelPlan, infer
 from models.parse import parse_layers
 from safetrain.cluster import current_task
-from safetrain.config.schema import Config, OnOom, Source, StrategyKind
+from safetrain.config.schema import Config, OnOom, Schedule, Source, StrategyKind
 from safetrain.errors import ConfigError
 from safetrain.optimizers import LOSS_ENCODING, LOSSES, OPTIMIZERS
 
@@ -74,6 +74,7 @@ def validate(cfg: Config) -> ModelPlan:
     if t.min_batch_size < 1:
         raise ConfigError(f"trainer.min_batch_size={t.min_batch_size} must be >= 1.",
                           hint="set trainer.min_batch_size=1", config_key="trainer.min_batch_size")
+    _check_recipe(cfg)
     OPTIMIZERS.get(cfg.optimizer.name)
     LOSSES.get(t.loss)
     wanted = LOSS_ENCODING.get(t.loss)
@@ -132,3 +133,50 @@ def _check_paths(cfg: Config) -> None:
                               hint="point dataset.data_dir at a folder (TFDS prepares datasets in it)",
                               config_key="dataset.data_dir")
         d.data_dir = str(resolved)
+
+
+def _check_recipe(cfg: Config) -> None:
+    """Learning-rate schedule, weight decay and label smoothing: ranges and combinations."""
+    o, t = cfg.optimizer, cfg.trainer
+
+    def refuse(message: str, hint: str, key: str) -> None:
+        raise ConfigError(message, hint=hint, config_key=key)
+
+    if o.weight_decay < 0:
+        refuse(f"optimizer.weight_decay={o.weight_decay} must be >= 0.", "set optimizer.weight_decay=0.05 (or 0: off)",
+               "optimizer.weight_decay")
+    if not 0.0 <= t.label_smoothing < 1.0:
+        refuse(f"trainer.label_smoothing={t.label_smoothing} must be in [0, 1).", "set trainer.label_smoothing=0.1",
+               "trainer.label_smoothing")
+    if o.warmup_epochs < 0:
+        refuse(f"optimizer.warmup_epochs={o.warmup_epochs} must be >= 0.", "set optimizer.warmup_epochs=1",
+               "optimizer.warmup_epochs")
+    if o.warmup_epochs >= t.epochs:
+        refuse(f"optimizer.warmup_epochs={o.warmup_epochs} is not shorter than trainer.epochs={t.epochs}: the run "
+               f"would end before the learning rate reached optimizer.learning_rate.",
+               f"set optimizer.warmup_epochs below {t.epochs} (e.g. {max(0, min(1, t.epochs - 1))})",
+               "optimizer.warmup_epochs")
+    if o.schedule is Schedule.one_cycle and o.warmup_epochs:
+        refuse("optimizer.schedule=one_cycle warms up by itself (from learning_rate/25 over the first 30% of "
+               f"the steps); optimizer.warmup_epochs={o.warmup_epochs} would add a second warmup.",
+               "set optimizer.warmup_epochs=0, or another optimizer.schedule", "optimizer.warmup_epochs")
+    if not 0.0 <= o.min_learning_rate < o.learning_rate:
+        refuse(f"optimizer.min_learning_rate={o.min_learning_rate} must be >= 0 and below "
+               f"optimizer.learning_rate={o.learning_rate}: it is where the decay ends.",
+               f"set optimizer.min_learning_rate={o.learning_rate / 100:g}", "optimizer.min_learning_rate")
+    if o.schedule is not Schedule.step and o.milestones:
+        refuse(f"optimizer.milestones={list(o.milestones)} only applies to optimizer.schedule=step, not "
+               f"{o.schedule.value}.", "set optimizer.schedule=step, or optimizer.milestones=[]",
+               "optimizer.milestones")
+    if o.schedule is Schedule.step:
+        milestones = list(o.milestones)
+        if not milestones:
+            refuse("optimizer.schedule=step needs optimizer.milestones: the epochs at which the rate drops.",
+                   "set optimizer.milestones=[10,20] (with optimizer.decay_factor=0.1)", "optimizer.milestones")
+        if milestones != sorted(set(milestones)) or milestones[0] <= o.warmup_epochs or milestones[-1] >= t.epochs:
+            refuse(f"optimizer.milestones={milestones} must increase and lie after the warmup "
+                   f"(optimizer.warmup_epochs={o.warmup_epochs}) and before the end (trainer.epochs={t.epochs}).",
+                   f"set optimizer.milestones=[{max(1, t.epochs // 2)}]", "optimizer.milestones")
+        if not 0.0 < o.decay_factor < 1.0:
+            refuse(f"optimizer.decay_factor={o.decay_factor} must be in (0, 1): the rate is multiplied by it.",
+                   "set optimizer.decay_factor=0.1", "optimizer.decay_factor")

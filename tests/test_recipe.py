@@ -1,0 +1,78 @@
+"""Learning-rate schedules, decoupled weight decay and label smoothing, on real Keras objects."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from safetrain.config.schema import OptimizerConfig, Schedule
+from safetrain.optimizers import LOSSES, OPTIMIZERS, exclude_one_dimensional
+from safetrain.schedules import learning_rate, value_at
+
+LR, LOW, SPE, TOTAL = 0.1, 0.001, 10, 100  # 10 steps per epoch, 10 epochs
+
+
+def _curve(**settings) -> np.ndarray:
+    plan = learning_rate(OptimizerConfig(learning_rate=LR, **settings), SPE, TOTAL)
+    return np.array([value_at(plan.learning_rate, step) for step in range(TOTAL)])
+
+
+def test_constant_without_warmup_is_a_plain_float():
+    plan = learning_rate(OptimizerConfig(learning_rate=LR), SPE, TOTAL)
+    assert plan.learning_rate == LR and plan.describe == "constant 0.1"
+
+
+def test_warmup_rises_linearly_then_the_cosine_decays_to_the_minimum_on_the_last_step():
+    curve = _curve(schedule=Schedule.cosine, warmup_epochs=2, min_learning_rate=LOW)
+    assert curve[0] == pytest.approx(LR / 20) and curve[19] == pytest.approx(LR)  # 20 warmup steps
+    assert np.allclose(np.diff(curve[:20]), LR / 20)
+    assert curve[20] == pytest.approx(LR) and np.all(np.diff(curve[20:]) <= 1e-9)
+    assert curve[-1] == pytest.approx(LOW)
+    assert curve[60] == pytest.approx(LOW + (LR - LOW) * 0.5 * (1 + np.cos(np.pi * 40 / 79)), rel=1e-5)
+
+
+def test_linear_decay_ends_at_the_minimum():
+    curve = _curve(schedule=Schedule.linear, min_learning_rate=LOW)
+    assert curve[0] == pytest.approx(LR) and curve[-1] == pytest.approx(LOW)
+    assert np.allclose(np.diff(curve), (LOW - LR) / 99, rtol=1e-4)
+
+
+def test_step_drops_by_the_factor_at_each_milestone_epoch():
+    curve = _curve(schedule=Schedule.step, milestones=[3, 6], decay_factor=0.1)
+    assert curve[30] == pytest.approx(LR) and curve[31] == pytest.approx(LR * 0.1)
+    assert curve[60] == pytest.approx(LR * 0.1) and curve[61] == pytest.approx(LR * 0.01)
+
+
+def test_one_cycle_rises_from_a_25th_to_the_peak_then_anneals():
+    curve = _curve(schedule=Schedule.one_cycle, min_learning_rate=LOW)
+    assert curve[0] == pytest.approx(LR / 25) and curve.argmax() == 30 and curve.max() == pytest.approx(LR)
+    assert curve[-1] == pytest.approx(LOW)
+
+
+def test_weight_decay_shrinks_kernels_and_leaves_biases_and_normalization_alone():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, bias_initializer="ones"),
+                              keras.layers.BatchNormalization()])
+    optimizer = OPTIMIZERS.get("sgd")(0.1, None, 0.5)
+    assert exclude_one_dimensional(optimizer, model.trainable_variables) == 3  # bias, gamma, beta
+    optimizer.build(model.trainable_variables)
+    before = [np.array(v) for v in model.trainable_variables]
+    optimizer.apply_gradients([(np.zeros(v.shape, "float32"), v) for v in model.trainable_variables])
+    after = [np.array(v) for v in model.trainable_variables]
+    kernel = [i for i, v in enumerate(model.trainable_variables) if len(v.shape) == 2]
+    for i, (b, a) in enumerate(zip(before, after)):
+        np.testing.assert_allclose(a, b * (1 - 0.1 * 0.5) if i in kernel else b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["sparse_categorical_crossentropy", "categorical_crossentropy"])
+def test_label_smoothing_gives_the_smoothed_cross_entropy_for_either_encoding(loss):
+    logits = np.array([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]], "float32")
+    ids = np.array([0, 2])
+    labels = ids if loss.startswith("sparse") else np.eye(3, dtype="float32")[ids]
+    s = 0.2
+    target = (1 - s) * np.eye(3)[ids] + s / 3
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = -(target * log_p).sum(-1)
+    np.testing.assert_allclose(np.array(LOSSES.get(loss)(label_smoothing=s)(labels, logits)), expected, rtol=1e-5)
+    plain = np.array(LOSSES.get(loss)()(labels, logits))
+    np.testing.assert_allclose(plain, -log_p[np.arange(2), ids], rtol=1e-5)
