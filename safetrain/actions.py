@@ -67,12 +67,17 @@ class EpochEnd:
 
 
 class Action(Protocol):
+    wants_stop: bool
+
     def after_step(self, end: StepEnd) -> None: ...
     def after_epoch(self, end: EpochEnd) -> str | None: ...
 
 
 class BaseAction:
-    """No-op hooks to subclass, so each action writes only the one it needs."""
+    """No-op hooks to subclass, so each action writes only the one it needs. `wants_stop`: the
+    loop ends training after the epoch in which an action says so (early stopping)."""
+
+    wants_stop = False
 
     def after_step(self, end: StepEnd) -> None:
         return None
@@ -197,3 +202,41 @@ class GradientProbe(BaseAction):
             dead = [path for path, g in zip(self.variable_paths, self._largest) if g == 0.0]
             if dead:
                 self.on_dead(dead, end.at.step)
+
+
+class SelectBest(BaseAction):
+    """At each epoch end, after `Evaluate`: is this the best eval epoch so far? `state` holds the
+    best value, its epoch and step, and the epochs since (the training side keeps them in
+    tf.Variables, so the checkpoint has them and a resume decides exactly as the first run would);
+    `state.capture()` keeps the current weights when they are the best (trainer.keep_best). With
+    `patience`, the loop is asked to stop after that many epochs without an improvement of more
+    than `min_delta` (trainer.early_stopping)."""
+
+    def __init__(self, evaluation: Evaluate, state, metric: str, higher_is_better: bool, min_delta: float = 0.0,
+                 patience: int | None = None) -> None:
+        self.evaluation = evaluation
+        self.state = state
+        self.metric = metric          # "accuracy" | "loss"
+        self.higher_is_better = higher_is_better
+        self.min_delta = min_delta
+        self.patience = patience
+
+    @property
+    def wants_stop(self) -> bool:
+        return self.patience is not None and self.state.bad_epochs >= self.patience
+
+    def after_epoch(self, end: EpochEnd) -> str | None:
+        value = self.evaluation.accuracy if self.metric == "accuracy" else self.evaluation.loss
+        best = self.state.value
+        gain = (value - best) if self.higher_is_better else (best - value)
+        if self.state.epoch == 0 or gain > self.min_delta:
+            self.state.value, self.state.epoch, self.state.step, self.state.bad_epochs = value, end.epoch, end.step, 0
+            self.state.capture()
+            return f"best eval {self.metric} so far"
+        self.state.bad_epochs += 1
+        text = f"best eval {self.metric} {self.state.value:.4f} at epoch {self.state.epoch}"
+        if self.patience is not None:
+            text += f", {self.state.bad_epochs}/{self.patience} epochs without improvement"
+            if self.wants_stop:
+                text += ": stopping early (trainer.early_stopping)"
+        return text

@@ -36,11 +36,12 @@ SPEC_FILE = "run_spec.json"
 
 class Checkpoints:
     def __init__(self, directory: Path, model, optimizer, max_to_keep: int = 3, writer: bool = True,
-                 batch_size: int = 0, run_spec: dict | None = None) -> None:
+                 batch_size: int = 0, run_spec: dict | None = None, extra: dict | None = None) -> None:
         """`batch_size`: the global batch this run uses. A checkpoint saved with another one (a
         rerun with a new trainer.batch_size, or on_oom=halve_batch) resumes at the same example:
         batches done are converted, rounding down. `run_spec`: {config key: value} of the
-        settings a resume must not change."""
+        settings a resume must not change. `extra`: more state to save and restore by name (the
+        best epoch's record and weights: safetrain.best)."""
         self.directory = Path(directory)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.epoch = tf.Variable(1, dtype=tf.int64, trainable=False, name="epoch")
@@ -49,7 +50,7 @@ class Checkpoints:
         rng = [v for v in model.variables if v.path.endswith("seed_generator_state")]
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step,
                                               epoch=self.epoch, in_epoch=self.in_epoch,
-                                              batch_size=self.batch_size, rng=rng)
+                                              batch_size=self.batch_size, rng=rng, **(extra or {}))
         self.manager = self._manager(max_to_keep)
         self.writer = writer
         self.run_spec = run_spec or {}

@@ -90,7 +90,7 @@ class TrainLoop:
         result.steps, result.epochs = start.step, start.epoch - 1
         skip = start.in_epoch
         for epoch in range(start.epoch, cfg.epochs + 1):
-            if self._budget_spent():
+            if self._budget_spent() or self.stopped_early:
                 break
             with self.guard.deferred():
                 totals, in_epoch, completed = self._train_epoch(epoch, skip)
@@ -106,6 +106,11 @@ class TrainLoop:
             self.progress.end_epoch(" | ".join(line))
             self.record.flush()
         return result
+
+    @property
+    def stopped_early(self) -> bool:
+        """An action (early stopping) ended training; after a resume too, from its restored state."""
+        return any(action.wants_stop for action in self.actions)
 
     def _budget_spent(self) -> bool:
         return self.cfg.max_steps is not None and self.result.steps >= self.cfg.max_steps

@@ -61,6 +61,7 @@ class RunReport:
     wall_seconds: float = 0.0
     time_to_first_step_s: float | None = None
     export: dict | None = None        # the SavedModel's path, input, classes and self-check
+    best: dict | None = None          # the best eval epoch {epoch, step, metric, value}, when one was chosen
     run_dir: str = ""
 
     def write(self, run_dir: Path) -> Path:

@@ -32,10 +32,12 @@ from models.shapes import ModelPlan, infer
 from pipelines.build import Datasets, build_datasets
 from pipelines.scan import bad_examples_error
 from safetrain import schedules, visuals
-from safetrain.actions import Evaluate, GradientProbe, LogScalars, SaveCheckpoints
+from safetrain.actions import Evaluate, GradientProbe, LogScalars, SaveCheckpoints, SelectBest
+from safetrain.best import BestState
 from safetrain.checkpoints import Checkpoints
 from safetrain.cluster import ClusterTask, current_task, wait_for_peers
-from safetrain.config.schema import BadExamplePolicy, Config, OnDeadGradient, OnNan, OnOom
+from safetrain.config.schema import BadExamplePolicy, Config, Mode, OnDeadGradient, OnNan, OnOom
+from safetrain.config.validate import best_mode
 from safetrain.diagnosis import diagnose
 from safetrain.facts import is_safetrain_bug
 from safetrain.env_report import env_text, versions
@@ -157,9 +159,14 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
         dataset = data.train_epoch(epoch)
         return strategy.experimental_distribute_dataset(dataset.skip(skip) if skip else dataset)
 
+    selection = _selection(cfg)
+    with strategy.scope():  # the best epoch's record (and weights): chosen on the eval split only
+        best = BestState(model, keep_weights=selection.keep, higher_is_better=selection.higher) \
+            if data.eval is not None else None
     checkpoints = Checkpoints(checkpoint_dir, model, optimizer, writer=hardware.cluster is None or
                               hardware.cluster.is_chief, batch_size=t.batch_size,
-                              run_spec=_run_spec(cfg, data.source.num_classes))
+                              run_spec=_run_spec(cfg, data.source.num_classes, selection),
+                              extra=best.trackables() if best else None)
     steps = make_steps()
     clock, progress = time.perf_counter, Progress()
     probe = GradientProbe(steps.variable_paths, lambda paths, step: _dead_gradients(built.plan, paths, step, t, record))
@@ -170,11 +177,13 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
                      probe=probe, timer=timer, progress=progress, started=started, clock=clock, guard=guard,
                      context=context)
     evaluation = Evaluate(loop.evaluate, data.eval, record) if data.eval is not None else None
-    # Checkpointing last: it saves what the actions before it decided.
+    choose = SelectBest(evaluation, best, selection.metric, selection.higher, selection.min_delta,
+                        selection.patience) if best else None
     # The rate the logged step used (the optimizer has already counted that step).
     used_rate = lambda: schedules.value_at(built.schedule.learning_rate, optimizer.iterations - 1)  # noqa: E731
+    # In this order: the eval result feeds the selection, and checkpointing saves what both decided.
     loop.actions = [probe, LogScalars(t.log_every_steps, record, progress, timer, learning_rate=used_rate),
-                    *([evaluation] if evaluation else []),
+                    *([evaluation, choose] if evaluation else []),
                     SaveCheckpoints(checkpoints, t.checkpoint_every_steps, t.checkpoint_every_seconds, clock)]
     try:
         try:
@@ -188,6 +197,8 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
                 model=model, context=context)
             raise NumericsError(f"{stop.message}. {found.text}", hint=stop.hint,
                                 config_key=found.config_key or stop.config_key, op=found.op) from None
+        if best is not None:
+            _record_best(record, best, selection)
         test = loop.evaluate(data.test) if data.test is not None else (None, None)
     finally:
         _record_loop(record, loop, evaluation, model)
@@ -372,10 +383,45 @@ def _final_summary(record: RunRecord) -> None:
 
 # --- helpers ----------------------------------------------------------------------------------
 
-def _run_spec(cfg: Config, num_classes: int) -> dict:
-    """The settings that fix the weights' shapes and meaning: a resume must keep them."""
+@dataclass(frozen=True)
+class Selection:
+    """How the best eval epoch is chosen (trainer.keep_best, trainer.early_stopping)."""
+
+    keep: bool                  # restore the best epoch's weights for test and export
+    patience: int | None        # early stopping after this many epochs without improvement; None = off
+    metric: str = "accuracy"    # of the eval split
+    higher: bool = True
+    min_delta: float = 0.0
+
+
+def _selection(cfg: Config) -> Selection:
+    t, stopping = cfg.trainer, cfg.trainer.early_stopping
+    # null: keep the best when there is an eval split (validate() refused an explicit true without one).
+    keep = bool(cfg.dataset.splits.eval) if t.keep_best is None else t.keep_best
+    if stopping is None:
+        return Selection(keep=keep, patience=None)
+    return Selection(keep=keep, patience=stopping.patience, metric=stopping.metric.value,  # patience None: off
+                     higher=best_mode(stopping.metric, stopping.mode) is Mode.max, min_delta=stopping.min_delta)
+
+
+def _record_best(record: RunRecord, best: BestState, selection: Selection) -> None:
+    """The chosen epoch in report.json, and (keep_best) its weights back in the model for testing."""
+    if not best.epoch:
+        return
+    restored = selection.keep and best.restore()
+    record.report.best = {"epoch": best.epoch, "step": best.step, "metric": f"eval_{selection.metric}",
+                          "value": best.value, "weights_restored": restored}
+    if restored:
+        log.info("best eval %s %.4f at epoch %d (step %d): its weights are tested and exported (trainer.keep_best)",
+                 selection.metric, best.value, best.epoch, best.step)
+
+
+def _run_spec(cfg: Config, num_classes: int, selection: Selection) -> dict:
+    """The settings that fix the weights' shapes and meaning, and what the checkpoint holds: a
+    resume must keep them."""
     image = cfg.dataset.image
-    return {"dataset.image.height": image.height, "dataset.image.width": image.width,
+    return {"trainer.keep_best": selection.keep,
+            "dataset.image.height": image.height, "dataset.image.width": image.width,
             "dataset.image.channels": image.channels, "dataset.image.normalization": image.normalization.value,
             "dataset.num_classes": num_classes, "dataset.label_encoding": cfg.dataset.label_encoding.value,
             "model.layers": json.dumps(cfg.model.layers, sort_keys=True, default=str)}

@@ -55,6 +55,14 @@ def run_probe(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
     (["trainer.label_smoothing=1.0"], r"trainer\.label_smoothing=1\.0 must be in \[0, 1\)"),
     (["optimizer.weight_decay=-1"], r"optimizer\.weight_decay=-1\.0 must be >= 0"),
     (["optimizer.warmup_epochs=15"], r"optimizer\.warmup_epochs=15\.0 is not shorter than trainer\.epochs=15"),
+    (["dataset.splits.eval=null", "trainer.keep_best=true"],
+     r"trainer\.keep_best chooses on the eval split, and dataset\.splits\.eval is null; choosing on the test split"),
+    (["dataset.splits.eval=null", "trainer.early_stopping.patience=2"],
+     r"trainer\.early_stopping chooses on the eval split, and dataset\.splits\.eval is null"),
+    (["trainer.early_stopping.patience=0"], r"trainer\.early_stopping\.patience=0 must be >= 1"),
+    (["trainer.early_stopping.patience=2", "trainer.early_stopping.metric=loss", "trainer.early_stopping.mode=max"],
+     r"trainer\.early_stopping\.mode=max contradicts trainer\.early_stopping\.metric=loss, which improves by "
+     r"going down"),
 ])
 def test_config_error_exits_2_with_one_paragraph_before_tensorflow(tmp_path, overrides, expected):
     proc = run_probe(tmp_path, *overrides)

@@ -383,3 +383,27 @@ def test_the_recipe_is_printed_and_tensorboard_shows_the_rate_each_step_used(tra
     assert steps == tuple(range(1, 9))
     assert rates[0] == pytest.approx(0.0005) and rates[1] == pytest.approx(0.001)  # the 2 warmup steps
     assert all(b < a for a, b in zip(rates[2:], rates[3:])) and rates[-1] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_early_stopping_keeps_the_best_eval_epoch_for_the_test_and_a_rerun_trains_no_further(train):
+    # A learning rate too small to change a prediction: the eval accuracy stays flat after epoch 1.
+    args = ("trainer.max_steps=null", "trainer.epochs=6", "trainer.early_stopping.patience=1",
+            "optimizer.learning_rate=1e-9", "hardware.precision=float32")
+    first = train(*args)
+    assert first.code == 0, first.err
+    report = first.report()
+    best = report["best"]
+    assert best["metric"] == "eval_accuracy" and best["weights_restored"] is True
+    assert best["epoch"] == 1 and report["epochs"] == 2  # one epoch of patience after the best, then the stop
+    assert best["step"] == 8 * best["epoch"] and best["value"] == pytest.approx(max(v for _, v in read_tensorboard(
+        first.run_dir / "tb")[0]["eval/accuracy"]))  # TensorBoard stores float32
+    assert "stopping early (trainer.early_stopping)" in first.err
+    assert f"best eval accuracy {best['value']:.4f} at epoch {best['epoch']}" in first.err
+
+    again = train(*args)
+    assert again.code == 0, again.err
+    assert f"resuming from checkpoint at step {report['steps']}" in again.err and "epoch 1/6 step" not in again.err
+    rerun = again.report()
+    assert rerun["steps"] == report["steps"] and rerun["best"] == best
+    for metric in ("test_accuracy", "test_loss"):  # the same restored weights, exactly
+        assert rerun["metrics"][metric] == report["metrics"][metric], metric

@@ -217,3 +217,70 @@ def test_a_pending_signal_saves_at_the_exact_step_then_stops():
         loop.run()
     assert stopped.value.exit_code == 143
     assert checkpoints.saved == [Position(0, 1, 0), Position(4, 1, 4)]
+
+
+class FakeBest:
+    """The state SelectBest keeps (tf.Variables on the training side), as plain attributes."""
+
+    def __init__(self) -> None:
+        self.value, self.epoch, self.step, self.bad_epochs = float("-inf"), 0, 0, 0
+        self.captured: list[int] = []
+
+    def capture(self) -> None:
+        self.captured.append(self.epoch)
+
+
+class ScriptedEval:
+    """Evaluate's results, one per epoch."""
+
+    def __init__(self, accuracies) -> None:
+        self.accuracies = list(accuracies)
+        self.accuracy = self.loss = None
+
+    def after_step(self, end) -> None:
+        pass
+
+    def after_epoch(self, end) -> str:
+        self.accuracy = self.accuracies[end.epoch - 1]
+        self.loss = 1.0 - self.accuracy
+        return f"eval acc {self.accuracy}"
+
+    wants_stop = False
+
+
+def test_early_stopping_ends_the_run_after_patience_epochs_and_keeps_the_best_epoch():
+    from safetrain.actions import SelectBest
+
+    loop, steps, _, checkpoints, _, _, _ = make_loop(epochs=8, steps_per_epoch=2, every_steps=100)
+    evaluation, best = ScriptedEval([0.5, 0.7, 0.69, 0.705, 0.708, 0.9, 0.9, 0.9]), FakeBest()
+    choose = SelectBest(evaluation, best, "accuracy", higher_is_better=True, min_delta=0.01, patience=3)
+    loop.actions = [loop.actions[0], evaluation, choose, loop.actions[-1]]
+    result = loop.run()
+    # 0.69, 0.705 and 0.708 are not more than min_delta=0.01 better than 0.7: stop after epoch 5.
+    assert result.epochs == 5 and result.steps == 10 and len(steps.calls) == 10
+    assert (best.epoch, best.step, best.value, best.captured) == (2, 4, 0.7, [1, 2])
+    assert checkpoints.saved[-1] == Position(10, 6, 0)  # the resume point; a rerun sees wants_stop and stops
+
+
+def test_a_resumed_run_that_had_stopped_early_trains_no_further():
+    from safetrain.actions import SelectBest
+
+    loop, steps, _, _, _, _, _ = make_loop(epochs=8, steps_per_epoch=2, start=Position(10, 6, 0))
+    best = FakeBest()
+    best.value, best.epoch, best.step, best.bad_epochs = 0.7, 2, 4, 3  # as restored from the checkpoint
+    loop.actions = [SelectBest(ScriptedEval([0.1] * 8), best, "accuracy", True, patience=3)]
+    result = loop.run()
+    assert steps.calls == [] and result.steps == 10
+
+
+def test_the_best_of_a_lower_is_better_metric_without_early_stopping():
+    from safetrain.actions import EpochEnd, SelectBest, Totals
+
+    evaluation, best = ScriptedEval([0.5, 0.8, 0.6]), FakeBest()
+    best.value = float("inf")
+    choose = SelectBest(evaluation, best, "loss", higher_is_better=False)
+    for epoch in (1, 2, 3):
+        end = EpochEnd(epoch=epoch, step=10 * epoch, totals=Totals(), next_position=Position(10 * epoch, epoch + 1))
+        evaluation.after_epoch(end)
+        choose.after_epoch(end)
+    assert (best.epoch, best.value) == (2, pytest.approx(0.2)) and not choose.wants_stop

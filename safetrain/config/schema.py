@@ -87,6 +87,16 @@ class Schedule(Enum):
     one_cycle = "one_cycle"  # learning_rate/25 up to learning_rate over 30% of the steps, cosine down
 
 
+class Monitor(Enum):
+    accuracy = "accuracy"  # eval accuracy (higher is better)
+    loss = "loss"          # eval loss (lower is better)
+
+
+class Mode(Enum):
+    max = "max"  # higher is better
+    min = "min"  # lower is better
+
+
 class StrategyKind(Enum):
     auto = "auto"
     one_device = "one_device"
@@ -159,6 +169,18 @@ class OptimizerConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """Stop when the eval metric has not improved for `patience` epochs (the eval split, never test).
+    Off while `patience` is null: a node rather than null by default, because OmegaConf cannot merge
+    `trainer.early_stopping={patience: 3}` into a null node."""
+
+    metric: Monitor = Monitor.accuracy  # the eval split's metric to watch (also what keep_best chooses on)
+    mode: Optional[Mode] = None         # null = from the metric (accuracy: max, loss: min)
+    patience: Optional[int] = None      # epochs without an improvement before the run stops; null = off
+    min_delta: float = 0.0              # an improvement must beat the best by more than this
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = 3                      # passes over the training split
     batch_size: int = 128                # global batch; per-replica = batch_size / replicas
@@ -169,6 +191,8 @@ class TrainerConfig:
     jit_compile: bool = False            # XLA; about 2x slower on CPU, so off by default
     loss: str = "sparse_categorical_crossentropy"  # registry: see safetrain.optimizers (LOSSES)
     label_smoothing: float = 0.0         # targets 1 - s + s/K and s/K (sparse and one-hot labels alike)
+    early_stopping: Optional[EarlyStoppingConfig] = field(default_factory=EarlyStoppingConfig)  # see its fields
+    keep_best: Optional[bool] = None     # test and export the best eval epoch's weights; null = when eval exists
     checkpoint_every_steps: int = 200    # also at every epoch end and on SIGTERM/SIGINT
     checkpoint_every_seconds: Optional[float] = None  # also save when this long has passed since the last save
     log_every_steps: int = 10            # TensorBoard scalars and log lines

@@ -12,7 +12,7 @@ from pathlib import Path
 from models.shapes import ModelPlan, infer
 from models.parse import parse_layers
 from safetrain.cluster import current_task
-from safetrain.config.schema import Config, OnOom, Schedule, Source, StrategyKind
+from safetrain.config.schema import Config, Mode, Monitor, OnOom, Schedule, Source, StrategyKind
 from safetrain.errors import ConfigError
 from safetrain.optimizers import LOSS_ENCODING, LOSSES, OPTIMIZERS
 
@@ -180,3 +180,37 @@ def _check_recipe(cfg: Config) -> None:
         if not 0.0 < o.decay_factor < 1.0:
             refuse(f"optimizer.decay_factor={o.decay_factor} must be in (0, 1): the rate is multiplied by it.",
                    "set optimizer.decay_factor=0.1", "optimizer.decay_factor")
+
+    _check_selection(cfg, refuse)
+
+
+def best_mode(metric: Monitor, mode: Mode | None) -> Mode:
+    """The direction in which `metric` improves (trainer.early_stopping.mode, or the metric's own)."""
+    return mode or (Mode.max if metric is Monitor.accuracy else Mode.min)
+
+
+def _check_selection(cfg: Config, refuse) -> None:
+    """Early stopping and the best checkpoint choose on the eval split, never on test."""
+    t, eval_split = cfg.trainer, cfg.dataset.splits.eval
+    stopping = t.early_stopping
+    stops = stopping is not None and stopping.patience is not None
+    for key, wanted in (("trainer.early_stopping", stops), ("trainer.keep_best", t.keep_best)):
+        if wanted and not eval_split:
+            refuse(f"{key} chooses on the eval split, and dataset.splits.eval is null; choosing on the test split "
+                   f"would make the test score an optimistic one.",
+                   f"set dataset.splits.eval (e.g. dataset.splits.eval='train[90%:]' with "
+                   f"dataset.splits.train='train[:90%]'), or {key}={'null' if key.endswith('stopping') else 'false'}",
+                   "dataset.splits.eval")
+    if not stops:
+        return
+    if stopping.patience < 1:
+        refuse(f"trainer.early_stopping.patience={stopping.patience} must be >= 1.",
+               "set trainer.early_stopping.patience=3", "trainer.early_stopping.patience")
+    if stopping.min_delta < 0:
+        refuse(f"trainer.early_stopping.min_delta={stopping.min_delta} must be >= 0.",
+               "set trainer.early_stopping.min_delta=0", "trainer.early_stopping.min_delta")
+    natural = best_mode(stopping.metric, None)
+    if stopping.mode is not None and stopping.mode is not natural:
+        refuse(f"trainer.early_stopping.mode={stopping.mode.value} contradicts trainer.early_stopping.metric="
+               f"{stopping.metric.value}, which improves by going {'up' if natural is Mode.max else 'down'}.",
+               f"set trainer.early_stopping.mode={natural.value} (or null)", "trainer.early_stopping.mode")
