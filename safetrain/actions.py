@@ -240,3 +240,17 @@ class SelectBest(BaseAction):
             if self.wants_stop:
                 text += ": stopping early (trainer.early_stopping)"
         return text
+
+
+class SwitchWeights(BaseAction):
+    """At each epoch end, switch the model's weights: `switch(True)` before evaluation and selection
+    (to the weights' moving average, trainer.ema), `switch(False)` after them, so training and the
+    checkpoint go on with the trained weights."""
+
+    def __init__(self, switch: Callable[[bool], None], to_average: bool) -> None:
+        self.switch = switch
+        self.to_average = to_average
+
+    def after_epoch(self, end: EpochEnd) -> str | None:
+        self.switch(self.to_average)
+        return None

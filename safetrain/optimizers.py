@@ -1,10 +1,11 @@
 """Optimizer and loss registries. Builders import Keras lazily so config validation stays TF-free.
 
 An optimizer builder takes the learning rate (a float or a schedule: safetrain.schedules), the
-gradient clip norm and the weight decay. Keras 3 applies weight decay decoupled from the gradient
-(`w -= lr * weight_decay * w`, AdamW's rule) in every optimizer; `exclude_one_dimensional` keeps
-it off biases and normalization scales/offsets, as timm does. A loss builder takes the label
-smoothing."""
+gradient clip norm, the weight decay and the EMA decay (Keras' `use_ema`: the optimizer keeps a
+moving average of the trainable weights; safetrain.ema swaps it in for evaluation). Keras 3
+applies weight decay decoupled from the gradient (`w -= lr * weight_decay * w`, AdamW's rule) in
+every optimizer; `exclude_one_dimensional` keeps it off biases and normalization scales/offsets,
+as timm does. A loss builder takes the label smoothing."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ OPTIMIZERS: Registry[Callable[..., Any]] = Registry("optimizer", "optimizer.name
 LOSSES: Registry[Callable[[], Any]] = Registry("loss", "trainer.loss")
 
 
-def _kwargs(clipnorm: float | None, weight_decay: float) -> dict[str, Any]:
-    return {**({"clipnorm": clipnorm} if clipnorm else {}), **({"weight_decay": weight_decay} if weight_decay else {})}
+def _kwargs(clipnorm: float | None, weight_decay: float, ema: float | None) -> dict[str, Any]:
+    return {**({"clipnorm": clipnorm} if clipnorm else {}), **({"weight_decay": weight_decay} if weight_decay else {}),
+            **({"use_ema": True, "ema_momentum": ema} if ema is not None else {})}
 
 
 def exclude_one_dimensional(optimizer, variables) -> int:
@@ -30,27 +32,27 @@ def exclude_one_dimensional(optimizer, variables) -> int:
 
 
 @OPTIMIZERS.register("adam")
-def adam(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.0):
+def adam(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.0, ema: float | None = None):
     import keras
-    return keras.optimizers.Adam(learning_rate=learning_rate, **_kwargs(clipnorm, weight_decay))
+    return keras.optimizers.Adam(learning_rate=learning_rate, **_kwargs(clipnorm, weight_decay, ema))
 
 
 @OPTIMIZERS.register("adamw")
-def adamw(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.0):
+def adamw(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.0, ema: float | None = None):
     import keras
-    return keras.optimizers.AdamW(learning_rate=learning_rate, **_kwargs(clipnorm, weight_decay))
+    return keras.optimizers.AdamW(learning_rate=learning_rate, **_kwargs(clipnorm, weight_decay, ema))
 
 
 @OPTIMIZERS.register("sgd")
-def sgd(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.0):
+def sgd(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.0, ema: float | None = None):
     import keras
-    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, **_kwargs(clipnorm, weight_decay))
+    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, **_kwargs(clipnorm, weight_decay, ema))
 
 
 @OPTIMIZERS.register("rmsprop")
-def rmsprop(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.0):
+def rmsprop(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.0, ema: float | None = None):
     import keras
-    return keras.optimizers.RMSprop(learning_rate=learning_rate, **_kwargs(clipnorm, weight_decay))
+    return keras.optimizers.RMSprop(learning_rate=learning_rate, **_kwargs(clipnorm, weight_decay, ema))
 
 
 @LOSSES.register("sparse_categorical_crossentropy")

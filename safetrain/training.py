@@ -32,8 +32,9 @@ from models.shapes import ModelPlan, infer
 from pipelines.build import Datasets, build_datasets
 from pipelines.scan import bad_examples_error
 from safetrain import schedules, visuals
-from safetrain.actions import Evaluate, GradientProbe, LogScalars, SaveCheckpoints, SelectBest
+from safetrain.actions import Evaluate, GradientProbe, LogScalars, SaveCheckpoints, SelectBest, SwitchWeights
 from safetrain.best import BestState
+from safetrain.ema import EmaWeights
 from safetrain.checkpoints import Checkpoints
 from safetrain.cluster import ClusterTask, current_task, wait_for_peers
 from safetrain.config.schema import BadExamplePolicy, Config, Mode, OnDeadGradient, OnNan, OnOom
@@ -179,11 +180,16 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
     evaluation = Evaluate(loop.evaluate, data.eval, record) if data.eval is not None else None
     choose = SelectBest(evaluation, best, selection.metric, selection.higher, selection.min_delta,
                         selection.patience) if best else None
+    ema = EmaWeights(optimizer) if t.ema is not None else None
     # The rate the logged step used (the optimizer has already counted that step).
     used_rate = lambda: schedules.value_at(built.schedule.learning_rate, optimizer.iterations - 1)  # noqa: E731
-    # In this order: the eval result feeds the selection, and checkpointing saves what both decided.
+    # In this order: the eval result (of the moving average, with trainer.ema) feeds the selection,
+    # the trained weights go back, and checkpointing saves what all of them decided.
+    epoch_end = [evaluation, choose] if evaluation else []
+    if ema and epoch_end:
+        epoch_end = [SwitchWeights(ema.use, True), *epoch_end, SwitchWeights(ema.use, False)]
     loop.actions = [probe, LogScalars(t.log_every_steps, record, progress, timer, learning_rate=used_rate),
-                    *([evaluation, choose] if evaluation else []),
+                    *epoch_end,
                     SaveCheckpoints(checkpoints, t.checkpoint_every_steps, t.checkpoint_every_seconds, clock)]
     try:
         try:
@@ -197,8 +203,9 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
                 model=model, context=context)
             raise NumericsError(f"{stop.message}. {found.text}", hint=stop.hint,
                                 config_key=found.config_key or stop.config_key, op=found.op) from None
-        if best is not None:
-            _record_best(record, best, selection)
+        restored = _record_best(record, best, selection) if best is not None else False
+        if ema is not None and not restored:  # the best epoch's copy, if restored, is of the average already
+            ema.use(True)
         test = loop.evaluate(data.test) if data.test is not None else (None, None)
     finally:
         _record_loop(record, loop, evaluation, model)
@@ -272,7 +279,7 @@ def _model(cfg: Config, plan: ModelPlan, data: Datasets, hardware: Hardware) -> 
     schedule = schedules.learning_rate(o, data.steps_per_epoch, min(run_steps, t.max_steps or run_steps))
     with hardware.strategy.scope():
         model = build_model(plan, input_dtype=data.spec.dtype, seed=t.seed)
-        optimizer = OPTIMIZERS.get(o.name)(schedule.learning_rate, o.clipnorm, o.weight_decay)
+        optimizer = OPTIMIZERS.get(o.name)(schedule.learning_rate, o.clipnorm, o.weight_decay, t.ema)
         undecayed = exclude_one_dimensional(optimizer, model.trainable_variables)
         if hardware.policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -283,6 +290,13 @@ def _model(cfg: Config, plan: ModelPlan, data: Datasets, hardware: Hardware) -> 
         recipe += f", weight decay {o.weight_decay:g} (not on the {undecayed} 1-D weights: biases, normalization)"
     if t.label_smoothing:
         recipe += f", label smoothing {t.label_smoothing:g}"
+    if t.ema is not None:
+        recipe += f", weights' moving average (decay {t.ema:g}) for eval, test and export"
+        horizon, steps = 1 / (1 - t.ema), min(run_steps, t.max_steps or run_steps)
+        if horizon > steps / 2:
+            log.warning("warning: trainer.ema=%g averages over about %d steps, and the run has %d: the average is "
+                        "mostly the early weights; lower trainer.ema (e.g. %g)", t.ema, horizon, steps,
+                        max(0.5, round(1 - 10 / steps, 4)))
     return Built(plan=plan, model=model, optimizer=optimizer, layers=_layer_refs(plan, model),
                  schedule=schedule, recipe=recipe)
 
@@ -404,23 +418,25 @@ def _selection(cfg: Config) -> Selection:
                      higher=best_mode(stopping.metric, stopping.mode) is Mode.max, min_delta=stopping.min_delta)
 
 
-def _record_best(record: RunRecord, best: BestState, selection: Selection) -> None:
-    """The chosen epoch in report.json, and (keep_best) its weights back in the model for testing."""
+def _record_best(record: RunRecord, best: BestState, selection: Selection) -> bool:
+    """The chosen epoch in report.json, and (keep_best) its weights back in the model for testing;
+    True when they were restored."""
     if not best.epoch:
-        return
+        return False
     restored = selection.keep and best.restore()
     record.report.best = {"epoch": best.epoch, "step": best.step, "metric": f"eval_{selection.metric}",
                           "value": best.value, "weights_restored": restored}
     if restored:
         log.info("best eval %s %.4f at epoch %d (step %d): its weights are tested and exported (trainer.keep_best)",
                  selection.metric, best.value, best.epoch, best.step)
+    return restored
 
 
 def _run_spec(cfg: Config, num_classes: int, selection: Selection) -> dict:
     """The settings that fix the weights' shapes and meaning, and what the checkpoint holds: a
     resume must keep them."""
     image = cfg.dataset.image
-    return {"trainer.keep_best": selection.keep,
+    return {"trainer.keep_best": selection.keep, "trainer.ema": cfg.trainer.ema,
             "dataset.image.height": image.height, "dataset.image.width": image.width,
             "dataset.image.channels": image.channels, "dataset.image.normalization": image.normalization.value,
             "dataset.num_classes": num_classes, "dataset.label_encoding": cfg.dataset.label_encoding.value,

@@ -407,3 +407,14 @@ def test_early_stopping_keeps_the_best_eval_epoch_for_the_test_and_a_rerun_train
     assert rerun["steps"] == report["steps"] and rerun["best"] == best
     for metric in ("test_accuracy", "test_loss"):  # the same restored weights, exactly
         assert rerun["metrics"][metric] == report["metrics"][metric], metric
+
+
+def test_the_moving_average_is_what_eval_and_test_see_and_training_is_untouched_by_it(train):
+    args = ("trainer.max_steps=null", "trainer.epochs=2", "optimizer.learning_rate=0.01", "trainer.keep_best=false",
+            "hardware.precision=float32")
+    plain, averaged = train(*args, name="plain"), train(*args, "trainer.ema=0.9", name="ema")
+    assert plain.code == 0 and averaged.code == 0, plain.err + averaged.err
+    a, b = plain.report()["metrics"], averaged.report()["metrics"]
+    assert a["train_loss"] == b["train_loss"]  # the swaps are exact: training never sees the average
+    assert a["eval_loss"] != b["eval_loss"] and a["test_loss"] != b["test_loss"]
+    assert "weights' moving average (decay 0.9) for eval, test and export" in averaged.err

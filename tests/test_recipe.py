@@ -76,3 +76,24 @@ def test_label_smoothing_gives_the_smoothed_cross_entropy_for_either_encoding(lo
     np.testing.assert_allclose(np.array(LOSSES.get(loss)(label_smoothing=s)(labels, logits)), expected, rtol=1e-5)
     plain = np.array(LOSSES.get(loss)()(labels, logits))
     np.testing.assert_allclose(plain, -log_p[np.arange(2), ids], rtol=1e-5)
+
+
+def test_the_moving_average_swaps_in_and_out_exactly():
+    from safetrain.ema import EmaWeights
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    optimizer = OPTIMIZERS.get("sgd")(0.1, None, 0.0, 0.5)
+    optimizer.build(model.trainable_variables)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        optimizer.apply_gradients([(rng.normal(size=v.shape).astype("float32"), v) for v in model.trainable_variables])
+    trained = [np.array(v) for v in model.trainable_variables]
+    average = [np.array(v) for v in optimizer._model_variables_moving_average]
+    assert not all(np.array_equal(a, b) for a, b in zip(trained, average))
+    ema = EmaWeights(optimizer)
+    ema.use(True)
+    ema.use(True)  # idempotent
+    assert all(np.array_equal(np.array(v), a) for v, a in zip(model.trainable_variables, average))
+    ema.use(False)
+    assert all(np.array_equal(np.array(v), t) for v, t in zip(model.trainable_variables, trained))
+    assert all(np.array_equal(np.array(v), a) for v, a in zip(optimizer._model_variables_moving_average, average))

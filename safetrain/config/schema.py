@@ -193,6 +193,7 @@ class TrainerConfig:
     label_smoothing: float = 0.0         # targets 1 - s + s/K and s/K (sparse and one-hot labels alike)
     early_stopping: Optional[EarlyStoppingConfig] = field(default_factory=EarlyStoppingConfig)  # see its fields
     keep_best: Optional[bool] = None     # test and export the best eval epoch's weights; null = when eval exists
+    ema: Optional[float] = None          # decay of a weights' moving average for eval/test/export; null = off
     checkpoint_every_steps: int = 200    # also at every epoch end and on SIGTERM/SIGINT
     checkpoint_every_seconds: Optional[float] = None  # also save when this long has passed since the last save
     log_every_steps: int = 10            # TensorBoard scalars and log lines

@@ -181,6 +181,9 @@ def _check_recipe(cfg: Config) -> None:
             refuse(f"optimizer.decay_factor={o.decay_factor} must be in (0, 1): the rate is multiplied by it.",
                    "set optimizer.decay_factor=0.1", "optimizer.decay_factor")
 
+    if t.ema is not None and not 0.0 < t.ema < 1.0:
+        refuse(f"trainer.ema={t.ema} must be in (0, 1): the decay of the weights' moving average.",
+               "set trainer.ema=0.999 (or null: off)", "trainer.ema")
     _check_selection(cfg, refuse)
 
 
