@@ -254,3 +254,29 @@ class SwitchWeights(BaseAction):
     def after_epoch(self, end: EpochEnd) -> str | None:
         self.switch(self.to_average)
         return None
+
+
+class ReducePlateau(BaseAction):
+    """schedule=plateau, after `Evaluate`: when the eval metric has not improved for `patience`
+    epochs, multiply the learning rate's scale by `factor`, never below `floor` (min_learning_rate /
+    learning_rate) — Keras' ReduceLROnPlateau, on state the checkpoint holds (`state`: scale, best,
+    bad_epochs; safetrain.schedules.PlateauState)."""
+
+    def __init__(self, evaluation: Evaluate, state, metric: str, higher_is_better: bool, patience: int,
+                 factor: float, floor: float, base_rate: float) -> None:
+        self.evaluation, self.state, self.metric = evaluation, state, metric
+        self.higher_is_better, self.patience, self.factor = higher_is_better, patience, factor
+        self.floor, self.base_rate = floor, base_rate
+
+    def after_epoch(self, end: EpochEnd) -> str | None:
+        value = self.evaluation.accuracy if self.metric == "accuracy" else self.evaluation.loss
+        gain = (value - self.state.best) if self.higher_is_better else (self.state.best - value)
+        if gain > 0:
+            self.state.best, self.state.bad_epochs = value, 0
+            return None
+        self.state.bad_epochs += 1
+        if self.state.bad_epochs < self.patience or self.state.scale <= self.floor * (1 + 1e-6):  # float32 scale
+            return None
+        self.state.scale, self.state.bad_epochs = max(self.state.scale * self.factor, self.floor), 0
+        return (f"learning rate -> {self.base_rate * self.state.scale:.3g} (no better eval {self.metric} for "
+                f"{self.patience} epochs)")

@@ -7,7 +7,10 @@ PolynomialDecay with power 1, PiecewiseConstantDecay); only the warmup that goes
 of them is ours, because Keras' warmup exists for the cosine decay alone.
 
 Lengths are in steps: `steps_per_epoch` and the run's total steps (trainer.epochs, or
-trainer.max_steps when it ends the run sooner) come from the data.
+trainer.max_steps when it ends the run sooner) come from the data. The one schedule with state of
+its own is plateau (it depends on eval results, not on the step): `PlateauState`, changed between
+epochs by the ReducePlateau action (safetrain.actions) and checkpointed. Build the plan in the
+strategy's scope: that state is made of variables.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import keras
+import tensorflow as tf
 
-from safetrain.config.schema import OptimizerConfig, Schedule
+from safetrain.config.schema import Monitor, OptimizerConfig, Schedule
 
 ONE_CYCLE_START = 25.0     # one_cycle starts at learning_rate / 25 (fastai's div, timm's warmup)
 ONE_CYCLE_WARMUP = 0.3     # share of the run spent rising to learning_rate
@@ -43,12 +47,47 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
         return {"warmup_steps": self.warmup_steps, "target": self.target}
 
 
+class Scaled(keras.optimizers.schedules.LearningRateSchedule):
+    """`base(step) * scale`, with `scale` a variable read at every step: schedule=plateau lowers it
+    between epochs without retracing the step, and the checkpoint keeps it."""
+
+    def __init__(self, base, scale) -> None:
+        self.base = base
+        self.scale = scale
+
+    def __call__(self, step):
+        base = self.base(step) if callable(self.base) else keras.ops.cast(self.base, "float32")
+        return base * keras.ops.cast(self.scale, "float32")
+
+    def get_config(self) -> dict:
+        return {}
+
+
+class PlateauState:
+    """schedule=plateau's state in tf.Variables (checkpointed, so a resume lowers the rate exactly
+    when the uninterrupted run would): the rate's scale, the best eval value, epochs since."""
+
+    def __init__(self, higher_is_better: bool) -> None:
+        self._scale = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="plateau_scale")
+        self._best = tf.Variable(float("-inf") if higher_is_better else float("inf"), dtype=tf.float64,
+                                 trainable=False, name="plateau_best")
+        self._bad = tf.Variable(0, dtype=tf.int64, trainable=False, name="plateau_bad_epochs")
+
+    scale = property(lambda self: float(self._scale.numpy()), lambda self, v: self._scale.assign(v))
+    best = property(lambda self: float(self._best.numpy()), lambda self, v: self._best.assign(v))
+    bad_epochs = property(lambda self: int(self._bad.numpy()), lambda self, v: self._bad.assign(v))
+
+    def trackables(self) -> dict:
+        return {"plateau_scale": self._scale, "plateau_best": self._best, "plateau_bad_epochs": self._bad}
+
+
 @dataclass(frozen=True)
 class Plan:
     """The schedule for the optimizer and the words for the console and TensorBoard."""
 
     learning_rate: object   # a float (constant, no warmup) or a Keras LearningRateSchedule
     describe: str
+    plateau: PlateauState | None = None  # schedule=plateau: what its action changes
 
 
 def learning_rate(cfg: OptimizerConfig, steps_per_epoch: int, total_steps: int) -> Plan:
@@ -66,6 +105,13 @@ def learning_rate(cfg: OptimizerConfig, steps_per_epoch: int, total_steps: int) 
             decay_steps=max(1, total_steps - rise - 1), alpha=low / lr)
         return Plan(schedule, f"one_cycle: {lr / ONE_CYCLE_START:g} -> {lr:g} over {rise} steps, cosine to {low:g} "
                               f"at step {total_steps}")
+    if kind is Schedule.plateau:
+        state = PlateauState(higher_is_better=cfg.plateau_metric is Monitor.accuracy)
+        base = LinearWarmup(lr, warmup, lr) if warmup else lr
+        words = (f"{'linear warmup over ' + str(warmup) + ' steps, then ' if warmup else ''}{lr:g}, "
+                 f"x{cfg.decay_factor:g} after {cfg.plateau_patience} epochs without a better eval "
+                 f"{cfg.plateau_metric.value} (not below {low:g})")
+        return Plan(Scaled(base, state._scale), words, plateau=state)
     if kind is Schedule.constant:
         after, words = lr, f"constant {lr:g}"
     elif kind is Schedule.cosine:

@@ -32,7 +32,8 @@ from models.shapes import ModelPlan, infer
 from pipelines.build import Datasets, build_datasets
 from pipelines.scan import bad_examples_error
 from safetrain import schedules, visuals
-from safetrain.actions import Evaluate, GradientProbe, LogScalars, SaveCheckpoints, SelectBest, SwitchWeights
+from safetrain.actions import (Evaluate, GradientProbe, LogScalars, ReducePlateau, SaveCheckpoints, SelectBest,
+                               SwitchWeights)
 from safetrain.best import BestState
 from safetrain.ema import EmaWeights
 from safetrain.checkpoints import Checkpoints
@@ -161,13 +162,15 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
         return strategy.experimental_distribute_dataset(dataset.skip(skip) if skip else dataset)
 
     selection = _selection(cfg)
+    plateau = built.schedule.plateau
+    plateau_state = plateau.trackables() if plateau else {}
     with strategy.scope():  # the best epoch's record (and weights): chosen on the eval split only
         best = BestState(model, keep_weights=selection.keep, higher_is_better=selection.higher) \
             if data.eval is not None else None
     checkpoints = Checkpoints(checkpoint_dir, model, optimizer, writer=hardware.cluster is None or
                               hardware.cluster.is_chief, batch_size=t.batch_size,
                               run_spec=_run_spec(cfg, data.source.num_classes, selection),
-                              extra=best.trackables() if best else None)
+                              extra={**(best.trackables() if best else {}), **plateau_state})
     steps = make_steps()
     clock, progress = time.perf_counter, Progress()
     probe = GradientProbe(steps.variable_paths, lambda paths, step: _dead_gradients(built.plan, paths, step, t, record))
@@ -185,7 +188,11 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
     used_rate = lambda: schedules.value_at(built.schedule.learning_rate, optimizer.iterations - 1)  # noqa: E731
     # In this order: the eval result (of the moving average, with trainer.ema) feeds the selection,
     # the trained weights go back, and checkpointing saves what all of them decided.
-    epoch_end = [evaluation, choose] if evaluation else []
+    reduce = ReducePlateau(evaluation, plateau, cfg.optimizer.plateau_metric.value,
+                           cfg.optimizer.plateau_metric.value == "accuracy", cfg.optimizer.plateau_patience,
+                           cfg.optimizer.decay_factor, cfg.optimizer.min_learning_rate / cfg.optimizer.learning_rate,
+                           cfg.optimizer.learning_rate) if plateau else None  # validate(): plateau needs eval
+    epoch_end = [action for action in (evaluation, choose, reduce) if action] if evaluation else []
     if ema and epoch_end:
         epoch_end = [SwitchWeights(ema.use, True), *epoch_end, SwitchWeights(ema.use, False)]
     loop.actions = [probe, LogScalars(t.log_every_steps, record, progress, timer, learning_rate=used_rate),
@@ -276,8 +283,8 @@ def _model(cfg: Config, plan: ModelPlan, data: Datasets, hardware: Hardware) -> 
     t, o = cfg.trainer, cfg.optimizer
     keras.utils.set_random_seed(t.seed)
     run_steps = data.steps_per_epoch * t.epochs
-    schedule = schedules.learning_rate(o, data.steps_per_epoch, min(run_steps, t.max_steps or run_steps))
     with hardware.strategy.scope():
+        schedule = schedules.learning_rate(o, data.steps_per_epoch, min(run_steps, t.max_steps or run_steps))
         model = build_model(plan, input_dtype=data.spec.dtype, seed=t.seed)
         optimizer = OPTIMIZERS.get(o.name)(schedule.learning_rate, o.clipnorm, o.weight_decay, t.ema)
         undecayed = exclude_one_dimensional(optimizer, model.trainable_variables)
@@ -437,6 +444,7 @@ def _run_spec(cfg: Config, num_classes: int, selection: Selection) -> dict:
     resume must keep them."""
     image = cfg.dataset.image
     return {"trainer.keep_best": selection.keep, "trainer.ema": cfg.trainer.ema,
+            "optimizer.schedule": cfg.optimizer.schedule.value,
             "dataset.image.height": image.height, "dataset.image.width": image.width,
             "dataset.image.channels": image.channels, "dataset.image.normalization": image.normalization.value,
             "dataset.num_classes": num_classes, "dataset.label_encoding": cfg.dataset.label_encoding.value,

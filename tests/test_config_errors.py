@@ -61,6 +61,9 @@ def run_probe(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
      r"trainer\.early_stopping chooses on the eval split, and dataset\.splits\.eval is null"),
     (["trainer.early_stopping.patience=0"], r"trainer\.early_stopping\.patience=0 must be >= 1"),
     (["trainer.ema=1.0"], r"trainer\.ema=1\.0 must be in \(0, 1\)"),
+    (["optimizer.schedule=plateau", "dataset.splits.eval=null"],
+     r"optimizer\.schedule=plateau lowers the rate when the eval split stops improving, and dataset\.splits\.eval "
+     r"is null"),
     (["trainer.early_stopping.patience=2", "trainer.early_stopping.metric=loss", "trainer.early_stopping.mode=max"],
      r"trainer\.early_stopping\.mode=max contradicts trainer\.early_stopping\.metric=loss, which improves by "
      r"going down"),

@@ -418,3 +418,20 @@ def test_the_moving_average_is_what_eval_and_test_see_and_training_is_untouched_
     assert a["train_loss"] == b["train_loss"]  # the swaps are exact: training never sees the average
     assert a["eval_loss"] != b["eval_loss"] and a["test_loss"] != b["test_loss"]
     assert "weights' moving average (decay 0.9) for eval, test and export" in averaged.err
+
+
+def test_plateau_lowers_the_rate_after_flat_epochs_and_a_resume_keeps_counting(train):
+    # A rate too small to change a prediction keeps the eval accuracy flat: each epoch after the
+    # first is one without improvement (patience 1), so the rate drops 10x after epochs 2 and 3.
+    args = ("trainer.epochs=4", "optimizer.schedule=plateau", "optimizer.plateau_patience=1",
+            "optimizer.plateau_metric=accuracy", "optimizer.learning_rate=1e-9", "optimizer.min_learning_rate=1e-12",
+            "hardware.precision=float32")
+    first = train(*args, "trainer.max_steps=12")  # stops in epoch 2: the plateau state is in the checkpoint
+    assert first.code == 0, first.err
+    again = train(*args, "trainer.max_steps=null")
+    assert again.code == 0, again.err
+    assert "resuming from checkpoint at step 12" in again.err
+    assert "learning rate -> 1e-10 (no better eval accuracy for 1 epochs)" in again.err
+    rates = dict(read_tensorboard(again.run_dir / "tb")[0]["optimizer/learning_rate"])
+    assert rates[12] == pytest.approx(1e-9) and rates[16] == pytest.approx(1e-9)
+    assert rates[17] == pytest.approx(1e-10) and rates[25] == pytest.approx(1e-11)

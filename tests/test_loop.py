@@ -284,3 +284,25 @@ def test_the_best_of_a_lower_is_better_metric_without_early_stopping():
         evaluation.after_epoch(end)
         choose.after_epoch(end)
     assert (best.epoch, best.value) == (2, pytest.approx(0.2)) and not choose.wants_stop
+
+
+def test_plateau_drops_the_rate_after_patience_epochs_and_never_below_the_floor():
+    from safetrain.actions import EpochEnd, ReducePlateau, Totals
+
+    class State:
+        scale, best, bad_epochs = 1.0, float("inf"), 0
+
+    accuracies = [0.5, 0.6, 0.6, 0.6, 0.7] + [0.7] * 6  # eval loss = 1 - accuracy
+    evaluation, state = ScriptedEval(accuracies), State()
+    reduce = ReducePlateau(evaluation, state, "loss", higher_is_better=False, patience=2, factor=0.1, floor=0.005,
+                           base_rate=0.1)
+    said = []
+    for epoch in range(1, len(accuracies) + 1):
+        end = EpochEnd(epoch=epoch, step=epoch, totals=Totals(), next_position=Position(epoch, epoch + 1))
+        evaluation.after_epoch(end)
+        said.append((reduce.after_epoch(end), round(state.scale, 6)))
+    # Two flat epochs, a drop; an improvement resets the count; the floor (0.005 of the rate) holds.
+    assert [scale for _, scale in said] == [1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.005, 0.005, 0.005]
+    assert said[3][0] == "learning rate -> 0.01 (no better eval loss for 2 epochs)"
+    assert said[8][0] == "learning rate -> 0.0005 (no better eval loss for 2 epochs)"
+    assert said[10][0] is None  # already at the floor: nothing more to say

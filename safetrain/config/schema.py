@@ -85,6 +85,7 @@ class Schedule(Enum):
     linear = "linear"        # linear decay to optimizer.min_learning_rate by the last step
     step = "step"            # times optimizer.decay_factor at each epoch in optimizer.milestones
     one_cycle = "one_cycle"  # learning_rate/25 up to learning_rate over 30% of the steps, cosine down
+    plateau = "plateau"      # times optimizer.decay_factor after optimizer.plateau_patience epochs without eval gain
 
 
 class Monitor(Enum):
@@ -165,7 +166,9 @@ class OptimizerConfig:
     warmup_epochs: float = 0.0           # linear warmup from ~0 to learning_rate first (not with one_cycle)
     min_learning_rate: float = 0.0       # where cosine, linear and one_cycle end
     milestones: List[float] = field(default_factory=list)  # schedule=step: epochs where the rate drops
-    decay_factor: float = 0.1            # schedule=step: the rate is multiplied by this at each milestone
+    decay_factor: float = 0.1            # schedule=step/plateau: the rate is multiplied by this at each drop
+    plateau_patience: int = 2            # schedule=plateau: epochs without an eval improvement before a drop
+    plateau_metric: Monitor = Monitor.loss  # schedule=plateau: the eval split's metric to watch
 
 
 @dataclass

@@ -177,9 +177,18 @@ def _check_recipe(cfg: Config) -> None:
             refuse(f"optimizer.milestones={milestones} must increase and lie after the warmup "
                    f"(optimizer.warmup_epochs={o.warmup_epochs}) and before the end (trainer.epochs={t.epochs}).",
                    f"set optimizer.milestones=[{max(1, t.epochs // 2)}]", "optimizer.milestones")
-        if not 0.0 < o.decay_factor < 1.0:
-            refuse(f"optimizer.decay_factor={o.decay_factor} must be in (0, 1): the rate is multiplied by it.",
-                   "set optimizer.decay_factor=0.1", "optimizer.decay_factor")
+    if o.schedule in (Schedule.step, Schedule.plateau) and not 0.0 < o.decay_factor < 1.0:
+        refuse(f"optimizer.decay_factor={o.decay_factor} must be in (0, 1): the rate is multiplied by it.",
+               "set optimizer.decay_factor=0.1", "optimizer.decay_factor")
+    if o.schedule is Schedule.plateau:
+        if not cfg.dataset.splits.eval:
+            refuse("optimizer.schedule=plateau lowers the rate when the eval split stops improving, and "
+                   "dataset.splits.eval is null (the test split is never used to decide anything).",
+                   "set dataset.splits.eval (e.g. 'train[90%:]' with dataset.splits.train='train[:90%]'), or "
+                   "another optimizer.schedule", "dataset.splits.eval")
+        if o.plateau_patience < 1:
+            refuse(f"optimizer.plateau_patience={o.plateau_patience} must be >= 1.",
+                   "set optimizer.plateau_patience=2", "optimizer.plateau_patience")
 
     if t.ema is not None and not 0.0 < t.ema < 1.0:
         refuse(f"trainer.ema={t.ema} must be in (0, 1): the decay of the weights' moving average.",
