@@ -20,12 +20,13 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines import checks
+from pipelines.augment import Augmenter, is_on
 from pipelines.ops import adapt, encode, epoch_seed, example_bytes, is_ok, normalize
 from pipelines.scan import mean_std, scan
 from pipelines.sources.base import Source, array_source
 from pipelines.sources.registry import open_source
 from pipelines.spec import AdapterPlan, BadExample, ImageSpec, SourceSpec, plan_adapters
-from safetrain.config.schema import DatasetConfig
+from safetrain.config.schema import AugmentConfig, DatasetConfig
 from safetrain.errors import DataError
 
 _CACHE_LIMIT_BYTES = 2 << 30  # cache adapted examples in memory up to 2 GiB
@@ -33,7 +34,7 @@ _CACHE_LIMIT_BYTES = 2 << 30  # cache adapted examples in memory up to 2 GiB
 
 @dataclass
 class Datasets:
-    train_epoch: Callable[[int], tf.data.Dataset]   # the training batches of epoch N (1-based)
+    train_epoch: Callable[[int], tf.data.Dataset]   # the training batches of epoch N (1-based), augmented
     eval: tf.data.Dataset | None
     test: tf.data.Dataset | None
     source: SourceSpec
@@ -45,6 +46,8 @@ class Datasets:
     notes: list[str] = field(default_factory=list)
     normalization_stats: tuple[list[float], list[float]] | None = None
     raw_test: Callable[[], tf.data.Dataset] | None = None  # (image, label, key) before adapters: export checks
+    train_plain: Callable[[int], tf.data.Dataset] | None = None  # the same batches without augmentation
+    augmentation: str = "none"      # what augments the training batches (pipelines.augment)
 
     def model_input(self, image: tf.Tensor) -> tf.Tensor:
         """One raw image as the training pipeline delivers it: adapters, normalization, dtype."""
@@ -60,6 +63,8 @@ class Datasets:
         if self.normalization_stats:
             mean, std = self.normalization_stats
             lines.append(f"standardize: mean={[round(m, 4) for m in mean]} std={[round(s, 4) for s in std]}")
+        if self.augmentation != "none":
+            lines.append(f"augment training batches (before normalization, checked after): {self.augmentation}")
         return "\n".join(lines)
 
 
@@ -69,8 +74,9 @@ def declared_spec(cfg: DatasetConfig) -> ImageSpec:
 
 
 def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, seed: int,
-                   source: Source | None = None) -> Datasets:
-    """`source` overrides the configured one (in-memory arrays from Python, tests).
+                   source: Source | None = None, augment: AugmentConfig | None = None) -> Datasets:
+    """`source` overrides the configured one (in-memory arrays from Python, tests). `augment`:
+    what augments the training batches (pipelines.augment; eval and test never are).
 
     Element order is always deterministic (parallel maps keep their order): resuming and the NaN
     replay depend on seeing the same batches at the same position, and reordering cheap maps
@@ -120,7 +126,9 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
 
     bad_splits = {b.split for b in bad}
 
-    def finish(name: str, batch: int, epoch: int = 1) -> tf.data.Dataset:
+    augmenter = Augmenter(augment, spec, source.spec.value_range, seed) if augment and is_on(augment) else None
+
+    def finish(name: str, batch: int, epoch: int = 1, augmented: bool = False) -> tf.data.Dataset:
         ds = bases[name]
         if names[name] in bad_splits:  # per-example filtering costs; only where the scan found bad ones
             ds = ds.filter(is_ok)
@@ -131,15 +139,23 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
             ds = ds.shuffle(cfg.shuffle_buffer, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
         ds = ds.batch(batch, drop_remainder=name == "train")
         # Normalize and encode whole batches: vectorized, ~10x cheaper than per example.
-        ds = ds.map(lambda x, y, status, key: (normalize(x, spec, source.spec.value_range, stats),
-                                               encode(y, cfg, source.spec.num_classes)),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        norm = lambda x: normalize(x, spec, source.spec.value_range, stats)  # noqa: E731
+        if augmented and augmenter is not None:
+            # Batch index from the epoch's start: with the epoch, it seeds the batch's augmentation
+            # (a resume's skip() comes after this). Sequential: the layers' seed state is shared.
+            ds = ds.map(lambda x, y, status, key: (x, encode(y, cfg, source.spec.num_classes)), **parallel)
+            ds = ds.enumerate().map(lambda i, xy: augmenter(xy[0], xy[1], epoch, i))
+            ds = ds.map(lambda x, y: (norm(x), y), **parallel)
+        else:
+            ds = ds.map(lambda x, y, status, key: (norm(x), encode(y, cfg, source.spec.num_classes)), **parallel)
         options = tf.data.Options()
         options.deterministic = True
         return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
     return Datasets(
-        train_epoch=lambda epoch: finish("train", batch_size, epoch),
+        train_epoch=lambda epoch: finish("train", batch_size, epoch, augmented=True),
+        train_plain=lambda epoch: finish("train", batch_size, epoch),
+        augmentation=augmenter.describe if augmenter else "none",
         eval=finish("eval", eval_batch_size) if "eval" in bases else None,
         test=finish("test", eval_batch_size) if "test" in bases else None,
         source=source.spec, spec=spec, plan=plan, counts=counts,
@@ -150,7 +166,8 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
 
 
 def from_arrays(cfg: DatasetConfig, splits: dict[str, tuple[np.ndarray, np.ndarray]], batch_size: int,
-                seed: int = 0, value_range: tuple[float, float] | None = None) -> Datasets:
+                seed: int = 0, value_range: tuple[float, float] | None = None,
+                augment: AugmentConfig | None = None) -> Datasets:
     """Pipelines over in-memory arrays: the same checks and adapters as every other source."""
     source = array_source(cfg.name, splits, cfg.num_classes, value_range)
-    return build_datasets(cfg, batch_size, batch_size, seed, source=source)
+    return build_datasets(cfg, batch_size, batch_size, seed, source=source, augment=augment)

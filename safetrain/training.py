@@ -251,7 +251,7 @@ def _hardware(cfg: Config, plan: ModelPlan) -> Hardware:
 def _data(cfg: Config, cluster: ClusterTask | None) -> Datasets:
     """The checked pipelines (every split scanned once)."""
     t = cfg.trainer
-    data = build_datasets(cfg.dataset, t.batch_size, t.eval_batch_size or t.batch_size, t.seed)
+    data = build_datasets(cfg.dataset, t.batch_size, t.eval_batch_size or t.batch_size, t.seed, augment=cfg.augment)
     if cluster is not None:
         # Shard by element: every worker reads the whole (small, cached) dataset and keeps its share.
         # FILE sharding (TensorFlow's default) needs at least one input file per worker.
@@ -332,8 +332,11 @@ def _record_data(record: RunRecord, cfg: Config, data: Datasets) -> None:
     record.report.data["skipped"] = len(data.bad) if skip else 0  # with error, bad examples stop the run
     log.info("pipeline:\n  %s", "\n  ".join(data.describe().splitlines()))
     record.text("pipeline/spec", data.describe())
-    first_images, _ = next(iter(data.train_epoch(1).take(1)))
+    first_images, _ = next(iter(data.train_plain(1).take(1)))
     record.image("inputs/after_enforcement", visuals.mosaic(first_images.numpy()[:32].astype("float32")))
+    if data.augmentation != "none":  # the same batch as the model sees it in training
+        augmented, _ = next(iter(data.train_epoch(1).take(1)))
+        record.image("inputs/after_augmentation", visuals.mosaic(augmented.numpy()[:32].astype("float32")))
     for bad in data.bad:
         record.event(phase="data", kind=ErrorKind.bad_example, message=bad.reason, example=bad.key,
                      config_key="dataset.on_bad_example",
@@ -493,6 +496,7 @@ def _shard_by_data(data: Datasets) -> Datasets:
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     shard = lambda ds: ds.with_options(options) if ds is not None else None  # noqa: E731
     return dataclasses.replace(data, train_epoch=lambda epoch: shard(data.train_epoch(epoch)),
+                               train_plain=lambda epoch: shard(data.train_plain(epoch)),
                                eval=shard(data.eval), test=shard(data.test))
 
 

@@ -61,6 +61,11 @@ def run_probe(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
      r"trainer\.early_stopping chooses on the eval split, and dataset\.splits\.eval is null"),
     (["trainer.early_stopping.patience=0"], r"trainer\.early_stopping\.patience=0 must be >= 1"),
     (["trainer.ema=1.0"], r"trainer\.ema=1\.0 must be in \(0, 1\)"),
+    (["augment.mixup=0.2"], r"augment\.mixup=0\.2 mixes two images .* dataset\.label_encoding=sparse and "
+                            r"trainer\.loss=sparse_categorical_crossentropy take one class id"),
+    (["augment.rand_augment={num_ops: 2, magnitude: 0.5}"],
+     r"augment\.rand_augment draws colour transforms .* dataset\.image\.channels=1"),
+    (["augment.rotation=0.9"], r"augment\.rotation=0\.9 must be in \[0, 0\.5\]"),
     (["optimizer.schedule=plateau", "dataset.splits.eval=null"],
      r"optimizer\.schedule=plateau lowers the rate when the eval split stops improving, and dataset\.splits\.eval "
      r"is null"),

@@ -435,3 +435,17 @@ def test_plateau_lowers_the_rate_after_flat_epochs_and_a_resume_keeps_counting(t
     rates = dict(read_tensorboard(again.run_dir / "tb")[0]["optimizer/learning_rate"])
     assert rates[12] == pytest.approx(1e-9) and rates[16] == pytest.approx(1e-9)
     assert rates[17] == pytest.approx(1e-10) and rates[25] == pytest.approx(1e-11)
+
+
+def test_augmentation_is_listed_in_the_pipeline_and_shown_next_to_the_enforced_inputs(run_main):
+    result = run_main("+debug=tiny", "augment=standard")
+    assert result.code == 0, result.err
+    said = "augment training batches (before normalization, checked after): flip horizontal, rotation 0.05"
+    assert said in result.err
+    _, texts = read_tensorboard(result.run_dir / "tb")
+    assert said in texts["pipeline/spec"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(result.run_dir / "tb"))
+    board.Reload()
+    assert {"inputs/after_enforcement", "inputs/after_augmentation"} <= set(board.Tags()["tensors"])

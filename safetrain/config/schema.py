@@ -98,6 +98,13 @@ class Mode(Enum):
     min = "min"  # lower is better
 
 
+class Flip(Enum):
+    none = "none"
+    horizontal = "horizontal"  # left-right (not for digits or text)
+    vertical = "vertical"      # upside down
+    both = "both"
+
+
 class StrategyKind(Enum):
     auto = "auto"
     one_device = "one_device"
@@ -208,6 +215,31 @@ class TrainerConfig:
 
 
 @dataclass
+class RandAugmentConfig:
+    """Keras' RandAugment; off while num_ops is 0 (a node, not null: OmegaConf cannot merge
+    `augment.rand_augment={num_ops: 2}` into a null node)."""
+
+    num_ops: int = 0                     # transforms drawn per image from RandAugment's list; 0 = off
+    magnitude: float = 0.5               # their strength, in (0, 1]
+
+
+@dataclass
+class AugmentConfig:
+    """Training-batch augmentation with Keras' preprocessing layers (pipelines.augment); all off by default."""
+
+    flip: Flip = Flip.none               # RandomFlip
+    rotation: float = 0.0                # RandomRotation: up to this fraction of a full turn (0.05 = 18 degrees)
+    zoom: float = 0.0                    # RandomZoom: in or out by up to this fraction
+    translate: float = 0.0               # RandomTranslation: shift by up to this fraction of the size
+    brightness: float = 0.0              # RandomBrightness: up to this fraction of the value range
+    contrast: float = 0.0                # RandomContrast: by a factor in [1 - c, 1 + c]
+    rand_augment: RandAugmentConfig = field(default_factory=RandAugmentConfig)  # needs 3 channels
+    erasing: float = 0.0                 # RandomErasing: the probability an image gets a rectangle erased
+    mixup: float = 0.0                   # MixUp alpha; 0 = off (needs one-hot labels)
+    cutmix: float = 0.0                  # CutMix factor; 0 = off (needs one-hot labels)
+
+
+@dataclass
 class HardwareConfig:
     precision: Precision = Precision.auto  # auto: chosen from the detected devices, and why is recorded
     strategy: StrategyKind = StrategyKind.auto  # auto: multi_worker with TF_CONFIG, mirrored on several GPUs
@@ -223,6 +255,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)  # configs/optimizer/
     trainer: TrainerConfig = field(default_factory=TrainerConfig)    # configs/trainer/
     hardware: HardwareConfig = field(default_factory=HardwareConfig)  # configs/hardware/
+    augment: AugmentConfig = field(default_factory=AugmentConfig)    # configs/augment/
     debug: bool = False                  # true: full Python tracebacks
     isolate_jobs: bool = True            # multirun: each job in its own process (safetrain.sweep)
     dry_run: bool = False                # check config, data (the full scan) and model; train nothing

@@ -194,6 +194,7 @@ def _check_recipe(cfg: Config) -> None:
         refuse(f"trainer.ema={t.ema} must be in (0, 1): the decay of the weights' moving average.",
                "set trainer.ema=0.999 (or null: off)", "trainer.ema")
     _check_selection(cfg, refuse)
+    _check_augment(cfg, refuse)
 
 
 def best_mode(metric: Monitor, mode: Mode | None) -> Mode:
@@ -226,3 +227,35 @@ def _check_selection(cfg: Config, refuse) -> None:
         refuse(f"trainer.early_stopping.mode={stopping.mode.value} contradicts trainer.early_stopping.metric="
                f"{stopping.metric.value}, which improves by going {'up' if natural is Mode.max else 'down'}.",
                f"set trainer.early_stopping.mode={natural.value} (or null)", "trainer.early_stopping.mode")
+
+
+def _check_augment(cfg: Config, refuse) -> None:
+    """Augmentation strengths in range, and what MixUp/CutMix and RandAugment need."""
+    a = cfg.augment
+    for key, value, top in (("rotation", a.rotation, 0.5), ("zoom", a.zoom, 0.9), ("translate", a.translate, 0.9),
+                            ("brightness", a.brightness, 1.0), ("contrast", a.contrast, 1.0),
+                            ("erasing", a.erasing, 1.0)):
+        if not 0.0 <= value <= top:
+            refuse(f"augment.{key}={value} must be in [0, {top:g}].", f"set augment.{key}=0.1 (or 0: off)",
+                   f"augment.{key}")
+    for key, value in (("mixup", a.mixup), ("cutmix", a.cutmix)):
+        if value < 0:
+            refuse(f"augment.{key}={value} must be >= 0 (0 = off).", f"set augment.{key}=0.2", f"augment.{key}")
+        if value and cfg.dataset.label_encoding.value != "one_hot":
+            refuse(f"augment.{key}={value} mixes two images and their labels into soft labels, but "
+                   f"dataset.label_encoding={cfg.dataset.label_encoding.value} and trainer.loss={cfg.trainer.loss} "
+                   f"take one class id per image.",
+                   "set dataset.label_encoding=one_hot trainer.loss=categorical_crossentropy, or "
+                   f"augment.{key}=0", f"augment.{key}")
+    if a.rand_augment.num_ops < 0:
+        refuse(f"augment.rand_augment.num_ops={a.rand_augment.num_ops} must be >= 0 (0 = off).",
+               "set augment.rand_augment.num_ops=2", "augment.rand_augment.num_ops")
+    if a.rand_augment.num_ops:
+        if cfg.dataset.image.channels != 3:
+            refuse(f"augment.rand_augment draws colour transforms (hue, saturation, ...) that need RGB images, and "
+                   f"dataset.image.channels={cfg.dataset.image.channels}.",
+                   "set augment.rand_augment.num_ops=0 (the geometric augment keys work on any channels), or "
+                   "dataset.image.channels=3 with dataset.channel_policy=convert", "augment.rand_augment")
+        if not 0.0 < a.rand_augment.magnitude <= 1.0:
+            refuse(f"augment.rand_augment.magnitude={a.rand_augment.magnitude} must be in (0, 1].",
+                   "set augment.rand_augment.magnitude=0.5", "augment.rand_augment.magnitude")
