@@ -48,6 +48,7 @@ class Datasets:
     raw_test: Callable[[], tf.data.Dataset] | None = None  # (image, label, key) before adapters: export checks
     train_plain: Callable[[int], tf.data.Dataset] | None = None  # the same batches without augmentation
     augmentation: str = "none"      # what augments the training batches (pipelines.augment)
+    class_counts: dict[str, list[int]] = field(default_factory=dict)  # good examples per class id, per split
 
     def model_input(self, image: tf.Tensor) -> tf.Tensor:
         """One raw image as the training pipeline delivers it: adapters, normalization, dtype."""
@@ -108,16 +109,18 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
         return ds
 
     names = {"train": cfg.splits.train, "eval": cfg.splits.eval, "test": cfg.splits.test}
-    bases, counts, bad = {}, {}, list(source.bad)
+    bases, counts, bad, class_counts = {}, {}, list(source.bad), {}
     stats_sums = None
     for name, split in names.items():
         if not split:
             continue
         bases[name] = checked(split)
-        counts[name], found, sums = scan(bases[name], split, check_args,
-                                          want_stats=name == "train" and spec.normalization == "standardize")
-        bad += found
-        stats_sums = sums if sums is not None else stats_sums
+        scanned = scan(bases[name], split, check_args,
+                       want_stats=name == "train" and spec.normalization == "standardize")
+        counts[name] = scanned.good
+        bad += scanned.bad
+        stats_sums = scanned.sums if scanned.sums is not None else stats_sums
+        class_counts[name] = [int(n) for n in scanned.class_counts]
     stats = mean_std(stats_sums) if stats_sums is not None else None
     if not counts.get("train"):
         raise DataError(f"the training split {cfg.splits.train!r} of dataset {source.spec.name} has no usable "
@@ -155,7 +158,7 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
     return Datasets(
         train_epoch=lambda epoch: finish("train", batch_size, epoch, augmented=True),
         train_plain=lambda epoch: finish("train", batch_size, epoch),
-        augmentation=augmenter.describe if augmenter else "none",
+        augmentation=augmenter.describe if augmenter else "none", class_counts=class_counts,
         eval=finish("eval", eval_batch_size) if "eval" in bases else None,
         test=finish("test", eval_batch_size) if "test" in bases else None,
         source=source.spec, spec=spec, plan=plan, counts=counts,

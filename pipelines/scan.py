@@ -8,6 +8,8 @@ out, counted and listed (skip). Nothing is dropped silently.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import tensorflow as tf
 
@@ -19,21 +21,33 @@ from safetrain.errors import DataError
 SCAN_BATCH = 1024
 
 
-def scan(ds: tf.data.Dataset, split: str, check_args: dict, want_stats: bool):
+@dataclass(frozen=True)
+class Scanned:
+    """What the pass over one split found."""
+
+    good: int                    # examples that passed every check
+    bad: list[BadExample]
+    sums: np.ndarray | None      # per-channel sum, sum of squares, count (for standardize), when asked
+    class_counts: np.ndarray     # good examples per class id (class weights, balanced sampling)
+
+
+def scan(ds: tf.data.Dataset, split: str, check_args: dict, want_stats: bool) -> Scanned:
     """One pass: good-example count, bad examples with reasons, optional per-channel sums."""
     good, bad = 0, []
     sums = None
-    for x, _, status, key in ds.batch(SCAN_BATCH):
+    class_counts = np.zeros(check_args["num_classes"], np.int64)
+    for x, labels, status, key in ds.batch(SCAN_BATCH):
         status = status.numpy()
         ok = status == checks.OK
         good += int(ok.sum())
+        class_counts += np.bincount(labels.numpy()[ok], minlength=len(class_counts))[:len(class_counts)]
         for code, k in zip(status[~ok], key.numpy()[~ok]):
             bad.append(BadExample(split=split, key=k.decode(), reason=checks.reason(int(code), **check_args)))
         if want_stats and ok.any():
             pixels = tf.reshape(tf.boolean_mask(x, ok), (-1, x.shape[-1])).numpy().astype(np.float64)
             batch_sums = np.stack([pixels.sum(0), (pixels ** 2).sum(0), np.full(pixels.shape[1], len(pixels))])
             sums = batch_sums if sums is None else sums + batch_sums
-    return good, bad, sums
+    return Scanned(good, bad, sums, class_counts)
 
 
 def mean_std(sums: np.ndarray) -> tuple[list[float], list[float]]:

@@ -39,8 +39,10 @@ def adam(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.0
 
 @OPTIMIZERS.register("adamw")
 def adamw(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.0, ema: float | None = None):
+    """Keras' AdamW decays by 0.004 unless told: optimizer.weight_decay is passed even when 0."""
     import keras
-    return keras.optimizers.AdamW(learning_rate=learning_rate, **_kwargs(clipnorm, weight_decay, ema))
+    return keras.optimizers.AdamW(learning_rate=learning_rate, **{**_kwargs(clipnorm, weight_decay, ema),
+                                                                  "weight_decay": weight_decay})
 
 
 @OPTIMIZERS.register("sgd")

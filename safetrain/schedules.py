@@ -129,7 +129,10 @@ def learning_rate(cfg: OptimizerConfig, steps_per_epoch: int, total_steps: int) 
                  f"(steps {', '.join(str(b + warmup) for b in boundaries)})")
     if not warmup:
         return Plan(after, words)
-    return Plan(LinearWarmup(after, warmup, lr), f"linear warmup over {warmup} steps, then {words}")
+    words = f"linear warmup over {warmup} steps, then {words}"
+    if warmup >= total_steps:  # a smoke run (+debug=tiny) of a recipe: say so, change nothing
+        words += f" (the run ends after {total_steps} steps, inside the warmup)"
+    return Plan(LinearWarmup(after, warmup, lr), words)
 
 
 def value_at(learning_rate, step) -> float:

@@ -26,7 +26,8 @@ _SUM = tf.distribute.ReduceOp.SUM
 class Steps:
     def __init__(self, *, strategy, model, optimizer, loss_fn, eval_spec,
                  jit_compile: bool = False, guard_updates: bool = False, time_input: bool = True,
-                 on_missing_gradients: Callable[[list[str]], Exception] | None = None) -> None:
+                 on_missing_gradients: Callable[[list[str]], Exception] | None = None,
+                 class_weights: list[float] | None = None) -> None:
         """`eval_spec`: the distributed eval dataset's element spec (a fixed signature, so the
         last, smaller eval batch does not retrace). With `jit_compile` only the per-replica
         computation is compiled: XLA cannot compile the iterator's `next`.
@@ -40,6 +41,9 @@ class Steps:
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = loss_fn
+        # dataset.class_weights: each training example's loss times its class's weight (soft labels
+        # from MixUp/CutMix: the label-weighted mean of the weights); evaluation stays unweighted.
+        self.class_weights = tf.constant(class_weights, tf.float32) if class_weights else None
         self.guard_updates = guard_updates
         self.time_input = time_input
         self.on_missing_gradients = on_missing_gradients
@@ -80,6 +84,8 @@ class Steps:
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             per_example = self.loss_fn(labels, logits)
+            if self.class_weights is not None:
+                per_example = tf.cast(per_example, tf.float32) * _example_weights(labels, self.class_weights)
             loss = tf.nn.compute_average_loss(per_example)
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
@@ -141,3 +147,9 @@ def _correct(labels, logits):
         labels = tf.argmax(labels, axis=-1, output_type=tf.int32)
     predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
     return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.int32))
+
+
+def _example_weights(labels, class_weights):
+    if labels.shape.rank == 2:  # one-hot or mixed rows
+        return tf.linalg.matvec(tf.cast(labels, tf.float32), class_weights)
+    return tf.gather(class_weights, tf.cast(labels, tf.int32))

@@ -132,6 +132,13 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
     data = _data(cfg, hardware.cluster)
     _record_data(record, cfg, data)
     _check_data(cfg, data)
+    class_weights = _class_weights(cfg, data)
+    if class_weights:
+        names = data.source.names()
+        report.data["class_weights"] = dict(zip(names, class_weights))
+        how = cfg.dataset.class_weights if isinstance(cfg.dataset.class_weights, str) else "a list"
+        log.info("class weights (dataset.class_weights: %s): %s", how,
+                 ", ".join(f"{name} {w:.3g}" for name, w in zip(names, class_weights)))
 
     plan = infer(list(plan.layers), data.spec.shape, data.source.num_classes)  # for the real input
     _record_plan(record, cfg, plan)
@@ -154,7 +161,8 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
                     eval_spec=spec_of(eval_ds) if eval_ds is not None else None,
                     jit_compile=t.jit_compile, guard_updates=t.on_nan is OnNan.skip_step,
                     time_input=not t.deterministic,
-                    on_missing_gradients=lambda paths: _gradient_error(built.plan, paths, ErrorKind.missing_gradient))
+                    on_missing_gradients=lambda paths: _gradient_error(built.plan, paths, ErrorKind.missing_gradient),
+                    class_weights=class_weights)
         return Steps(**{**args, **overrides})
 
     def train_batches(epoch: int, skip: int):
@@ -276,6 +284,31 @@ def _check_data(cfg: Config, data: Datasets) -> None:
             config_key="trainer.batch_size")
 
 
+def _class_weights(cfg: Config, data: Datasets) -> list[float] | None:
+    """dataset.class_weights for this data: balanced (scikit-learn's n / (K * n_class) over the
+    training split's counts) or the given list, checked against the classes found."""
+    weights, names = cfg.dataset.class_weights, data.source.names()
+    if isinstance(weights, str) and weights == "none":
+        return None
+    if isinstance(weights, str):  # balanced
+        counts = data.class_counts["train"]
+        empty = [name for name, n in zip(names, counts) if not n]
+        if empty:
+            raise SpecError(f"dataset.class_weights=balanced: class {empty[0]!r} has no training examples "
+                            f"(split {cfg.dataset.splits.train!r}), so it has no weight to balance",
+                            hint="give the weights as a list, or add examples of that class",
+                            config_key="dataset.class_weights")
+        from sklearn.utils.class_weight import compute_class_weight
+
+        ids = np.arange(len(names))
+        return [float(w) for w in compute_class_weight("balanced", classes=ids, y=np.repeat(ids, counts))]
+    if len(weights) != len(names):
+        raise SpecError(f"dataset.class_weights has {len(weights)} weights, and the data has {len(names)} classes "
+                        f"({', '.join(names)})", hint=f"give {len(names)} weights, one per class id, in that order",
+                        config_key="dataset.class_weights")
+    return [float(w) for w in weights]
+
+
 def _model(cfg: Config, plan: ModelPlan, data: Datasets, hardware: Hardware) -> Built:
     """Model and optimizer, built in the strategy's scope for the planned shapes."""
     # Seeded again right before the weights are drawn: preparing a TFDS dataset (first run on a
@@ -302,7 +335,7 @@ def _model(cfg: Config, plan: ModelPlan, data: Datasets, hardware: Hardware) -> 
         horizon, steps = 1 / (1 - t.ema), min(run_steps, t.max_steps or run_steps)
         if horizon > steps / 2:
             log.warning("warning: trainer.ema=%g averages over about %d steps, and the run has %d: the average is "
-                        "mostly the early weights; lower trainer.ema (e.g. %g)", t.ema, horizon, steps,
+                        "mostly the early weights; lower trainer.ema (e.g. %g)", t.ema, round(horizon), steps,
                         max(0.5, round(1 - 10 / steps, 4)))
     return Built(plan=plan, model=model, optimizer=optimizer, layers=_layer_refs(plan, model),
                  schedule=schedule, recipe=recipe)

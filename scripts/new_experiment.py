@@ -106,10 +106,11 @@ def advice(found: Scan) -> list[str]:
     if few:
         notes.append(f"too few images in {', '.join(few)}: under {FEW_PER_CLASS} per class the test split "
                      f"is too small to trust; collect more, or merge classes")
-    if counts and max(counts.values()) > IMBALANCE * max(1, min(counts.values())):
+    if imbalanced(counts):
         big, small = max(counts, key=counts.get), min(counts, key=counts.get)
         notes.append(f"imbalanced classes: {big} has {counts[big]} images, {small} {counts[small]}; accuracy "
-                     f"will flatter the big class — watch test_class_accuracy/* in TensorBoard, and collect "
+                     f"will flatter the big class — the experiment weights the loss per class "
+                     f"(dataset.class_weights: balanced); watch test_class_accuracy/* in TensorBoard, and collect "
                      f"more of the small ones")
     if len(found.formats) > 1:
         notes.append(f"mixed formats ({', '.join(f'{k} {v}' for k, v in found.formats.most_common())}): fine, "
@@ -124,6 +125,10 @@ def advice(found: Scan) -> list[str]:
         notes.append(f"{len(found.unreadable)} unreadable file(s), skipped with dataset.on_bad_example=skip and "
                      f"listed in errors.jsonl: " + "; ".join(found.unreadable[:5]))
     return notes
+
+
+def imbalanced(counts) -> bool:
+    return bool(counts) and max(counts.values()) > IMBALANCE * max(1, min(counts.values()))
 
 
 def batch_size(images: int) -> int:
@@ -167,6 +172,7 @@ def render(name: str, folder: Path, found: Scan, command: str) -> str:
         f"  resize: {'bilinear' if resize else 'error'}",
         f"  channel_policy: {'convert' if len(found.modes) > 1 else 'error'}",
         f"  on_bad_example: {'skip' if found.unreadable else 'error'}",
+        f"  class_weights: {'balanced' if imbalanced(found.counts) else 'none'}",
         "trainer:",
         "  epochs: 10",
         f"  batch_size: {batch_size(sum(found.counts.values()))}",

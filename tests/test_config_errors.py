@@ -54,7 +54,6 @@ def run_probe(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
                                            r"optimizer\.learning_rate=0\.001"),
     (["trainer.label_smoothing=1.0"], r"trainer\.label_smoothing=1\.0 must be in \[0, 1\)"),
     (["optimizer.weight_decay=-1"], r"optimizer\.weight_decay=-1\.0 must be >= 0"),
-    (["optimizer.warmup_epochs=15"], r"optimizer\.warmup_epochs=15\.0 is not shorter than trainer\.epochs=15"),
     (["dataset.splits.eval=null", "trainer.keep_best=true"],
      r"trainer\.keep_best chooses on the eval split, and dataset\.splits\.eval is null; choosing on the test split"),
     (["dataset.splits.eval=null", "trainer.early_stopping.patience=2"],
@@ -66,6 +65,9 @@ def run_probe(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
     (["augment.rand_augment={num_ops: 2, magnitude: 0.5}"],
      r"augment\.rand_augment draws colour transforms .* dataset\.image\.channels=1"),
     (["augment.rotation=0.9"], r"augment\.rotation=0\.9 must be in \[0, 0\.5\]"),
+    (["dataset.class_weights=balancd"], r"dataset\.class_weights='balancd' is not none, balanced or a list"),
+    (["dataset.class_weights=[1,-1]"], r"dataset\.class_weights=\[1, -1\] must be none, balanced or a list of "
+                                       r"positive numbers"),
     (["optimizer.schedule=plateau", "dataset.splits.eval=null"],
      r"optimizer\.schedule=plateau lowers the rate when the eval split stops improving, and dataset\.splits\.eval "
      r"is null"),

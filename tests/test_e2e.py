@@ -449,3 +449,24 @@ def test_augmentation_is_listed_in_the_pipeline_and_shown_next_to_the_enforced_i
     board = EventAccumulator(str(result.run_dir / "tb"))
     board.Reload()
     assert {"inputs/after_enforcement", "inputs/after_augmentation"} <= set(board.Tags()["tensors"])
+
+
+def test_class_weights_multiply_each_examples_loss_and_must_fit_the_classes(train):
+    same = ("trainer.max_steps=8", "hardware.precision=float32")
+    plain = train(*same, name="plain")
+    doubled = train(*same, "dataset.class_weights=[2,2,2,2,2,2,2,2,2,2]", name="doubled")
+    assert plain.code == 0 and doubled.code == 0, plain.err + doubled.err
+    # Adam's updates do not depend on the loss's scale: the same run, with every loss twice as large.
+    assert doubled.report()["metrics"]["train_loss"] == pytest.approx(2 * plain.report()["metrics"]["train_loss"],
+                                                                      rel=1e-3)
+    assert doubled.report()["metrics"]["eval_loss"] == pytest.approx(plain.report()["metrics"]["eval_loss"], rel=1e-3)
+    assert doubled.report()["data"]["class_weights"] == {str(i): 2.0 for i in range(10)}
+
+    balanced = train(*same, "dataset.class_weights=balanced", name="balanced")
+    weights = balanced.report()["data"]["class_weights"]
+    assert balanced.code == 0 and len(weights) == 10 and all(0.7 < w < 1.4 for w in weights.values())
+    assert "class weights (dataset.class_weights: balanced): 0 " in balanced.err
+
+    wrong = train(*same, "dataset.class_weights=[1,2,3]", name="wrong")
+    assert wrong.code == 2 and wrong.report()["error"]["config_key"] == "dataset.class_weights"
+    assert "dataset.class_weights has 3 weights, and the data has 10 classes" in wrong.err

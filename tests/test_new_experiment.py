@@ -47,6 +47,7 @@ def test_scan_write_check_train_and_predict_a_new_project(tmp_path):
     assert config["dataset"]["image"] == {"height": 40, "width": 48, "channels": 3, "dtype": "float32",
                                           "normalization": "standardize"}
     assert config["dataset"]["resize"] == "bilinear" and config["dataset"]["on_bad_example"] == "skip"
+    assert config["dataset"]["class_weights"] == "balanced"  # blue has 6 images, green and red 24
     assert written.read_text().startswith("# @package _global_")
 
     run_dir = tmp_path / "run"
@@ -56,6 +57,8 @@ def test_scan_write_check_train_and_predict_a_new_project(tmp_path):
     assert train.returncode == 0, train.stderr
     report = json.loads((run_dir / "report.json").read_text())
     assert report["data"]["skipped"] == 1 and report["export"]["classes"] == ["blue", "green", "red"]
+    weights = report["data"]["class_weights"]  # scikit-learn's balanced: n / (classes * n_class) on train
+    assert list(weights) == ["blue", "green", "red"] and weights["blue"] > 2 * weights["green"]
 
     new = tmp_path / "new_red.png"
     image = np.random.default_rng(1).integers(0, 90, (60, 70, 3), dtype=np.uint8)

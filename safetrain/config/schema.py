@@ -151,6 +151,7 @@ class DatasetConfig:
     num_classes: Optional[int] = None    # from the source when null
     label_encoding: LabelEncoding = LabelEncoding.sparse  # must agree with trainer.loss
     shuffle_buffer: int = 10_000         # examples in the shuffle buffer (the order is seeded per epoch)
+    class_weights: Any = "none"          # loss weight per class: none | balanced | [w0, w1, ...] by class id
     cache: bool = True                   # cache decoded examples in memory when they fit
     max_examples: Optional[int] = None   # use only the first N examples of each split (smoke runs)
 

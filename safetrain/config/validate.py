@@ -151,11 +151,6 @@ def _check_recipe(cfg: Config) -> None:
     if o.warmup_epochs < 0:
         refuse(f"optimizer.warmup_epochs={o.warmup_epochs} must be >= 0.", "set optimizer.warmup_epochs=1",
                "optimizer.warmup_epochs")
-    if o.warmup_epochs >= t.epochs:
-        refuse(f"optimizer.warmup_epochs={o.warmup_epochs} is not shorter than trainer.epochs={t.epochs}: the run "
-               f"would end before the learning rate reached optimizer.learning_rate.",
-               f"set optimizer.warmup_epochs below {t.epochs} (e.g. {max(0, min(1, t.epochs - 1))})",
-               "optimizer.warmup_epochs")
     if o.schedule is Schedule.one_cycle and o.warmup_epochs:
         refuse("optimizer.schedule=one_cycle warms up by itself (from learning_rate/25 over the first 30% of "
                f"the steps); optimizer.warmup_epochs={o.warmup_epochs} would add a second warmup.",
@@ -195,6 +190,7 @@ def _check_recipe(cfg: Config) -> None:
                "set trainer.ema=0.999 (or null: off)", "trainer.ema")
     _check_selection(cfg, refuse)
     _check_augment(cfg, refuse)
+    _check_class_weights(cfg, refuse)
 
 
 def best_mode(metric: Monitor, mode: Mode | None) -> Mode:
@@ -259,3 +255,21 @@ def _check_augment(cfg: Config, refuse) -> None:
         if not 0.0 < a.rand_augment.magnitude <= 1.0:
             refuse(f"augment.rand_augment.magnitude={a.rand_augment.magnitude} must be in (0, 1].",
                    "set augment.rand_augment.magnitude=0.5", "augment.rand_augment.magnitude")
+
+
+def _check_class_weights(cfg: Config, refuse) -> None:
+    """dataset.class_weights: a name or one positive weight per class (counted again once the data is read)."""
+    weights, d = cfg.dataset.class_weights, cfg.dataset
+    if isinstance(weights, str):
+        if weights not in ("none", "balanced"):
+            refuse(f"dataset.class_weights={weights!r} is not none, balanced or a list of weights.",
+                   "set dataset.class_weights=balanced (or [1.0, 2.0, ...], one per class id)", "dataset.class_weights")
+        return
+    values = list(weights) if isinstance(weights, (list, tuple)) or hasattr(weights, "__len__") else None
+    if not values or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in values):
+        refuse(f"dataset.class_weights={weights!r} must be none, balanced or a list of positive numbers.",
+               "set dataset.class_weights=balanced", "dataset.class_weights")
+    if d.num_classes is not None and len(values) != d.num_classes:
+        refuse(f"dataset.class_weights has {len(values)} weights and dataset.num_classes={d.num_classes}.",
+               f"give one weight per class id 0..{d.num_classes - 1}, or dataset.class_weights=balanced",
+               "dataset.class_weights")
