@@ -260,7 +260,7 @@ class ReducePlateau(BaseAction):
     """schedule=plateau, after `Evaluate`: when the eval metric has not improved for `patience`
     epochs, multiply the learning rate's scale by `factor`, never below `floor` (min_learning_rate /
     learning_rate) — Keras' ReduceLROnPlateau, on state the checkpoint holds (`state`: scale, best,
-    bad_epochs; safetrain.schedules.PlateauState)."""
+    seen, bad_epochs; safetrain.schedules.PlateauState)."""
 
     def __init__(self, evaluation: Evaluate, state, metric: str, higher_is_better: bool, patience: int,
                  factor: float, floor: float, base_rate: float) -> None:
@@ -271,8 +271,8 @@ class ReducePlateau(BaseAction):
     def after_epoch(self, end: EpochEnd) -> str | None:
         value = self.evaluation.accuracy if self.metric == "accuracy" else self.evaluation.loss
         gain = (value - self.state.best) if self.higher_is_better else (self.state.best - value)
-        if gain > 0:
-            self.state.best, self.state.bad_epochs = value, 0
+        if not self.state.seen or gain > 0:
+            self.state.best, self.state.bad_epochs, self.state.seen = value, 0, True
             return None
         self.state.bad_epochs += 1
         if self.state.bad_epochs < self.patience or self.state.scale <= self.floor * (1 + 1e-6):  # float32 scale

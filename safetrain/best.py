@@ -14,10 +14,11 @@ import tensorflow as tf
 
 
 class BestState:
-    def __init__(self, model, keep_weights: bool, higher_is_better: bool) -> None:
+    def __init__(self, model, keep_weights: bool) -> None:
         self.model = model
-        self._value = tf.Variable(float("-inf") if higher_is_better else float("inf"), dtype=tf.float64,
-                                  trainable=False, name="best_value")
+        # Meaningless while epoch is 0 (no best yet); finite, so a checkpoint holds no Inf (a NaN stop
+        # checks that every saved tensor is finite).
+        self._value = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="best_value")
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
         self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_step")
         self._bad = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_without_improvement")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from safetrain.config.schema import Monitor, OptimizerConfig, Schedule
+from safetrain.config.schema import OptimizerConfig, Schedule
 
 ONE_CYCLE_START = 25.0     # one_cycle starts at learning_rate / 25 (fastai's div, timm's warmup)
 ONE_CYCLE_WARMUP = 0.3     # share of the run spent rising to learning_rate
@@ -65,20 +65,23 @@ class Scaled(keras.optimizers.schedules.LearningRateSchedule):
 
 class PlateauState:
     """schedule=plateau's state in tf.Variables (checkpointed, so a resume lowers the rate exactly
-    when the uninterrupted run would): the rate's scale, the best eval value, epochs since."""
+    when the uninterrupted run would): the rate's scale, the best eval value (meaningless until
+    `seen`; finite, so checkpoints hold no Inf), epochs since."""
 
-    def __init__(self, higher_is_better: bool) -> None:
+    def __init__(self) -> None:
         self._scale = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="plateau_scale")
-        self._best = tf.Variable(float("-inf") if higher_is_better else float("inf"), dtype=tf.float64,
-                                 trainable=False, name="plateau_best")
+        self._best = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="plateau_best")
+        self._seen = tf.Variable(False, trainable=False, name="plateau_seen")
         self._bad = tf.Variable(0, dtype=tf.int64, trainable=False, name="plateau_bad_epochs")
 
     scale = property(lambda self: float(self._scale.numpy()), lambda self, v: self._scale.assign(v))
     best = property(lambda self: float(self._best.numpy()), lambda self, v: self._best.assign(v))
+    seen = property(lambda self: bool(self._seen.numpy()), lambda self, v: self._seen.assign(v))
     bad_epochs = property(lambda self: int(self._bad.numpy()), lambda self, v: self._bad.assign(v))
 
     def trackables(self) -> dict:
-        return {"plateau_scale": self._scale, "plateau_best": self._best, "plateau_bad_epochs": self._bad}
+        return {"plateau_scale": self._scale, "plateau_best": self._best, "plateau_seen": self._seen,
+                "plateau_bad_epochs": self._bad}
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ def learning_rate(cfg: OptimizerConfig, steps_per_epoch: int, total_steps: int) 
         return Plan(schedule, f"one_cycle: {lr / ONE_CYCLE_START:g} -> {lr:g} over {rise} steps, cosine to {low:g} "
                               f"at step {total_steps}")
     if kind is Schedule.plateau:
-        state = PlateauState(higher_is_better=cfg.plateau_metric is Monitor.accuracy)
+        state = PlateauState()
         base = LinearWarmup(lr, warmup, lr) if warmup else lr
         words = (f"{'linear warmup over ' + str(warmup) + ' steps, then ' if warmup else ''}{lr:g}, "
                  f"x{cfg.decay_factor:g} after {cfg.plateau_patience} epochs without a better eval "

@@ -173,8 +173,7 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
     plateau = built.schedule.plateau
     plateau_state = plateau.trackables() if plateau else {}
     with strategy.scope():  # the best epoch's record (and weights): chosen on the eval split only
-        best = BestState(model, keep_weights=selection.keep, higher_is_better=selection.higher) \
-            if data.eval is not None else None
+        best = BestState(model, keep_weights=selection.keep) if data.eval is not None else None
     checkpoints = Checkpoints(checkpoint_dir, model, optimizer, writer=hardware.cluster is None or
                               hardware.cluster.is_chief, batch_size=t.batch_size,
                               run_spec=_run_spec(cfg, data.source.num_classes, selection),

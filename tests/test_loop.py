@@ -223,7 +223,7 @@ class FakeBest:
     """The state SelectBest keeps (tf.Variables on the training side), as plain attributes."""
 
     def __init__(self) -> None:
-        self.value, self.epoch, self.step, self.bad_epochs = float("-inf"), 0, 0, 0
+        self.value, self.epoch, self.step, self.bad_epochs = 0.0, 0, 0, 0  # value: meaningless while epoch is 0
         self.captured: list[int] = []
 
     def capture(self) -> None:
@@ -277,7 +277,6 @@ def test_the_best_of_a_lower_is_better_metric_without_early_stopping():
     from safetrain.actions import EpochEnd, SelectBest, Totals
 
     evaluation, best = ScriptedEval([0.5, 0.8, 0.6]), FakeBest()
-    best.value = float("inf")
     choose = SelectBest(evaluation, best, "loss", higher_is_better=False)
     for epoch in (1, 2, 3):
         end = EpochEnd(epoch=epoch, step=10 * epoch, totals=Totals(), next_position=Position(10 * epoch, epoch + 1))
@@ -290,7 +289,7 @@ def test_plateau_drops_the_rate_after_patience_epochs_and_never_below_the_floor(
     from safetrain.actions import EpochEnd, ReducePlateau, Totals
 
     class State:
-        scale, best, bad_epochs = 1.0, float("inf"), 0
+        scale, best, seen, bad_epochs = 1.0, 0.0, False, 0
 
     accuracies = [0.5, 0.6, 0.6, 0.6, 0.7] + [0.7] * 6  # eval loss = 1 - accuracy
     evaluation, state = ScriptedEval(accuracies), State()
