@@ -96,8 +96,7 @@ class Augmenter:
         key = (tf.cast(self.seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)) * 7_919 + tf.cast(batch, tf.int64)
         key = tf.math.floormod(key, 2**31 - 1)
         for i, generator in enumerate(self.generators):
-            state = generator.state
-            generator.state.assign(tf.cast(tf.stack([key, tf.constant(i * _STREAM, tf.int64)]), state.dtype))
+            generator.state.assign(tf.cast(tf.stack([key, tf.constant(i * _STREAM, tf.int64)]), generator.state.dtype))
 
     def _checked(self, x, labels):
         lo, hi = self.value_range

@@ -204,6 +204,12 @@ class GradientProbe(BaseAction):
                 self.on_dead(dead, end.at.step)
 
 
+def _gain(evaluation: "Evaluate", metric: str, best: float, higher_is_better: bool) -> tuple[float, float]:
+    """The eval result for `metric` ("accuracy" | "loss") and how much better than `best` it is."""
+    value = evaluation.accuracy if metric == "accuracy" else evaluation.loss
+    return value, (value - best) if higher_is_better else (best - value)
+
+
 class SelectBest(BaseAction):
     """At each epoch end, after `Evaluate`: is this the best eval epoch so far? `state` holds the
     best value, its epoch and step, and the epochs since (the training side keeps them in
@@ -226,9 +232,7 @@ class SelectBest(BaseAction):
         return self.patience is not None and self.state.bad_epochs >= self.patience
 
     def after_epoch(self, end: EpochEnd) -> str | None:
-        value = self.evaluation.accuracy if self.metric == "accuracy" else self.evaluation.loss
-        best = self.state.value
-        gain = (value - best) if self.higher_is_better else (best - value)
+        value, gain = _gain(self.evaluation, self.metric, self.state.value, self.higher_is_better)
         if self.state.epoch == 0 or gain > self.min_delta:
             self.state.value, self.state.epoch, self.state.step, self.state.bad_epochs = value, end.epoch, end.step, 0
             self.state.capture()
@@ -269,8 +273,7 @@ class ReducePlateau(BaseAction):
         self.floor, self.base_rate = floor, base_rate
 
     def after_epoch(self, end: EpochEnd) -> str | None:
-        value = self.evaluation.accuracy if self.metric == "accuracy" else self.evaluation.loss
-        gain = (value - self.state.best) if self.higher_is_better else (self.state.best - value)
+        value, gain = _gain(self.evaluation, self.metric, self.state.best, self.higher_is_better)
         if not self.state.seen or gain > 0:
             self.state.best, self.state.bad_epochs, self.state.seen = value, 0, True
             return None

@@ -195,10 +195,11 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
     used_rate = lambda: schedules.value_at(built.schedule.learning_rate, optimizer.iterations - 1)  # noqa: E731
     # In this order: the eval result (of the moving average, with trainer.ema) feeds the selection,
     # the trained weights go back, and checkpointing saves what all of them decided.
-    reduce = ReducePlateau(evaluation, plateau, cfg.optimizer.plateau_metric.value,
-                           cfg.optimizer.plateau_metric.value == "accuracy", cfg.optimizer.plateau_patience,
-                           cfg.optimizer.decay_factor, cfg.optimizer.min_learning_rate / cfg.optimizer.learning_rate,
-                           cfg.optimizer.learning_rate) if plateau else None  # validate(): plateau needs eval
+    o = cfg.optimizer
+    reduce = ReducePlateau(evaluation, plateau, o.plateau_metric.value,
+                           best_mode(o.plateau_metric, None) is Mode.max, o.plateau_patience,
+                           o.decay_factor, o.min_learning_rate / o.learning_rate, o.learning_rate) \
+        if plateau else None  # validate(): plateau needs eval
     epoch_end = [action for action in (evaluation, choose, reduce) if action] if evaluation else []
     if ema and epoch_end:
         epoch_end = [SwitchWeights(ema.use, True), *epoch_end, SwitchWeights(ema.use, False)]
@@ -315,8 +316,9 @@ def _model(cfg: Config, plan: ModelPlan, data: Datasets, hardware: Hardware) -> 
     t, o = cfg.trainer, cfg.optimizer
     keras.utils.set_random_seed(t.seed)
     run_steps = data.steps_per_epoch * t.epochs
+    total_steps = min(run_steps, t.max_steps or run_steps)
     with hardware.strategy.scope():
-        schedule = schedules.learning_rate(o, data.steps_per_epoch, min(run_steps, t.max_steps or run_steps))
+        schedule = schedules.learning_rate(o, data.steps_per_epoch, total_steps)
         model = build_model(plan, input_dtype=data.spec.dtype, seed=t.seed)
         optimizer = OPTIMIZERS.get(o.name)(schedule.learning_rate, o.clipnorm, o.weight_decay, t.ema)
         undecayed = exclude_one_dimensional(optimizer, model.trainable_variables)
@@ -331,7 +333,7 @@ def _model(cfg: Config, plan: ModelPlan, data: Datasets, hardware: Hardware) -> 
         recipe += f", label smoothing {t.label_smoothing:g}"
     if t.ema is not None:
         recipe += f", weights' moving average (decay {t.ema:g}) for eval, test and export"
-        horizon, steps = 1 / (1 - t.ema), min(run_steps, t.max_steps or run_steps)
+        horizon, steps = 1 / (1 - t.ema), total_steps
         if horizon > steps / 2:
             log.warning("warning: trainer.ema=%g averages over about %d steps, and the run has %d: the average is "
                         "mostly the early weights; lower trainer.ema (e.g. %g)", t.ema, round(horizon), steps,
