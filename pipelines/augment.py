@@ -1,7 +1,8 @@
 """Augmentation of training batches with Keras' preprocessing layers, exact on resume, checked.
 
 The layers are Keras' own (RandomFlip, RandomRotation, RandomZoom, RandomTranslation,
-RandomBrightness, RandomContrast, RandAugment, RandomErasing, MixUp, CutMix), applied per batch
+RandomBrightness, RandomContrast, RandAugment, RandomErasing, MixUp, CutMix; only the random
+resized crop, which Keras lacks, is ours: pipelines.crop), applied per batch
 in tf.data after the pipeline's enforcement and before normalization, on pixels in the source's
 value range (which each layer is told). Two things the layers cannot give on their own:
 
@@ -21,19 +22,22 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from pipelines.crop import RandomResizedCrop
 from pipelines.spec import ImageSpec
-from safetrain.config.schema import AugmentConfig, Flip
+from safetrain.config.schema import AugmentConfig, Crop, Flip
 
 _FLIPS = {Flip.horizontal: "horizontal", Flip.vertical: "vertical", Flip.both: "horizontal_and_vertical"}
 _STREAM = 2**20  # draws apart between the generators of one batch
 
 
 def layers_for(cfg: AugmentConfig, value_range: tuple[float, float], seed: int) -> list:
-    """The Keras layers `cfg` asks for, in a fixed order (geometry, colour, RandAugment, erasing)."""
+    """The Keras layers `cfg` asks for, in a fixed order (crop, geometry, colour, RandAugment, erasing)."""
     L, lo_hi = keras.layers, (float(value_range[0]), float(value_range[1]))
     # float32 whatever the global mixed-precision policy: these are pixels, not activations.
     common = dict(seed=seed, dtype="float32")
     chosen = []
+    if cfg.crop is Crop.random_resized:
+        chosen.append(RandomResizedCrop(tuple(cfg.crop_scale), tuple(cfg.crop_ratio), **common))
     if cfg.flip in _FLIPS:
         chosen.append(L.RandomFlip(_FLIPS[cfg.flip], **common))
     if cfg.rotation:
@@ -55,7 +59,9 @@ def layers_for(cfg: AugmentConfig, value_range: tuple[float, float], seed: int) 
 
 
 def describe(cfg: AugmentConfig) -> str:
-    parts = [f"flip {cfg.flip.value}" if cfg.flip is not Flip.none else ""]
+    parts = [f"random resized crop {cfg.crop_scale[0]:g}-{cfg.crop_scale[1]:g} of the area"
+             if cfg.crop is Crop.random_resized else ""]
+    parts.append(f"flip {cfg.flip.value}" if cfg.flip is not Flip.none else "")
     parts += [f"{name} {value:g}" for name, value in (("rotation", cfg.rotation), ("zoom", cfg.zoom),
                                                       ("translate", cfg.translate), ("brightness", cfg.brightness),
                                                       ("contrast", cfg.contrast), ("erasing", cfg.erasing),

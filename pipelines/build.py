@@ -26,7 +26,7 @@ from pipelines.scan import mean_std, scan
 from pipelines.sources.base import Source, array_source
 from pipelines.sources.registry import open_source
 from pipelines.spec import AdapterPlan, BadExample, ImageSpec, SourceSpec, plan_adapters
-from safetrain.config.schema import AugmentConfig, DatasetConfig
+from safetrain.config.schema import AugmentConfig, DatasetConfig, Sampling
 from safetrain.errors import DataError
 
 _CACHE_LIMIT_BYTES = 2 << 30  # cache adapted examples in memory up to 2 GiB
@@ -49,6 +49,7 @@ class Datasets:
     train_plain: Callable[[int], tf.data.Dataset] | None = None  # the same batches without augmentation
     augmentation: str = "none"      # what augments the training batches (pipelines.augment)
     class_counts: dict[str, list[int]] = field(default_factory=dict)  # good examples per class id, per split
+    sampling: str = "shuffle"       # dataset.sampling: how training examples are drawn
 
     def model_input(self, image: tf.Tensor) -> tf.Tensor:
         """One raw image as the training pipeline delivers it: adapters, normalization, dtype."""
@@ -64,6 +65,9 @@ class Datasets:
         if self.normalization_stats:
             mean, std = self.normalization_stats
             lines.append(f"standardize: mean={[round(m, 4) for m in mean]} std={[round(s, 4) for s in std]}")
+        if self.sampling == "balanced":
+            lines.append("sampling balanced: each training example's class drawn uniformly "
+                         f"({self.steps_per_epoch} batches per epoch, rare classes repeated)")
         if self.augmentation != "none":
             lines.append(f"augment training batches (before normalization, checked after): {self.augmentation}")
         return "\n".join(lines)
@@ -135,7 +139,9 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
         ds = bases[name]
         if names[name] in bad_splits:  # per-example filtering costs; only where the scan found bad ones
             ds = ds.filter(is_ok)
-        if name == "train":
+        if name == "train" and cfg.sampling is Sampling.balanced:
+            ds = _balanced(ds, class_counts["train"], counts["train"], cfg.shuffle_buffer, epoch_seed(seed, epoch))
+        elif name == "train":
             # Each epoch's order is a function of (seed, epoch) alone, so a resumed run (or the NaN
             # replay) sees exactly the batches the first run saw at the same position; the
             # iterator's whole state is then (epoch, batches done), which the checkpoint holds.
@@ -159,6 +165,7 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
         train_epoch=lambda epoch: finish("train", batch_size, epoch, augmented=True),
         train_plain=lambda epoch: finish("train", batch_size, epoch),
         augmentation=augmenter.describe if augmenter else "none", class_counts=class_counts,
+        sampling=cfg.sampling.value,
         eval=finish("eval", eval_batch_size) if "eval" in bases else None,
         test=finish("test", eval_batch_size) if "test" in bases else None,
         source=source.spec, spec=spec, plan=plan, counts=counts,
@@ -166,6 +173,23 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
         normalization_stats=stats,
         raw_test=(lambda: source.read(names["test"])) if names.get("test") else None,
     )
+
+
+def _balanced(ds: tf.data.Dataset, class_counts: list[int], size: int, buffer: int, seed: int) -> tf.data.Dataset:
+    """dataset.sampling=balanced: an epoch of `size` examples, each drawn from a class chosen
+    uniformly (tf.data's `sample_from_datasets` over one repeated, shuffled stream per class, the
+    resampling TensorFlow's imbalanced-data guide uses). Rare classes repeat within an epoch and
+    common ones are thinned; an epoch keeps the split's size, so steps per epoch do not change.
+    Every draw is seeded from `seed` (the epoch's), so the epoch is the same on a resume.
+    Classes absent from the split are left out (they cannot be drawn). Cost: every per-class
+    stream filters the whole cached split, about K passes over it per epoch."""
+    present = [c for c, n in enumerate(class_counts) if n]
+    streams = [ds.filter(lambda x, y, status, key, c=c: tf.equal(y, c))
+               .shuffle(min(buffer, class_counts[c]), seed=(seed * 131 + c) % (2**31 - 1),
+                        reshuffle_each_iteration=True)
+               .repeat() for c in present]
+    mixed = tf.data.Dataset.sample_from_datasets(streams, weights=[1.0 / len(present)] * len(present), seed=seed)
+    return mixed.take(size)
 
 
 def from_arrays(cfg: DatasetConfig, splits: dict[str, tuple[np.ndarray, np.ndarray]], batch_size: int,

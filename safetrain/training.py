@@ -364,6 +364,7 @@ def _record_data(record: RunRecord, cfg: Config, data: Datasets) -> None:
     skip = cfg.dataset.on_bad_example is BadExamplePolicy.skip
     record.report.data["counts"] = data.counts
     record.report.data["skipped"] = len(data.bad) if skip else 0  # with error, bad examples stop the run
+    record.report.data["sampling"] = data.sampling
     log.info("pipeline:\n  %s", "\n  ".join(data.describe().splitlines()))
     record.text("pipeline/spec", data.describe())
     first_images, _ = next(iter(data.train_plain(1).take(1)))

@@ -110,7 +110,9 @@ def advice(found: Scan) -> list[str]:
         big, small = max(counts, key=counts.get), min(counts, key=counts.get)
         notes.append(f"imbalanced classes: {big} has {counts[big]} images, {small} {counts[small]}; accuracy "
                      f"will flatter the big class — the experiment weights the loss per class "
-                     f"(dataset.class_weights: balanced); watch test_class_accuracy/* in TensorBoard, and collect "
+                     f"(dataset.class_weights: balanced; dataset.sampling: balanced with class_weights: none "
+                     f"draws the small classes more often instead); watch test_class_accuracy/* in TensorBoard, "
+                     f"and collect "
                      f"more of the small ones")
     if len(found.formats) > 1:
         notes.append(f"mixed formats ({', '.join(f'{k} {v}' for k, v in found.formats.most_common())}): fine, "
@@ -172,7 +174,8 @@ def render(name: str, folder: Path, found: Scan, command: str) -> str:
         f"  resize: {'bilinear' if resize else 'error'}",
         f"  channel_policy: {'convert' if len(found.modes) > 1 else 'error'}",
         f"  on_bad_example: {'skip' if found.unreadable else 'error'}",
-        f"  class_weights: {'balanced' if imbalanced(found.counts) else 'none'}",
+        f"  class_weights: {'balanced' if imbalanced(found.counts) else 'none'}"
+        + ("   # or class_weights: none with sampling: balanced" if imbalanced(found.counts) else ""),
         "trainer:",
         "  epochs: 10",
         f"  batch_size: {batch_size(sum(found.counts.values()))}",

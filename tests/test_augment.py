@@ -1,4 +1,5 @@
-"""Augmentation: Keras' layers on training batches, a function of (seed, epoch, batch), checked."""
+"""Augmentation: Keras' layers on training batches, a function of (seed, epoch, batch), checked; and
+balanced sampling, the other stochastic piece of the training order."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import tensorflow as tf
 from pipelines.augment import Augmenter
 from pipelines.build import from_arrays
 from pipelines.spec import ImageSpec
-from safetrain.config.schema import (AugmentConfig, DatasetConfig, Flip, ImageConfig, LabelEncoding, ResizePolicy,
-                                     SplitsConfig)
+from safetrain.config.schema import (AugmentConfig, Crop, DatasetConfig, Flip, ImageConfig, LabelEncoding,
+                                     ResizePolicy, Sampling, SplitsConfig)
 
 STANDARD = AugmentConfig(flip=Flip.horizontal, rotation=0.05, zoom=0.1, translate=0.1, contrast=0.1)
 
@@ -70,3 +71,52 @@ def test_rand_augment_and_erasing_are_reproducible_too():
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert all(np.array_equal(a, b) for a, b in zip(first[3:], _batches(data.train_epoch(2).skip(3))))
     assert not any(np.array_equal(a, b) for a, b in zip(first, _batches(data.train_plain(2))))
+
+
+def test_random_resized_crop_zooms_into_a_box_reproducibly_and_stays_in_range():
+    crop = AugmentConfig(crop=Crop.random_resized, crop_scale=[0.2, 0.5])
+    data = _data(crop)
+    first = _batches(data.train_epoch(1))
+    assert all(np.array_equal(a, b) for a, b in zip(first, _batches(data.train_epoch(1))))
+    assert all(np.array_equal(a, b) for a, b in zip(first[2:], _batches(data.train_epoch(1).skip(2))))
+    plain = _batches(data.train_plain(1))
+    for x, p in zip(first, plain):
+        assert x.shape == p.shape == (16, 12, 12, 3) and 0.0 <= x.min() and x.max() <= 1.0
+        # A box of at most half the area resized back: smoother than the random pixels it came from.
+        assert np.abs(np.diff(x, axis=2)).mean() < 0.8 * np.abs(np.diff(p, axis=2)).mean()
+    assert data.augmentation == "random resized crop 0.2-0.5 of the area"
+
+
+def test_a_full_area_crop_with_the_images_own_aspect_is_the_image_itself():
+    # scale [1, 1] and ratio [1, 1] on square images: the box is the whole image, so the crop must
+    # return the pixels unchanged (crop_and_resize's corner convention, checked).
+    data = _data(AugmentConfig(crop=Crop.random_resized, crop_scale=[1.0, 1.0], crop_ratio=[1.0, 1.0]))
+    for x, p in zip(_batches(data.train_epoch(1)), _batches(data.train_plain(1))):
+        np.testing.assert_allclose(x, p, atol=1e-6)
+
+
+def test_balanced_sampling_draws_every_class_equally_often_the_same_way_each_time():
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 160 + [1] * 24 + [2] * 8 + [3] * 0)
+    images = rng.integers(0, 256, (192, 12, 12, 3), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.arange(192) % 256  # an id per example, to see the draws
+    cfg = DatasetConfig(image=ImageConfig(height=12, width=12, channels=3), resize=ResizePolicy.error,
+                        splits=SplitsConfig(train="train", eval=None, test=None), num_classes=4,
+                        sampling=Sampling.balanced, shuffle_buffer=64)
+    data = from_arrays(cfg, {"train": (images, labels)}, batch_size=16)
+
+    def epoch(e: int, skip: int = 0):
+        drawn = [(y.numpy(), np.rint(x.numpy()[:, 0, 0, 0] * 255).astype(int)) for x, y in
+                 data.train_epoch(e).skip(skip)]
+        return np.concatenate([y for y, _ in drawn]), np.concatenate([i for _, i in drawn])
+
+    ys, ids = epoch(1)
+    assert data.steps_per_epoch == 12 and len(ys) == 192  # the epoch keeps the split's size
+    counts = np.bincount(ys, minlength=4)
+    assert counts[3] == 0 and all(40 <= n <= 90 for n in counts[:3]), counts  # ~64 each, not 160/24/8
+    assert set(ids[ys == 2]) == set(range(184, 192))  # the 8 rare examples, each repeated
+    again_ys, again_ids = epoch(1)
+    assert np.array_equal(ids, again_ids)
+    assert np.array_equal(epoch(1, skip=5)[1], ids[5 * 16:])  # a resume's skip sees the same draws
+    assert not np.array_equal(epoch(2)[1], ids)  # another epoch, other draws
+    assert "sampling balanced" in data.describe()

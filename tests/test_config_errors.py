@@ -65,6 +65,13 @@ def run_probe(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
     (["augment.rand_augment={num_ops: 2, magnitude: 0.5}"],
      r"augment\.rand_augment draws colour transforms .* dataset\.image\.channels=1"),
     (["augment.rotation=0.9"], r"augment\.rotation=0\.9 must be in \[0, 0\.5\]"),
+    (["augment.crop=random_resized", "augment.crop_scale=[0.5,1.5]"],
+     r"augment\.crop_scale=\[0\.5, 1\.5\] must be \[low, high\], a share of the image's area, with both in \(0, 1\] "
+     r".*augment\.crop=random_resized"),
+    (["augment.crop=random_resized", "augment.crop_ratio=[0.0,1.0]"], r"augment\.crop_ratio=\[0\.0, 1\.0\] must be"),
+    (["dataset.sampling=balanced", "dataset.class_weights=balanced"],
+     r"dataset\.sampling=balanced already shows the model every class equally often, and "
+     r"dataset\.class_weights='balanced' would weight the rare classes up a second time"),
     (["dataset.class_weights=balancd"], r"dataset\.class_weights='balancd' is not none, balanced or a list"),
     (["dataset.class_weights=[1,-1]"], r"dataset\.class_weights=\[1, -1\] must be none, balanced or a list of "
                                        r"positive numbers"),

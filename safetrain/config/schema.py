@@ -105,6 +105,16 @@ class Flip(Enum):
     both = "both"
 
 
+class Crop(Enum):
+    none = "none"
+    random_resized = "random_resized"  # a box of augment.crop_scale of the area, resized back (Inception-style)
+
+
+class Sampling(Enum):
+    shuffle = "shuffle"    # each example once per epoch, in a seeded order
+    balanced = "balanced"  # every class equally often (minority classes repeated, majority ones thinned)
+
+
 class StrategyKind(Enum):
     auto = "auto"
     one_device = "one_device"
@@ -152,6 +162,7 @@ class DatasetConfig:
     label_encoding: LabelEncoding = LabelEncoding.sparse  # must agree with trainer.loss
     shuffle_buffer: int = 10_000         # examples in the shuffle buffer (the order is seeded per epoch)
     class_weights: Any = "none"          # loss weight per class: none | balanced | [w0, w1, ...] by class id
+    sampling: Sampling = Sampling.shuffle  # balanced: draw every class equally often (not with class_weights)
     cache: bool = True                   # cache decoded examples in memory when they fit
     max_examples: Optional[int] = None   # use only the first N examples of each split (smoke runs)
 
@@ -228,6 +239,9 @@ class RandAugmentConfig:
 class AugmentConfig:
     """Training-batch augmentation with Keras' preprocessing layers (pipelines.augment); all off by default."""
 
+    crop: Crop = Crop.none               # random_resized: crop crop_scale of the area, resize to the declared size
+    crop_scale: List[float] = field(default_factory=lambda: [0.25, 1.0])  # the crop's share of the area, in (0, 1]
+    crop_ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333])  # its width/height aspect range
     flip: Flip = Flip.none               # RandomFlip
     rotation: float = 0.0                # RandomRotation: up to this fraction of a full turn (0.05 = 18 degrees)
     zoom: float = 0.0                    # RandomZoom: in or out by up to this fraction

@@ -191,6 +191,7 @@ def _check_recipe(cfg: Config) -> None:
     _check_selection(cfg, refuse)
     _check_augment(cfg, refuse)
     _check_class_weights(cfg, refuse)
+    _check_sampling(cfg, refuse)
 
 
 def best_mode(metric: Monitor, mode: Mode | None) -> Mode:
@@ -243,6 +244,11 @@ def _check_augment(cfg: Config, refuse) -> None:
                    f"take one class id per image.",
                    "set dataset.label_encoding=one_hot trainer.loss=categorical_crossentropy, or "
                    f"augment.{key}=0", f"augment.{key}")
+    if a.crop.value == "random_resized":
+        _check_range(a.crop_scale, "augment.crop_scale", "a share of the image's area", top=1.0, refuse=refuse,
+                     example="[0.25, 1.0]")
+        _check_range(a.crop_ratio, "augment.crop_ratio", "a width/height aspect ratio", top=None, refuse=refuse,
+                     example="[0.75, 1.3333]")
     if a.rand_augment.num_ops < 0:
         refuse(f"augment.rand_augment.num_ops={a.rand_augment.num_ops} must be >= 0 (0 = off).",
                "set augment.rand_augment.num_ops=2", "augment.rand_augment.num_ops")
@@ -255,6 +261,32 @@ def _check_augment(cfg: Config, refuse) -> None:
         if not 0.0 < a.rand_augment.magnitude <= 1.0:
             refuse(f"augment.rand_augment.magnitude={a.rand_augment.magnitude} must be in (0, 1].",
                    "set augment.rand_augment.magnitude=0.5", "augment.rand_augment.magnitude")
+
+
+def _check_range(values, key: str, what: str, top: float | None, refuse, example: str) -> None:
+    """[low, high] with 0 < low <= high (<= top): what augment.crop=random_resized draws from."""
+    pair = list(values) if hasattr(values, "__len__") and not isinstance(values, str) else None
+    ok = pair is not None and len(pair) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      for v in pair)
+    if ok:
+        low, high = pair
+        ok = 0.0 < low <= high and (top is None or high <= top)
+    where = f"(0, {top:g}]" if top is not None else "(0, inf)"
+    if not ok:
+        refuse(f"{key}={values!r} must be [low, high], {what}, with both in {where} and low <= high "
+               f"(augment.crop=random_resized draws from it).",
+               f"set {key}={example}, or augment.crop=none", key)
+
+
+def _check_sampling(cfg: Config, refuse) -> None:
+    """Balanced sampling and class weights both correct the same imbalance: together they over-correct."""
+    d = cfg.dataset
+    weighted = not (isinstance(d.class_weights, str) and d.class_weights == "none")
+    if d.sampling.value == "balanced" and weighted:
+        refuse(f"dataset.sampling=balanced already shows the model every class equally often, and "
+               f"dataset.class_weights={d.class_weights!r} would weight the rare classes up a second time.",
+               "choose one: dataset.class_weights=none (keep the balanced sampling), or dataset.sampling=shuffle",
+               "dataset.sampling")
 
 
 def _check_class_weights(cfg: Config, refuse) -> None:
