@@ -85,7 +85,9 @@ def fit_child(args) -> None:
     x_test = _read_idx(IDX / "t10k-images-idx3-ubyte.gz")[..., None]
     y_test = _read_idx(IDX / "t10k-labels-idx1-ubyte.gz").astype("int32")
     cut = len(x) * 9 // 10  # train[:90%] / train[90%:]
-    k = 10
+    k, n = 10, cfg.dataset.max_examples or len(x)  # dataset.max_examples: the first n of each split, as safetrain
+    (x_train, y_train), (x_val, y_val) = (x[:cut][:n], y[:cut][:n]), (x[cut:][:n], y[cut:][:n])
+    x_test, y_test = x_test[:n], y_test[:n]
     augment = keras.Sequential(layers_for(cfg.augment, (0.0, 255.0), t.seed))
 
     def batches(images, labels, train: bool):
@@ -97,9 +99,9 @@ def fit_child(args) -> None:
             ds = ds.map(lambda a, b: (augment(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.map(lambda a, b: (a / 255.0, b), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
-    train, val, test = batches(x[:cut], y[:cut], True), batches(x[cut:], y[cut:], False), batches(x_test, y_test,
-                                                                                                  False)
-    steps_per_epoch = cut // t.batch_size
+    train, val = batches(x_train, y_train, True), batches(x_val, y_val, False)
+    test = batches(x_test, y_test, False)
+    steps_per_epoch = len(x_train) // t.batch_size
     total = steps_per_epoch * t.epochs
     warmup = round(o.warmup_epochs * steps_per_epoch)
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -122,7 +124,7 @@ def fit_child(args) -> None:
     val_acc = history.history["val_accuracy"]
     Path(args.result).write_text(json.dumps({
         "test_accuracy": float(test_accuracy), "best_eval_accuracy": max(val_acc),
-        "best_epoch": 1 + val_acc.index(max(val_acc)), "train_examples": cut, "epochs": t.epochs,
+        "best_epoch": 1 + val_acc.index(max(val_acc)), "train_examples": len(x_train), "epochs": t.epochs,
         "precision": args.precision}))
 
 
@@ -202,8 +204,9 @@ def main() -> None:
     result = {"experiment": args.experiment, "epochs": args.epochs, "rounds": args.rounds,
               "overrides": args.override, "precision": precision,
               "safetrain": summary("safetrain"), "fit": summary("fit"),
-              "ratio_safetrain_over_fit": round(statistics.median(
-                  f["wall_s"] / s["wall_s"] for s, f in zip(runs["safetrain"], runs["fit"])), 3),
+              "ratio_safetrain_over_fit": round(statistics.median(  # examples/s, per round
+                  (s["examples"] / s["wall_s"]) / (f["examples"] / f["wall_s"])
+                  for s, f in zip(runs["safetrain"], runs["fit"])), 3),
               "runs": runs}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     s, f = result["safetrain"], result["fit"]
