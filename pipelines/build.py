@@ -25,7 +25,7 @@ from pipelines.ops import adapt, encode, epoch_seed, example_bytes, is_ok, norma
 from pipelines.scan import mean_std, scan
 from pipelines.sources.base import Source, array_source
 from pipelines.sources.registry import open_source
-from pipelines.spec import AdapterPlan, BadExample, ImageSpec, SourceSpec, plan_adapters
+from pipelines.spec import AdapterPlan, BadExample, DataEvent, ImageSpec, SourceSpec, plan_adapters
 from safetrain.config.schema import AugmentConfig, DatasetConfig, Sampling
 from safetrain.errors import DataError
 
@@ -50,6 +50,8 @@ class Datasets:
     augmentation: str = "none"      # what augments the training batches (pipelines.augment)
     class_counts: dict[str, list[int]] = field(default_factory=dict)  # good examples per class id, per split
     sampling: str = "shuffle"       # dataset.sampling: how training examples are drawn
+    report: dict = field(default_factory=dict)   # the source's findings for report.json `data`
+    events: list[DataEvent] = field(default_factory=list)  # and for errors.jsonl
 
     def model_input(self, image: tf.Tensor) -> tf.Tensor:
         """One raw image as the training pipeline delivers it: adapters, normalization, dtype."""
@@ -93,6 +95,8 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
                       size=(spec.height, spec.width) if plan.check_size else None,
                       channels=spec.channels if plan.check_channels else None)
     parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    keep_uint8 = source.spec.dtype == "uint8" and plan.resize is None and plan.channels is None and \
+        (source.spec.height, source.spec.width, source.spec.channels) == spec.shape
 
     def checked(split: str) -> tf.data.Dataset:
         ds = source.read(split)
@@ -102,13 +106,16 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
         def prepare(image, label, key):
             raw = tf.cast(image, tf.float32)
             status = checks.example_status(raw, label, **check_args)
+            if keep_uint8:  # nothing to adapt: the cache holds the uint8 pixels (4x smaller than float32)
+                kept = tf.where(tf.equal(status, checks.OK), image, tf.zeros_like(image))
+                return tf.ensure_shape(kept, spec.shape), tf.cast(label, tf.int32), status, key
             adapted = tf.cond(tf.equal(status, checks.OK), lambda: adapt(raw, plan, spec),
                               lambda: tf.zeros(spec.shape, tf.float32))
             return adapted, tf.cast(label, tf.int32), status, key
 
         ds = ds.map(prepare, **parallel)
         expected = source.count(split)
-        if cfg.cache and (expected or 0) * example_bytes(spec) <= _CACHE_LIMIT_BYTES:
+        if cfg.cache and (expected or 0) * example_bytes(spec, 1 if keep_uint8 else 4) <= _CACHE_LIMIT_BYTES:
             ds = ds.cache()
         return ds
 
@@ -148,7 +155,7 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
             ds = ds.shuffle(cfg.shuffle_buffer, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
         ds = ds.batch(batch, drop_remainder=name == "train")
         # Normalize and encode whole batches: vectorized, ~10x cheaper than per example.
-        norm = lambda x: normalize(x, spec, source.spec.value_range, stats)  # noqa: E731
+        norm = lambda x: normalize(tf.cast(x, tf.float32), spec, source.spec.value_range, stats)  # noqa: E731
         if augmented and augmenter is not None:
             # Batch index from the epoch's start: with the epoch, it seeds the batch's augmentation
             # (a resume's skip() comes after this). Sequential: the layers' seed state is shared.
@@ -165,7 +172,7 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
         train_epoch=lambda epoch: finish("train", batch_size, epoch, augmented=True),
         train_plain=lambda epoch: finish("train", batch_size, epoch),
         augmentation=augmenter.describe if augmenter else "none", class_counts=class_counts,
-        sampling=cfg.sampling.value,
+        sampling=cfg.sampling.value, report=source.report, events=source.events,
         eval=finish("eval", eval_batch_size) if "eval" in bases else None,
         test=finish("test", eval_batch_size) if "test" in bases else None,
         source=source.spec, spec=spec, plan=plan, counts=counts,

@@ -24,9 +24,9 @@ def is_ok(x, y, status, key):
     return tf.equal(status, checks.OK)
 
 
-def example_bytes(spec: ImageSpec) -> int:
-    """Bytes of one adapted example as cached (float32)."""
-    return spec.height * spec.width * spec.channels * 4
+def example_bytes(spec: ImageSpec, bytes_per_value: int = 4) -> int:
+    """Bytes of one adapted example as cached (float32 after adapters; uint8 when none run)."""
+    return spec.height * spec.width * spec.channels * bytes_per_value
 
 
 def adapt(image: tf.Tensor, plan: AdapterPlan, spec: ImageSpec) -> tf.Tensor:

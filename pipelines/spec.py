@@ -71,6 +71,18 @@ class BadExample:
 
 
 @dataclass(frozen=True)
+class DataEvent:
+    """Something the data checks found that is not a bad example (a duplicate, leakage, a missing
+    class): one errors.jsonl record; `other` is the second file of a pair."""
+
+    kind: str       # duplicate | leakage | missing_class (safetrain.errors.ErrorKind)
+    split: str
+    key: str
+    other: str | None
+    message: str
+
+
+@dataclass(frozen=True)
 class AdapterPlan:
     """The adapters a pipeline applies, in order; `steps` is what `pipeline/spec` shows."""
 

@@ -31,6 +31,9 @@ class ErrorKind(StrEnum):
     hardware = "hardware"
     data = "data"
     bad_example = "bad_example"              # one example refused or skipped (errors.jsonl)
+    duplicate = "duplicate"                  # two files of one split hold the same (or a near) image
+    leakage = "leakage"                      # the same (or a near) image in two splits
+    missing_class = "missing_class"          # a split without any example of a class
     # diagnosed TensorFlow/Keras failures (safetrain.diagnosis)
     shape_mismatch = "shape_mismatch"
     dtype_mismatch = "dtype_mismatch"

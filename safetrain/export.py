@@ -59,7 +59,9 @@ def export(model, data: Datasets, cfg: DatasetConfig, directory: Path) -> dict:
     tf.saved_model.save(serving, str(directory), signatures={"serving_default": serving.classify})
     info = {"path": str(directory), "input": "encoded image files (PNG, JPEG, BMP, GIF), any size",
             "model_input": data.spec.describe(), "classes": data.source.names(),
-            "resize": cfg.resize.value, "channel_policy": cfg.channel_policy.value}
+            "resize": cfg.resize.value, "channel_policy": cfg.channel_policy.value,
+            # the signature decodes as TensorFlow does (no EXIF); safetrain.predict turns photos upright first
+            "exif_orientation": cfg.exif_orientation.value}
     info.update(_keras_file(model, directory / "model.keras"))
     (directory / "signature.json").write_text(json.dumps(info, indent=2) + "\n")
     # bfloat16 keeps ~3 significant digits: batch composition alone moves probabilities by ~1e-3.

@@ -64,11 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"safetrain.predict: {err}\n{USAGE}", file=sys.stderr)
         return EXIT_CONFIG
     tf, served = _load(run_dir)
-    names = json.loads((run_dir / "export" / "signature.json").read_text())["classes"]
+    signature = json.loads((run_dir / "export" / "signature.json").read_text())
+    names, upright = signature["classes"], signature.get("exif_orientation", "ignore") == "apply"
     failed = 0
     for path in files:
         try:
-            out = served.classify(tf.constant([path.read_bytes()]))
+            data = path.read_bytes()
+            out = served.classify(tf.constant([upright_bytes(data) if upright else data]))
         except (OSError, tf.errors.OpError) as err:
             failed += 1
             reason = err.strerror if isinstance(err, OSError) else _reason(err)
@@ -82,6 +84,33 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_DATA if failed else 0
 
 
+def upright_bytes(data: bytes) -> bytes:
+    """A photo with an EXIF rotation, decoded by TensorFlow as in training, turned upright the way
+    the scan does (pipelines.sources.folder_files.upright) and re-encoded losslessly as PNG:
+    exactly the pixels training saw (dataset.exif_orientation=apply). Any other file is passed on
+    unchanged, so TensorFlow's decoder still reports what it cannot read."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            orientation = int(img.getexif().get(0x0112, 1) or 1)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return data
+    if orientation == 1:
+        return data
+    import tensorflow as tf
+
+    from pipelines.sources.folder_files import upright
+
+    try:
+        pixels = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False).numpy()
+    except tf.errors.OpError:
+        return data
+    return tf.io.encode_png(upright(pixels, orientation)).numpy()
+
+
 def _load(run_dir: Path):
     """TensorFlow (imported quietly) and the run's exported SavedModel."""
     from safetrain.tf_import import import_tensorflow
@@ -93,7 +122,9 @@ def _load(run_dir: Path):
 def probabilities_of(run_dir: Path, files: list[Path]) -> list[list[float]]:
     """For tests and scripts: the probability rows for `files` (all must be readable)."""
     tf, served = _load(run_dir)
-    return [served.classify(tf.constant([p.read_bytes()]))["probabilities"].numpy()[0].tolist() for p in files]
+    upright = json.loads((run_dir / "export" / "signature.json").read_text()).get("exif_orientation") == "apply"
+    return [served.classify(tf.constant([upright_bytes(p.read_bytes()) if upright else p.read_bytes()]))
+            ["probabilities"].numpy()[0].tolist() for p in files]
 
 
 if __name__ == "__main__":

@@ -61,10 +61,11 @@ class RunRecord:
 
     # --- events and errors ---------------------------------------------------------------------
     def event(self, *, phase: str, kind: ErrorKind, message: str, hint: str = "", step: int | None = None,
-              config_key: str | None = None, example: str | int | None = None) -> None:
+              config_key: str | None = None, example: str | int | None = None, other_example: str | None = None,
+              sync: bool = True) -> None:
         """One errors.jsonl line (a bad example, a skipped step, a warning)."""
         self.errors.write(phase=phase, kind=kind, message=message, hint=hint, step=step,
-                          config_key=config_key, example=example)
+                          config_key=config_key, example=example, other_example=other_example, sync=sync)
 
     def failure(self, error: SafetrainError, step: int | None = None, message: str | None = None) -> None:
         """An error that happened (or a retry after one): errors.jsonl, and TensorBoard once open."""

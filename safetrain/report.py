@@ -78,13 +78,18 @@ class ErrorLog:
 
     def write(self, *, phase: str, kind: str, message: str, hint: str = "", step: int | None = None,
               config_key: str | None = None, tf_error_class: str | None = None, op: str | None = None,
-              example: str | int | None = None) -> None:
+              example: str | int | None = None, other_example: str | None = None, sync: bool = True) -> None:
+        """`other_example`: the second file of a pair (duplicates, leakage). `sync=False` for all but
+        the last of many records written at once (one fsync, not thousands)."""
         record = {"time": time.time(), "step": step, "phase": phase, "kind": kind,
                   "tf_error_class": tf_error_class, "op": op, "message": message, "hint": hint,
                   "config_key": config_key}
         if example is not None:
             record["example"] = example
+        if other_example is not None:
+            record["other_example"] = other_example
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(_clean(record)) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())

@@ -376,6 +376,32 @@ def _record_data(record: RunRecord, cfg: Config, data: Datasets) -> None:
         record.event(phase="data", kind=ErrorKind.bad_example, message=bad.reason, example=bad.key,
                      config_key="dataset.on_bad_example",
                      hint="skipped" if skip else "")
+    _record_findings(record, cfg, data)
+
+
+_FINDING_KEYS = {ErrorKind.duplicate: "dataset.near_duplicate_radius", ErrorKind.leakage: "dataset.on_leakage",
+                 ErrorKind.missing_class: "dataset.allow_missing_classes"}
+
+
+def _record_findings(record: RunRecord, cfg: Config, data: Datasets) -> None:
+    """What an image folder's scan found beyond bad examples: the scan's work, duplicates, leakage."""
+    for key in ("scan", "duplicates", "selected"):
+        if key in data.report:
+            record.report.data[key] = data.report[key]
+    for i, event in enumerate(data.events):
+        kind = ErrorKind(event.kind)
+        record.event(phase="data", kind=kind, message=event.message, example=event.key, other_example=event.other,
+                     config_key=_FINDING_KEYS[kind], sync=i == len(data.events) - 1)
+    dup = data.report.get("duplicates")
+    if dup and dup["cross_split"]:
+        first = next(e.message for e in data.events if e.kind == ErrorKind.leakage)
+        action = ("dropped from eval/test" if cfg.dataset.on_leakage.value == "drop_from_eval"
+                  else "kept (dataset.on_leakage=warn: set drop_from_eval or error)")
+        log.warning("warning: %d image(s) appear in two splits (leakage), %s; all in errors.jsonl; first: %s",
+                    dup["cross_split"], action, first)
+    if dup and dup["exact"] + dup["near"] - dup["cross_split"] - dup["conflicting_labels"] > 0:
+        log.info("duplicates within a split: %d exact, %d near (pHash radius %s), listed in errors.jsonl",
+                 dup["exact"] - dup["conflicting_labels"], dup["near"], dup["near_radius"])
 
 
 def _record_plan(record: RunRecord, cfg: Config, plan: ModelPlan) -> None:

@@ -28,8 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
+sys.path.insert(0, str(ROOT))
+
+from pipelines.sources.folder_files import EXTENSIONS, is_hidden, list_files  # noqa: E402  (no TensorFlow)
+from pipelines.sources.stratify import every_class_in_every_slice  # noqa: E402
+
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "P_gray"}
+MODE_CHANNELS = {"1": 1, "L": 1, "I": 1, "I;16": 1, "I;16B": 1, "P_gray": 1, "LA": 2, "RGB": 3, "P": 3,
+                 "YCbCr": 3, "CMYK": 3, "RGBA": 4}
+ORIENTATION = 0x0112
 FEW_PER_CLASS = 20
 IMBALANCE = 3.0
 SAMPLE = 400
@@ -43,35 +50,89 @@ class Scan:
     formats: Counter = field(default_factory=Counter)
     unreadable: list[str] = field(default_factory=list)
     readable: list[Path] = field(default_factory=list)
+    hidden: list[Path] = field(default_factory=list)     # hidden/system entries the source ignores too
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (split folder, class) without images
+    rotated: int = 0                                     # EXIF-rotated photos (sizes counted upright)
+    gray_color: bool = False                             # RGB/RGBA files that hold grey images
+    notes_extra: list[str] = field(default_factory=list)  # what choosing the splits decided
+    split_lines: list[str] = field(default_factory=list)  # the config's dataset.splits lines, if not the default
+
+
+def split_dirs(folder: Path) -> dict[str, Path]:
+    """As the image_folder source reads it: DIR/train/<class>/ (+ sibling splits), else DIR/<class>/."""
+    train = folder / "train"
+    if train.is_dir() and any(p.is_dir() and not is_hidden(p.name) for p in train.iterdir()):
+        return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not is_hidden(p.name)}
+    return {"train": folder}
 
 
 def class_dirs(folder: Path) -> list[Path]:
-    base = folder / "train" if (folder / "train").is_dir() else folder
-    return sorted(p for p in base.iterdir() if p.is_dir())
+    base = split_dirs(folder)["train"]
+    return sorted(p for p in base.iterdir() if p.is_dir() and not is_hidden(p.name))
 
 
 def scan(folder: Path) -> Scan:
     from PIL import Image, UnidentifiedImageError
 
     found = Scan()
-    for cls in class_dirs(folder):
-        for path in sorted(cls.iterdir()):
-            if path.suffix.lower() not in EXTENSIONS:
-                continue
-            try:
-                with Image.open(path) as img:
-                    mode = img.mode
-                    if mode == "P":
-                        mode = "P_gray" if img.convert("RGB").getextrema()[0] == img.convert("L").getextrema() else "P"
-                    found.sizes.append(img.size)
-                    found.modes[mode] += 1
-                    found.formats[img.format] += 1
-                    img.verify()
-                found.counts[cls.name] += 1
-                found.readable.append(path)
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-                found.unreadable.append(f"{path} ({err.__class__.__name__})")
+    classes = [c.name for c in class_dirs(folder)]
+    for split, base in split_dirs(folder).items():
+        for cls in classes:
+            images, _, hidden = list_files(base / cls) if (base / cls).is_dir() else ([], [], [])
+            found.hidden += hidden
+            if split != "train" and not images:
+                found.missing.append((split, cls))
+            for path in images:
+                try:
+                    with Image.open(path) as img:
+                        img.verify()  # must come first: a verified image cannot be used further
+                    with Image.open(path) as img:
+                        mode = img.mode
+                        if mode == "P":
+                            mode = "P_gray" if img.convert("RGB").getextrema()[0] == img.convert("L").getextrema() \
+                                else "P"
+                        width, height = img.size
+                        if int(img.getexif().get(ORIENTATION, 1) or 1) in (5, 6, 7, 8):  # turned upright: swapped
+                            width, height = height, width
+                            found.rotated += 1
+                        found.sizes.append((width, height))
+                        found.modes[mode] += 1
+                        found.formats[img.format] += 1
+                    if split == "train":
+                        found.counts[cls] += 1
+                    found.readable.append(path)
+                except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+                    found.unreadable.append(f"{path} ({err.__class__.__name__})")
+    found.hidden += [p for p in folder.iterdir() if is_hidden(p.name)]
+    found.gray_color = gray_stored_as_color(found)
+    found.split_lines = splits_lines(split_dirs(folder), found)
     return found
+
+
+def gray_stored_as_color(found: Scan) -> bool:
+    """Whether the RGB/RGBA images (in a sample, decoded) are grey drawings saved as colour: every
+    pixel R = G = B and alpha fully opaque, as many apps save them."""
+    import numpy as np
+    from PIL import Image
+
+    colour = [p for p in found.readable if _mode(p) in ("RGB", "RGBA")][:SAMPLE]
+    if not colour:
+        return False
+    for path in colour:
+        with Image.open(path) as img:
+            pixels = np.asarray(img)
+        if not ((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()):
+            return False
+        if pixels.shape[-1] == 4 and (pixels[..., 3] != 255).any():
+            return False
+    return True
+
+
+def _mode(path: Path) -> str:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.mode
 
 
 def propose_size(sizes: list[tuple[int, int]]) -> tuple[int, int, bool]:
@@ -123,10 +184,53 @@ def advice(found: Scan) -> list[str]:
     if len(found.modes) > 1:
         notes.append(f"channel modes vary ({', '.join(f'{k} {v}' for k, v in found.modes.most_common())}): "
                      f"converted with dataset.channel_policy=convert (alpha dropped)")
+    notes += found.notes_extra
+    if found.gray_color:
+        notes.append("the colour (RGB/RGBA) files hold grey images (R = G = B, alpha opaque, in every one "
+                     "sampled): the experiment uses 1 channel and dataset.channel_policy=convert, a third of "
+                     "the input and the same information")
+    if found.rotated:
+        notes.append(f"{found.rotated} photo(s) carry an EXIF rotation: they are turned upright "
+                     f"(dataset.exif_orientation=apply), their sizes counted upright")
+    if found.hidden:
+        names = sorted({p.name for p in found.hidden})
+        notes.append(f"ignored {len(found.hidden)} hidden/system entries ({', '.join(names[:5])}"
+                     f"{', ...' if len(names) > 5 else ''}): never classes, never trained on")
+    for split, cls in found.missing:
+        notes.append(f"the {split}/ folder has no images of class {cls!r}: its scores will say nothing about it; "
+                     f"the experiment sets dataset.allow_missing_classes=true so it runs — better, add some")
     if found.unreadable:
         notes.append(f"{len(found.unreadable)} unreadable file(s), skipped with dataset.on_bad_example=skip and "
                      f"listed in errors.jsonl: " + "; ".join(found.unreadable[:5]))
     return notes
+
+
+SLICES = ((80, 10), (70, 15), (60, 20), (50, 25))  # train %, then eval % and test % each
+
+
+def splits_lines(splits: dict[str, Path], found: Scan) -> list[str]:
+    """Fixed split folders are used as such (DIR/train, DIR/val or DIR/validation, DIR/test);
+    slices of the training folder are the image_folder dataset's stratified 80/10/10, or wider
+    eval/test shares when a class is too small for every slice to hold it (the source refuses a
+    split without a class; the scaffold must not write what its check refuses)."""
+    counts = [found.counts[c] for c in sorted(found.counts)]
+    val = next((name for name in ("val", "validation", "eval") if name in splits), None)
+    if val:
+        return ["  splits:", "    train: train", f"    eval: {val}", f"    test: {'test' if 'test' in splits else 'null'}"]
+    if "test" in splits:  # eval from the training folder: 10%, or more when a class is too small for it
+        cut = next((t for t in (90, 80, 70, 60, 50) if every_class_in_every_slice(counts, [(0, t), (t, 100)])), 90)
+        if cut != 90:
+            found.notes_extra.append(f"small classes: eval is the last {100 - cut}% of each class of train/ so that "
+                                     f"it holds every class; with more images per class 10% would do")
+        return ["  splits:", f"    train: 'train[:{cut}%]'", f"    eval: 'train[{cut}%:]'", "    test: test"]
+    cut = next(((t, e) for t, e in SLICES if every_class_in_every_slice(counts, [(0, t), (t, t + e), (t + e, 100)])),
+               None)
+    if cut is None or cut == SLICES[0]:
+        return []  # the dataset's own 80/10/10 (and, for classes too small for any, the source's refusal)
+    t, e = cut
+    found.notes_extra.append(f"small classes: splits {t}/{e}/{100 - t - e}% (train/eval/test) so that each holds "
+                             f"every class; with more images per class the default 80/10/10 applies")
+    return ["  splits:", f"    train: 'train[:{t}%]'", f"    eval: 'train[{t}%:{t + e}%]'", f"    test: 'train[{t + e}%:]'"]
 
 
 def imbalanced(counts) -> bool:
@@ -140,8 +244,9 @@ def batch_size(images: int) -> int:
 
 def render(name: str, folder: Path, found: Scan, command: str) -> str:
     height, width, resize = propose_size(found.sizes)
-    gray = all(mode in GRAY_MODES for mode in found.modes)
+    gray = found.gray_color or all(mode in GRAY_MODES for mode in found.modes)
     channels = 1 if gray else 3
+    convert = any(MODE_CHANNELS.get(mode, 0) != channels for mode in found.modes)
     mean, std = stats(found.readable, height, width, channels)
     model = "cnn_small" if max(height, width) <= 64 else "cnn_residual"
     classes = sorted(found.counts)
@@ -172,10 +277,15 @@ def render(name: str, folder: Path, found: Scan, command: str) -> str:
         "    dtype: float32",
         "    normalization: standardize",
         f"  resize: {'bilinear' if resize else 'error'}",
-        f"  channel_policy: {'convert' if len(found.modes) > 1 else 'error'}",
+        f"  channel_policy: {'convert' if convert else 'error'}",
         f"  on_bad_example: {'skip' if found.unreadable else 'error'}",
         f"  class_weights: {'balanced' if imbalanced(found.counts) else 'none'}"
         + ("   # or class_weights: none with sampling: balanced" if imbalanced(found.counts) else ""),
+    ]
+    if found.missing:
+        lines.append("  allow_missing_classes: true   # a split folder lacks a class (see the advice above)")
+    lines += found.split_lines
+    lines += [
         "trainer:",
         "  epochs: 10",
         f"  batch_size: {batch_size(sum(found.counts.values()))}",
@@ -207,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     found = scan(folder)
     if not found.readable:
         parser.error(f"no readable images ({', '.join(sorted(EXTENSIONS))}) under {folder}")
-    print(f"scanned {sum(found.counts.values()) + len(found.unreadable)} files in {len(found.counts)} classes: "
+    print(f"scanned {len(found.readable) + len(found.unreadable)} files in {len(found.counts)} classes: "
           + ", ".join(f"{c} {n}" for c, n in sorted(found.counts.items())))
     for note in advice(found):
         print(f"advice: {note}")

@@ -68,3 +68,65 @@ def test_scan_write_check_train_and_predict_a_new_project(tmp_path):
                              capture_output=True, text=True, env=ENV, timeout=120)
     assert predict.returncode == 0, predict.stderr
     assert predict.stdout.startswith(f"{new}: red ")
+
+
+def _scaffold(images, configs, name):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "new_experiment.py"), str(images), name,
+                           "--configs", str(configs)], capture_output=True, text=True, env=ENV, timeout=300)
+    return done.returncode, done.stdout + done.stderr, yaml.safe_load((configs / "experiment" / f"{name}.yaml")
+                                                                      .read_text())
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("mode", ["RGBA", "RGB"])
+def test_grey_drawings_saved_as_colour_get_one_channel_and_a_config_whose_check_passes(tmp_path, mode):
+    rng = np.random.default_rng(2)
+    for cls in ("circle", "square"):
+        (tmp_path / "art" / cls).mkdir(parents=True)
+        for i in range(6):
+            grey = rng.integers(0, 256, (20, 20), dtype=np.uint8)
+            planes = [grey, grey, grey] + ([np.full_like(grey, 255)] if mode == "RGBA" else [])
+            Image.fromarray(np.dstack(planes), mode).save(tmp_path / "art" / cls / f"{i}.png")
+    code, out, config = _scaffold(tmp_path / "art", tmp_path / "configs", "art")
+    assert code == 0, out  # the scaffold's own dry run accepted what it wrote
+    assert config["dataset"]["image"]["channels"] == 1 and config["dataset"]["channel_policy"] == "convert"
+    assert "hold grey images (R = G = B, alpha opaque" in out
+
+
+@pytest.mark.e2e
+def test_a_messy_photo_folder_gets_a_config_whose_check_passes_and_advice_for_each_problem(tmp_path):
+    rng = np.random.default_rng(3)
+    root = tmp_path / "messy"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 32x24 (w x h), shown 24x32
+    for split, classes in (("train", ("a", "b", "c")), ("test", ("a", "b"))):  # test/ lacks c
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True)
+            for i in range(4):
+                image = rng.integers(0, 256, (32, 24, 3), dtype=np.uint8)
+                if i == 0:
+                    Image.fromarray(image).save(root / split / cls / f"{i}.png")
+                elif i == 1:
+                    Image.fromarray(image).convert("CMYK").save(root / split / cls / f"{i}.jpg", "JPEG")
+                elif i == 2:  # a phone photo: stored landscape, tagged to be shown upright
+                    Image.fromarray(image.transpose(1, 0, 2)).save(root / split / cls / f"{i}.jpg", "JPEG",
+                                                                 exif=exif.tobytes())
+                else:
+                    Image.fromarray(image).save(root / split / cls / f"{i}.bmp", "BMP")
+    (root / "train" / "a" / ".ipynb_checkpoints").mkdir()
+    Image.fromarray(rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)).save(
+        root / "train" / "a" / ".ipynb_checkpoints" / "x-checkpoint.png")
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    code, out, config = _scaffold(root, tmp_path / "configs", "messy")
+    assert code == 0, out
+    assert "scanned 20 files in 3 classes: a 4, b 4, c 4" in out
+    d = config["dataset"]
+    # Every image is 32x24 once upright: one size, no resize; CMYK decodes as RGB: 3 channels as they are.
+    assert (d["image"]["height"], d["image"]["width"], d["image"]["channels"]) == (32, 24, 3)
+    assert d["resize"] == "error" and d["channel_policy"] == "error"
+    # 4 images per class: 10% of each is no image, so eval takes 20% (one per class) and says why
+    assert d["splits"] == {"train": "train[:80%]", "eval": "train[80%:]", "test": "test"}
+    assert "small classes: eval is the last 20% of each class of train/" in out
+    assert d["allow_missing_classes"] is True and "the test/ folder has no images of class 'c'" in out
+    assert "5 photo(s) carry an EXIF rotation" in out and "ignored 2 hidden/system entries" in out
+    assert "mixed formats" in out

@@ -168,6 +168,7 @@ def messy_folder(tmp_path):
 
 
 def folder_config(root, policy=BadExamplePolicy.error, channels=ChannelPolicy.convert, **kw):
+    kw.setdefault("cache_dir", str(root.parent / "cache"))  # outside the folder, per test
     return config(32, 32, 3, source=Source.image_folder, path=str(root), channel_policy=channels,
                   resize=ResizePolicy.bilinear, on_bad_example=policy, **kw)
 

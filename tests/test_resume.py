@@ -156,12 +156,16 @@ def test_an_oversized_image_file_is_a_bad_example_and_never_opened(tmp_path):
 
     rng = np.random.default_rng(0)
     for cls in ("a", "b"):
-        (tmp_path / cls).mkdir()
+        (tmp_path / "data" / cls).mkdir(parents=True)
         for i in range(3):
-            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
-    big = tmp_path / "b" / "big.png"
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / "data" / cls / f"{i}.png")
+    big = tmp_path / "data" / "b" / "big.png"
     big.write_bytes(b"\x89PNG" + b"\0" * 5000)  # not even a valid PNG: it must not be opened at all
-    source = image_folder_source("mine", tmp_path, None, max_pixels=10**6, max_file_bytes=4096)
+    from safetrain.config.schema import DatasetConfig, ImageConfig, Source
+
+    source = image_folder_source(DatasetConfig(source=Source.image_folder, path=str(tmp_path / "data"),
+                                               image=ImageConfig(height=8, width=8, channels=1),
+                                               cache_dir=str(tmp_path / "cache"), max_file_bytes=4096))
     [bad] = source.bad
     assert bad.key == str(big) and "exceeds dataset.max_file_bytes=4,096 (not opened)" in bad.reason
 

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from pipelines.spec import BadExample, SourceSpec
+from pipelines.spec import BadExample, DataEvent, SourceSpec
 from safetrain.errors import DataError
 
 
@@ -26,6 +26,8 @@ class Source:
     bad: list[BadExample] = field(default_factory=list)   # refused by a scan, before decoding
     notes: list[str] = field(default_factory=list)        # scan findings for `pipeline/spec`
     sizes: dict[str, int] = field(default_factory=dict)   # examples per named split, where known
+    report: dict = field(default_factory=dict)            # for report.json `data` (e.g. scan, duplicates)
+    events: list[DataEvent] = field(default_factory=list)  # for errors.jsonl (duplicates, leakage, ...)
 
     def count(self, split: str) -> int | None:
         """Examples a split string selects, before bad ones are dropped; None when unknown."""

@@ -3,179 +3,365 @@
     DIR/cat/001.jpg, DIR/dog/002.png, ...              -> one split, `train` (slice it in the config)
     DIR/train/cat/..., DIR/test/cat/...                -> splits `train` and `test` (and any other)
 
-Before any tf.data decoding, every file is scanned: its header (Pillow, no pixels decoded) gives
-format, size, mode and frame count, so an oversized image is refused before it can take memory;
-then TensorFlow's own decoder — the one the pipeline uses — decodes it once, so a corrupt or
-truncated file is named here instead of killing the pipeline mid-epoch. Refused files become
-bad examples (error or skip, per dataset.on_bad_example); the scan's counts per class, sizes,
-channel counts and formats go to `pipeline/spec`.
+Every file is looked at once (pipelines.sources.folder_files: header checks before decoding, one
+decode, EXIF orientation, hashes) and its pixels, adapted to the declared input, go to a uint8
+TFRecord cache outside the folder (pipelines.sources.folder_cache); a rerun on an unchanged
+folder reads neither a file nor a header, only the cache. On what the scan found:
+
+- refused files (corrupt, empty, oversized, animated, wrong size or channels under the `error`
+  policies, and the same bytes under two class names) are bad examples (dataset.on_bad_example);
+- duplicates (exact and near, pipelines.sources.duplicates) are counted; the same image in two
+  of the configured splits is leakage (dataset.on_leakage: warn | error | drop_from_eval);
+- split slices (`train[:80%]`) are taken per class, so every split holds every class in the
+  folder's proportions; a split still lacking a class stops the run, naming it, unless
+  dataset.allow_missing_classes. Class ids come from the sorted class folders of `train`.
+
+The source delivers the declared (height, width, channels) as uint8: the adapters have run at
+the scan, so the pipeline's adapter plan for it is empty (pipeline/spec lists what the scan did).
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import tensorflow as tf
-
 from pipelines.sources.base import Source, slices
-from pipelines.spec import BadExample, SourceSpec
+from pipelines.sources.duplicates import find_pairs
+from pipelines.sources.folder_cache import PixelShards, ScanCache, fingerprint, folder_cache_dir, parse, versions
+from pipelines.sources.folder_files import Adapt, FileInfo, Limits, adapt_problem, inspect, is_hidden, list_files
+from pipelines.sources.stratify import class_range
+from pipelines.spec import BadExample, DataEvent, ImageSpec, SourceSpec, plan_adapters
+from safetrain.config.schema import DatasetConfig, OnLeakage
 from safetrain.errors import DataError
 
-EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
-FORMATS = {"PNG", "JPEG", "BMP", "GIF"}
-_SPLIT_ORDER_SEED = 0  # fixed: the same folder always splits the same way, whatever trainer.seed is
+CACHE_FOLDER = "safetrain_image_folders"
 
 
-@dataclass(frozen=True)
-class Scanned:
+@dataclass
+class _File:
     path: Path
-    split: str
+    rel: str          # relative to the root: the scan cache's key
+    split_dir: str
     label: int
-    shape: tuple[int, int, int] | None = None   # decoded (height, width, channels)
-    note: str | None = None                     # e.g. "16-bit PNG", "CMYK JPEG"
-    problem: str | None = None                  # set: a bad example
+    info: FileInfo | None = None
+    problem: str | None = None
+
+    @property
+    def key(self) -> str:
+        return str(self.path)
 
 
-def image_folder_source(name: str, folder: str | Path, num_classes: int | None, max_pixels: int,
-                        max_file_bytes: int) -> Source:
-    root = Path(folder).expanduser()
+@dataclass
+class _Found:
+    """Duplicate pairs sorted into what they mean."""
+
+    report: dict = field(default_factory=dict)
+    events: list[DataEvent] = field(default_factory=list)
+    dropped: set[str] = field(default_factory=set)    # keys dropped from eval/test (drop_from_eval)
+    pairs: list = field(default_factory=list)         # (file, file, Pair) of one label, to sort by split
+
+
+def cache_root(cfg: DatasetConfig) -> Path:
+    """dataset.cache_dir, else `safetrain_image_folders` in the TFDS data dir."""
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    data_dir = cfg.data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    return Path(data_dir).expanduser() / CACHE_FOLDER
+
+
+def image_folder_source(cfg: DatasetConfig) -> Source:
+    started = time.perf_counter()
+    root = Path(cfg.path).expanduser()
     if not root.is_dir():
-        raise DataError(f"dataset.path={folder} is not a folder", hint="point dataset.path at a folder of "
+        raise DataError(f"dataset.path={cfg.path} is not a folder", hint="point dataset.path at a folder of "
                         "class sub-folders of images", config_key="dataset.path")
-    split_dirs = _split_dirs(root)
-    classes = sorted(p.name for p in split_dirs["train"].iterdir() if p.is_dir())
+    caches = cache_root(cfg)
+    if caches.resolve().is_relative_to(root.resolve()):
+        raise DataError(f"the image cache {caches} is inside dataset.path={root}: safetrain never writes into "
+                        f"a user's data folder", hint="set dataset.cache_dir to a folder outside the images",
+                        config_key="dataset.cache_dir")
+    split_dirs, hidden = _split_dirs(root)
+    classes = sorted(p.name for p in split_dirs["train"].iterdir() if p.is_dir() and not is_hidden(p.name))
+    hidden += [p for p in sorted(split_dirs["train"].iterdir()) if is_hidden(p.name)]
     if len(classes) < 2:
         raise DataError(f"{split_dirs['train']} has {len(classes)} class sub-folders; classification needs "
                         f"at least 2 (one sub-folder per class)", config_key="dataset.path",
                         hint="arrange the images as DIR/<class name>/<image file>")
-    if num_classes is not None and num_classes != len(classes):
-        raise DataError(f"dataset.num_classes={num_classes} but {split_dirs['train']} has {len(classes)} "
+    if cfg.num_classes is not None and cfg.num_classes != len(classes):
+        raise DataError(f"dataset.num_classes={cfg.num_classes} but {split_dirs['train']} has {len(classes)} "
                         f"class folders: {', '.join(classes)}", hint="set dataset.num_classes=null",
                         config_key="dataset.num_classes")
 
-    candidates, ignored = [], 0
+    files, ignored, shards_in = _list(root, split_dirs, classes, hidden)
+    limits = Limits(cfg.max_pixels, cfg.max_file_bytes, cfg.min_pixels, cfg.exif_orientation.value)
+    adapt = Adapt(cfg.image.height, cfg.image.width, cfg.image.channels, cfg.resize.value, cfg.channel_policy.value)
+    home = folder_cache_dir(caches, root)
+    scan_cache = ScanCache(home / "scan.json", {"limits": limits.__dict__})
+    store = PixelShards(home / "pixels")
+    stats = _scan_and_cache(files, shards_in, scan_cache, store, limits, adapt)
+    scan_cache.save({f.rel for f in files})
+
+    declared = ImageSpec(cfg.image.height, cfg.image.width, cfg.image.channels)
+    scanned_ok = [f for f in files if f.info.problem is None]
+    spec_found = SourceSpec(name=cfg.name, height=_single({f.info.height for f in scanned_ok}),
+                            width=_single({f.info.width for f in scanned_ok}),
+                            channels=_single({f.info.channels for f in scanned_ok}), dtype="uint8",
+                            num_classes=len(classes), value_range=(0.0, 255.0), class_names=tuple(classes))
+    plan = plan_adapters(spec_found, declared, cfg.resize.value, cfg.channel_policy.value)  # refuses by name
+
+    good = [f for f in files if f.problem is None]
+    found = _duplicates(good, classes, cfg.near_duplicate_radius)
+    good = [f for f in good if f.problem is None]  # conflicting labels are bad examples now
+    by_split: dict[str, dict[int, list[_File]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+    for f in sorted(good, key=lambda f: hashlib.sha256(f.rel.encode()).digest()):  # stable under additions
+        by_split[f.split_dir][f.label].append(f)
+    sizes = {name: sum(len(v) for v in by_split[name].values()) for name in split_dirs if name in by_split}
+
+    def select(split: str) -> list[_File]:
+        """A split string, sliced per class (stratified): each class keeps its share."""
+        chosen = []
+        for name_, start, end in slices(split, sizes, cfg.name):
+            size = sizes[name_]
+            for label in sorted(by_split[name_]):
+                members = by_split[name_][label]
+                lo, hi = class_range(len(members), start, end, size)
+                chosen += members[lo:hi]
+        return chosen
+
+    roles = {role: s for role, s in (("train", cfg.splits.train), ("eval", cfg.splits.eval),
+                                     ("test", cfg.splits.test)) if s}
+    try:
+        membership = {role: select(s) for role, s in roles.items()}
+    except DataError:
+        membership = {}  # an unknown split name: the pipeline's own read() names it
+    _leakage(found, membership, cfg.on_leakage)
+    notes = _summary(root, classes, files, good, ignored, hidden)
+    notes += _missing_classes(found, membership, roles, classes, cfg.allow_missing_classes)
+    notes.append(_scan_note(stats, home))
+    if plan.steps[2:]:
+        notes.append("adapted at the scan, cached as uint8: " + "; ".join(plan.steps[2:]))
+    found.report["scan"] = {**stats, "seconds": round(time.perf_counter() - started, 3), "cache_dir": str(home)}
+
+    bad = [BadExample(split=f.split_dir, key=f.key, reason=f.problem) for f in files if f.problem]
+    spec = SourceSpec(name=cfg.name, height=declared.height, width=declared.width, channels=declared.channels,
+                      dtype="uint8", num_classes=len(classes), value_range=(0.0, 255.0), class_names=tuple(classes))
+    shard_paths = {name: [store.path(name, cls, key) for (n, cls), key in shards_in.items() if n == name]
+                   for name in split_dirs}
+
+    def read(split: str):
+        import tensorflow as tf
+
+        chosen = [f for f in select(split) if f.key not in found.dropped]
+        names = sorted({name_ for name_, _, _ in slices(split, sizes, cfg.name)})
+        paths = [str(p) for name_ in names for p in shard_paths[name_] if p.exists()]
+        keys = tf.constant([f.key for f in chosen] or [""], tf.string)
+        table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            keys, tf.constant([1] * len(chosen) or [0], tf.int32)), default_value=0)
+        ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths or [""], tf.string))
+        if not paths or not chosen:
+            return ds.take(0).map(lambda p: (tf.zeros(declared.shape, tf.uint8), tf.constant(0, tf.int64), p))
+        # Round robin over the class shards: the classes come mixed, not one after another.
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=len(paths), block_length=1)
+        ds = ds.map(parse(declared.shape), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.filter(lambda image, label, key: table.lookup(key) > 0)
+
+    counts = {role: len([f for f in chosen if f.key not in found.dropped]) for role, chosen in membership.items()}
+    return Source(spec=spec, read=read, bad=bad, notes=notes, sizes=sizes,
+                  report={**found.report, "selected": counts}, events=found.events)
+
+
+def _list(root: Path, split_dirs: dict[str, Path], classes: list[str], hidden: list[Path]):
+    files: list[_File] = []
+    ignored = 0
+    shards: dict[tuple[str, str], list[_File]] = {}
     for split, base in split_dirs.items():
-        for label, cls in enumerate(classes):
-            for path in sorted((base / cls).rglob("*")) if (base / cls).is_dir() else []:
-                if path.is_file():
-                    if path.suffix.lower() in EXTENSIONS:
-                        candidates.append((path, split, label))
-                    else:
-                        ignored += 1
-        unknown = sorted({p.name for p in base.iterdir() if p.is_dir()} - set(classes))
+        present = {p.name for p in base.iterdir() if p.is_dir() and not is_hidden(p.name)}
+        hidden += [p for p in base.iterdir() if is_hidden(p.name)] if base != split_dirs["train"] else []
+        unknown = sorted(present - set(classes))
         if unknown:
             raise DataError(f"{base} has class folders {unknown} that {split_dirs['train']} lacks",
                             hint="use the same class folders in every split", config_key="dataset.path")
-    if not candidates:
+        for label, cls in enumerate(classes):
+            if not (base / cls).is_dir():
+                continue
+            images, others, skipped = list_files(base / cls)
+            ignored += len(others)
+            hidden += skipped
+            shard = [_File(p, str(p.relative_to(root)), split, label) for p in images]
+            shards[(split, cls)] = shard
+            files += shard
+    if not files:
         raise DataError(f"no PNG/JPEG/BMP/GIF files under {root}", config_key="dataset.path",
                         hint="arrange the images as DIR/<class name>/<image file>")
+    return files, ignored, shards
 
+
+def _scan_and_cache(files: list[_File], shards: dict, scan_cache: ScanCache, store: PixelShards,
+                    limits: Limits, adapt: Adapt) -> dict:
+    """Fill every file's info and every class shard's pixels, reading only what the caches lack.
+    Replaces `shards` values by the shard keys (fingerprints) the source reads."""
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None  # Pillow's bomb check off: dataset.max_pixels applies, from the header
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        scanned = list(pool.map(lambda c: _scan(*c, max_pixels=max_pixels, max_file_bytes=max_file_bytes), candidates))
+    stats = {"files": len(files), "scanned": 0, "reused": 0, "shards_written": 0}
+    stat_of = {f.rel: f.path.stat() for f in files}
+    for f in files:
+        f.info = scan_cache.get(f.rel, stat_of[f.rel])
+    workers = min(8, (os.cpu_count() or 2) * 2)
+    keys = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for (split, cls), members in shards.items():
+            key = fingerprint(adapt.__dict__, limits.__dict__, versions(),
+                              [(f.rel, stat_of[f.rel].st_size, stat_of[f.rel].st_mtime_ns) for f in members])
+            keys[(split, cls)] = key
+            path = store.path(split, cls, key)
+            if path.exists():  # pixels cached: only scan entries that are missing (a deleted scan.json)
+                missing = [f for f in members if f.info is None]
+                for f, (info, _, _) in zip(missing, pool.map(lambda f: inspect(f.path, limits, None,
+                                                                               stat_of[f.rel]), missing)):
+                    f.info = info
+                    scan_cache.put(f.rel, info)
+                stats["scanned"] += len(missing)
+                for f in members:
+                    f.problem = f.info.problem or adapt_problem(f.info, adapt)
+                continue
+            stats["shards_written"] += 1
+            stats["scanned"] += len(members)  # every file of a shard written is read (decoded) again
 
-    good = [s for s in scanned if s.problem is None]
-    bad = [BadExample(split=s.split, key=str(s.path), reason=s.problem) for s in scanned if s.problem]
-    files: dict[str, list[Scanned]] = collections.defaultdict(list)
-    for item in good:
-        files[item.split].append(item)
-    rng = np.random.default_rng(_SPLIT_ORDER_SEED)
-    for split in files:  # mixed classes, so that `train[:80%]` is not "the first classes"
-        files[split] = [files[split][i] for i in rng.permutation(len(files[split]))]
+            def records(members=members):
+                for f, (info, pixels, problem) in zip(members, pool.map(
+                        lambda f: inspect(f.path, limits, adapt, stat_of[f.rel]), members)):
+                    f.info, f.problem = info, info.problem or problem
+                    scan_cache.put(f.rel, info)
+                    if f.problem is None:
+                        yield f.key, f.label, pixels
 
-    heights = {s.shape[0] for s in good}
-    widths = {s.shape[1] for s in good}
-    channels = {s.shape[2] for s in good}
-    spec = SourceSpec(name=name, height=_single(heights), width=_single(widths), channels=_single(channels),
-                      dtype="uint8", num_classes=len(classes), value_range=(0.0, 255.0),
-                      class_names=tuple(classes))
-    sizes = {split: len(items) for split, items in files.items()}
-    notes = _summary(root, classes, scanned, good, ignored)
-
-    def read(split: str) -> tf.data.Dataset:
-        paths, labels = [], []
-        for name_, start, end in slices(split, sizes, name):
-            paths += [str(s.path) for s in files[name_][start:end]]
-            labels += [s.label for s in files[name_][start:end]]
-        ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int64)))
-        return ds.map(_decode, num_parallel_calls=tf.data.AUTOTUNE)
-
-    return Source(spec=spec, read=read, bad=bad, notes=notes, sizes=sizes)
+            store.write(path, records())
+    shards.clear()
+    shards.update(keys)
+    stats["reused"] = stats["files"] - stats["scanned"]
+    return stats
 
 
-def _decode(path, label):
-    image = tf.io.decode_image(tf.io.read_file(path), channels=0, dtype=tf.uint8, expand_animations=False)
-    image.set_shape([None, None, None])
-    return image, label, path
+def _duplicates(good: list[_File], classes: list[str], radius: int | None) -> _Found:
+    """Exact and near pairs; the same bytes under two class names makes both files bad examples."""
+    pairs = find_pairs([f.info.sha256 for f in good], [f.info.phash for f in good], radius)
+    found = _Found()
+    found.report["duplicates"] = {"exact": 0, "near": 0, "cross_split": 0, "conflicting_labels": 0,
+                                  "dropped_from_eval": 0, "near_radius": radius}
+    for pair in pairs:
+        a, b = good[pair.a], good[pair.b]
+        found.report["duplicates"]["exact" if pair.exact else "near"] += 1
+        if pair.exact and a.label != b.label:
+            found.report["duplicates"]["conflicting_labels"] += 1
+            a.problem = f"the same image (identical bytes) as {b.key}, which is in class {classes[b.label]!r}"
+            b.problem = f"the same image (identical bytes) as {a.key}, which is in class {classes[a.label]!r}"
+            continue
+        found.pairs.append((a, b, pair))
+    return found
 
 
-def _split_dirs(root: Path) -> dict[str, Path]:
+def _leakage(found: _Found, membership: dict[str, list[_File]], policy: OnLeakage) -> None:
+    """Pairs within one configured split are duplicates; across splits, leakage."""
+    roles = {}
+    order = {"train": 0, "eval": 1, "test": 2}
+    for role, chosen in membership.items():
+        for f in chosen:
+            roles.setdefault(f.key, role)
+    leaks = []
+    for a, b, pair in found.pairs:
+        ra, rb = roles.get(a.key), roles.get(b.key)
+        what = "identical bytes" if pair.exact else f"pHash distance {pair.distance}"
+        if ra and rb and ra != rb:
+            keep, other = (a, b) if order[ra] < order[rb] else (b, a)
+            leaks.append((keep, other, roles[keep.key], roles[other.key], what))
+        else:
+            found.events.append(DataEvent(kind="duplicate", split=ra or rb or a.split_dir, key=b.key, other=a.key,
+                                          message=f"{b.key} duplicates {a.key} ({what})"))
+    found.report["duplicates"]["cross_split"] = len(leaks)
+    for keep, other, rk, ro, what in leaks:
+        dropped = policy is OnLeakage.drop_from_eval
+        if dropped:
+            found.dropped.add(other.key)
+        found.events.append(DataEvent(
+            kind="leakage", split=ro, key=other.key, other=keep.key,
+            message=f"{other.key} ({ro}) is the same image as {keep.key} ({rk}) ({what})"
+                    + ("; dropped from " + ro if dropped else "")))
+    found.report["duplicates"]["dropped_from_eval"] = len(found.dropped)
+    if leaks and policy is OnLeakage.error:
+        shown = "; ".join(f"{o.key} ({ro}) = {k.key} ({rk})" for k, o, rk, ro, _ in leaks[:3])
+        raise DataError(f"{len(leaks)} image{'s' if len(leaks) > 1 else ''} appear in two splits (leakage: the "
+                        f"eval/test score would count images the model trained on): {shown}"
+                        + (f"; and {len(leaks) - 3} more" if len(leaks) > 3 else ""),
+                        hint="remove the copies, or set dataset.on_leakage=drop_from_eval to keep only the "
+                             "training copy (or warn to train anyway)", config_key="dataset.on_leakage")
+
+
+def _missing_classes(found: _Found, membership: dict, roles: dict, classes: list[str], allow: bool) -> list[str]:
+    notes = []
+    for role, chosen in membership.items():
+        have = {f.label for f in chosen if f.key not in found.dropped}
+        missing = [classes[i] for i in range(len(classes)) if i not in have]
+        if not missing:
+            continue
+        message = (f"split {role} ({roles[role]!r}) has no image of class{'es' if len(missing) > 1 else ''} "
+                   f"{', '.join(repr(m) for m in missing)}")
+        if not allow:
+            raise DataError(message + ": its scores would say nothing about that class",
+                            hint="add images of it to that split's folder, or set dataset.allow_missing_classes=true "
+                                 "to train anyway", config_key="dataset.allow_missing_classes")
+        found.events.append(DataEvent(kind="missing_class", split=role, key=roles[role], other=None,
+                                      message=message + " (dataset.allow_missing_classes=true)"))
+        notes.append("warning: " + message)
+    return notes
+
+
+def _split_dirs(root: Path) -> tuple[dict[str, Path], list[Path]]:
     """`train` (+ any sibling split folders) when DIR/train/<class>/ exists, else DIR itself is `train`."""
     train = root / "train"
-    if train.is_dir() and any(p.is_dir() for p in train.iterdir()):
-        return {p.name: p for p in sorted(root.iterdir()) if p.is_dir()}
-    return {"train": root}
+    hidden = [p for p in sorted(root.iterdir()) if is_hidden(p.name)]
+    if train.is_dir() and any(p.is_dir() and not is_hidden(p.name) for p in train.iterdir()):
+        return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not is_hidden(p.name)}, hidden
+    return {"train": root}, []
 
 
-def _scan(path: Path, split: str, label: int, max_pixels: int, max_file_bytes: int) -> Scanned:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        size = path.stat().st_size
-        if size == 0:
-            return Scanned(path, split, label, problem="empty file (0 bytes)")
-        if size > max_file_bytes:  # before Pillow reads a byte of it
-            return Scanned(path, split, label, problem=f"{size:,} bytes exceeds dataset.max_file_bytes="
-                                                       f"{max_file_bytes:,} (not opened)")
-        with Image.open(path) as img:
-            fmt, (width, height), mode = img.format, img.size, img.mode
-            frames = getattr(img, "n_frames", 1)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        return Scanned(path, split, label,
-                       problem=f"unreadable, corrupt or truncated image file ({err.__class__.__name__}: {err})")
-    if fmt not in FORMATS:
-        return Scanned(path, split, label, problem=f"{fmt} image; supported: PNG, JPEG, BMP, GIF")
-    if width * height > max_pixels:
-        return Scanned(path, split, label, problem=(
-            f"{width}x{height} = {width * height:,} pixels exceeds dataset.max_pixels={max_pixels:,} "
-            f"(read from the header; not decoded)"))
-    if frames > 1:
-        return Scanned(path, split, label, problem=f"animated {fmt} with {frames} frames; "
-                                                   f"safetrain does not pick a frame (save one frame as PNG)")
-    note = {"CMYK": f"CMYK {fmt} (decoded as RGB)", "I;16": "16-bit PNG (scaled to 8 bits)",
-            "I;16B": "16-bit PNG (scaled to 8 bits)", "I": f"32-bit {fmt} (scaled to 8 bits)"}.get(mode)
-    try:
-        decoded = tf.io.decode_image(tf.io.read_file(str(path)), channels=0, dtype=tf.uint8,
-                                     expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.DataLossError) as err:
-        first = str(err.message).strip().splitlines()[0][:160]
-        return Scanned(path, split, label, problem=f"corrupt or truncated {fmt} (decoder: {first})")
-    return Scanned(path, split, label, shape=tuple(int(d) for d in decoded.shape), note=note)
-
-
-def _single(values: set[int]) -> int | None:
+def _single(values: set) -> int | None:
     return next(iter(values)) if len(values) == 1 else None
 
 
-def _summary(root: Path, classes: list[str], scanned: list[Scanned], good: list[Scanned], ignored: int) -> list[str]:
-    per_class = collections.Counter(classes[s.label] for s in good)
-    sizes = collections.Counter(f"{s.shape[0]}x{s.shape[1]}" for s in good)
-    chans = collections.Counter(s.shape[2] for s in good)
-    formats = collections.Counter(s.path.suffix.lower().lstrip(".") for s in scanned)
-    notes = collections.Counter(s.note for s in good if s.note)
-    lines = [f"image folder {root}: {len(scanned)} image files, {len(good)} readable, "
-             f"{len(scanned) - len(good)} refused" + (f", {ignored} non-image files ignored" if ignored else ""),
+def _scan_note(stats: dict, home: Path) -> str:
+    return (f"scan: {stats['files']} files, {stats['reused']} from the cache, {stats['scanned']} read and decoded; "
+            f"cache {home}")
+
+
+def _summary(root: Path, classes: list[str], files: list[_File], good: list[_File], ignored: int,
+             hidden: list[Path]) -> list[str]:
+    per_class = collections.Counter(classes[f.label] for f in good)
+    ok = [f for f in files if f.info.problem is None]
+    sizes = collections.Counter(f"{f.info.height}x{f.info.width}" for f in ok)
+    chans = collections.Counter(f.info.channels for f in ok)
+    formats = collections.Counter(f.path.suffix.lower().lstrip(".") for f in files)
+    notes = collections.Counter(part for f in ok if f.info.note for part in f.info.note.split("; "))
+    rotated = sum(1 for f in ok if f.info.orientation not in (1, None))
+    lines = [f"image folder {root}: {len(files)} image files, {len(good)} readable, "
+             f"{len(files) - len(good)} refused" + (f", {ignored} non-image files ignored" if ignored else ""),
              "per class: " + ", ".join(f"{c} {per_class[c]}" for c in classes),
              "sizes: " + ", ".join(f"{k} ({v})" for k, v in sizes.most_common(5))
              + (f", ... {len(sizes) - 5} more" if len(sizes) > 5 else ""),
              "channels: " + ", ".join(f"{k} ({v})" for k, v in sorted(chans.items())),
              "formats: " + ", ".join(f"{k} ({v})" for k, v in sorted(formats.items()))]
     if notes:
-        lines.append("converted by the decoder: " + ", ".join(f"{k} ({v})" for k, v in notes.items()))
+        lines.append("noted: " + ", ".join(f"{k} ({v})" for k, v in notes.items()))
+    if rotated:
+        lines.append(f"EXIF orientation: {rotated} photo(s) turned upright (dataset.exif_orientation)")
+    if hidden:
+        names = collections.Counter(p.name + ("/" if p.is_dir() else "") for p in hidden)
+        lines.append(f"ignored {len(hidden)} hidden/system entries: "
+                     + ", ".join(f"{k} ({v})" if v > 1 else k for k, v in names.most_common(6)))
     return lines
+

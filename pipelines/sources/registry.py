@@ -51,4 +51,4 @@ def _idx(cfg: DatasetConfig) -> Source:
 
 @SOURCES.register("image_folder")
 def _image_folder(cfg: DatasetConfig) -> Source:
-    return image_folder_source(cfg.name, cfg.path, cfg.num_classes, cfg.max_pixels, cfg.max_file_bytes)
+    return image_folder_source(cfg)

@@ -110,6 +110,17 @@ class Crop(Enum):
     random_resized = "random_resized"  # a box of augment.crop_scale of the area, resized back (Inception-style)
 
 
+class OnLeakage(Enum):
+    warn = "warn"                      # train anyway; each pair in errors.jsonl, counts in report.json
+    error = "error"                    # stop before training (exit 3) naming the pairs
+    drop_from_eval = "drop_from_eval"  # keep the train copy, drop the eval/test one
+
+
+class ExifOrientation(Enum):
+    apply = "apply"    # turn photos upright as cameras recorded (TensorFlow's decoder ignores it)
+    ignore = "ignore"  # the pixels as stored
+
+
 class Sampling(Enum):
     shuffle = "shuffle"    # each example once per epoch, in a seeded order
     balanced = "balanced"  # every class equally often (minority classes repeated, majority ones thinned)
@@ -164,6 +175,12 @@ class DatasetConfig:
     class_weights: Any = "none"          # loss weight per class: none | balanced | [w0, w1, ...] by class id
     sampling: Sampling = Sampling.shuffle  # balanced: draw every class equally often (not with class_weights)
     cache: bool = True                   # cache decoded examples in memory when they fit
+    cache_dir: Optional[str] = None      # image_folder: scan and pixel cache; null = <data_dir>/safetrain_image_folders
+    on_leakage: OnLeakage = OnLeakage.warn  # image_folder: the same image in two splits
+    near_duplicate_radius: Optional[int] = 4  # pHash bits that may differ for "near duplicate"; null = exact only
+    allow_missing_classes: bool = False  # image_folder: a split lacking a class warns instead of stopping
+    exif_orientation: ExifOrientation = ExifOrientation.apply  # image_folder: camera rotation tags
+    min_pixels: Optional[int] = None     # image_folder: images with fewer pixels are bad examples; null = no floor
     max_examples: Optional[int] = None   # use only the first N examples of each split (smoke runs)
 
 

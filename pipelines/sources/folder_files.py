@@ -1,0 +1,226 @@
+"""One image file of a class folder: found, looked at once, and turned into the pixels training uses.
+
+`list_files` walks the folder and leaves out what is not a user's image: hidden entries (any name
+starting with a dot: `.ipynb_checkpoints`, `.DS_Store`, `.git`), `__MACOSX` and OS thumbnails
+(`Thumbs.db`, `desktop.ini`); they are reported, never classes. `inspect` reads a file's bytes
+once and from them takes everything the pipeline and the data checks need:
+
+- the header (Pillow, nothing decoded): format, size, mode, frame count, EXIF orientation — an
+  oversized, animated or unsupported file is refused before it is decoded;
+- a SHA-256 of the bytes (exact duplicates) and, from the decoded pixels, a perceptual hash
+  (imagehash's pHash: near duplicates);
+- one decode with TensorFlow's decoder (the one serving uses), turned upright by the EXIF
+  orientation (TensorFlow ignores it, so phone portraits would otherwise train sideways), then
+  adapted to the declared size and channels and kept as uint8: the pixels the cache stores.
+
+A file is never written: the user's folder is read-only to safetrain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF"}
+FORMATS = {"PNG", "JPEG", "BMP", "GIF"}
+SYSTEM_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini", "ehthumbs.db", "$RECYCLE.BIN", "System Volume Information"}
+_ORIENTATION_TAG = 0x0112
+
+
+@dataclass(frozen=True)
+class Adapt:
+    """How a decoded image becomes the declared input (dataset.image, resize, channel_policy)."""
+
+    height: int
+    width: int
+    channels: int
+    resize: str             # error | bilinear | pad_or_crop
+    channel_policy: str     # error | convert
+
+
+@dataclass
+class FileInfo:
+    """What one look at a file found; stored in the scan cache (plain JSON types only)."""
+
+    size: int
+    mtime_ns: int
+    format: str | None = None
+    height: int | None = None      # decoded and turned upright
+    width: int | None = None
+    channels: int | None = None
+    orientation: int = 1           # EXIF orientation (1 = upright)
+    note: str | None = None        # e.g. "16-bit PNG (scaled to 8 bits)"; "PNG file named .jpg"
+    problem: str | None = None     # set: a bad example
+    sha256: str | None = None
+    phash: str | None = None       # 16 hex digits
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict) -> "FileInfo":
+        return FileInfo(**data)
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".") or name in SYSTEM_NAMES
+
+
+def list_files(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """(image files, other files, hidden/system entries skipped), each sorted; hidden folders are
+    not entered."""
+    images, others, hidden = [], [], []
+    for path in sorted(folder.iterdir()):
+        if is_hidden(path.name):
+            hidden.append(path)
+        elif path.is_dir():
+            sub = list_files(path)
+            images += sub[0]
+            others += sub[1]
+            hidden += sub[2]
+        elif path.is_file():
+            (images if path.suffix.lower() in EXTENSIONS else others).append(path)
+    return images, others, hidden
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What decides a file's FileInfo (so the scan cache is keyed on it)."""
+
+    max_pixels: int
+    max_file_bytes: int
+    min_pixels: int | None
+    exif: str               # apply | ignore
+
+
+def inspect(path: Path, limits: Limits, adapt: Adapt | None, stat=None):
+    """(FileInfo, adapted uint8 pixels or None, adapt problem or None). `adapt=None`: look only."""
+    stat = stat or path.stat()
+    info = FileInfo(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    if info.size == 0:
+        info.problem = "empty file (0 bytes)"
+        return info, None, None
+    if info.size > limits.max_file_bytes:  # before a byte of it is read
+        info.problem = f"{info.size:,} bytes exceeds dataset.max_file_bytes={limits.max_file_bytes:,} (not opened)"
+        return info, None, None
+    data = path.read_bytes()
+    info.sha256 = hashlib.sha256(data).hexdigest()
+    if not _header(info, data, path, limits.max_pixels, limits.min_pixels):
+        return info, None, None
+    pixels = _decode(info, data)
+    if pixels is None:
+        return info, None, None
+    if limits.exif == "apply":
+        pixels = upright(pixels, info.orientation)
+    info.height, info.width, info.channels = (int(d) for d in pixels.shape)
+    info.phash = perceptual_hash(pixels)
+    if adapt is None:
+        return info, None, None
+    problem = adapt_problem(info, adapt)
+    return info, (None if problem else to_declared(pixels, adapt)), problem
+
+
+def _header(info: FileInfo, data: bytes, path: Path, max_pixels: int, min_pixels: int | None) -> bool:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, (width, height), mode = img.format, img.size, img.mode
+            frames = getattr(img, "n_frames", 1)
+            info.orientation = int(img.getexif().get(_ORIENTATION_TAG, 1) or 1) if fmt in ("JPEG", "PNG") else 1
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        info.problem = f"unreadable, corrupt or truncated image file ({err.__class__.__name__}: {err})"
+        return False
+    info.format = fmt
+    if fmt not in FORMATS:
+        info.problem = f"{fmt} image; supported: PNG, JPEG, BMP, GIF"
+        return False
+    if width * height > max_pixels:
+        info.problem = (f"{width}x{height} = {width * height:,} pixels exceeds dataset.max_pixels={max_pixels:,} "
+                        f"(read from the header; not decoded)")
+        return False
+    if min_pixels and width * height < min_pixels:
+        info.problem = (f"{width}x{height} = {width * height:,} pixels is under dataset.min_pixels={min_pixels:,} "
+                        f"(a thumbnail or icon?)")
+        return False
+    if frames > 1:
+        info.problem = f"animated {fmt} with {frames} frames; safetrain does not pick a frame (save one frame as PNG)"
+        return False
+    notes = [{"CMYK": f"CMYK {fmt} (decoded as RGB)", "I;16": "16-bit PNG (scaled to 8 bits)",
+              "I;16B": "16-bit PNG (scaled to 8 bits)", "I": f"32-bit {fmt} (scaled to 8 bits)"}.get(mode)]
+    named = EXTENSIONS.get(path.suffix.lower())
+    if named != fmt:
+        notes.append(f"{fmt} file named {path.suffix}")
+    info.note = "; ".join(n for n in notes if n) or None
+    return True
+
+
+def _decode(info: FileInfo, data: bytes) -> np.ndarray | None:
+    import tensorflow as tf
+
+    try:
+        return tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False).numpy()
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.DataLossError) as err:
+        first = str(err.message).strip().splitlines()[0][:160]
+        info.problem = f"corrupt or truncated {info.format} (decoder: {first})"
+        return None
+
+
+def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """The EXIF orientation applied, as Pillow's `ImageOps.exif_transpose` does (same transposes)."""
+    from PIL import Image
+
+    method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}.get(orientation)
+    if method is None:
+        return pixels
+    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(pixels[..., c])).transpose(method))
+              for c in range(pixels.shape[-1])]
+    return np.stack(planes, axis=-1)
+
+
+def perceptual_hash(pixels: np.ndarray) -> str:
+    """imagehash's pHash (64 bits: a DCT of the 32x32 grey image) of the decoded pixels."""
+    import imagehash
+    from PIL import Image
+
+    gray = pixels[..., :3].mean(-1) if pixels.shape[-1] >= 3 else pixels[..., 0].astype(np.float64)
+    return str(imagehash.phash(Image.fromarray(gray.astype(np.uint8))))
+
+
+def adapt_problem(info: FileInfo, adapt: Adapt) -> str | None:
+    """Why the policies forbid making this image the declared input (dataset.resize=error /
+    channel_policy=error), in the in-graph checks' own words (pipelines.checks.reason); None: fine.
+    From the scanned shape alone, so a cached file needs no decode to know it."""
+    from pipelines import checks
+
+    if info.channels != adapt.channels and adapt.channel_policy == "error":
+        return checks.reason(checks.BAD_CHANNELS, value_range=(0, 255), num_classes=0, channels=adapt.channels)
+    if (info.height, info.width) != (adapt.height, adapt.width) and adapt.resize == "error":
+        return checks.reason(checks.BAD_SIZE, value_range=(0, 255), num_classes=0, size=(adapt.height, adapt.width))
+    return None
+
+
+def to_declared(pixels: np.ndarray, adapt: Adapt) -> np.ndarray:
+    """The declared (height, width, channels) uint8 pixels: the same channel conversion and
+    resize ops as the in-graph adapters (pipelines.ops), rounded back to uint8."""
+    import tensorflow as tf
+
+    from pipelines.ops import convert_channels
+
+    size_differs = pixels.shape[:2] != (adapt.height, adapt.width)
+    if pixels.shape[-1] == adapt.channels and not size_differs:
+        return pixels
+    image = tf.cast(tf.constant(pixels), tf.float32)
+    if pixels.shape[-1] != adapt.channels:
+        image = convert_channels(image, adapt.channels)
+    if size_differs and adapt.resize == "bilinear":
+        image = tf.image.resize(image, (adapt.height, adapt.width), method="bilinear")
+    elif size_differs:
+        image = tf.image.resize_with_crop_or_pad(image, adapt.height, adapt.width)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8).numpy()
