@@ -216,7 +216,8 @@ def splits_lines(splits: dict[str, Path], found: Scan) -> list[str]:
     counts = [found.counts[c] for c in sorted(found.counts)]
     val = next((name for name in ("val", "validation", "eval") if name in splits), None)
     if val:
-        return ["  splits:", "    train: train", f"    eval: {val}", f"    test: {'test' if 'test' in splits else 'null'}"]
+        test = "test" if "test" in splits else "null"
+        return ["  splits:", "    train: train", f"    eval: {val}", f"    test: {test}"]
     if "test" in splits:  # eval from the training folder: 10%, or more when a class is too small for it
         cut = next((t for t in (90, 80, 70, 60, 50) if every_class_in_every_slice(counts, [(0, t), (t, 100)])), 90)
         if cut != 90:
@@ -230,7 +231,8 @@ def splits_lines(splits: dict[str, Path], found: Scan) -> list[str]:
     t, e = cut
     found.notes_extra.append(f"small classes: splits {t}/{e}/{100 - t - e}% (train/eval/test) so that each holds "
                              f"every class; with more images per class the default 80/10/10 applies")
-    return ["  splits:", f"    train: 'train[:{t}%]'", f"    eval: 'train[{t}%:{t + e}%]'", f"    test: 'train[{t + e}%:]'"]
+    return ["  splits:", f"    train: 'train[:{t}%]'", f"    eval: 'train[{t}%:{t + e}%]'",
+            f"    test: 'train[{t + e}%:]'"]
 
 
 def imbalanced(counts) -> bool:

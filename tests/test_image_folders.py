@@ -278,3 +278,39 @@ def test_predict_turns_an_exif_rotated_photo_upright_as_training_did(tmp_path):
     save(plain, stored)
     assert upright_bytes(plain.read_bytes()) == plain.read_bytes() and upright_bytes(b"not an image") == \
         b"not an image"
+
+
+@pytest.mark.e2e
+def test_twenty_thousand_files_scan_rescan_from_the_cache_and_train_an_epoch_in_bounded_memory(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    rng = np.random.default_rng(10)
+    root = tmp_path / "many"
+    for cls in range(4):
+        (root / f"c{cls}").mkdir(parents=True)
+    images = rng.integers(0, 256, (20_000, 16, 16, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(root / f"c{i % 4}" / f"{i:05d}.png", compress_level=1)
+    # The run's peak RSS, measured by a parent whose only child is the run.
+    measure = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
+    run = [sys.executable, "-c", measure, sys.executable, "-m", "safetrain", "dataset=image_folder", "model=cnn_small",
+           f"dataset.path={root}", f"dataset.cache_dir={tmp_path / 'cache'}", "dataset.image.height=16",
+           "dataset.image.width=16", "trainer.epochs=1", "trainer.batch_size=256", "trainer.export=false",
+           "trainer.checkpoint_every_steps=1000"]
+    reports = []
+    for name in ("first", "rerun"):
+        done = subprocess.run([*run, f"hydra.run.dir={tmp_path / name}"], capture_output=True, text=True,
+                              timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 0, done.stderr[-3000:]
+        reports.append((json.loads((tmp_path / name / "report.json").read_text()), int(done.stdout.split()[-1])))
+    (first, first_kb), (rerun, rerun_kb) = reports
+    assert first["data"]["scan"]["scanned"] == 20_000 and rerun["data"]["scan"]["reused"] == 20_000
+    assert rerun["data"]["scan"]["seconds"] < first["data"]["scan"]["seconds"] / 3
+    assert first["data"]["selected"] == {"train": 16_000, "eval": 2_000, "test": 2_000}
+    assert first["steps"] == 16_000 // 256 and first["status"] == rerun["status"] == "ok"
+    # 20,000 16x16 RGB images are 15 MB as uint8: the run's memory is TensorFlow's, not the data's.
+    assert max(first_kb, rerun_kb) < 2_500_000, (first_kb, rerun_kb)
