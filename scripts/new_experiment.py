@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipelines.sources.folder_files import EXTENSIONS, is_hidden, list_files  # noqa: E402  (no TensorFlow)
+from pipelines.sources.folder_files import split_dirs as find_split_dirs  # noqa: E402
 from pipelines.sources.stratify import every_class_in_every_slice  # noqa: E402
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "P_gray"}
@@ -59,11 +60,8 @@ class Scan:
 
 
 def split_dirs(folder: Path) -> dict[str, Path]:
-    """As the image_folder source reads it: DIR/train/<class>/ (+ sibling splits), else DIR/<class>/."""
-    train = folder / "train"
-    if train.is_dir() and any(p.is_dir() and not is_hidden(p.name) for p in train.iterdir()):
-        return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not is_hidden(p.name)}
-    return {"train": folder}
+    """As the image_folder source reads it (pipelines.sources.folder_files.split_dirs)."""
+    return find_split_dirs(folder)[0]
 
 
 def class_dirs(folder: Path) -> list[Path]:

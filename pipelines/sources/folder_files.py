@@ -70,6 +70,16 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".") or name in SYSTEM_NAMES
 
 
+def split_dirs(root: Path) -> tuple[dict[str, Path], list[Path]]:
+    """`train` (+ any sibling split folders) when DIR/train/<class>/ exists, else DIR itself is
+    `train`; and the hidden/system entries of DIR skipped in the split layout."""
+    train = root / "train"
+    hidden = [p for p in sorted(root.iterdir()) if is_hidden(p.name)]
+    if train.is_dir() and any(p.is_dir() and not is_hidden(p.name) for p in train.iterdir()):
+        return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not is_hidden(p.name)}, hidden
+    return {"train": root}, []
+
+
 def list_files(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
     """(image files, other files, hidden/system entries skipped), each sorted; hidden folders are
     not entered."""

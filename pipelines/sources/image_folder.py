@@ -34,6 +34,7 @@ from pipelines.sources.base import Source, slices
 from pipelines.sources.duplicates import find_pairs
 from pipelines.sources.folder_cache import PixelShards, ScanCache, fingerprint, folder_cache_dir, parse, versions
 from pipelines.sources.folder_files import Adapt, FileInfo, Limits, adapt_problem, inspect, is_hidden, list_files
+from pipelines.sources.folder_files import split_dirs as find_split_dirs
 from pipelines.sources.stratify import class_range
 from pipelines.spec import BadExample, DataEvent, ImageSpec, SourceSpec, plan_adapters
 from safetrain.config.schema import DatasetConfig, OnLeakage
@@ -85,7 +86,7 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
         raise DataError(f"the image cache {caches} is inside dataset.path={root}: safetrain never writes into "
                         f"a user's data folder", hint="set dataset.cache_dir to a folder outside the images",
                         config_key="dataset.cache_dir")
-    split_dirs, hidden = _split_dirs(root)
+    split_dirs, hidden = find_split_dirs(root)
     classes = sorted(p.name for p in split_dirs["train"].iterdir() if p.is_dir() and not is_hidden(p.name))
     hidden += [p for p in sorted(split_dirs["train"].iterdir()) if is_hidden(p.name)]
     if len(classes) < 2:
@@ -319,15 +320,6 @@ def _missing_classes(found: _Found, membership: dict, roles: dict, classes: list
                                       message=message + " (dataset.allow_missing_classes=true)"))
         notes.append("warning: " + message)
     return notes
-
-
-def _split_dirs(root: Path) -> tuple[dict[str, Path], list[Path]]:
-    """`train` (+ any sibling split folders) when DIR/train/<class>/ exists, else DIR itself is `train`."""
-    train = root / "train"
-    hidden = [p for p in sorted(root.iterdir()) if is_hidden(p.name)]
-    if train.is_dir() and any(p.is_dir() and not is_hidden(p.name) for p in train.iterdir()):
-        return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not is_hidden(p.name)}, hidden
-    return {"train": root}, []
 
 
 def _single(values: set) -> int | None:
