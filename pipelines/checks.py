@@ -16,7 +16,9 @@ OK, BAD_SIZE, BAD_CHANNELS, NON_FINITE, OUT_OF_RANGE, BAD_LABEL = range(6)
 def example_status(image: tf.Tensor, label: tf.Tensor, *, value_range: tuple[float, float],
                    num_classes: int, size: tuple[int, int] | None = None,
                    channels: int | None = None) -> tf.Tensor:
-    """int32 status of one example; `image` is float32 (H, W, C) in the source's raw range.
+    """int32 status of one example; `image` is float32 (H, W, C) in the source's raw range, or
+    uint8 (every value finite, and in range when the range covers 0-255: those checks are left
+    out, not computed, for the uint8 pixels an image-folder cache delivers).
 
     `size`/`channels` are checked only where the plan could not (sizes or channels vary and the
     config forbids adapting them). Earlier checks win: a wrong-size image is reported as that,
@@ -26,9 +28,11 @@ def example_status(image: tf.Tensor, label: tf.Tensor, *, value_range: tuple[flo
     status = tf.constant(OK, tf.int32)
     label = tf.cast(label, tf.int64)
     status = tf.where(tf.logical_or(label < 0, label >= num_classes), BAD_LABEL, status)
-    in_range = tf.reduce_all(tf.logical_and(image >= lo, image <= hi))
-    status = tf.where(in_range, status, OUT_OF_RANGE)
-    status = tf.where(tf.reduce_all(tf.math.is_finite(image)), status, NON_FINITE)
+    if image.dtype != tf.uint8 or lo > 0 or hi < 255:
+        image = tf.cast(image, tf.float32)
+        in_range = tf.reduce_all(tf.logical_and(image >= lo, image <= hi))
+        status = tf.where(in_range, status, OUT_OF_RANGE)
+        status = tf.where(tf.reduce_all(tf.math.is_finite(image)), status, NON_FINITE)
     shape = tf.shape(image)
     if channels is not None:
         status = tf.where(tf.equal(shape[-1], channels), status, BAD_CHANNELS)

@@ -43,6 +43,10 @@ def adapt(image: tf.Tensor, plan: AdapterPlan, spec: ImageSpec) -> tf.Tensor:
 def convert_channels(image: tf.Tensor, to: int) -> tf.Tensor:
     """gray/gray+alpha/RGB/RGBA -> `to` channels; alpha is dropped, never blended."""
     have = tf.shape(image)[-1]
+    return tf.cond(tf.equal(have, to), lambda: image, lambda: _convert(image, have, to))
+
+
+def _convert(image: tf.Tensor, have: tf.Tensor, to: int) -> tf.Tensor:
     color = tf.cond(have >= 3, lambda: image[..., :3], lambda: image[..., :1])  # drop alpha
     if to == 3:
         return tf.cond(have >= 3, lambda: color, lambda: tf.image.grayscale_to_rgb(color))

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def upright_bytes(data: bytes) -> bytes:
     """A photo with an EXIF rotation, decoded by TensorFlow as in training, turned upright the way
-    the scan does (pipelines.sources.folder_files.upright) and re-encoded losslessly as PNG:
+    the scan does (pipelines.sources.folder_decode.upright) and re-encoded losslessly as PNG:
     exactly the pixels training saw (dataset.exif_orientation=apply). Any other file is passed on
     unchanged, so TensorFlow's decoder still reports what it cannot read."""
     import io
@@ -102,10 +102,10 @@ def upright_bytes(data: bytes) -> bytes:
         return data
     import tensorflow as tf
 
-    from pipelines.sources.folder_files import upright
+    from pipelines.sources.folder_decode import upright
 
     try:
-        pixels = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False).numpy()
+        pixels = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
     except tf.errors.OpError:
         return data
     return tf.io.encode_png(upright(pixels, orientation)).numpy()

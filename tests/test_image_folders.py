@@ -263,7 +263,7 @@ def test_the_cached_pipeline_trains_on_uint8_pixels_and_the_scan_is_in_the_repor
 def test_predict_turns_an_exif_rotated_photo_upright_as_training_did(tmp_path):
     import tensorflow as tf
 
-    from pipelines.sources.folder_files import upright
+    from pipelines.sources.folder_decode import upright
     from safetrain.predict import upright_bytes
 
     stored = smooth(np.random.default_rng(8), 24, 40)
@@ -272,7 +272,7 @@ def test_predict_turns_an_exif_rotated_photo_upright_as_training_did(tmp_path):
     path = tmp_path / "portrait.jpg"
     save(path, stored, "JPEG", quality=95, exif=exif.tobytes())
     served = tf.io.decode_image(upright_bytes(path.read_bytes())).numpy()
-    trained = upright(tf.io.decode_image(path.read_bytes()).numpy(), 6)  # what the scan caches
+    trained = upright(tf.io.decode_image(path.read_bytes()), 6).numpy()  # what the scan caches
     assert served.shape == (40, 24, 3) and np.array_equal(served, trained)  # exactly training's pixels
     plain = tmp_path / "plain.png"
     save(plain, stored)
@@ -314,3 +314,71 @@ def test_twenty_thousand_files_scan_rescan_from_the_cache_and_train_an_epoch_in_
     assert first["steps"] == 16_000 // 256 and first["status"] == rerun["status"] == "ok"
     # 20,000 16x16 RGB images are 15 MB as uint8: the run's memory is TensorFlow's, not the data's.
     assert max(first_kb, rerun_kb) < 2_500_000, (first_kb, rerun_kb)
+
+
+def test_upright_turns_every_exif_orientation_as_pillow_exif_transpose_does():
+    from PIL import ImageOps
+
+    from pipelines.sources.folder_decode import upright
+
+    stored = smooth(np.random.default_rng(11), 5, 9)  # not square: a wrong transpose changes the shape
+    for orientation in range(0, 10):
+        img = Image.fromarray(stored)
+        exif = img.getexif()
+        exif[0x0112] = orientation
+        img.info["exif"] = exif.tobytes()
+        expected = np.asarray(ImageOps.exif_transpose(img)) if 1 <= orientation <= 8 else stored
+        assert np.array_equal(upright(stored, orientation).numpy(), expected), orientation
+
+
+@pytest.mark.parametrize("resize,channels", [(ResizePolicy.bilinear, 3), (ResizePolicy.pad_or_crop, 3),
+                                             (ResizePolicy.bilinear, 1)])
+def test_the_cached_pixels_are_what_the_in_graph_adapters_make_of_the_decoded_file(tmp_path, resize, channels):
+    """The scan adapts each file once (folder_decode); serving adapts with pipelines.ops.adapt. The
+    two must agree to the last bit, or the exported model would see other pixels than training."""
+    import tensorflow as tf
+
+    from pipelines.ops import adapt
+    from pipelines.spec import AdapterPlan, ImageSpec
+
+    rng = np.random.default_rng(12)
+    root = tmp_path / "mixed"
+    save(root / "a" / "grey.png", smooth(rng, 30, 20, channels=1))
+    save(root / "a" / "rgba.png", np.dstack([smooth(rng, 40, 40), np.full((40, 40), 200, np.uint8)]))
+    save(root / "b" / "rgb.jpg", photo_crop(3, 50, 30), "JPEG", quality=90)
+    save(root / "b" / "exact.png", photo_crop(4, 16, 16) if channels == 3 else smooth(rng, 16, 16, channels=1))
+    cfg = cfg_for(root, tmp_path, image=ImageConfig(height=16, width=16, channels=channels), resize=resize)
+    cached = pixels(image_folder_source(cfg))
+    spec = ImageSpec(16, 16, channels)
+    for path, got in cached.items():
+        raw = tf.io.decode_image(open(path, "rb").read(), channels=0, expand_animations=False)
+        plan = AdapterPlan(resize=resize.value, channels=channels, steps=())
+        want = tf.cast(tf.clip_by_value(tf.round(adapt(tf.cast(raw, tf.float32), plan, spec)), 0, 255), tf.uint8)
+        assert got.shape == (16, 16, channels) and np.array_equal(got, want.numpy()), path
+
+
+def test_files_the_decoder_refuses_are_named_in_order_and_the_rest_still_decode(tmp_path):
+    """Truncated JPEGs pass the header check (Pillow reads headers lazily) and stop TensorFlow's
+    decoder mid-stream: each is found by its place in the ordered, batched map, and every other
+    file keeps its own result, in order."""
+    from pipelines.sources.folder_decode import BATCH, inspect_many
+    from pipelines.sources.folder_files import Adapt, Limits
+
+    rng = np.random.default_rng(13)
+    paths = []
+    for i in range(BATCH + 10):
+        path = tmp_path / f"{i:03d}.jpg"
+        save(path, photo_crop(i, 120 + i % 3, 160), "JPEG", quality=90)
+        paths.append(path)
+    for i in (5, 6, BATCH + 3):  # two in the first batch, one in the second
+        data = paths[i].read_bytes()
+        paths[i].write_bytes(data[: len(data) * 2 // 3])  # the header intact, the scan data cut
+    limits = Limits(max_pixels=10**6, max_file_bytes=10**6, min_pixels=None, exif="apply")
+    results = list(inspect_many(((p, None) for p in paths), limits, Adapt(16, 16, 3, "bilinear", "convert")))
+    assert len(results) == len(paths)
+    refused = [i for i, (info, _, _) in enumerate(results) if info.problem]
+    assert refused == [5, 6, BATCH + 3]
+    assert all("corrupt or truncated JPEG (decoder:" in results[i][0].problem for i in refused)
+    for i, (info, pixels, problem) in enumerate(results):
+        if i not in refused:
+            assert problem is None and pixels.shape == (16, 16, 3) and info.height == 120 + i % 3 and info.phash

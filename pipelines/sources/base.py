@@ -28,6 +28,10 @@ class Source:
     sizes: dict[str, int] = field(default_factory=dict)   # examples per named split, where known
     report: dict = field(default_factory=dict)            # for report.json `data` (e.g. scan, duplicates)
     events: list[DataEvent] = field(default_factory=list)  # for errors.jsonl (duplicates, leakage, ...)
+    # Examples per class id of a split string, from a source that has checked every example it
+    # delivers (an image-folder cache: decoded, adapted and verified at its scan). The pipeline
+    # then skips its own pass over that split (pipelines.scan), which would find nothing new.
+    class_counts: Callable[[str], list[int]] | None = None
 
     def count(self, split: str) -> int | None:
         """Examples a split string selects, before bad ones are dropped; None when unknown."""

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pipelines.sources.folder_files import FileInfo
 
-SCAN_FORMAT = 1  # bump when FileInfo's meaning changes
+SCAN_FORMAT = 2  # bump when FileInfo's meaning changes
 
 
 def versions() -> dict[str, str]:
@@ -102,22 +102,35 @@ class PixelShards:
     def path(self, split: str, cls: str, key: str) -> Path:
         return self.root / _safe(split) / f"{_safe(cls)}-{key[:16]}.tfrecord"
 
-    def write(self, path: Path, records) -> int:
-        """`records`: (key, label, uint8 pixels) in order; returns how many were written."""
+    def writer(self, path: Path) -> "ShardWriter":
+        return ShardWriter(path)
+
+
+class ShardWriter:
+    """One shard being written: to a temporary file, renamed into place by `commit` (a crash
+    leaves no half shard), which also deletes the class's older shards."""
+
+    def __init__(self, path: Path) -> None:
         import tensorflow as tf
 
+        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        count = 0
-        with tf.io.TFRecordWriter(str(tmp)) as writer:
-            for key, label, pixels in records:
-                writer.write(_example(key, label, pixels))
-                count += 1
-        os.replace(tmp, path)
-        for old in path.parent.glob(f"{path.name.rsplit('-', 1)[0]}-*.tfrecord"):  # the class's older shards
-            if old != path:
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self._writer = tf.io.TFRecordWriter(str(self.tmp))
+
+    def write(self, key: str, label: int, pixels) -> None:
+        self._writer.write(_example(key, label, pixels))
+
+    def commit(self) -> None:
+        self._writer.close()
+        os.replace(self.tmp, self.path)
+        for old in self.path.parent.glob(f"{self.path.name.rsplit('-', 1)[0]}-*.tfrecord"):  # older shards
+            if old != self.path:
                 old.unlink(missing_ok=True)
-        return count
+
+    def abandon(self) -> None:
+        self._writer.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def _safe(name: str) -> str:

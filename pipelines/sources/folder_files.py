@@ -2,16 +2,16 @@
 
 `list_files` walks the folder and leaves out what is not a user's image: hidden entries (any name
 starting with a dot: `.ipynb_checkpoints`, `.DS_Store`, `.git`), `__MACOSX` and OS thumbnails
-(`Thumbs.db`, `desktop.ini`); they are reported, never classes. `inspect` reads a file's bytes
+(`Thumbs.db`, `desktop.ini`); they are reported, never classes. `look` reads a file's bytes
 once and from them takes everything the pipeline and the data checks need:
 
 - the header (Pillow, nothing decoded): format, size, mode, frame count, EXIF orientation — an
   oversized, animated or unsupported file is refused before it is decoded;
-- a SHA-256 of the bytes (exact duplicates) and, from the decoded pixels, a perceptual hash
-  (imagehash's pHash: near duplicates);
-- one decode with TensorFlow's decoder (the one serving uses), turned upright by the EXIF
-  orientation (TensorFlow ignores it, so phone portraits would otherwise train sideways), then
-  adapted to the declared size and channels and kept as uint8: the pixels the cache stores.
+- a SHA-256 of the bytes (exact duplicates);
+- then (pipelines.sources.folder_decode, TensorFlow) one decode with TensorFlow's decoder (the one
+  serving uses), turned upright by the EXIF orientation (TensorFlow ignores it, so phone portraits
+  would otherwise train sideways), adapted to the declared size and channels and kept as uint8:
+  the pixels the cache stores; and from them a perceptual hash (imagehash's pHash: near duplicates).
 
 A file is never written: the user's folder is read-only to safetrain.
 """
@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".gif": "GIF"}
 FORMATS = {"PNG", "JPEG", "BMP", "GIF"}
@@ -59,7 +58,7 @@ class FileInfo:
     phash: str | None = None       # 16 hex digits
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return dict(vars(self))  # flat fields: 10x cheaper than dataclasses.asdict, per file
 
     @staticmethod
     def from_json(data: dict) -> "FileInfo":
@@ -107,31 +106,22 @@ class Limits:
     exif: str               # apply | ignore
 
 
-def inspect(path: Path, limits: Limits, adapt: Adapt | None, stat=None):
-    """(FileInfo, adapted uint8 pixels or None, adapt problem or None). `adapt=None`: look only."""
+def look(path: Path, limits: Limits, stat=None) -> tuple[FileInfo, bytes | None]:
+    """(FileInfo from the file's size, bytes and header; the bytes to decode, or None when the
+    file is refused before decoding). pipelines.sources.folder_decode decodes what passes."""
     stat = stat or path.stat()
     info = FileInfo(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
     if info.size == 0:
         info.problem = "empty file (0 bytes)"
-        return info, None, None
+        return info, None
     if info.size > limits.max_file_bytes:  # before a byte of it is read
         info.problem = f"{info.size:,} bytes exceeds dataset.max_file_bytes={limits.max_file_bytes:,} (not opened)"
-        return info, None, None
+        return info, None
     data = path.read_bytes()
     info.sha256 = hashlib.sha256(data).hexdigest()
     if not _header(info, data, path, limits.max_pixels, limits.min_pixels):
-        return info, None, None
-    pixels = _decode(info, data)
-    if pixels is None:
-        return info, None, None
-    if limits.exif == "apply":
-        pixels = upright(pixels, info.orientation)
-    info.height, info.width, info.channels = (int(d) for d in pixels.shape)
-    info.phash = perceptual_hash(pixels)
-    if adapt is None:
-        return info, None, None
-    problem = adapt_problem(info, adapt)
-    return info, (None if problem else to_declared(pixels, adapt)), problem
+        return info, None
+    return info, data
 
 
 def _header(info: FileInfo, data: bytes, path: Path, max_pixels: int, min_pixels: int | None) -> bool:
@@ -169,40 +159,6 @@ def _header(info: FileInfo, data: bytes, path: Path, max_pixels: int, min_pixels
     return True
 
 
-def _decode(info: FileInfo, data: bytes) -> np.ndarray | None:
-    import tensorflow as tf
-
-    try:
-        return tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False).numpy()
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError, tf.errors.DataLossError) as err:
-        first = str(err.message).strip().splitlines()[0][:160]
-        info.problem = f"corrupt or truncated {info.format} (decoder: {first})"
-        return None
-
-
-def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
-    """The EXIF orientation applied, as Pillow's `ImageOps.exif_transpose` does (same transposes)."""
-    from PIL import Image
-
-    method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-              8: Image.Transpose.ROTATE_90}.get(orientation)
-    if method is None:
-        return pixels
-    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(pixels[..., c])).transpose(method))
-              for c in range(pixels.shape[-1])]
-    return np.stack(planes, axis=-1)
-
-
-def perceptual_hash(pixels: np.ndarray) -> str:
-    """imagehash's pHash (64 bits: a DCT of the 32x32 grey image) of the decoded pixels."""
-    import imagehash
-    from PIL import Image
-
-    gray = pixels[..., :3].mean(-1) if pixels.shape[-1] >= 3 else pixels[..., 0].astype(np.float64)
-    return str(imagehash.phash(Image.fromarray(gray.astype(np.uint8))))
-
-
 def adapt_problem(info: FileInfo, adapt: Adapt) -> str | None:
     """Why the policies forbid making this image the declared input (dataset.resize=error /
     channel_policy=error), in the in-graph checks' own words (pipelines.checks.reason); None: fine.
@@ -214,23 +170,3 @@ def adapt_problem(info: FileInfo, adapt: Adapt) -> str | None:
     if (info.height, info.width) != (adapt.height, adapt.width) and adapt.resize == "error":
         return checks.reason(checks.BAD_SIZE, value_range=(0, 255), num_classes=0, size=(adapt.height, adapt.width))
     return None
-
-
-def to_declared(pixels: np.ndarray, adapt: Adapt) -> np.ndarray:
-    """The declared (height, width, channels) uint8 pixels: the same channel conversion and
-    resize ops as the in-graph adapters (pipelines.ops), rounded back to uint8."""
-    import tensorflow as tf
-
-    from pipelines.ops import convert_channels
-
-    size_differs = pixels.shape[:2] != (adapt.height, adapt.width)
-    if pixels.shape[-1] == adapt.channels and not size_differs:
-        return pixels
-    image = tf.cast(tf.constant(pixels), tf.float32)
-    if pixels.shape[-1] != adapt.channels:
-        image = convert_channels(image, adapt.channels)
-    if size_differs and adapt.resize == "bilinear":
-        image = tf.image.resize(image, (adapt.height, adapt.width), method="bilinear")
-    elif size_differs:
-        image = tf.image.resize_with_crop_or_pad(image, adapt.height, adapt.width)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8).numpy()

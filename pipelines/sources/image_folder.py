@@ -3,10 +3,11 @@
     DIR/cat/001.jpg, DIR/dog/002.png, ...              -> one split, `train` (slice it in the config)
     DIR/train/cat/..., DIR/test/cat/...                -> splits `train` and `test` (and any other)
 
-Every file is looked at once (pipelines.sources.folder_files: header checks before decoding, one
-decode, EXIF orientation, hashes) and its pixels, adapted to the declared input, go to a uint8
-TFRecord cache outside the folder (pipelines.sources.folder_cache); a rerun on an unchanged
-folder reads neither a file nor a header, only the cache. On what the scan found:
+Every file is looked at once (pipelines.sources.folder_files: header checks before decoding;
+pipelines.sources.folder_decode: one decode, EXIF orientation, hashes) and its pixels, adapted to
+the declared input, go to a uint8 TFRecord cache outside the folder
+(pipelines.sources.folder_cache); a rerun on an unchanged folder reads neither a file nor a
+header, only the cache. On what the scan found:
 
 - refused files (corrupt, empty, oversized, animated, wrong size or channels under the `error`
   policies, and the same bytes under two class names) are bad examples (dataset.on_bad_example);
@@ -26,14 +27,13 @@ import collections
 import hashlib
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.sources.base import Source, slices
 from pipelines.sources.duplicates import find_pairs
 from pipelines.sources.folder_cache import PixelShards, ScanCache, fingerprint, folder_cache_dir, parse, versions
-from pipelines.sources.folder_files import Adapt, FileInfo, Limits, adapt_problem, inspect, is_hidden, list_files
+from pipelines.sources.folder_files import Adapt, FileInfo, Limits, adapt_problem, is_hidden, list_files
 from pipelines.sources.folder_files import split_dirs as find_split_dirs
 from pipelines.sources.stratify import class_range
 from pipelines.spec import BadExample, DataEvent, ImageSpec, SourceSpec, plan_adapters
@@ -154,10 +154,17 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
     shard_paths = {name: [store.path(name, cls, key) for (n, cls), key in shards_in.items() if n == name]
                    for name in split_dirs}
 
+    def delivered(split: str) -> list[_File]:
+        return [f for f in select(split) if f.key not in found.dropped]
+
+    def class_counts(split: str) -> list[int]:
+        per_class = collections.Counter(f.label for f in delivered(split))
+        return [per_class[label] for label in range(len(classes))]
+
     def read(split: str):
         import tensorflow as tf
 
-        chosen = [f for f in select(split) if f.key not in found.dropped]
+        chosen = delivered(split)
         names = sorted({name_ for name_, _, _ in slices(split, sizes, cfg.name)})
         paths = [str(p) for name_ in names for p in shard_paths[name_] if p.exists()]
         keys = tf.constant([f.key for f in chosen] or [""], tf.string)
@@ -172,7 +179,7 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
         return ds.filter(lambda image, label, key: table.lookup(key) > 0)
 
     counts = {role: len([f for f in chosen if f.key not in found.dropped]) for role, chosen in membership.items()}
-    return Source(spec=spec, read=read, bad=bad, notes=notes, sizes=sizes,
+    return Source(spec=spec, read=read, bad=bad, notes=notes, sizes=sizes, class_counts=class_counts,
                   report={**found.report, "selected": counts}, events=found.events)
 
 
@@ -205,44 +212,56 @@ def _list(root: Path, split_dirs: dict[str, Path], classes: list[str], hidden: l
 def _scan_and_cache(files: list[_File], shards: dict, scan_cache: ScanCache, store: PixelShards,
                     limits: Limits, adapt: Adapt) -> dict:
     """Fill every file's info and every class shard's pixels, reading only what the caches lack.
-    Replaces `shards` values by the shard keys (fingerprints) the source reads."""
+    Replaces `shards` values by the shard keys (fingerprints) the source reads. Each file read is
+    decoded once (pipelines.sources.folder_decode: a parallel tf.data map), straight into its
+    class shard."""
     from PIL import Image
+
+    from pipelines.sources.folder_decode import inspect_many
 
     Image.MAX_IMAGE_PIXELS = None  # Pillow's bomb check off: dataset.max_pixels applies, from the header
     stats = {"files": len(files), "scanned": 0, "reused": 0, "shards_written": 0}
     stat_of = {f.rel: f.path.stat() for f in files}
     for f in files:
         f.info = scan_cache.get(f.rel, stat_of[f.rel])
-    workers = min(8, (os.cpu_count() or 2) * 2)
-    keys = {}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for (split, cls), members in shards.items():
-            key = fingerprint(adapt.__dict__, limits.__dict__, versions(),
-                              [(f.rel, stat_of[f.rel].st_size, stat_of[f.rel].st_mtime_ns) for f in members])
-            keys[(split, cls)] = key
-            path = store.path(split, cls, key)
-            if path.exists():  # pixels cached: only scan entries that are missing (a deleted scan.json)
-                missing = [f for f in members if f.info is None]
-                for f, (info, _, _) in zip(missing, pool.map(lambda f: inspect(f.path, limits, None,
-                                                                               stat_of[f.rel]), missing)):
-                    f.info = info
-                    scan_cache.put(f.rel, info)
-                stats["scanned"] += len(missing)
-                for f in members:
-                    f.problem = f.info.problem or adapt_problem(f.info, adapt)
-                continue
-            stats["shards_written"] += 1
-            stats["scanned"] += len(members)  # every file of a shard written is read (decoded) again
-
-            def records(members=members):
-                for f, (info, pixels, problem) in zip(members, pool.map(
-                        lambda f: inspect(f.path, limits, adapt, stat_of[f.rel]), members)):
-                    f.info, f.problem = info, info.problem or problem
-                    scan_cache.put(f.rel, info)
-                    if f.problem is None:
-                        yield f.key, f.label, pixels
-
-            store.write(path, records())
+    keys, to_write = {}, {}
+    for (split, cls), members in shards.items():
+        key = fingerprint(adapt.__dict__, limits.__dict__, versions(),
+                          [(f.rel, stat_of[f.rel].st_size, stat_of[f.rel].st_mtime_ns) for f in members])
+        keys[(split, cls)] = key
+        path = store.path(split, cls, key)
+        if not path.exists():
+            to_write[path] = members
+            continue
+        # Pixels cached: only scan entries that are missing (a deleted scan.json).
+        missing = [f for f in members if f.info is None]
+        for f, (info, _, _) in zip(missing, inspect_many(((f.path, stat_of[f.rel]) for f in missing), limits, None)):
+            f.info = info
+            scan_cache.put(f.rel, info)
+        stats["scanned"] += len(missing)
+        for f in members:
+            f.problem = f.info.problem or adapt_problem(f.info, adapt)
+    # Every file of a shard to write is read and decoded (again): one decode stream over all of
+    # them, so tf.data never waits between classes; each result goes to its class's shard.
+    writers = {}
+    try:
+        for path in to_write:
+            writers[path] = store.writer(path)
+        queue = [(f, writers[path]) for path, members in to_write.items() for f in members]
+        looked = inspect_many(((f.path, stat_of[f.rel]) for f, _ in queue), limits, adapt)
+        for (f, writer), (info, pixels, problem) in zip(queue, looked):
+            f.info, f.problem = info, info.problem or problem
+            scan_cache.put(f.rel, info)
+            if f.problem is None:
+                writer.write(f.key, f.label, pixels)
+        for writer in writers.values():
+            writer.commit()
+    except BaseException:
+        for writer in writers.values():
+            writer.abandon()
+        raise
+    stats["scanned"] += sum(len(members) for members in to_write.values())
+    stats["shards_written"] = len(to_write)
     shards.clear()
     shards.update(keys)
     stats["reused"] = stats["files"] - stats["scanned"]
