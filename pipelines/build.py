@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from pipelines import checks
 from pipelines.augment import Augmenter, is_on
-from pipelines.ops import adapt, encode, epoch_seed, example_bytes, is_ok, normalize
+from pipelines.ops import adapt, encode, epoch_seed, example_bytes, is_ok, normalize, plain
 from pipelines.scan import mean_std, scan
 from pipelines.sources.base import Source, array_source
 from pipelines.sources.registry import open_source
@@ -104,6 +104,7 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
         if cfg.max_examples:
             ds = ds.take(cfg.max_examples)
 
+        @plain
         def prepare(image, label, key):
             if keep_uint8:  # nothing to adapt: the cache holds the uint8 pixels (4x smaller than float32)
                 status = checks.example_status(image, label, **check_args)
@@ -168,11 +169,12 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
         if augmented and augmenter is not None:
             # Batch index from the epoch's start: with the epoch, it seeds the batch's augmentation
             # (a resume's skip() comes after this). Sequential: the layers' seed state is shared.
-            ds = ds.map(lambda x, y, status, key: (x, encode(y, cfg, source.spec.num_classes)), **parallel)
+            ds = ds.map(plain(lambda x, y, status, key: (x, encode(y, cfg, source.spec.num_classes))), **parallel)
             ds = ds.enumerate().map(lambda i, xy: augmenter(xy[0], xy[1], epoch, i))
-            ds = ds.map(lambda x, y: (norm(x), y), **parallel)
+            ds = ds.map(plain(lambda x, y: (norm(x), y)), **parallel)
         else:
-            ds = ds.map(lambda x, y, status, key: (norm(x), encode(y, cfg, source.spec.num_classes)), **parallel)
+            ds = ds.map(plain(lambda x, y, status, key: (norm(x), encode(y, cfg, source.spec.num_classes))),
+                        **parallel)
         options = tf.data.Options()
         options.deterministic = True
         return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -36,6 +36,7 @@ from pipelines.sources.folder_cache import PixelShards, ScanCache, fingerprint, 
 from pipelines.sources.folder_files import Adapt, FileInfo, Limits, adapt_problem, is_hidden, list_files
 from pipelines.sources.folder_files import split_dirs as find_split_dirs
 from pipelines.sources.stratify import class_range
+from pipelines.ops import plain
 from pipelines.spec import BadExample, DataEvent, ImageSpec, SourceSpec, plan_adapters
 from safetrain.config.schema import DatasetConfig, OnLeakage
 from safetrain.errors import DataError
@@ -105,6 +106,7 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
     scan_cache = ScanCache(home / "scan.json", {"limits": limits.__dict__})
     store = PixelShards(home / "pixels")
     stats = _scan_and_cache(files, shards_in, scan_cache, store, limits, adapt)
+    shard_sizes = collections.Counter(f.split_dir for f in files if f.problem is None)  # records per split folder
     scan_cache.save({f.rel for f in files})
 
     declared = ImageSpec(cfg.image.height, cfg.image.width, cfg.image.channels)
@@ -167,16 +169,18 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
         chosen = delivered(split)
         names = sorted({name_ for name_, _, _ in slices(split, sizes, cfg.name)})
         paths = [str(p) for name_ in names for p in shard_paths[name_] if p.exists()]
-        keys = tf.constant([f.key for f in chosen] or [""], tf.string)
-        table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-            keys, tf.constant([1] * len(chosen) or [0], tf.int32)), default_value=0)
         ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths or [""], tf.string))
         if not paths or not chosen:
             return ds.take(0).map(lambda p: (tf.zeros(declared.shape, tf.uint8), tf.constant(0, tf.int64), p))
         # Round robin over the class shards: the classes come mixed, not one after another.
         ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=len(paths), block_length=1)
-        ds = ds.map(parse(declared.shape), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.filter(lambda image, label, key: table.lookup(key) > 0)
+        ds = ds.map(plain(parse(declared.shape)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if len(chosen) == sum(shard_sizes[name_] for name_ in names):
+            return ds  # every record of these shards is selected: no per-example lookup
+        keys = tf.constant([f.key for f in chosen], tf.string)
+        table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            keys, tf.constant([1] * len(chosen), tf.int32)), default_value=0)
+        return ds.filter(plain(lambda image, label, key: table.lookup(key) > 0))
 
     counts = {role: len([f for f in chosen if f.key not in found.dropped]) for role, chosen in membership.items()}
     return Source(spec=spec, read=read, bad=bad, notes=notes, sizes=sizes, class_counts=class_counts,
