@@ -336,7 +336,14 @@ def _missing_classes(found: _Found, membership: dict, roles: dict, classes: list
         message = (f"split {role} ({roles[role]!r}) has no image of class{'es' if len(missing) > 1 else ''} "
                    f"{', '.join(repr(m) for m in missing)}")
         if not allow:
-            raise DataError(message + ": its scores would say nothing about that class",
+            also = found.report["duplicates"]
+            more = [f"{also['cross_split']} image(s) in two splits (leakage, dataset.on_leakage)"] \
+                if also["cross_split"] else []
+            more += [f"{also['exact']} exact and {also['near']} near duplicate pair(s)"] \
+                if also["exact"] + also["near"] - also["cross_split"] > 0 else []
+            raise DataError(message + ": its scores would say nothing about that class"
+                            + (f" (the scan also found: {'; '.join(more)}; all listed once this passes)"
+                               if more else ""),
                             hint="add images of it to that split's folder, or set dataset.allow_missing_classes=true "
                                  "to train anyway", config_key="dataset.allow_missing_classes")
         found.events.append(DataEvent(kind="missing_class", split=role, key=roles[role], other=None,
