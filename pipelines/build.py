@@ -8,8 +8,8 @@ refused any mismatch the config does not explicitly allow.
 
 Before the first step every split is read once (pipelines.scan): it fills the cache, counts the
 examples, lists every bad one and sums the statistics `standardize` needs. A source that has
-checked every example itself (Source.class_counts: an image folder's uint8 cache) skips that pass. The source comes from
-the registry in pipelines.sources.registry.
+checked every example itself (Source.class_counts: an image folder's uint8 cache) skips that
+pass. The source comes from the registry in pipelines.sources.registry.
 """
 
 from __future__ import annotations

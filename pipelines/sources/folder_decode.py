@@ -5,10 +5,10 @@ Per file, one graph call (no Python per pixel, no GIL): decode as serving does
 size and channels with the in-graph adapters' own ops (pipelines.ops.convert_channels,
 `tf.image.resize`; rounded back to uint8), and make the 32x32 grey thumbnail the perceptual hash
 is taken from. Python only hashes thumbnails and writes records while tf.data decodes the next
-files on every core: the scan costs about what one decoding epoch of the folder costs.
+files on every core (scripts/bench_folder.py measures the scan against Keras' decoding epoch).
 
-Files are decoded in chunks (a few hundred files, at most `CHUNK_BYTES` of encoded bytes in
-memory). A file TensorFlow cannot decode stops a tf.data iterator; its position in the ordered
+Files are decoded in chunks (at most `CHUNK_FILES` files and about `CHUNK_BYTES` of encoded bytes
+in memory). A file TensorFlow cannot decode stops a tf.data iterator; its position in the ordered
 (deterministic) map names the file, which becomes a bad example, and the chunk goes on after it.
 """
 
@@ -26,7 +26,7 @@ from pipelines.ops import convert_channels
 from pipelines.sources.folder_files import Adapt, FileInfo, Limits, adapt_problem, look
 
 CHUNK_FILES, CHUNK_BYTES = 4096, 128 << 20
-PARALLEL = max(2, os.cpu_count() or 2)  # decode on every core from the first file (AUTOTUNE ramps up per chunk)
+PARALLEL = max(2, os.cpu_count() or 2)  # decode on every core from each chunk's first file
 THUMB = 32  # the grey thumbnail imagehash's pHash transforms (its own resize is then a no-op)
 BATCH = 32
 
@@ -83,8 +83,9 @@ def _graph(adapt: Adapt | None, exif: bool):
 
 
 def _sized(image: tf.Tensor, adapt: Adapt) -> tf.Tensor:
-    """float32 of the declared size by dataset.resize (as pipelines.ops.adapt: the same ops), or
-    as it is under `error`."""
+    """float32 of the declared size by dataset.resize: pipelines.ops.adapt's resize ops (tested bit
+    for bit equal), on uint8 (resize casts exactly itself) and not failing under `error`, where
+    the image stays as it is and adapt_problem refuses it."""
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     if adapt.resize == "bilinear":
         fits = tf.equal(height, adapt.height) & tf.equal(width, adapt.width)
