@@ -9,6 +9,7 @@ from __future__ import annotations
 import keras
 
 from models import preflight
+from models.backbone_build import build_backbone, set_trainable
 from models.custom import CustomLayerSpec
 from models.shapes import ModelPlan
 from models.spec import LayerSpec
@@ -92,7 +93,15 @@ def build_model(plan: ModelPlan, input_dtype: str = "float32", seed: int | None 
     inputs = keras.Input(shape=plan.input_shape, dtype=input_dtype, name="image")
     x = inputs
     shape = tuple(plan.input_shape)
-    for spec, row in zip(plan.layers, plan.rows[1:]):
+    rows = plan.rows[1:]
+    if plan.backbone is not None:
+        # training=False always: BatchNorm inside uses its moving statistics and never updates them,
+        # frozen or fine-tuned (the Keras transfer-learning guide's rule); safetrain.fine_tune
+        # decides which of its weights train.
+        backbone = build_backbone(plan.backbone, shape)
+        set_trainable(backbone, plan.backbone, plan.backbone.trainable_in(1))
+        x, shape, rows = backbone(x, training=False), rows[0].shape, rows[1:]
+    for spec, row in zip(plan.layers, rows):
         layer = _keras_layer(spec, seed, shape)
         y = preflight.call_layer(spec, layer, x, shape)
         preflight.check_output(spec, y, row.shape, plan)

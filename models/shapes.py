@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from models.backbones import BackboneSpec
 from models.spec import LayerSpec, Shape, _show
 from safetrain.errors import SpecError
 
@@ -19,6 +20,7 @@ class Row:
     shape: Shape          # output shape without the batch dimension
     params: int | None    # None: a custom layer's, known once built
     flops: int            # forward pass, per example (multiply-add = 2)
+    approx: bool = False  # FLOPs scaled from a recorded count (a backbone), shown with "≈"
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class ModelPlan:
     input_shape: Shape
     num_classes: int
     rows: tuple[Row, ...]
+    backbone: BackboneSpec | None = None  # a pretrained backbone before `layers` (its row follows the input)
 
     @property
     def total_params(self) -> int:
@@ -39,23 +42,35 @@ class ModelPlan:
 
     def table(self) -> str:
         header = ("#", "layer", "output shape", "params", "FLOPs")
+        approx = "≈" if any(r.approx for r in self.rows) else ""
         body = [("" if r.index is None else str(r.index), r.label, _show(r.shape),
-                 "?" if r.params is None else f"{r.params:,}", f"{r.flops:,}") for r in self.rows]
-        body.append(("", "total", "", f"{self.total_params:,}", f"{self.total_flops:,}"))
+                 "?" if r.params is None else f"{r.params:,}", ("≈" if r.approx else "") + f"{r.flops:,}")
+                for r in self.rows]
+        body.append(("", "total", "", f"{self.total_params:,}", f"{approx}{self.total_flops:,}"))
         widths = [max(len(line[i]) for line in [header, *body]) for i in range(5)]
         fmt = lambda line: "  ".join(  # noqa: E731
             cell.rjust(w) if i in (0, 3, 4) else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
-        return "\n".join([fmt(header), *map(fmt, body)])
+        lines = [fmt(header), *map(fmt, body)]
+        if self.backbone is not None:
+            lines.append(f"(backbone params: counted once from the built Keras model, recorded in models/backbones.py; "
+                         f"FLOPs: TensorFlow's profiler count at 224x224, scaled by the input's area)")
+        return "\n".join(lines)
 
 
-def infer(layers: list[LayerSpec], input_shape: Shape, num_classes: int) -> ModelPlan:
+def infer(layers: list[LayerSpec], input_shape: Shape, num_classes: int,
+          backbone: BackboneSpec | None = None) -> ModelPlan:
     rows = [Row(None, "input", tuple(input_shape), 0, 0)]
     shape: Shape = tuple(input_shape)
+    if backbone is not None:
+        out = backbone.output_shape(shape)
+        rows.append(Row(None, backbone.label(), out, backbone.entry.params,
+                        backbone.entry.flops(shape[0], shape[1]), approx=True))
+        shape = out
     for layer in layers:
         out = layer.output_shape(shape)
         rows.append(Row(layer.index, layer.label(), out, layer.params(shape), layer.flops(shape, out)))
         shape = out
-    if len(shape) != 1:
+    if len(shape) != 1 and layers:
         raise SpecError(
             f"the classification head needs a flat feature vector, but the last layer "
             f"(model.layers.{len(layers) - 1}, {layers[-1].label()}) gives {_show(shape)}",
@@ -63,4 +78,8 @@ def infer(layers: list[LayerSpec], input_shape: Shape, num_classes: int) -> Mode
             config_key=f"model.layers.{len(layers) - 1}")
     rows.append(Row(None, f"head dense {num_classes} (logits, float32)", (num_classes,),
                     shape[0] * num_classes + num_classes, 2 * shape[0] * num_classes))
-    return ModelPlan(tuple(layers), tuple(input_shape), num_classes, tuple(rows))
+    if len(shape) != 1:
+        raise SpecError(f"the classification head needs a flat feature vector, but the model input is {_show(shape)} "
+                        f"and model.layers is empty", hint="list layers under model.layers (or pick model=cnn_small)",
+                        config_key="model.layers")
+    return ModelPlan(tuple(layers), tuple(input_shape), num_classes, tuple(rows), backbone)

@@ -66,6 +66,8 @@ def normalize(image: tf.Tensor, spec: ImageSpec, value_range: tuple[float, float
     lo, hi = value_range
     if spec.normalization == "scale_0_1":
         image = (image - lo) / (hi - lo)
+    elif spec.normalization == "scale_0_255":  # backbones with their own Rescaling layer inside
+        image = (image - lo) / (hi - lo) * 255.0
     elif spec.normalization == "minus_one_one":
         image = (image - lo) / (hi - lo) * 2.0 - 1.0
     elif spec.normalization == "standardize":

@@ -33,7 +33,9 @@ class Normalization(Enum):
     scale_0_1 = "scale_0_1"          # x / 255
     minus_one_one = "minus_one_one"  # x / 127.5 - 1
     standardize = "standardize"      # per-channel (x - mean) / std from the training split
+    scale_0_255 = "scale_0_255"      # the source's range mapped to [0, 255] (backbones with built-in rescaling)
     none = "none"                    # raw pixel values as floats
+    backbone = "backbone"            # what model.backbone's weights expect (models.backbones)
 
 
 class LabelEncoding(Enum):
@@ -184,12 +186,32 @@ class DatasetConfig:
     max_examples: Optional[int] = None   # use only the first N examples of each split (smoke runs)
 
 
+class Pooling(Enum):
+    avg = "avg"  # global average of the backbone's last feature map
+    max = "max"  # global max
+
+
+@dataclass
+class BackboneConfig:
+    """A pretrained Keras Applications backbone before model.layers (models.backbones); off while
+    `name` is null. A node rather than null by default, so `model.backbone.name=...` merges."""
+
+    name: Optional[str] = None           # registry: see models.backbones (BACKBONES); null = no backbone
+    weights: Optional[str] = "imagenet"  # imagenet (Keras' download and cache) | null (random) | a .h5 file path
+    pooling: Pooling = Pooling.avg       # how the last feature map becomes one vector
+    trainable: bool = False              # true: the backbone trains from the first step
+    fine_tune_from_epoch: Optional[int] = None  # frozen before this epoch, trained from it; null = never
+    fine_tune_learning_rate: Optional[float] = None  # the backbone's own rate; null = learning_rate/10 when unfrozen
+    fine_tune_blocks: Optional[int] = None  # train only the top K blocks (and the layers after them); null = all
+
+
 @dataclass
 class ModelConfig:
     """Layer specs use Keras argument names; the head (num_classes logits, float32) is added."""
 
     name: str = "custom"                 # recorded in report.json and HParams
     layers: List[Dict[str, Any]] = field(default_factory=list)  # layer specs, each {type: NAME, ...}
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)  # a pretrained backbone first; see its fields
 
 
 @dataclass

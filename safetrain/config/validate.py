@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from models.backbones import BACKBONES, CHANNELS, parse_backbone
 from models.shapes import ModelPlan, infer
 from models.parse import parse_layers
 from safetrain.cluster import current_task
-from safetrain.config.schema import Config, Mode, Monitor, OnOom, Schedule, Source, StrategyKind
+from safetrain.config.schema import Config, Mode, Monitor, Normalization, OnOom, Schedule, Source, StrategyKind
 from safetrain.errors import ConfigError
 from safetrain.optimizers import LOSS_ENCODING, LOSSES, OPTIMIZERS
 
@@ -86,9 +87,91 @@ def validate(cfg: Config) -> ModelPlan:
             f"{wanted} ones (Keras reports this as a rank mismatch inside the first step).",
             hint=f"set trainer.loss={other}, or dataset.label_encoding={wanted}",
             config_key="trainer.loss")
-    layers = parse_layers(cfg.model.layers)
+    backbone = _check_backbone(cfg)
+    layers = parse_layers(cfg.model.layers) if cfg.model.layers or backbone is None else []
     # The head size does not change whether the body fits; the real count comes from the data.
-    return infer(layers, (d.image.height, d.image.width, d.image.channels), d.num_classes or 2)
+    return infer(layers, (d.image.height, d.image.width, d.image.channels), d.num_classes or 2, backbone=backbone)
+
+
+def _check_backbone(cfg: Config):
+    """model.backbone: a registered name, weights that can be read, a fine-tune schedule that fits
+    the run, and the backbone's input contract on dataset.image. `normalization: backbone` is
+    resolved here to what the weights expect, so the pipeline, the export and the run spec all see
+    the concrete normalization."""
+    b, image = cfg.model.backbone, cfg.dataset.image
+
+    def refuse(message: str, hint: str, key: str) -> None:
+        raise ConfigError(message, hint=hint, config_key=key)
+
+    if b.name is None:
+        if image.normalization is Normalization.backbone:
+            refuse("dataset.image.normalization=backbone means \"what the backbone's weights expect\", and "
+                   "model.backbone.name is null (no backbone).",
+                   f"set model=backbone (or model.backbone.name=one of: {', '.join(BACKBONES.names())}), or "
+                   "dataset.image.normalization=scale_0_1", "dataset.image.normalization")
+        for key in ("fine_tune_from_epoch", "fine_tune_learning_rate", "fine_tune_blocks"):
+            if getattr(b, key) is not None:
+                refuse(f"model.backbone.{key} is set, and model.backbone.name is null (no backbone to fine-tune).",
+                       f"set model.backbone.name, or model.backbone.{key}=null", f"model.backbone.{key}")
+        if b.trainable:
+            refuse("model.backbone.trainable=true, and model.backbone.name is null (no backbone).",
+                   "set model.backbone.name, or model.backbone.trainable=false", "model.backbone.trainable")
+        return None
+    entry = BACKBONES.get(b.name)
+    if b.weights not in (None, "imagenet"):
+        path = Path(b.weights).expanduser().resolve()
+        if not path.is_file():
+            refuse(f"model.backbone.weights={b.weights} ({path}) is not a file. It must be imagenet, null (random "
+                   f"initialization) or a weights file for {entry.name} (.h5 or .weights.h5).",
+                   "point model.backbone.weights at the file (e.g. the one Keras caches in ~/.keras/models), or set "
+                   "model.backbone.weights=imagenet", "model.backbone.weights")
+        if not path.name.endswith(".h5"):
+            refuse(f"model.backbone.weights={b.weights}: Keras loads backbone weights from .h5 files (legacy "
+                   f"ImageNet downloads) or .weights.h5 files (model.save_weights); this is neither.",
+                   "convert it with keras: model.save_weights('backbone.weights.h5'), or set "
+                   "model.backbone.weights=imagenet", "model.backbone.weights")
+        b.weights = str(path)
+    if image.channels != CHANNELS:
+        refuse(f"model.backbone.name={entry.name} takes {CHANNELS}-channel RGB images (an ImageNet stem), and "
+               f"dataset.image.channels={image.channels}.",
+               "set dataset.image.channels=3 dataset.channel_policy=convert (gray images are repeated to RGB)",
+               "dataset.image.channels")
+    if min(image.height, image.width) < entry.min_size:
+        refuse(f"model.backbone.name={entry.name} needs inputs of at least {entry.min_size}x{entry.min_size}, and "
+               f"dataset.image is {image.height}x{image.width}.",
+               f"set dataset.image.height={entry.min_size * 2} dataset.image.width={entry.min_size * 2} "
+               f"dataset.resize=bilinear (its weights were trained at {entry.preferred_size}x{entry.preferred_size})",
+               "dataset.image.height")
+    if image.normalization is Normalization.backbone:
+        image.normalization = Normalization(entry.normalization)
+    elif image.normalization.value != entry.normalization:
+        refuse(f"dataset.image.normalization={image.normalization.value} conflicts with model.backbone.name="
+               f"{entry.name}, which expects {entry.normalization} ({entry.preprocessing}); the run would train, "
+               f"silently worse.",
+               f"set dataset.image.normalization=backbone (or {entry.normalization})", "dataset.image.normalization")
+    epochs = cfg.trainer.epochs
+    if b.fine_tune_from_epoch is not None:
+        if b.trainable:
+            refuse(f"model.backbone.trainable=true trains the backbone from the first step, and "
+                   f"model.backbone.fine_tune_from_epoch={b.fine_tune_from_epoch} says to keep it frozen until then.",
+                   "choose one: model.backbone.trainable=false with fine_tune_from_epoch, or fine_tune_from_epoch=null",
+                   "model.backbone.fine_tune_from_epoch")
+        if not 2 <= b.fine_tune_from_epoch <= epochs:
+            refuse(f"model.backbone.fine_tune_from_epoch={b.fine_tune_from_epoch} must be an epoch of this run after "
+                   f"the first: 2..{epochs} (trainer.epochs={epochs}).",
+                   f"set model.backbone.fine_tune_from_epoch={max(2, epochs // 2)}" +
+                   (", or model.backbone.trainable=true" if b.fine_tune_from_epoch <= 1 else ""),
+                   "model.backbone.fine_tune_from_epoch")
+    if not (b.trainable or b.fine_tune_from_epoch is not None):
+        for key in ("fine_tune_learning_rate", "fine_tune_blocks"):
+            if getattr(b, key) is not None:
+                refuse(f"model.backbone.{key} applies when the backbone trains, and it stays frozen "
+                       f"(model.backbone.trainable=false, fine_tune_from_epoch=null).",
+                       "set model.backbone.fine_tune_from_epoch=N (or trainable=true), or "
+                       f"model.backbone.{key}=null", f"model.backbone.{key}")
+    _positive("model.backbone.fine_tune_learning_rate", b.fine_tune_learning_rate, allow_none=True)
+    _positive("model.backbone.fine_tune_blocks", b.fine_tune_blocks, allow_none=True)
+    return parse_backbone(b)
 
 
 def _check_cluster(cfg: Config) -> None:
