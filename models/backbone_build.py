@@ -42,7 +42,24 @@ def build_backbone(spec: BackboneSpec, input_shape: tuple[int, int, int]) -> ker
     model = ctor(weights=None, **kwargs)
     if spec.weights is not None:
         load_weights_file(model, spec, Path(spec.weights))
+    else:
+        _scratch_momentum(model)
     return model
+
+
+SCRATCH_BN_MOMENTUM = 0.9
+
+
+def _scratch_momentum(model: keras.Model) -> None:
+    """From scratch (weights=null) BatchNorm's moving statistics start at mean 0, variance 1 and must
+    learn the data's; Keras Applications set momentum 0.99-0.999 (for fine-tuning ImageNet
+    statistics), at which a few hundred steps leave evaluation at chance while training accuracy
+    is high. Measured on 120 generated 3-class colour images, mobilenet_v3_small, Adam 1e-3,
+    batch 32: inference-mode accuracy after 30/60/90/120 steps was 0.33/0.33/0.33/0.33 at Keras'
+    momentum and 0.33/0.99/1.00/1.00 at 0.9."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.momentum > SCRATCH_BN_MOMENTUM:
+            layer.momentum = SCRATCH_BN_MOMENTUM
 
 
 def backbone_of(model: keras.Model) -> keras.Model | None:

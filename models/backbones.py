@@ -61,18 +61,18 @@ def _add(entry: Backbone) -> None:
 
 
 # Numbers: scripts/bench_backbones.py --record (see the module docstring).
-_add(Backbone("mobilenet_v3_small", "MobileNetV3Small", 576, 939_120, 119_620_096, "scale_0_255",
-              f"MobileNetV3: {_BUILT_IN}", r"^(expanded_conv(?:_\d+)?)_", bf16_speedup=0.0))
-_add(Backbone("mobilenet_v3_large", "MobileNetV3Large", 960, 2_996_352, 433_565_952, "scale_0_255",
-              f"MobileNetV3: {_BUILT_IN}", r"^(expanded_conv(?:_\d+)?)_", bf16_speedup=0.0))
-_add(Backbone("efficientnet_v2_b0", "EfficientNetV2B0", 1280, 5_919_312, 1_434_000_000, "scale_0_255",
-              f"EfficientNetV2: {_BUILT_IN}", r"^(block\d+[a-z])_", bf16_speedup=0.0))
-_add(Backbone("resnet50_v2", "ResNet50V2", 2048, 23_564_800, 6_970_000_000, "minus_one_one",
+_add(Backbone("mobilenet_v3_small", "MobileNetV3Small", 576, 939_120, 116_010_184, "scale_0_255",
+              f"MobileNetV3: {_BUILT_IN}", r"^(expanded_conv(?:_\d+)?)_", bf16_speedup=0.58))
+_add(Backbone("mobilenet_v3_large", "MobileNetV3Large", 960, 2_996_352, 443_544_152, "scale_0_255",
+              f"MobileNetV3: {_BUILT_IN}", r"^(expanded_conv(?:_\d+)?)_", bf16_speedup=0.64))
+_add(Backbone("efficientnet_v2_b0", "EfficientNetV2B0", 1280, 5_919_312, 1_455_315_507, "scale_0_255",
+              f"EfficientNetV2: {_BUILT_IN}", r"^(block\d+[a-z])_", bf16_speedup=0.81))
+_add(Backbone("resnet50_v2", "ResNet50V2", 2048, 23_564_800, 6_988_373_632, "minus_one_one",
               "ResNet50V2: no preprocessing layer inside; the weights expect pixels scaled to [-1, 1] "
-              "(resnet_v2.preprocess_input, 'tf' mode)", r"^(conv\d+_block\d+)_", bf16_speedup=0.0))
-_add(Backbone("convnext_tiny", "ConvNeXtTiny", 768, 27_820_128, 8_910_000_000, "scale_0_255",
+              "(resnet_v2.preprocess_input, 'tf' mode)", r"^(conv\d+_block\d+)_", bf16_speedup=1.36))
+_add(Backbone("convnext_tiny", "ConvNeXtTiny", 768, 27_820_128, 8_757_039_959, "scale_0_255",
               "ConvNeXt: its own Normalization layer inside the model expects raw pixels in [0, 255] "
-              "(ImageNet mean/std applied there)", r"^(convnext_tiny_stage_\d+_block_\d+)_", bf16_speedup=0.0))
+              "(ImageNet mean/std applied there)", r"^(convnext_tiny_stage_\d+_block_\d+)_", bf16_speedup=1.0))
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,7 @@ class BackboneSpec:
     trainable: bool              # trains from the first step
     fine_tune_from_epoch: int | None
     fine_tune_blocks: int | None
+    fine_tune_learning_rate: float | None = None
 
     def state(self) -> str:
         part = f"top {self.fine_tune_blocks} blocks" if self.fine_tune_blocks else "all"
@@ -138,4 +139,5 @@ def parse_backbone(cfg) -> BackboneSpec | None:
     entry = BACKBONES.get(cfg.name)
     pooling = getattr(cfg.pooling, "value", cfg.pooling)
     return BackboneSpec(entry=entry, weights=cfg.weights, pooling=pooling, trainable=cfg.trainable,
-                        fine_tune_from_epoch=cfg.fine_tune_from_epoch, fine_tune_blocks=cfg.fine_tune_blocks)
+                        fine_tune_from_epoch=cfg.fine_tune_from_epoch, fine_tune_blocks=cfg.fine_tune_blocks,
+                        fine_tune_learning_rate=cfg.fine_tune_learning_rate)

@@ -95,12 +95,16 @@ def build_model(plan: ModelPlan, input_dtype: str = "float32", seed: int | None 
     shape = tuple(plan.input_shape)
     rows = plan.rows[1:]
     if plan.backbone is not None:
-        # training=False always: BatchNorm inside uses its moving statistics and never updates them,
-        # frozen or fine-tuned (the Keras transfer-learning guide's rule); safetrain.fine_tune
-        # decides which of its weights train.
+        # Pretrained weights: training=False always, so BatchNorm inside uses its moving statistics
+        # and never updates them, frozen or fine-tuned (the Keras transfer-learning guide's rule).
+        # From scratch (weights=null) there are no statistics to keep: BatchNorm learns them as in
+        # any model (a frozen Keras 3 BatchNorm runs in inference mode by itself).
+        # safetrain.fine_tune decides which of its weights train.
         backbone = build_backbone(plan.backbone, shape)
         set_trainable(backbone, plan.backbone, plan.backbone.trainable_in(1))
-        x, shape, rows = backbone(x, training=False), rows[0].shape, rows[1:]
+        pretrained = plan.backbone.weights is not None
+        x = backbone(x, training=False) if pretrained else backbone(x)
+        shape, rows = rows[0].shape, rows[1:]
     for spec, row in zip(plan.layers, rows):
         layer = _keras_layer(spec, seed, shape)
         y = preflight.call_layer(spec, layer, x, shape)

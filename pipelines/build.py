@@ -53,6 +53,7 @@ class Datasets:
     sampling: str = "shuffle"       # dataset.sampling: how training examples are drawn
     report: dict = field(default_factory=dict)   # the source's findings for report.json `data`
     events: list[DataEvent] = field(default_factory=list)  # and for errors.jsonl
+    preprocessing: str | None = None  # why this normalization (a backbone's input contract), for the export too
 
     def model_input(self, image: tf.Tensor) -> tf.Tensor:
         """One raw image as the training pipeline delivers it: adapters, normalization, dtype."""
@@ -62,6 +63,8 @@ class Datasets:
     def describe(self) -> str:
         """The `pipeline/spec` text: source, scan findings, adapters, model input, split sizes."""
         lines = list(self.notes) + list(self.plan.steps)
+        if self.preprocessing:
+            lines.append(f"preprocessing: {self.preprocessing}")
         lines += [f"split {k}: {v} examples" for k, v in self.counts.items()]
         if self.bad:
             lines.append(f"bad examples: {len(self.bad)} (listed in errors.jsonl)")

@@ -192,6 +192,10 @@ class GradientProbe(BaseAction):
     def active(self) -> bool:
         return self.left > 0
 
+    def restart(self, variable_paths: list[str]) -> None:
+        """Probe again over new trainable variables (a backbone unfrozen for fine-tuning)."""
+        self.variable_paths, self.left, self._largest = variable_paths, self.steps, None
+
     def after_step(self, end: StepEnd) -> None:
         if not self.active:
             return

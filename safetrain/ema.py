@@ -14,19 +14,22 @@ import tensorflow as tf
 
 
 class EmaWeights:
-    def __init__(self, optimizer) -> None:
-        self.optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # under a LossScaleOptimizer
-        if not getattr(self.optimizer, "use_ema", False):
-            raise ValueError("EmaWeights needs an optimizer built with use_ema=True")
+    def __init__(self, *optimizers) -> None:
+        """One optimizer per group of variables (the model's, a fine-tuned backbone's); each keeps
+        the average of the variables it updates. A backbone's optimizer that has not stepped yet
+        holds the frozen weights themselves, so swapping them is exact too."""
+        self.optimizers = [getattr(o, "inner_optimizer", o) for o in optimizers]  # under a LossScaleOptimizer
+        if not all(getattr(o, "use_ema", False) for o in self.optimizers):
+            raise ValueError("EmaWeights needs optimizers built with use_ema=True")
         self.in_model = False  # True while the model holds the average (and the optimizer the weights)
 
     def use(self, average: bool) -> None:
         """Put the average into the model (True) or the trained weights back (False); idempotent."""
         if average == self.in_model:
             return
-        pairs = zip(self.optimizer._trainable_variables, self.optimizer._model_variables_moving_average)
-        for variable, mean in pairs:
-            held = tf.identity(variable.value)
-            variable.assign(mean.value)
-            mean.assign(held)
+        for optimizer in self.optimizers:
+            for variable, mean in zip(optimizer._trainable_variables, optimizer._model_variables_moving_average):
+                held = tf.identity(variable.value)
+                variable.assign(mean.value)
+                mean.assign(held)
         self.in_model = average

@@ -59,6 +59,7 @@ def export(model, data: Datasets, cfg: DatasetConfig, directory: Path) -> dict:
     tf.saved_model.save(serving, str(directory), signatures={"serving_default": serving.classify})
     info = {"path": str(directory), "input": "encoded image files (PNG, JPEG, BMP, GIF), any size",
             "model_input": data.spec.describe(), "classes": data.source.names(),
+            "preprocessing": data.preprocessing or f"normalization {data.spec.normalization} (dataset.image)",
             "resize": cfg.resize.value, "channel_policy": cfg.channel_policy.value,
             # the signature decodes as TensorFlow does (no EXIF); safetrain.predict turns photos upright first
             "exif_orientation": cfg.exif_orientation.value}

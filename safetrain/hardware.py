@@ -93,11 +93,15 @@ def detect_devices() -> list[Device]:
     return devices
 
 
-def choose_precision(devices: list[Device], requested: Precision, recurrent: bool = False) -> tuple[str, str]:
+def choose_precision(devices: list[Device], requested: Precision, recurrent: bool = False,
+                     backbone=None) -> tuple[str, str]:
     """Return (keras policy name, reason). Refuse explicit policies the devices cannot run.
 
     `recurrent`: the model has LSTM/GRU layers, which measured no faster and less accurate in
-    bfloat16 on CPU, so `auto` keeps them in float32 there."""
+    bfloat16 on CPU, so `auto` keeps them in float32 there. `backbone` (models.backbones.
+    BackboneSpec): on a CPU, `auto` follows its measured bfloat16 speedup; a backbone that trains
+    cannot share float16's loss scaling with the head's optimizer (each optimizer would scale on
+    its own), so float16 is refused for it and `auto` does not pick it."""
     gpus = [d for d in devices if d.kind == "GPU"]
     tpus = [d for d in devices if d.kind == "TPU"]
     cpu_bf16 = any(d.features & CPU_BF16_FLAGS for d in devices if d.kind == "CPU")
@@ -106,6 +110,13 @@ def choose_precision(devices: list[Device], requested: Precision, recurrent: boo
 
     if requested is Precision.float32:
         return "float32", "requested hardware.precision=float32"
+    trains_backbone = backbone is not None and backbone.trains_ever()
+    if requested is Precision.mixed_float16 and trains_backbone:
+        raise HardwareError(
+            f"hardware.precision=mixed_float16 needs loss scaling, and the backbone {backbone.entry.name} trains "
+            f"with its own optimizer (model.backbone.trainable / fine_tune_from_epoch), which safetrain does not "
+            f"loss-scale.", hint="set hardware.precision=mixed_bfloat16 (GPUs >= 8.0) or float32, or keep the "
+            "backbone frozen", config_key="hardware.precision")
     if requested is Precision.mixed_float16:
         if gpus and all(d.tensor_cores for d in gpus):
             return "mixed_float16", "requested; every GPU has float16 tensor cores (compute capability >= 7.0)"
@@ -130,6 +141,9 @@ def choose_precision(devices: list[Device], requested: Precision, recurrent: boo
         return "mixed_bfloat16", "auto: TPU present"
     if gpus and min(caps) >= (8, 0):
         return "mixed_bfloat16", "auto: every GPU has compute capability >= 8.0 (bfloat16 needs no loss scaling)"
+    if gpus and all(d.tensor_cores for d in gpus) and trains_backbone:
+        return "float32", ("auto: the GPUs' float16 needs loss scaling, which a fine-tuned backbone's own optimizer "
+                           "does not get, and bfloat16 needs compute capability >= 8.0")
     if gpus and all(d.tensor_cores for d in gpus):
         return "mixed_float16", "auto: every GPU has float16 tensor cores (compute capability >= 7.0)"
     if gpus:
@@ -138,6 +152,13 @@ def choose_precision(devices: list[Device], requested: Precision, recurrent: boo
     if cpu_bf16 and recurrent:
         return "float32", ("auto: no GPU; the CPU has native bfloat16, but recurrent layers measured no "
                            "faster and less accurate in mixed_bfloat16 (request it to try)")
+    if cpu_bf16 and backbone is not None:
+        speedup, name = backbone.entry.bf16_speedup, backbone.entry.name
+        measured = (f"mixed_bfloat16 measured {speedup:.2f}x float32's training examples/s for {name} at batch 32, "
+                    f"128x128 (scripts/bench_backbones.py)")
+        if speedup >= 1.1:
+            return "mixed_bfloat16", f"auto: no GPU; the CPU has native bfloat16 (AVX512_BF16/AMX), and {measured}"
+        return "float32", f"auto: no GPU; the CPU has native bfloat16, but {measured} (request it to try)"
     if cpu_bf16:
         # Measured (README, "Precision"): 1.69x the float32 examples/s on fashion_mnist_cnn, same accuracy.
         return "mixed_bfloat16", ("auto: no GPU; the CPU has native bfloat16 (AVX512_BF16/AMX), where "

@@ -52,14 +52,18 @@ class TrainLoop:
                  probe: GradientProbe | None = None, timer: StepTimer | None = None,
                  progress: Progress | None = None,
                  started: float | None = None, clock: Callable[[], float] = time.perf_counter,
-                 guard: SignalGuard | None = None, context: Context | None = None) -> None:
+                 guard: SignalGuard | None = None, context: Context | None = None,
+                 steps_for_epoch: Callable[[int], Any] | None = None) -> None:
         """`steps`: `train(iterator)`, `train_probe(iterator)`, `eval(images, labels)` and
         `missing_gradients_error()` (safetrain.steps.Steps). `train_batches(epoch, skip)`: the
         epoch's training batches after the first `skip`, ready for `steps.train`.
         `actions` run in order after each step and epoch; put checkpointing last, so it saves what
         the others decided. `probe`, when given, is one of the actions: while it is active the
         loop runs the probing step. `timer` measures the steps (its warmup should cover every traced
-        step); `started`: when the run began (time to first step)."""
+        step); `started`: when the run began (time to first step). `steps_for_epoch(epoch)`, when
+        given, returns the step functions for that epoch (a backbone frozen in the first epochs and
+        fine-tuned from a later one trains different variables); it is asked before each epoch,
+        also the one a resume starts in."""
         self.steps = steps
         self.train_batches = train_batches
         self.distribute = distribute
@@ -76,6 +80,7 @@ class TrainLoop:
         self.timer = timer or StepTimer()
         self.result = LoopResult()
         self.context = context or Context()  # phase and step, for diagnosing an error raised here
+        self.steps_for_epoch = steps_for_epoch
 
     def run(self) -> LoopResult:
         cfg, result = self.cfg, self.result
@@ -118,6 +123,8 @@ class TrainLoop:
     def _train_epoch(self, epoch: int, skip: int) -> tuple[Totals, int, bool]:
         """Returns the epoch's totals, the batches done in it, and whether it ran to the end."""
         result = self.result
+        if self.steps_for_epoch is not None:
+            self.steps = self.steps_for_epoch(epoch)
         iterator = iter(self.train_batches(epoch, skip))
         totals = Totals()
         self.progress.start_epoch(epoch, self.cfg.epochs, self.steps_per_epoch)

@@ -25,12 +25,14 @@ class Position:
 class LayerRef:
     """A model layer as the user knows it."""
 
-    index: int
+    index: int          # position in model.layers; -1 for a pretrained backbone (model.backbone)
     label: str          # e.g. "conv2d 32, 3x3, ..." (the shape table's wording)
     config_key: str     # e.g. "model.layers[3]"
     class_name: str = ""
 
     def describe(self) -> str:
+        if self.index < 0:
+            return f"the {self.label} (config {self.config_key})"
         return f"model layer {self.index} ({self.label}, config {self.config_key})"
 
 

@@ -27,7 +27,7 @@ class Steps:
     def __init__(self, *, strategy, model, optimizer, loss_fn, eval_spec,
                  jit_compile: bool = False, guard_updates: bool = False, time_input: bool = True,
                  on_missing_gradients: Callable[[list[str]], Exception] | None = None,
-                 class_weights: list[float] | None = None) -> None:
+                 class_weights: list[float] | None = None, fine_tune=None) -> None:
         """`eval_spec`: the distributed eval dataset's element spec (a fixed signature, so the
         last, smaller eval batch does not retrace). With `jit_compile` only the per-replica
         computation is compiled: XLA cannot compile the iterator's `next`.
@@ -36,7 +36,11 @@ class Steps:
         dead-gradient check over the first steps; `on_missing_gradients(paths)` builds the error
         for trainable variables that get no gradient at all (see missing_gradients_error).
         `time_input=False` leaves out the timestamps (op determinism refuses `tf.timestamp`);
-        `input_wait_s` is then -1."""
+        `input_wait_s` is then -1.
+
+        `fine_tune`: (optimizer, variables) — the backbone's own optimizer and the variables it
+        updates (safetrain.fine_tune); every other trainable variable goes to `optimizer`. Which
+        variables are trainable is read once here, so each freeze state gets its own Steps."""
         self.strategy = strategy
         self.model = model
         self.optimizer = optimizer
@@ -49,6 +53,8 @@ class Steps:
         self.on_missing_gradients = on_missing_gradients
         self.missing_gradients: list[str] = []
         self.variable_paths = [v.path for v in model.trainable_variables]
+        self.fine_tune_optimizer = fine_tune[0] if fine_tune else None
+        self._fine_tune_ids = frozenset(id(v) for v in fine_tune[1]) if fine_tune else frozenset()
         self._replica_steps = {}
         for probe in (False, True):
             step = functools.partial(self._replica_train, probe=probe)
@@ -106,7 +112,7 @@ class Steps:
         if self.guard_updates:
             tf.cond(finite, lambda: self._apply(grads, variables), tf.no_op)
         else:
-            optimizer.apply_gradients(zip(grads, variables))
+            self._apply(grads, variables)
         out = {"loss_sum": tf.reduce_sum(tf.cast(per_example, tf.float32)),
                "correct": _correct(labels, logits),
                "count": tf.shape(labels)[0],
@@ -124,7 +130,11 @@ class Steps:
         return ValueError(f"no gradient for {self.missing_gradients}")
 
     def _apply(self, grads, variables):
-        self.optimizer.apply_gradients(zip(grads, variables))
+        pairs = list(zip(grads, variables))
+        tuned = [(g, v) for g, v in pairs if id(v) in self._fine_tune_ids]
+        self.optimizer.apply_gradients([(g, v) for g, v in pairs if id(v) not in self._fine_tune_ids])
+        if tuned:
+            self.fine_tune_optimizer.apply_gradients(tuned)
         return tf.no_op()
 
     def _eval(self, images, labels):

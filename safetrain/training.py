@@ -27,7 +27,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from models import gradients
-from models.build import build_model
+from models.backbone_build import backbone_of
+from models.build import build_model, layer_name
 from models.shapes import ModelPlan, infer
 from pipelines.build import Datasets, build_datasets
 from pipelines.scan import bad_examples_error
@@ -36,6 +37,7 @@ from safetrain.actions import (Evaluate, GradientProbe, LogScalars, ReducePlatea
                                SwitchWeights)
 from safetrain.best import BestState
 from safetrain.ema import EmaWeights
+from safetrain.fine_tune import FineTune
 from safetrain.checkpoints import Checkpoints
 from safetrain.cluster import ClusterTask, current_task, wait_for_peers
 from safetrain.config.schema import BadExamplePolicy, Config, Mode, OnDeadGradient, OnNan, OnOom
@@ -43,7 +45,7 @@ from safetrain.config.validate import best_mode
 from safetrain.diagnosis import diagnose
 from safetrain.facts import is_safetrain_bug
 from safetrain.env_report import env_text, versions
-from safetrain.errors import ErrorKind, GraphError, NanStop, NumericsError, SafetrainError, SpecError
+from safetrain.errors import ErrorKind, GraphError, HardwareError, NanStop, NumericsError, SafetrainError, SpecError
 from safetrain.export import export
 from safetrain.hardware import Device, choose_precision, detect_devices, make_strategy, split_cpu
 from safetrain.loop import TrainLoop
@@ -85,6 +87,7 @@ class Built:
     layers: dict[str, LayerRef]  # Keras layer name -> the config entry it came from
     schedule: schedules.Plan     # the learning rate over the steps
     recipe: str                  # optimizer, learning-rate schedule, weight decay, label smoothing, in words
+    fine_tune: FineTune | None = None  # a backbone that trains (from the start or a later epoch)
 
 
 def train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard | None = None,
@@ -130,6 +133,11 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
         tf.config.experimental.enable_op_determinism()
 
     data = _data(cfg, hardware.cluster)
+    if plan.backbone is not None:
+        entry = plan.backbone.entry
+        data.preprocessing = (f"for backbone {entry.name}, pixels from [{data.source.value_range[0]:g}, "
+                              f"{data.source.value_range[1]:g}] mapped as dataset.image.normalization="
+                              f"{data.spec.normalization}: {entry.preprocessing}")
     _record_data(record, cfg, data)
     _check_data(cfg, data)
     class_weights = _class_weights(cfg, data)
@@ -140,7 +148,7 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
         log.info("class weights (dataset.class_weights: %s): %s", how,
                  ", ".join(f"{name} {w:.3g}" for name, w in zip(names, class_weights)))
 
-    plan = infer(list(plan.layers), data.spec.shape, data.source.num_classes)  # for the real input
+    plan = infer(list(plan.layers), data.spec.shape, data.source.num_classes, backbone=plan.backbone)  # real input
     _record_plan(record, cfg, plan)
     context.phase, context.input_spec = "build", data.spec.describe()
     built = _model(cfg, plan, data, hardware)
@@ -162,7 +170,7 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
                     jit_compile=t.jit_compile, guard_updates=t.on_nan is OnNan.skip_step,
                     time_input=not t.deterministic,
                     on_missing_gradients=lambda paths: _gradient_error(built.plan, paths, ErrorKind.missing_gradient),
-                    class_weights=class_weights)
+                    class_weights=class_weights, **(built.fine_tune.steps_args() if built.fine_tune else {}))
         return Steps(**{**args, **overrides})
 
     def train_batches(epoch: int, skip: int):
@@ -174,23 +182,27 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
     plateau_state = plateau.trackables() if plateau else {}
     with strategy.scope():  # the best epoch's record (and weights): chosen on the eval split only
         best = BestState(model, keep_weights=selection.keep) if data.eval is not None else None
+    tuned = built.fine_tune
     checkpoints = Checkpoints(checkpoint_dir, model, optimizer, writer=hardware.cluster is None or
                               hardware.cluster.is_chief, batch_size=t.batch_size,
                               run_spec=_run_spec(cfg, data.source.num_classes, selection),
-                              extra={**(best.trackables() if best else {}), **plateau_state})
-    steps = make_steps()
+                              extra={**(best.trackables() if best else {}), **plateau_state,
+                                     **({"fine_tune_optimizer": tuned.optimizer} if tuned else {})})
+    steps = tuned.steps_for(1, make_steps, on_switch=lambda _: None) if tuned else make_steps()
     clock, progress = time.perf_counter, Progress()
     probe = GradientProbe(steps.variable_paths, lambda paths, step: _dead_gradients(built.plan, paths, step, t, record))
+    steps_for_epoch = (lambda epoch: tuned.steps_for(epoch, make_steps, lambda new: probe.restart(new.variable_paths))) \
+        if tuned else None
     # Steady-state timing starts after the last traced step: the probe's steps, then the plain one.
     timer = StepTimer(warmup_steps=probe.steps + 1)
     loop = TrainLoop(steps=steps, train_batches=train_batches, distribute=strategy.experimental_distribute_dataset,
                      cfg=t, record=record, checkpoints=checkpoints, steps_per_epoch=data.steps_per_epoch,
                      probe=probe, timer=timer, progress=progress, started=started, clock=clock, guard=guard,
-                     context=context)
+                     context=context, steps_for_epoch=steps_for_epoch)
     evaluation = Evaluate(loop.evaluate, data.eval, record) if data.eval is not None else None
     choose = SelectBest(evaluation, best, selection.metric, selection.higher, selection.min_delta,
                         selection.patience) if best else None
-    ema = EmaWeights(optimizer) if t.ema is not None else None
+    ema = EmaWeights(optimizer, *([tuned.optimizer] if tuned else [])) if t.ema is not None else None
     # The rate the logged step used (the optimizer has already counted that step).
     used_rate = lambda: schedules.value_at(built.schedule.learning_rate, optimizer.iterations - 1)  # noqa: E731
     # In this order: the eval result (of the moving average, with trainer.ema) feeds the selection,
@@ -246,7 +258,7 @@ def _hardware(cfg: Config, plan: ModelPlan) -> Hardware:
         split_cpu(cfg.hardware.logical_cpus)
     devices = detect_devices()
     recurrent = any(layer.type in ("lstm", "gru", "bidirectional") for layer in plan.layers)
-    policy, reason = choose_precision(devices, cfg.hardware.precision, recurrent=recurrent)
+    policy, reason = choose_precision(devices, cfg.hardware.precision, recurrent=recurrent, backbone=plan.backbone)
     keras.mixed_precision.set_global_policy(policy)  # always set: a multirun may share one process
     cluster = current_task()
     if cluster is not None:
@@ -320,13 +332,25 @@ def _model(cfg: Config, plan: ModelPlan, data: Datasets, hardware: Hardware) -> 
     with hardware.strategy.scope():
         schedule = schedules.learning_rate(o, data.steps_per_epoch, total_steps)
         model = build_model(plan, input_dtype=data.spec.dtype, seed=t.seed)
-        optimizer = OPTIMIZERS.get(o.name)(schedule.learning_rate, o.clipnorm, o.weight_decay, t.ema)
-        undecayed = exclude_one_dimensional(optimizer, model.trainable_variables)
+        make_optimizer = lambda rate: OPTIMIZERS.get(o.name)(rate, o.clipnorm, o.weight_decay, t.ema)  # noqa: E731
+        tuned = None
+        if plan.backbone is not None and plan.backbone.trains_ever():
+            tuned = FineTune.build(plan.backbone, backbone_of(model), make_optimizer, schedule.learning_rate,
+                                   o.learning_rate, schedule.describe)
+            exclude_one_dimensional(tuned.optimizer, tuned.variables)
+        tuned_ids = {id(v) for v in tuned.variables} if tuned else set()
+        own = [v for v in model.trainable_variables if id(v) not in tuned_ids]  # the head's optimizer's
+        optimizer = make_optimizer(schedule.learning_rate)
+        undecayed = exclude_one_dimensional(optimizer, own)
         if hardware.policy == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         # Slots must exist before the first step under a strategy, and before a restore.
-        optimizer.build(model.trainable_variables)
+        optimizer.build(own)
     recipe = f"{o.name}, learning rate {schedule.describe}"
+    if plan.backbone is not None:
+        recipe += f"; {tuned.describe()}" if tuned else (f"; backbone {plan.backbone.entry.name} frozen (its weights "
+                                                         f"are meant to get no update; the gradient checks leave "
+                                                         f"them out)")
     if o.weight_decay:
         recipe += f", weight decay {o.weight_decay:g} (not on the {undecayed} 1-D weights: biases, normalization)"
     if t.label_smoothing:
@@ -339,7 +363,7 @@ def _model(cfg: Config, plan: ModelPlan, data: Datasets, hardware: Hardware) -> 
                         "mostly the early weights; lower trainer.ema (e.g. %g)", t.ema, round(horizon), steps,
                         max(0.5, round(1 - 10 / steps, 4)))
     return Built(plan=plan, model=model, optimizer=optimizer, layers=_layer_refs(plan, model),
-                 schedule=schedule, recipe=recipe)
+                 schedule=schedule, recipe=recipe, fine_tune=tuned)
 
 
 # --- recording: each setup result is written once, here -----------------------------------------
@@ -512,7 +536,20 @@ def _run_spec(cfg: Config, num_classes: int, selection: Selection) -> dict:
             "dataset.image.height": image.height, "dataset.image.width": image.width,
             "dataset.image.channels": image.channels, "dataset.image.normalization": image.normalization.value,
             "dataset.num_classes": num_classes, "dataset.label_encoding": cfg.dataset.label_encoding.value,
-            "model.layers": json.dumps(cfg.model.layers, sort_keys=True, default=str)}
+            "model.layers": json.dumps(cfg.model.layers, sort_keys=True, default=str),
+            **_backbone_spec(cfg)}
+
+
+def _backbone_spec(cfg: Config) -> dict:
+    """The backbone settings a resume must keep (recorded only with a backbone, so run dirs of
+    models without one resume as before)."""
+    b = cfg.model.backbone
+    if b.name is None:
+        return {}
+    return {"model.backbone.name": b.name, "model.backbone.pooling": b.pooling.value,
+            "model.backbone.trainable": b.trainable, "model.backbone.fine_tune_from_epoch": b.fine_tune_from_epoch,
+            "model.backbone.fine_tune_blocks": b.fine_tune_blocks,
+            "model.backbone.fine_tune_learning_rate": b.fine_tune_learning_rate}
 
 
 def _halved(cfg: Config, error: SafetrainError) -> Config | None:
@@ -529,8 +566,13 @@ def _halved(cfg: Config, error: SafetrainError) -> Config | None:
 def _layer_refs(plan: ModelPlan, model) -> dict[str, LayerRef]:
     """Keras layer name -> the config entry it came from, for naming layers in diagnoses."""
     refs = {}
-    for spec, layer in zip(plan.layers, model.layers[1:]):
-        refs[layer.name] = LayerRef(spec.index, spec.label(), spec.key, type(layer).__name__)
+    specs = {layer_name(spec): spec for spec in plan.layers}
+    for layer in model.layers[1:-1]:
+        spec = specs.get(layer.name)
+        if spec is not None:
+            refs[layer.name] = LayerRef(spec.index, spec.label(), spec.key, type(layer).__name__)
+        elif plan.backbone is not None:  # the one nested model: the backbone
+            refs[layer.name] = LayerRef(-1, plan.backbone.label(), "model.backbone.name", type(layer).__name__)
     head = model.layers[-1]
     refs[head.name] = LayerRef(len(plan.layers), f"head dense {plan.num_classes}", "dataset.num_classes", "Dense")
     return refs

@@ -146,8 +146,9 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
     notes = _summary(root, classes, files, good, ignored, hidden)
     notes += _missing_classes(found, membership, roles, classes, cfg.allow_missing_classes)
     notes.append(_scan_note(stats, home))
-    if plan.steps[2:]:
-        notes.append("adapted at the scan, cached as uint8: " + "; ".join(plan.steps[2:]))
+    adapters = plan.steps[2:-2]  # between the source/check lines and normalize/model input (done per batch)
+    if adapters:
+        notes.append("adapted at the scan, cached as uint8: " + "; ".join(adapters))
     found.report["scan"] = {**stats, "seconds": round(time.perf_counter() - started, 3), "cache_dir": str(home)}
 
     bad = [BadExample(split=f.split_dir, key=f.key, reason=f.problem) for f in files if f.problem]
