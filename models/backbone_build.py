@@ -62,6 +62,13 @@ def _scratch_momentum(model: keras.Model) -> None:
             layer.momentum = SCRATCH_BN_MOMENTUM
 
 
+def fetch_imagenet(spec: BackboneSpec, input_shape: tuple[int, int, int]) -> None:
+    """Download (or find in Keras' cache) the ImageNet weights now, by building the backbone once:
+    called before the data is read, so an offline run fails in seconds, not after a folder scan."""
+    if spec.weights == "imagenet":
+        build_backbone(spec, input_shape)
+
+
 def backbone_of(model: keras.Model) -> keras.Model | None:
     """The backbone inside a safetrain model: its one nested Keras model (a Functional layer)."""
     return next((layer for layer in model.layers if isinstance(layer, keras.Model)), None)

@@ -27,7 +27,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from models import gradients
-from models.backbone_build import backbone_of
+from models.backbone_build import backbone_of, fetch_imagenet
 from models.build import build_model, layer_name
 from models.shapes import ModelPlan, infer
 from pipelines.build import Datasets, build_datasets
@@ -132,6 +132,10 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
     if t.deterministic:
         tf.config.experimental.enable_op_determinism()
 
+    if plan.backbone is not None:  # before the data: offline, the download fails in seconds
+        context.phase = "build"
+        fetch_imagenet(plan.backbone, plan.input_shape)
+        context.phase = "data"
     data = _data(cfg, hardware.cluster)
     if plan.backbone is not None:
         entry = plan.backbone.entry

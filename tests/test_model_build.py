@@ -6,12 +6,11 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from models.presets import preset_layers
+from models.presets import layer_presets, preset_layers
 from models.shapes import infer
 from models.parse import parse_layers
-from safetrain.config import config_dir
 
-PRESETS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
+PRESETS = layer_presets()  # the backbone preset: tests/test_backbones.py
 
 
 @pytest.mark.parametrize("preset", PRESETS)
