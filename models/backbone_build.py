@@ -29,8 +29,14 @@ DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation; Keras' urlretrieve itself has
 
 
 def keras_cache_dir() -> Path:
-    """Where Keras caches downloaded weights (keras.utils.get_file's cache_subdir='models')."""
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "models"
+    """Where Keras caches downloaded weights: keras.utils.get_file's cache_subdir 'models' under
+    Keras' home (read from $KERAS_HOME when Keras was imported; /tmp/.keras if that is not writable)."""
+    from keras.src.backend import config
+
+    home = Path(config.keras_home()).expanduser()
+    if not os.access(home, os.W_OK):  # get_file's own fallback
+        home = Path("/tmp/.keras")
+    return home / "models"
 
 
 def build_backbone(spec: BackboneSpec, input_shape: tuple[int, int, int]) -> keras.Model:

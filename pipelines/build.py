@@ -85,16 +85,18 @@ def declared_spec(cfg: DatasetConfig) -> ImageSpec:
 
 
 def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, seed: int,
-                   source: Source | None = None, augment: AugmentConfig | None = None) -> Datasets:
+                   source: Source | None = None, augment: AugmentConfig | None = None,
+                   channels_why: str = "") -> Datasets:
     """`source` overrides the configured one (in-memory arrays from Python, tests). `augment`:
     what augments the training batches (pipelines.augment; eval and test never are).
+    `channels_why`: why the model needs dataset.image.channels (named in a channel error).
 
     Element order is always deterministic (parallel maps keep their order): resuming and the NaN
     replay depend on seeing the same batches at the same position, and reordering cheap maps
     buys nothing measurable (scripts/bench_pipeline.py)."""
     source = source or open_source(cfg)
     spec = declared_spec(cfg)
-    plan = plan_adapters(source.spec, spec, cfg.resize.value, cfg.channel_policy.value)
+    plan = plan_adapters(source.spec, spec, cfg.resize.value, cfg.channel_policy.value, channels_why)
     check_args = dict(value_range=source.spec.value_range, num_classes=source.spec.num_classes,
                       size=(spec.height, spec.width) if plan.check_size else None,
                       channels=spec.channels if plan.check_channels else None)

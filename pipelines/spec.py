@@ -97,8 +97,9 @@ _CONVERTIBLE = {(1, 3), (2, 3), (4, 3), (3, 1), (2, 1), (4, 1)}
 
 
 def plan_adapters(source: SourceSpec, declared: ImageSpec, resize: str,
-                  channel_policy: str) -> AdapterPlan:
-    """Check `source` + adapters == `declared`; raise SpecError naming both specs and the fix."""
+                  channel_policy: str, channels_why: str = "") -> AdapterPlan:
+    """Check `source` + adapters == `declared`; raise SpecError naming both specs and the fix.
+    `channels_why`: why the model needs its channel count (a backbone's RGB stem), said in the error."""
     lo, hi = source.value_range
     steps: list[str] = [f"source {source.name}: {source.describe()} (pixels in [{lo:g}, {hi:g}])",
                         f"check finite, pixel values in [{lo:g}, {hi:g}], labels in [0, {source.num_classes})"]
@@ -137,10 +138,11 @@ def plan_adapters(source: SourceSpec, declared: ImageSpec, resize: str,
         if channel_policy == "error":
             raise SpecError(
                 f"dataset {source.name} delivers {source.describe()} images but dataset.image "
-                f"declares {declared.channels} channels, and dataset.channel_policy=error "
+                f"declares {declared.channels} channels{channels_why}, and dataset.channel_policy=error "
                 f"forbids converting them.",
                 hint=(f"set dataset.channel_policy=convert, or dataset.image.channels="
-                      f"{source.channels}" if source.channels else "set dataset.channel_policy=convert"),
+                      f"{source.channels}" if source.channels and not channels_why
+                      else "set dataset.channel_policy=convert"),
                 config_key="dataset.channel_policy",
             )
         channel_change = declared.channels

@@ -136,7 +136,7 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
         context.phase = "build"
         fetch_imagenet(plan.backbone, plan.input_shape)
         context.phase = "data"
-    data = _data(cfg, hardware.cluster)
+    data = _data(cfg, hardware.cluster, plan)
     if plan.backbone is not None:
         entry = plan.backbone.entry
         data.preprocessing = (f"for backbone {entry.name}, pixels from [{data.source.value_range[0]:g}, "
@@ -272,10 +272,13 @@ def _hardware(cfg: Config, plan: ModelPlan) -> Hardware:
     return Hardware(devices=devices, policy=policy, reason=reason, strategy=strategy, cluster=cluster)
 
 
-def _data(cfg: Config, cluster: ClusterTask | None) -> Datasets:
+def _data(cfg: Config, cluster: ClusterTask | None, plan: ModelPlan) -> Datasets:
     """The checked pipelines (every split scanned once)."""
     t = cfg.trainer
-    data = build_datasets(cfg.dataset, t.batch_size, t.eval_batch_size or t.batch_size, t.seed, augment=cfg.augment)
+    why = (f" (model.backbone.name={plan.backbone.entry.name} takes RGB: an ImageNet stem)"
+           if plan.backbone is not None else "")
+    data = build_datasets(cfg.dataset, t.batch_size, t.eval_batch_size or t.batch_size, t.seed, augment=cfg.augment,
+                          channels_why=why)
     if cluster is not None:
         # Shard by element: every worker reads the whole (small, cached) dataset and keeps its share.
         # FILE sharding (TensorFlow's default) needs at least one input file per worker.
