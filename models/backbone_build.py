@@ -75,9 +75,43 @@ def fetch_imagenet(spec: BackboneSpec, input_shape: tuple[int, int, int]) -> Non
         build_backbone(spec, input_shape)
 
 
+@keras.saving.register_keras_serializable(package="safetrain")
+class InferenceMode(keras.layers.Layer):
+    """A pretrained backbone that always runs in inference mode: BatchNorm normalizes with the
+    pretrained moving statistics and never updates them, dropout (EfficientNetV2's stochastic
+    depth) is off — frozen or fine-tuned, the Keras transfer-learning guide's rule. The guide's
+    `base_model(x, training=False)` does not hold in Keras 3: a functional model passes the outer
+    call's `training=True` to every nested layer, overriding the recorded False
+    (keras-team/keras#20285; tests/test_backbones.py shows the statistics moving without this).
+    Registered and configurable, so an exported `model.keras` loads with `safe_mode=True`."""
+
+    def __init__(self, inner: keras.Model, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.inner = inner
+
+    def call(self, x, training=None):
+        return self.inner(x, training=False)
+
+    def compute_output_shape(self, input_shape):
+        return self.inner.compute_output_shape(input_shape)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "inner": keras.saving.serialize_keras_object(self.inner)}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "InferenceMode":
+        config = dict(config)
+        return cls(keras.saving.deserialize_keras_object(config.pop("inner")), **config)
+
+
 def backbone_of(model: keras.Model) -> keras.Model | None:
-    """The backbone inside a safetrain model: its one nested Keras model (a Functional layer)."""
-    return next((layer for layer in model.layers if isinstance(layer, keras.Model)), None)
+    """The backbone inside a safetrain model (the Keras Applications model itself)."""
+    for layer in model.layers:
+        if isinstance(layer, InferenceMode):
+            return layer.inner
+        if isinstance(layer, keras.Model):
+            return layer
+    return None
 
 
 def _with_imagenet(ctor, kwargs: dict, spec: BackboneSpec) -> keras.Model:
@@ -188,10 +222,9 @@ def _mismatch_in_order(model: keras.Model, group) -> str | None:
 
 def set_trainable(backbone: keras.Model, spec: BackboneSpec, trainable: bool) -> None:
     """Freeze the backbone, or unfreeze it (only from the top `fine_tune_blocks` blocks on, with the
-    layers after the last block). BatchNorm layers keep running in inference mode either way: the
-    model calls the backbone with training=False (models.build), the Keras transfer-learning
-    guide's rule, so fine-tuning never replaces the pretrained moving statistics with one
-    small dataset's."""
+    layers after the last block). A pretrained backbone's BatchNorm layers keep running in
+    inference mode either way (InferenceMode), so fine-tuning never replaces the pretrained moving
+    statistics with one small dataset's."""
     backbone.trainable = trainable
     if not trainable or not spec.fine_tune_blocks:
         return

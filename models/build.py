@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 
 from models import preflight
-from models.backbone_build import build_backbone, set_trainable
+from models.backbone_build import InferenceMode, build_backbone, set_trainable
 from models.custom import CustomLayerSpec
 from models.shapes import ModelPlan
 from models.spec import LayerSpec
@@ -95,15 +95,14 @@ def build_model(plan: ModelPlan, input_dtype: str = "float32", seed: int | None 
     shape = tuple(plan.input_shape)
     rows = plan.rows[1:]
     if plan.backbone is not None:
-        # Pretrained weights: training=False always, so BatchNorm inside uses its moving statistics
-        # and never updates them, frozen or fine-tuned (the Keras transfer-learning guide's rule).
-        # From scratch (weights=null) there are no statistics to keep: BatchNorm learns them as in
-        # any model (a frozen Keras 3 BatchNorm runs in inference mode by itself).
-        # safetrain.fine_tune decides which of its weights train.
+        # Pretrained weights run in inference mode always (InferenceMode says why). From scratch
+        # (weights=null) there are no statistics to keep: BatchNorm learns them as in any model
+        # (a frozen Keras 3 BatchNorm runs in inference mode by itself). safetrain.fine_tune
+        # decides which of its weights train.
         backbone = build_backbone(plan.backbone, shape)
         set_trainable(backbone, plan.backbone, plan.backbone.trainable_in(1))
         pretrained = plan.backbone.weights is not None
-        x = backbone(x, training=False) if pretrained else backbone(x)
+        x = InferenceMode(backbone, name="backbone")(x) if pretrained else backbone(x)
         shape, rows = rows[0].shape, rows[1:]
     for spec, row in zip(plan.layers, rows):
         layer = _keras_layer(spec, seed, shape)
