@@ -131,7 +131,7 @@ def learn(args) -> dict:
         run_dir = Path(tmp) / "run"
         command = [sys.executable, "-m", "safetrain", "dataset=image_folder", f"dataset.path={data}",
                    "model=backbone", "model.backbone.weights=null", "model.backbone.trainable=true",
-                   "dataset.image.height=64", "dataset.image.width=64", "trainer.epochs=6", "trainer.batch_size=32",
+                   "dataset.image.height=64", "dataset.image.width=64", "trainer.epochs=10", "trainer.batch_size=32",
                    "trainer.export=false", f"hydra.run.dir={run_dir}"]
         started = time.perf_counter()
         subprocess.run(command, check=True, cwd=ROOT)
