@@ -443,6 +443,12 @@ def _record_plan(record: RunRecord, cfg: Config, plan: ModelPlan) -> None:
 def _record_model(record: RunRecord, cfg: Config, built: Built, policy: str, context: Context) -> None:
     params = built.model.count_params()  # counted on the built model: custom layers' are unknown to the plan
     record.report.model = {"name": cfg.model.name, "params": params, "flops_per_example": built.plan.total_flops}
+    if built.plan.backbone is not None:
+        b = built.plan.backbone
+        record.report.model["backbone"] = {
+            "name": b.entry.name, "weights": b.weights, "pooling": b.pooling, "state": b.state(),
+            "preprocessing": b.entry.preprocessing, "normalization": cfg.dataset.image.normalization.value,
+            "flops_note": "recorded at 224x224 (TensorFlow profiler), scaled by the input's area"}
     log.info("optimizer: %s", built.recipe)
     record.text("optimizer/recipe", built.recipe)
     context.params = params
@@ -631,7 +637,7 @@ def _hparams(cfg: Config, policy: str, replicas: int) -> dict:
             "optimizer": o.name, "learning_rate": o.learning_rate, "schedule": o.schedule.value,
             "weight_decay": o.weight_decay, "label_smoothing": t.label_smoothing, "batch_size": t.batch_size,
             "epochs": t.epochs, "seed": t.seed, "precision": policy, "replicas": replicas,
-            "jit_compile": t.jit_compile}
+            "jit_compile": t.jit_compile, "backbone": cfg.model.backbone.name or "none"}
 
 
 def _strategy_name(strategy) -> str:

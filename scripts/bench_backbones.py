@@ -136,12 +136,14 @@ def learn(args) -> dict:
         started = time.perf_counter()
         subprocess.run(command, check=True, cwd=ROOT)
         report = json.loads((run_dir / "report.json").read_text())
-        losses = []
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-        events = EventAccumulator(str(run_dir / "tb")).Reload()
-        losses = [e.value for e in events.Scalars("train/loss")]
-        return {"command": " ".join(command[1:]), "first_logged_loss": losses[0], "last_logged_loss": losses[-1],
-                "test_accuracy": report["metrics"]["test_accuracy"], "chance": 1 / len(colours),
+        from tensorboard.backend.event_processing.event_accumulator import TENSORS, EventAccumulator
+
+        events = EventAccumulator(str(run_dir / "tb"), size_guidance={TENSORS: 0}).Reload()  # TF2 scalars
+        losses = [float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors("train/loss")]
+        return {"command": " ".join(command[1:]), "first_logged_loss": round(losses[0], 4),
+                "last_logged_loss": round(losses[-1], 4), "steps": report["steps"],
+                "eval_accuracy": report["metrics"]["eval_accuracy"],
+                "test_accuracy": report["metrics"]["test_accuracy"], "chance": round(1 / len(colours), 3),
                 "wall_seconds": round(time.perf_counter() - started, 1)}
 
 

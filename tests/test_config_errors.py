@@ -81,6 +81,12 @@ def run_probe(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
     (["trainer.early_stopping.patience=2", "trainer.early_stopping.metric=loss", "trainer.early_stopping.mode=max"],
      r"trainer\.early_stopping\.mode=max contradicts trainer\.early_stopping\.metric=loss, which improves by "
      r"going down"),
+    # a backbone's input contract: before TensorFlow too (the default digits are 28x28x1 scale_0_1)
+    (["model=backbone"], r"model\.backbone\.name=mobilenet_v3_small needs inputs of at least 32x32, and "
+                         r"dataset\.image is 28x28"),
+    (["model=backbone", "dataset.image.height=64", "dataset.image.width=64", "dataset.image.normalization=scale_0_1"],
+     r"dataset\.image\.normalization=scale_0_1 conflicts with model\.backbone\.name=mobilenet_v3_small, which "
+     r"expects scale_0_255"),
 ])
 def test_config_error_exits_2_with_one_paragraph_before_tensorflow(tmp_path, overrides, expected):
     proc = run_probe(tmp_path, *overrides)
