@@ -132,7 +132,7 @@ def learn(args) -> dict:
         command = [sys.executable, "-m", "safetrain", "dataset=image_folder", f"dataset.path={data}",
                    "model=backbone", "model.backbone.weights=null", "model.backbone.trainable=true",
                    "dataset.image.height=64", "dataset.image.width=64", "trainer.epochs=10", "trainer.batch_size=32",
-                   "trainer.export=false", f"hydra.run.dir={run_dir}"]
+                   "trainer.export=false", "trainer.log_every_steps=1", f"hydra.run.dir={run_dir}"]
         started = time.perf_counter()
         subprocess.run(command, check=True, cwd=ROOT)
         report = json.loads((run_dir / "report.json").read_text())
