@@ -52,8 +52,8 @@ class ModelPlan:
             cell.rjust(w) if i in (0, 3, 4) else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
         lines = [fmt(header), *map(fmt, body)]
         if self.backbone is not None:
-            lines.append(f"(backbone params: counted once from the built Keras model, recorded in models/backbones.py; "
-                         f"FLOPs: TensorFlow's profiler count at 224x224, scaled by the input's area)")
+            lines.append("(backbone params: counted once from the built Keras model, recorded in models/backbones.py; "
+                         "FLOPs: TensorFlow's profiler count at 224x224, scaled by the input's area)")
         return "\n".join(lines)
 
 

@@ -51,12 +51,22 @@ class Serving(tf.Module):
             return {"probabilities": probabilities, "top_class": top, "top_name": tf.gather(self.class_names, top)}
 
         self.classify = classify
+        preprocessing = data.preprocessing or f"normalization {spec.normalization} (dataset.image)"
+
+        @tf.function(input_signature=[])
+        def describe():
+            """What `classify` applies, readable from the SavedModel alone (signature `describe`)."""
+            return {"model_input": tf.constant(spec.describe()), "preprocessing": tf.constant(preprocessing),
+                    "resize": tf.constant(resize), "channel_policy": tf.constant(channels)}
+
+        self.describe = describe
 
 
 def export(model, data: Datasets, cfg: DatasetConfig, directory: Path) -> dict:
     """Write the SavedModel and its self-check; return what report.json records about it."""
     serving = Serving(model, data, cfg)
-    tf.saved_model.save(serving, str(directory), signatures={"serving_default": serving.classify})
+    tf.saved_model.save(serving, str(directory), signatures={"serving_default": serving.classify,
+                                                             "describe": serving.describe})
     info = {"path": str(directory), "input": "encoded image files (PNG, JPEG, BMP, GIF), any size",
             "model_input": data.spec.describe(), "classes": data.source.names(),
             "preprocessing": data.preprocessing or f"normalization {data.spec.normalization} (dataset.image)",

@@ -45,7 +45,7 @@ from safetrain.config.validate import best_mode
 from safetrain.diagnosis import diagnose
 from safetrain.facts import is_safetrain_bug
 from safetrain.env_report import env_text, versions
-from safetrain.errors import ErrorKind, GraphError, HardwareError, NanStop, NumericsError, SafetrainError, SpecError
+from safetrain.errors import ErrorKind, GraphError, NanStop, NumericsError, SafetrainError, SpecError
 from safetrain.export import export
 from safetrain.hardware import Device, choose_precision, detect_devices, make_strategy, split_cpu
 from safetrain.loop import TrainLoop
@@ -195,8 +195,8 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
     steps = tuned.steps_for(1, make_steps, on_switch=lambda _: None) if tuned else make_steps()
     clock, progress = time.perf_counter, Progress()
     probe = GradientProbe(steps.variable_paths, lambda paths, step: _dead_gradients(built.plan, paths, step, t, record))
-    steps_for_epoch = (lambda epoch: tuned.steps_for(epoch, make_steps, lambda new: probe.restart(new.variable_paths))) \
-        if tuned else None
+    restart_probe = lambda new: probe.restart(new.variable_paths)  # noqa: E731 - the backbone was unfrozen
+    steps_for_epoch = (lambda epoch: tuned.steps_for(epoch, make_steps, restart_probe)) if tuned else None
     # Steady-state timing starts after the last traced step: the probe's steps, then the plain one.
     timer = StepTimer(warmup_steps=probe.steps + 1)
     loop = TrainLoop(steps=steps, train_batches=train_batches, distribute=strategy.experimental_distribute_dataset,

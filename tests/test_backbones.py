@@ -325,6 +325,10 @@ def test_a_backbone_run_on_a_colour_folder_trains_exports_and_predicts_a_photo(t
     assert "scale_0_255" in texts["pipeline/spec"] and "backbone mobilenet_v3_small" in texts["model/summary"]
     signature = json.loads((run_dir / "export" / "signature.json").read_text())
     assert "mobilenet_v3_small" in signature["preprocessing"] and "(scale_0_255)" in signature["model_input"]
+    import tensorflow as tf
+
+    described = tf.saved_model.load(str(run_dir / "export")).signatures["describe"]()
+    assert described["preprocessing"].numpy().decode() == signature["preprocessing"]
     report = json.loads((run_dir / "report.json").read_text())
     assert report["export"]["self_check_max_abs_diff"] <= report["export"]["self_check_tolerance"]
     photo = folder / "red" / "0.jpg"
