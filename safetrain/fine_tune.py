@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from models.backbone_build import set_trainable
 from models.backbones import BackboneSpec
+from safetrain.optimizers import exclude_one_dimensional
 
 log = logging.getLogger("safetrain")
 
@@ -51,6 +52,7 @@ class FineTune:
         else:
             rate, words = base_rate / 10, f"{base_rate / 10:g} (optimizer.learning_rate / 10, constant)"
         optimizer = make_optimizer(rate)
+        exclude_one_dimensional(optimizer, variables)  # no weight decay on biases and normalization, as the head's
         optimizer.build(variables)
         set_trainable(backbone, spec, spec.trainable_in(1))
         return cls(spec=spec, backbone=backbone, optimizer=optimizer, variables=variables, rate=words)

@@ -344,7 +344,6 @@ def _model(cfg: Config, plan: ModelPlan, data: Datasets, hardware: Hardware) -> 
         if plan.backbone is not None and plan.backbone.trains_ever():
             tuned = FineTune.build(plan.backbone, backbone_of(model), make_optimizer, schedule.learning_rate,
                                    o.learning_rate, schedule.describe)
-            exclude_one_dimensional(tuned.optimizer, tuned.variables)
         tuned_ids = {id(v) for v in tuned.variables} if tuned else set()
         own = [v for v in model.trainable_variables if id(v) not in tuned_ids]  # the head's optimizer's
         optimizer = make_optimizer(schedule.learning_rate)

@@ -351,6 +351,7 @@ def test_fine_tuning_from_a_weights_file_resumes_bitwise_across_the_unfreeze(tmp
     build_backbone(_mobilenet(), (32, 32, 3)).save_weights(weights)
     same = (f"model.backbone.weights={weights}", "model.backbone.fine_tune_from_epoch=2",
             "model.backbone.fine_tune_blocks=3", "trainer.epochs=3", "trainer.deterministic=true", "trainer.ema=0.9",
+            "optimizer.weight_decay=0.01",
             "trainer.checkpoint_every_steps=1000", "trainer.export=false")
     straight = tmp_path / "straight"
     done = subprocess.run(_cmd(straight, folder, *same), capture_output=True, text=True, env=ENV, timeout=300)
