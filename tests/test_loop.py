@@ -305,3 +305,25 @@ def test_plateau_drops_the_rate_after_patience_epochs_and_never_below_the_floor(
     assert said[3][0] == "learning rate -> 0.01 (no better eval loss for 2 epochs)"
     assert said[8][0] == "learning rate -> 0.0005 (no better eval loss for 2 epochs)"
     assert said[10][0] is None  # already at the floor: nothing more to say
+
+
+def test_steps_for_epoch_is_asked_before_every_epoch_a_resume_included_and_its_steps_train_it():
+    """A backbone unfrozen at epoch 2 trains other variables: the loop takes that epoch's step
+    functions from `steps_for_epoch`, also for the epoch a resume starts in, and a restarted probe
+    checks the new variables from their first steps."""
+    loop, frozen, _, _, _, dead, _ = make_loop(epochs=3, steps_per_epoch=2, start=Position(3, 2, 1), probe_steps=1)
+    unfrozen = FakeSteps(frozen.clock, grads=(1.0, 1.0, 0.0))
+    asked: list[int] = []
+
+    def steps_for(epoch):
+        asked.append(epoch)
+        chosen = frozen if epoch < 2 else unfrozen
+        if chosen is unfrozen and loop.steps is frozen:
+            loop.probe.restart(["backbone/kernel", "L0_dense/kernel", "head/kernel"])
+        return chosen
+
+    loop.steps_for_epoch = steps_for
+    result = loop.run()
+    assert asked == [2, 3] and result.steps == 6
+    assert frozen.calls == [] and unfrozen.calls == ["probe", "train", "train"]
+    assert dead == [(["head/kernel"], 4)]
