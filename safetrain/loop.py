@@ -165,7 +165,7 @@ class TrainLoop:
                 action.after_step(end)
             if self.guard.pending:  # SIGTERM/SIGINT: save exactly here, then stop
                 self.checkpoints.save(at)
-                self.guard.raise_if_pending()
+                self.guard.raise_if_pending(saved_step=at.step)
         return totals, in_epoch, False
 
     def _non_finite(self, epoch: int, loss_sum: float) -> None:

@@ -58,8 +58,8 @@ def execute(node: DictConfig, run_dir: Path) -> int:
     except (KeyboardInterrupt, Interrupted) as err:
         code = getattr(err, "exit_code", EXIT_SIGINT)
         report.status = "interrupted"
-        log.error("safetrain: interrupted (exit %d) after %d steps; rerun with hydra.run.dir=%s to resume "
-                  "from the last checkpoint", code, report.steps, run_dir)
+        report.error = _interrupted(err, code, report.steps, run_dir)
+        log.error("safetrain: interrupted (exit %d): %s; %s", code, report.error["message"], report.error["hint"])
     except Exception as err:  # a bug in safetrain or an unclassified failure: keep the traceback
         report.error = {"kind": ErrorKind.internal, "message": f"{err.__class__.__name__}: {err}",
                         "hint": "this looks like a safetrain bug; rerun with debug=true and report it",
@@ -73,6 +73,16 @@ def execute(node: DictConfig, run_dir: Path) -> int:
         record.close(code, round(time.monotonic() - started, 3))
     log.info("run directory: %s", run_dir)
     return code
+
+
+def _interrupted(err: BaseException, code: int, steps: int, run_dir: Path) -> dict:
+    """report.json `error` for a run a signal ended: which signal, at which step, what was saved."""
+    name = err.signal_name if isinstance(err, Interrupted) else "SIGINT"
+    saved = err.saved_step if isinstance(err, Interrupted) else None
+    where = (f"checkpoint saved at step {saved}" if saved is not None else
+             "no checkpoint for it (the signal came outside training steps; the last periodic one stands)")
+    return {"kind": ErrorKind.interrupted, "message": f"{name} at step {steps}; {where}",
+            "hint": f"rerun the same command with hydra.run.dir={run_dir} to resume", "config_key": None}
 
 
 def _failed(err: SafetrainError, record: RunRecord, debug: bool) -> int:

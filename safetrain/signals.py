@@ -18,9 +18,14 @@ from safetrain.errors import EXIT_SIGINT, EXIT_SIGTERM
 class Interrupted(BaseException):
     """A BaseException, so no `except Exception` in library code swallows it."""
 
-    def __init__(self, exit_code: int) -> None:
+    def __init__(self, exit_code: int, saved_step: int | None = None) -> None:
         super().__init__(f"interrupted (exit {exit_code})")
         self.exit_code = exit_code
+        self.saved_step = saved_step  # the step the checkpoint written for this signal holds, if any
+
+    @property
+    def signal_name(self) -> str:
+        return "SIGTERM" if self.exit_code == EXIT_SIGTERM else "SIGINT"
 
 
 class SignalGuard:
@@ -54,6 +59,7 @@ class SignalGuard:
         finally:
             self._deferring = False
 
-    def raise_if_pending(self) -> None:
+    def raise_if_pending(self, saved_step: int | None = None) -> None:
+        """`saved_step`: the step of the checkpoint just saved for the pending signal."""
         if self.pending is not None:
-            raise Interrupted(self.pending)
+            raise Interrupted(self.pending, saved_step)

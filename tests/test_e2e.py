@@ -272,6 +272,10 @@ def test_sigterm_saves_a_checkpoint_at_the_step_reached_and_a_rerun_resumes(tmp_
     report = json.loads((run_dir / "report.json").read_text())
     assert report["status"] == "interrupted" and report["exit_code"] == 143
     stopped_at = report["steps"]
+    # the report says why the run ended, for a reader of report.json or a sweep table
+    assert report["error"] == {"kind": "interrupted", "config_key": None,
+                               "message": f"SIGTERM at step {stopped_at}; checkpoint saved at step {stopped_at}",
+                               "hint": f"rerun the same command with hydra.run.dir={run_dir} to resume"}
     assert 15 <= stopped_at < 50 * 40
     latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
     assert latest.endswith(f"ckpt-{stopped_at}")  # saved at the exact step reached, not the last cadence
