@@ -208,7 +208,10 @@ def test_multirun_runs_every_job_and_exits_with_the_worst_code(tmp_path, tfds_di
     table = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep_report.py"), str(sweep), "--json"],
                            capture_output=True, text=True, timeout=60)
     assert table.returncode == 1
-    rows = json.loads(table.stdout)
+    summary = json.loads(table.stdout)
+    rows = summary["rows"]
+    assert summary["best"]["job"] in (0, 2) and summary["plot"] is None  # two overrides vary: no plot
+    assert summary["best"]["eval_accuracy"] == max(rows[0]["eval_accuracy"], rows[2]["eval_accuracy"])
     assert [(r["job"], r["precision"], r["exit_code"]) for r in rows] == [
         (0, auto, 0), (1, None, 2), (2, "float32", 0), (3, None, 2)]
     assert rows[1]["status"] == "failed (config)" and "optimizer.name=adamm" in rows[1]["overrides"]
