@@ -54,6 +54,8 @@ class Datasets:
     report: dict = field(default_factory=dict)   # the source's findings for report.json `data`
     events: list[DataEvent] = field(default_factory=list)  # and for errors.jsonl
     preprocessing: str | None = None  # why this normalization (a backbone's input contract), for the export too
+    # eval/test batches as (model input, class id, key: file path or split#index), in the order of `eval`/`test`
+    with_keys: Callable[[str], tf.data.Dataset | None] = lambda name: None
 
     def model_input(self, image: tf.Tensor) -> tf.Tensor:
         """One raw image as the training pipeline delivers it: adapters, normalization, dtype."""
@@ -157,7 +159,7 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
 
     augmenter = Augmenter(augment, spec, source.spec.value_range, seed) if augment and is_on(augment) else None
 
-    def finish(name: str, batch: int, epoch: int = 1, augmented: bool = False) -> tf.data.Dataset:
+    def finish(name: str, batch: int, epoch: int = 1, augmented: bool = False, keys: bool = False) -> tf.data.Dataset:
         ds = bases[name]
         if names[name] in bad_splits:  # per-example filtering costs; only where the scan found bad ones
             ds = ds.filter(is_ok)
@@ -177,6 +179,8 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
             ds = ds.map(plain(lambda x, y, status, key: (x, encode(y, cfg, source.spec.num_classes))), **parallel)
             ds = ds.enumerate().map(lambda i, xy: augmenter(xy[0], xy[1], epoch, i))
             ds = ds.map(plain(lambda x, y: (norm(x), y)), **parallel)
+        elif keys:
+            ds = ds.map(plain(lambda x, y, status, key: (norm(x), y, key)), **parallel)
         else:
             ds = ds.map(plain(lambda x, y, status, key: (norm(x), encode(y, cfg, source.spec.num_classes))),
                         **parallel)
@@ -195,6 +199,7 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
         steps_per_epoch=counts["train"] // batch_size, bad=bad, notes=source.notes,
         normalization_stats=stats,
         raw_test=(lambda: source.read(names["test"])) if names.get("test") else None,
+        with_keys=lambda name: finish(name, eval_batch_size, keys=True) if name in bases and name != "train" else None,
     )
 
 

@@ -63,6 +63,7 @@ class Steps:
         self.train_probe = tf.function(functools.partial(self._train, probe=True), reduce_retracing=True)
         self.eval = tf.function(self._eval, input_signature=eval_spec, jit_compile=jit_compile)
         self.predict = tf.function(self._predict, reduce_retracing=True)
+        self.probabilities = tf.function(self._probabilities, reduce_retracing=True)
 
     def _train(self, iterator, probe: bool):
         if self.time_input:
@@ -144,6 +145,10 @@ class Steps:
     def _predict(self, images):
         """Predicted class ids for one batch (the test confusion matrix); one device is enough."""
         return tf.argmax(self.model(images, training=False), axis=-1, output_type=tf.int32)
+
+    def _probabilities(self, images):
+        """Class probabilities (float32) for one batch: the results' per-example view."""
+        return tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32), axis=-1)
 
     def _replica_eval(self, images, labels):
         logits = self.model(images, training=False)

@@ -32,7 +32,7 @@ from models.build import build_model, layer_name
 from models.shapes import ModelPlan, infer
 from pipelines.build import Datasets, build_datasets
 from pipelines.scan import bad_examples_error
-from safetrain import schedules, visuals
+from safetrain import results, schedules, visuals
 from safetrain.actions import (Evaluate, GradientProbe, LogScalars, ReducePlateau, SaveCheckpoints, SelectBest,
                                SwitchWeights)
 from safetrain.best import BestState
@@ -60,6 +60,8 @@ from safetrain.throughput import StepTimer
 
 log = logging.getLogger("safetrain")
 tfds.disable_progress_bar()
+
+TOP_LOSSES = 15  # examples in the top-losses grid
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,8 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
     report.metrics.update(test_loss=test[0], test_accuracy=test[1])
     record.scalars(result.steps, {"test/loss": test[0], "test/accuracy": test[1]})
     if data.test is not None:
-        _confusion(steps, data, record, result.steps)
+        if hardware.cluster is None or hardware.cluster.is_chief:
+            _results(cfg, steps, data, record, result.steps)
     if t.export and (hardware.cluster is None or hardware.cluster.is_chief):
         report.export = export(model, data, cfg.dataset, record.run_dir / "export")
         log.info("exported: %s (self-check on test images: max |diff| %s)", report.export["path"],
@@ -473,21 +476,63 @@ def _record_loop(record: RunRecord, loop: TrainLoop, evaluation: Evaluate | None
     report.data["skipped_steps"] = r.skipped_steps
 
 
-def _confusion(steps: Steps, data: Datasets, record: RunRecord, step: int) -> None:
-    """The test split's confusion matrix and per-class accuracy, as a picture, a table and scalars."""
-    labels, predicted = [], []
-    for images, y in data.test:
-        predicted.append(steps.predict(images).numpy())
-        labels.append(y.numpy().argmax(-1) if y.shape.rank == 2 else y.numpy())
-    names = data.source.names()
-    matrix = visuals.confusion_matrix(np.concatenate(labels), np.concatenate(predicted), len(names))
+def _predictions(steps: Steps, data: Datasets, split: str) -> results.Predictions | None:
+    """Every example of `split` through the model: class ids, probabilities, keys (file paths)."""
+    ds = data.with_keys(split)
+    if ds is None:
+        return None
+    labels, probabilities, keys = [], [], []
+    for images, y, key in ds:
+        probabilities.append(steps.probabilities(images).numpy())
+        labels.append(y.numpy())
+        keys += [k.decode() for k in key.numpy()]
+    return results.Predictions(split, np.concatenate(labels).astype(np.int64), np.concatenate(probabilities), keys)
+
+
+def _results(cfg: Config, steps: Steps, data: Datasets, record: RunRecord, step: int) -> None:
+    """What the test split shows about the model's mistakes — the labelled confusion matrix, the
+    top losses, precision/recall/F1 per class — in TensorBoard, report.json and results/*.png, and
+    for image folders the suspect labels of eval and test (suspect_labels.csv)."""
+    test = _predictions(steps, data, "test")
+    if test is None or not len(test.labels):
+        return
+    names, out = data.source.names(), record.run_dir / "results"
+    matrix = results.confusion(test, len(names))
     accuracy = visuals.per_class_accuracy(matrix)
-    record.image("test/confusion_matrix", visuals.heatmap(matrix), step=step)
+    record.image("test/confusion_matrix", results.confusion_figure(matrix, names, out / "confusion_matrix.png"),
+                 step=step)
     record.text("test/confusion_table", visuals.matrix_text(matrix, names), step=step, code=False)
     record.scalars(step, {f"test_class_accuracy/{name}": float(a) for name, a in zip(names, accuracy)
                           if np.isfinite(a)})
-    record.report.metrics["test_class_accuracy"] = {name: (float(a) if np.isfinite(a) else None)
-                                                    for name, a in zip(names, accuracy)}
+    metrics = record.report.metrics
+    metrics["test_class_accuracy"] = {name: (float(a) if np.isfinite(a) else None) for name, a in zip(names, accuracy)}
+    metrics["per_class"] = results.per_class_report(test, names)
+    record.text("test/per_class", results.report_text(metrics["per_class"]), step=step, code=False)
+
+    chosen = results.top_loss_indices(test, TOP_LOSSES)
+    wanted, images = {int(i): None for i in chosen}, {}
+    offset = 0
+    for batch, _, _ in data.with_keys("test"):  # a second pass: only the chosen images are kept
+        for i in range(int(batch.shape[0])):
+            if offset + i in wanted:
+                images[offset + i] = batch[i].numpy().astype(np.float32)
+        offset += int(batch.shape[0])
+    grid = results.top_losses_figure(np.stack([images[int(i)] for i in chosen]), test, chosen, names,
+                                     out / "top_losses.png")
+    record.image("test/top_losses", grid, step=step)
+
+    if cfg.dataset.source.value == "image_folder":
+        evaluated = [p for p in (_predictions(steps, data, "eval"), test) if p is not None]
+        suspect = results.suspects(evaluated, names, cfg.dataset.suspect_min_probability)
+        results.write_suspects(record.run_dir / "suspect_labels.csv", suspect)
+        metrics["suspect_labels"] = {"count": len(suspect), "file": "suspect_labels.csv",
+                                     "min_probability": cfg.dataset.suspect_min_probability}
+        if suspect:
+            first = suspect[0]
+            log.info("suspect labels: %d eval/test files the model puts in another class with p >= %g "
+                     "(suspect_labels.csv); most confident: %s labelled %s, predicted %s %.2f", len(suspect),
+                     cfg.dataset.suspect_min_probability, first["path"], first["given_label"],
+                     first["predicted_label"], first["probability"])
 
 
 def _final_summary(record: RunRecord) -> None:
@@ -499,6 +544,11 @@ def _final_summary(record: RunRecord) -> None:
     log.info("done: test accuracy %s | %s examples/s (median, steady state) | %d steps, %d epochs%s",
              acc, rate, report.steps, report.epochs,
              f" | {skipped} bad examples skipped (errors.jsonl)" if skipped else "")
+    if m.get("per_class"):
+        worst = results.worst_classes(m["per_class"])
+        log.info("worst classes (test F1): %s", ", ".join(
+            f"{name} {r['f1']:.3f} (precision {r['precision']:.3f}, recall {r['recall']:.3f}, {r['support']} examples)"
+            for name, r in worst))
     log.info("tensorboard --logdir %s", record.run_dir / "tb")
 
 

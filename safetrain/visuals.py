@@ -1,10 +1,10 @@
-"""Pictures for TensorBoard, drawn with NumPy: an input mosaic and a confusion-matrix heat map.
+"""The input mosaic and the confusion matrix as text, in NumPy.
 
-People would rather look than read for two things: what the model actually sees after the
-pipeline's enforcement (resized, channel-converted, normalized — a mosaic of the first training
-batch, each image rescaled to its own min..max for display), and where it confuses classes (the
-test split's confusion matrix, rows = true class, columns = predicted, row-normalized).
-TensorFlow-free so it is tested directly.
+What the model actually sees after the pipeline's enforcement (resized, channel-converted,
+normalized): a mosaic of the first training batch, each image rescaled to its own min..max for
+display — a plain array paste, no plotting needed. The confusion matrix's counts as a Markdown
+table with per-class accuracy. The drawn pictures (the labelled confusion matrix, top losses) are
+matplotlib's, in safetrain.results. TensorFlow-free so it is tested directly.
 """
 
 from __future__ import annotations
@@ -28,29 +28,9 @@ def mosaic(images: np.ndarray, columns: int = 8, gap: int = 1) -> np.ndarray:
     return out
 
 
-def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    matrix = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(matrix, (np.asarray(labels, np.int64), np.asarray(predicted, np.int64)), 1)
-    return matrix
-
-
 def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
     totals = matrix.sum(axis=1)
     return np.divide(np.diag(matrix), totals, out=np.full(len(matrix), np.nan), where=totals > 0)
-
-
-def heatmap(matrix: np.ndarray, cell: int | None = None) -> np.ndarray:
-    """Row-normalized matrix as an RGB image: white (0) to dark blue (1), correct cells in green."""
-    k = len(matrix)
-    cell = cell or max(4, min(32, 512 // max(k, 1)))
-    share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    image = np.ones((k * cell, k * cell, 3), np.float32)
-    for i in range(k):
-        for j in range(k):
-            v = float(share[i, j])
-            color = (1 - v, 1 - 0.4 * v, 1 - v) if i == j else (1 - v, 1 - v, 1 - 0.3 * v)
-            image[i * cell:(i + 1) * cell, j * cell:(j + 1) * cell] = color
-    return image
 
 
 def matrix_text(matrix: np.ndarray, names: list[str]) -> str:

@@ -57,6 +57,10 @@ def validate(cfg: Config) -> ModelPlan:
         raise ConfigError(f"dataset.pixel_range={list(d.pixel_range)} must be [min, max] with min < max.",
                           hint="set dataset.pixel_range=[0,255] (or [0,1] for float images in 0..1)",
                           config_key="dataset.pixel_range")
+    if not 0.0 < d.suspect_min_probability <= 1.0:
+        raise ConfigError(f"dataset.suspect_min_probability={d.suspect_min_probability} must be in (0, 1]: the "
+                          f"predicted probability above which a misclassified file is listed as a suspect label.",
+                          hint="set dataset.suspect_min_probability=0.8", config_key="dataset.suspect_min_probability")
     _check_paths(cfg)
     _check_cluster(cfg)
     if t.on_oom is OnOom.halve_batch and current_task() is not None:
