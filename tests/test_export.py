@@ -101,13 +101,15 @@ def test_predict_without_an_export_is_a_clear_usage_error(tmp_path):
 
 
 @pytest.mark.e2e
-def test_tensorboard_shows_the_inputs_the_confusion_matrix_and_per_class_accuracy(trained):
+def test_tensorboard_shows_the_inputs_the_labelled_confusion_matrix_top_losses_and_the_per_class_report(trained):
     import tensorflow as tf
     from tensorboard.backend.event_processing.event_accumulator import TENSORS, EventAccumulator
 
     acc = EventAccumulator(str(trained / "tb"), size_guidance={TENSORS: 0})
     acc.Reload()
-    for tag, size in (("inputs/after_enforcement", None), ("test/confusion_matrix", (320, 320))):
+    # matplotlib figures: 10 classes -> two 7.5-inch panels at 80 dpi; 15 top losses in 3 rows of 5
+    for tag, size in (("inputs/after_enforcement", None), ("test/confusion_matrix", (600, 1200)),
+                      ("test/top_losses", (864, 1280))):
         width, height, png = tf.make_ndarray(acc.Tensors(tag)[-1].tensor_proto)
         image = tf.io.decode_png(png).numpy()
         assert image.shape[2] == 3 and image.std() > 0
@@ -119,3 +121,13 @@ def test_tensorboard_shows_the_inputs_the_confusion_matrix_and_per_class_accurac
     assert len(classes) == 10
     report = json.loads((trained / "report.json").read_text())
     assert set(report["metrics"]["test_class_accuracy"]) == {str(i) for i in range(10)}
+    per_class = report["metrics"]["per_class"]
+    assert set(per_class["classes"]) == {str(i) for i in range(10)}
+    assert sum(r["support"] for r in per_class["classes"].values()) == per_class["macro_avg"]["support"]
+    for name, r in per_class["classes"].items():  # recall is the per-class accuracy
+        assert r["recall"] == round(report["metrics"]["test_class_accuracy"][name] or 0.0, 4)
+    text = tf.make_ndarray(acc.Tensors("test/per_class")[-1].tensor_proto).item().decode()
+    assert text.startswith("| class | precision | recall | F1 | support |") and "**macro avg**" in text
+    assert (trained / "results" / "confusion_matrix.png").stat().st_size > 10_000
+    assert (trained / "results" / "top_losses.png").stat().st_size > 10_000
+    assert not (trained / "suspect_labels.csv").exists()  # digits: no files to point at

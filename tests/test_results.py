@@ -58,3 +58,75 @@ def test_the_sweep_summary_picks_the_best_job_on_eval_and_plots_the_one_varied_v
     # two varied keys: no plot (which one would the x axis be?)
     _job(sweep, 4, ["+debug=tiny", "optimizer.learning_rate=0.01", "trainer.batch_size=64"], 0.5, 0.5)
     assert module.plot(module.rows(sweep), sweep) is None
+
+
+def _noisy_folder(root: Path) -> Path:
+    """Three colour classes; six blue images filed under red (given label red, clearly blue)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    colours = {"red": (210, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 210)}
+    for name in colours:
+        (root / name).mkdir(parents=True)
+    for name, colour in colours.items():
+        for i in range(40):
+            pixels = rng.integers(0, 80, (24, 24, 3)).astype(np.uint8)
+            y, x = rng.integers(0, 12, 2)
+            pixels[y:y + 12, x:x + 12] = colour
+            target = root / ("red" if name == "blue" and i < 6 else name)
+            Image.fromarray(pixels).save(target / (f"mislabelled_blue_{i}.png" if target.name != name else f"{i}.png"))
+    return root
+
+
+@pytest.mark.e2e
+def test_an_image_folder_run_lists_its_mislabelled_files_as_suspects_and_shows_its_mistakes(run_main, tmp_path):
+    import csv
+
+    from conftest import read_tensorboard
+
+    root = _noisy_folder(tmp_path / "colours")
+    result = run_main("dataset=image_folder", f"dataset.path={root}", "dataset.image.height=24",
+                      "dataset.image.width=24", "trainer.epochs=12", "trainer.batch_size=16", "trainer.keep_best=false",
+                      "dataset.splits.train='train[:50%]'", "dataset.splits.eval='train[50%:75%]'",
+                      "dataset.splits.test='train[75%:]'")
+    assert result.code == 0, result.err
+    with open(result.run_dir / "suspect_labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows, "no suspects listed"
+    assert all("mislabelled_blue_" in r["path"] for r in rows), rows  # only the planted mistakes, nothing else
+    assert all(r["given_label"] == "red" and r["predicted_label"] == "blue" for r in rows)
+    assert {r["split"] for r in rows} <= {"eval", "test"}
+    assert [float(r["probability"]) for r in rows] == sorted((float(r["probability"]) for r in rows), reverse=True)
+    assert all(float(r["probability"]) >= 0.8 for r in rows)
+    report = result.report()
+    assert report["metrics"]["suspect_labels"] == {"count": len(rows), "file": "suspect_labels.csv",
+                                                   "min_probability": 0.8}
+    assert report["metrics"]["per_class"]["classes"]["red"]["recall"] < 1.0  # the planted ones count as errors
+    worst = next(line for line in result.err.splitlines() if "worst classes (test F1):" in line)
+    assert worst.index("red") < worst.index("green") and worst.index("blue") < worst.index("green")
+    assert "suspect labels: " in result.err
+    _, texts = read_tensorboard(result.run_dir / "tb")
+    assert "test/top_losses" in texts and "test/confusion_matrix" in texts  # images are tensor events too
+
+
+def test_per_class_report_suspects_and_top_losses_from_known_predictions():
+    from safetrain import results
+
+    names = ["cat", "dog", "fox"]
+    probabilities = np.array([[0.9, 0.05, 0.05],   # cat, right
+                              [0.1, 0.85, 0.05],   # cat, called dog surely -> suspect
+                              [0.2, 0.7, 0.1],     # dog, right
+                              [0.6, 0.3, 0.1],     # dog, called cat unsurely -> not a suspect at 0.8
+                              [0.05, 0.9, 0.05]])  # fox, called dog surely -> suspect; fox never predicted
+    pred = results.Predictions("test", np.array([0, 0, 1, 1, 2]), probabilities, ["a", "b", "c", "d", "e"])
+    report = results.per_class_report(pred, names)
+    assert report["classes"]["cat"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert report["classes"]["fox"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}  # not NaN
+    assert report["macro_avg"]["support"] == 5
+    assert [name for name, _ in results.worst_classes(report)] == ["fox", "dog", "cat"]
+    rows = results.suspects([pred], names, 0.8)
+    assert [(r["path"], r["given_label"], r["predicted_label"], r["probability"]) for r in rows] == [
+        ("e", "fox", "dog", 0.9), ("b", "cat", "dog", 0.85)]
+    assert results.top_loss_indices(pred, 2).tolist() == [4, 1]  # -log 0.05 > -log 0.1
+    picture = results.confusion_figure(results.confusion(pred, 3), names)
+    assert picture.shape[2] == 3 and 0.0 <= picture.min() and picture.max() <= 1.0 and picture.std() > 0.05
