@@ -61,9 +61,24 @@ class Serving(tf.Module):
 
         self.describe = describe
 
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+        def prepare_images(images):
+            """Encoded files to the model input, exactly as `classify` prepares them (for a TFLite
+            model, which takes the model input: safetrain.predict --tflite)."""
+            return tf.map_fn(prepare, images, fn_output_signature=tf.TensorSpec(spec.shape, tf.float32))
 
-def export(model, data: Datasets, cfg: DatasetConfig, directory: Path) -> dict:
-    """Write the SavedModel and its self-check; return what report.json records about it."""
+        self.prepare_images = prepare_images
+
+
+FORMATS = ("saved_model", "keras", "tflite")
+
+
+def export(model, data: Datasets, cfg: DatasetConfig, directory: Path, formats: tuple[str, ...] = ("saved_model", "keras"),
+           float32_model=None, layer_of=None) -> dict:
+    """Write the SavedModel and its self-check (always: safetrain.predict and the other formats'
+    checks use it), `model.keras` and `model.tflite` when asked; return what report.json records.
+    `float32_model()`: the same weights in a float32 model (TFLite has no bfloat16 kernels);
+    `layer_of(node_name)`: the config entry a graph node came from, for a conversion error."""
     serving = Serving(model, data, cfg)
     tf.saved_model.save(serving, str(directory), signatures={"serving_default": serving.classify,
                                                              "describe": serving.describe})
@@ -73,13 +88,102 @@ def export(model, data: Datasets, cfg: DatasetConfig, directory: Path) -> dict:
             "resize": cfg.resize.value, "channel_policy": cfg.channel_policy.value,
             # the signature decodes as TensorFlow does (no EXIF); safetrain.predict turns photos upright first
             "exif_orientation": cfg.exif_orientation.value}
-    info.update(_keras_file(model, directory / "model.keras"))
+    if "keras" in formats:
+        info.update(_keras_file(model, directory / "model.keras"))
     (directory / "signature.json").write_text(json.dumps(info, indent=2) + "\n")
     # bfloat16 keeps ~3 significant digits: batch composition alone moves probabilities by ~1e-3.
     tolerance = 1e-2 if model.dtype_policy.compute_dtype != "float32" else 1e-4
     info["self_check_tolerance"] = tolerance
     info["self_check_max_abs_diff"] = _self_check(serving, model, data, directory / "samples", tolerance)
+    if "tflite" in formats:
+        info["tflite"] = tflite_export(model, float32_model() if float32_model else model, data,
+                                       directory / "model.tflite", tolerance, layer_of)
     return info
+
+
+def tflite_export(model, float_model, data: Datasets, path: Path, tolerance: float, layer_of=None) -> dict:
+    """`model.tflite`: the float32 copy of the model converted with TensorFlow's TFLite converter
+    (builtin ops only: what an app's interpreter has), input = the model input (the app applies
+    signature.json's preprocessing), output = class probabilities. Checked with TensorFlow's TFLite
+    interpreter against the training model on the test split's first images; an op TFLite lacks is
+    one message naming the op and the layer, and the rest of the export stands."""
+    import tempfile
+
+    import keras
+
+    spec = data.spec
+    inputs = keras.Input(spec.shape, dtype="float32", name="image")
+    wrapper = keras.Model(inputs, keras.layers.Softmax(dtype="float32", name="probabilities")(float_model(inputs)))
+    # Through Keras' own SavedModel export: converting a tf.function over the model (directly or
+    # saved by tf.saved_model) left Keras 3's variables as TFLite resource variables that were never
+    # initialized — measured: a 4 KB model whose every output was NaN.
+    with tempfile.TemporaryDirectory(prefix="safetrain-tflite-") as scratch:
+        wrapper.export(scratch, format="tf_saved_model", verbose=False)
+        try:
+            flat = tf.lite.TFLiteConverter.from_saved_model(scratch).convert()
+        except Exception as err:  # noqa: BLE001 - the converter raises ConverterError and plain exceptions
+            concrete = tf.function(lambda x: wrapper(x)).get_concrete_function(
+                tf.TensorSpec([None, *spec.shape], tf.float32))
+            reason = _conversion_problem(err, concrete, layer_of)
+            log.warning("warning: no model.tflite in the export (%s); the SavedModel is complete", reason)
+            return {"path": None, "error": reason}
+    path.write_bytes(flat)
+    images = _test_inputs(data)
+    if images is None:
+        return {"path": str(path), "bytes": len(flat), "max_abs_diff": None, "note": "no test images to compare"}
+    expected = tf.nn.softmax(tf.cast(model(images, training=False), tf.float32), axis=-1).numpy()
+    got = run_tflite(flat, images.numpy())
+    diff = float(np.max(np.abs(got - expected)))
+    if diff > tolerance:
+        log.warning("warning: model.tflite disagrees with the training model on test images (max |diff| %.3g > %g)",
+                    diff, tolerance)
+    return {"path": str(path), "bytes": len(flat), "max_abs_diff": round(diff, 6), "tolerance": tolerance,
+            "compared_images": int(images.shape[0]), "input": f"{spec.describe()}: apply signature.json's "
+            f"preprocessing first", "output": "class probabilities"}
+
+
+def run_tflite(flat: bytes, images: np.ndarray) -> np.ndarray:
+    """Class probabilities from a TFLite model, one image at a time (TensorFlow's interpreter)."""
+    import warnings
+
+    with warnings.catch_warnings():  # "tf.lite.Interpreter is deprecated ... ai-edge-litert": still TF's own
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_content=flat)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    rows = []
+    for image in images.astype(np.float32):
+        interpreter.set_tensor(inp["index"], image[None])
+        interpreter.invoke()
+        rows.append(interpreter.get_tensor(out["index"])[0])
+    return np.stack(rows)
+
+
+def _test_inputs(data: Datasets, count: int = 32):
+    keyed = data.with_keys("test")
+    if keyed is None:
+        return None
+    for images, _, _ in keyed.take(1):
+        return tf.cast(images[:count], tf.float32)
+    return None
+
+
+def _conversion_problem(err: Exception, concrete, layer_of) -> str:
+    """The ops TFLite lacks and the layers that hold them, from the converter's message and the graph."""
+    import re
+
+    text = str(err)
+    ops = sorted(set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text)))
+    if not ops:
+        return f"the TFLite converter failed: {text.strip().splitlines()[0][:300] if text.strip() else type(err)}"
+    nodes = [node.name for node in concrete.graph.as_graph_def().node if node.op in ops]
+    for function in concrete.graph.as_graph_def().library.function:
+        nodes += [node.name for node in function.node_def if node.op in ops]
+    layers = sorted({ref for ref in (layer_of(n) for n in nodes) if ref} if layer_of else set())
+    where = f" in {', '.join(layers)}" if layers else ""
+    return (f"TFLite has no builtin kernel for {', '.join(ops)}{where}; an app's TFLite interpreter could not run it. "
+            f"Fix: replace the op in that layer with a TFLite builtin one (TensorFlow's TFLite op list), or leave "
+            f"tflite out of trainer.export_formats")
 
 
 def _keras_file(model, path: Path) -> dict:

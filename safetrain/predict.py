@@ -1,4 +1,4 @@
-"""`python -m safetrain.predict run_dir=RUN FILE... [top_k=3]`: classify image files with a run's export.
+"""`python -m safetrain.predict run_dir=RUN FILE... [top_k=3] [--tflite]`: classify image files with a run's export.
 
 Loads <run dir>/export (the SavedModel written at the end of training) and classifies each file
 on its own, so one bad file (not an image, truncated, the wrong size or channels for a model
@@ -7,6 +7,10 @@ classified. Prints one line per file:
 
     digit.png: 7 0.982 | 1 0.011 | 9 0.004
     notes.txt: error: not an image TensorFlow can decode (Unknown image file format...)
+
+`--tflite` classifies with export/model.tflite instead (TensorFlow's TFLite interpreter), each
+file prepared by the SavedModel's own `prepare_images` — the enforcement `classify` applies — so
+the two can be compared file by file.
 
 Exit 0 when every file was classified, 3 when any could not be (data error), 2 for bad arguments
 or a run without an export.
@@ -21,14 +25,16 @@ from pathlib import Path
 
 from safetrain.errors import EXIT_CONFIG, EXIT_DATA
 
-USAGE = "usage: python -m safetrain.predict run_dir=RUN_DIR [top_k=3] FILE [FILE...]"
+USAGE = "usage: python -m safetrain.predict run_dir=RUN_DIR [top_k=3] [--tflite] FILE [FILE...]"
 
 
-def parse(args: list[str]) -> tuple[Path, int, list[Path]]:
-    run_dir, top_k, files = None, 3, []
+def parse(args: list[str]) -> tuple[Path, int, list[Path], bool]:
+    run_dir, top_k, files, tflite = None, 3, [], False
     for arg in args:
         key, eq, value = arg.partition("=")
-        if eq and key == "run_dir":
+        if arg == "--tflite":
+            tflite = True
+        elif eq and key == "run_dir":
             run_dir = Path(value).expanduser()
         elif eq and key == "top_k":
             if not value.isdigit() or int(value) < 1:
@@ -41,7 +47,11 @@ def parse(args: list[str]) -> tuple[Path, int, list[Path]]:
     if not (run_dir / "export" / "saved_model.pb").exists():
         raise ValueError(f"{run_dir} has no export/ (trained with trainer.export=false, or not finished); "
                          f"train with trainer.export=true")
-    return run_dir, top_k, files
+    if tflite and not (run_dir / "export" / "model.tflite").exists():
+        raise ValueError(f"{run_dir}/export has no model.tflite (trainer.export_formats without tflite, or its "
+                         f"conversion failed: report.json export.tflite says why); train with "
+                         f"trainer.export_formats=[saved_model,keras,tflite]")
+    return run_dir, top_k, files, tflite
 
 
 def _reason(err: Exception) -> str:
@@ -59,24 +69,30 @@ def _reason(err: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        run_dir, top_k, files = parse(sys.argv[1:] if argv is None else argv)
+        run_dir, top_k, files, tflite = parse(sys.argv[1:] if argv is None else argv)
     except ValueError as err:
         print(f"safetrain.predict: {err}\n{USAGE}", file=sys.stderr)
         return EXIT_CONFIG
     tf, served = _load(run_dir)
     signature = json.loads((run_dir / "export" / "signature.json").read_text())
     names, upright = signature["classes"], signature.get("exif_orientation", "ignore") == "apply"
+    flat = (run_dir / "export" / "model.tflite").read_bytes() if tflite else None
     failed = 0
     for path in files:
         try:
             data = path.read_bytes()
-            out = served.classify(tf.constant([upright_bytes(data) if upright else data]))
+            encoded = tf.constant([upright_bytes(data) if upright else data])
+            if flat is not None:
+                from safetrain.export import run_tflite
+
+                probabilities = run_tflite(flat, served.prepare_images(encoded).numpy())[0]
+            else:
+                probabilities = served.classify(encoded)["probabilities"].numpy()[0]
         except (OSError, tf.errors.OpError) as err:
             failed += 1
             reason = err.strerror if isinstance(err, OSError) else _reason(err)
             print(f"{path}: error: {reason}")
             continue
-        probabilities = out["probabilities"].numpy()[0]
         best = probabilities.argsort()[::-1][:top_k]
         print(f"{path}: " + " | ".join(f"{names[i]} {probabilities[i]:.3f}" for i in best))
     if failed:

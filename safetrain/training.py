@@ -248,9 +248,11 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
         if hardware.cluster is None or hardware.cluster.is_chief:
             _results(cfg, steps, data, record, result.steps)
     if t.export and (hardware.cluster is None or hardware.cluster.is_chief):
-        report.export = export(model, data, cfg.dataset, record.run_dir / "export")
-        log.info("exported: %s (self-check on test images: max |diff| %s)", report.export["path"],
-                 report.export["self_check_max_abs_diff"])
+        report.export = export(model, data, cfg.dataset, record.run_dir / "export", tuple(t.export_formats),
+                               float32_model=lambda: _float32_copy(built.plan, model),
+                               layer_of=lambda node: _layer_of(built.layers, node))
+        log.info("exported: %s (self-check on test images: max |diff| %s)%s", report.export["path"],
+                 report.export["self_check_max_abs_diff"], _tflite_note(report.export.get("tflite")))
     elif t.export:  # saving may read variables collectively: every worker saves, only the chief keeps it
         with tempfile.TemporaryDirectory(prefix="safetrain-worker-export-") as scratch:
             export(model, data, cfg.dataset, Path(scratch) / "export")
@@ -638,6 +640,39 @@ def _layer_refs(plan: ModelPlan, model) -> dict[str, LayerRef]:
     head = model.layers[-1]
     refs[head.name] = LayerRef(len(plan.layers), f"head dense {plan.num_classes}", "dataset.num_classes", "Dense")
     return refs
+
+
+def _tflite_note(tflite: dict | None) -> str:
+    if tflite is None:
+        return ""
+    if tflite.get("path") is None:
+        return "; no model.tflite (report.json export.tflite says why)"
+    return f"; model.tflite {tflite['bytes'] / 1e6:.1f} MB, max |diff| {tflite['max_abs_diff']} vs the training model"
+
+
+def _float32_copy(plan: ModelPlan, model):
+    """The same weights in a float32 model (TFLite has no bfloat16 kernels); `model` itself when it
+    already computes in float32."""
+    if model.dtype_policy.compute_dtype == "float32":
+        return model
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        copy = build_model(plan, input_dtype="float32")
+        copy.set_weights(model.get_weights())
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    return copy
+
+
+def _layer_of(layers: dict[str, LayerRef], node: str) -> str | None:
+    """The config entry of a graph node's Keras layer (`.../L3_scaled_tanh_1/BesselI1e` -> layer 3)."""
+    import re
+
+    for name, ref in layers.items():
+        if re.search(rf"(^|/){re.escape(name)}(_\d+)?/", node):
+            return ref.describe()
+    return None
 
 
 def _activation_bytes(plan: ModelPlan, policy: str) -> int:

@@ -64,6 +64,14 @@ class ScaledTanh(keras.layers.Layer):
         return keras.ops.tanh(x) * self.scale
 
 
+@custom_layer("bessel_features")
+class BesselFeatures(keras.layers.Layer):
+    """Trains fine in TensorFlow; TFLite has no builtin kernel for BesselI1e."""
+
+    def call(self, x):
+        return tf.math.special.bessel_i1e(x)
+
+
 RNN = "{type: rows_as_sequence}, {type: lstm, units: 8}"
 
 
@@ -133,3 +141,17 @@ def test_argmax_cuts_gradients_exit_4_naming_variables_and_layer(train):
     assert "2 trainable variables get no gradient at all (None): L1_dense/kernel, L1_dense/bias" in result.err
     assert "stops at model layer 2 (argmax_feature (custom ArgmaxFeature), config model.layers.2)" in result.err
     assert result.report()["steps"] == 1  # found by the first step, before any checkpoint
+
+
+def test_a_layer_tflite_cannot_run_is_named_and_the_rest_of_the_export_stands(train):
+    result = train("model.layers=[{type: flatten}, {type: dense, units: 16}, {type: bessel_features}]",
+                   "trainer.export=true", "trainer.export_formats=[saved_model,keras,tflite]",
+                   "hardware.precision=float32")  # BesselI1e has no bfloat16 kernel on CPU (diagnosed, exit 4)
+    assert_clean(result, 0)
+    export = result.report()["export"]
+    assert export["tflite"]["path"] is None
+    assert export["tflite"]["error"].startswith("TFLite has no builtin kernel for BesselI1e in model layer 2 "
+                                                "(bessel_features (custom BesselFeatures), config model.layers.2)")
+    assert "no model.tflite in the export" in result.err and "Traceback" not in result.err
+    assert (result.run_dir / "export" / "saved_model.pb").exists() and export["self_check_max_abs_diff"] is not None
+    assert not (result.run_dir / "export" / "model.tflite").exists()

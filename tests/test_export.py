@@ -34,6 +34,7 @@ def test_mosaic_confusion_matrix_and_per_class_accuracy():
 def trained(tmp_path_factory, tfds_dir):
     run_dir = tmp_path_factory.mktemp("export") / "run"
     proc = subprocess.run([sys.executable, "-m", "safetrain", "+debug=tiny", "trainer.export=true",
+                           "trainer.export_formats=[saved_model,keras,tflite]",
                            "trainer.max_steps=24", "trainer.epochs=3", f"hydra.run.dir={run_dir}",
                            f"dataset.data_dir={tfds_dir}"], capture_output=True, text=True, env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -131,3 +132,27 @@ def test_tensorboard_shows_the_inputs_the_labelled_confusion_matrix_top_losses_a
     assert (trained / "results" / "confusion_matrix.png").stat().st_size > 10_000
     assert (trained / "results" / "top_losses.png").stat().st_size > 10_000
     assert not (trained / "suspect_labels.csv").exists()  # digits: no files to point at
+
+
+@pytest.mark.e2e
+def test_the_tflite_export_agrees_with_the_training_model_and_predict_runs_it(trained):
+    """The converted model, checked in the run against the training model (mixed_bfloat16 here, float32 in
+    the TFLite copy), and classified again here through `safetrain.predict --tflite` in a fresh process:
+    the same top class and probabilities within the recorded tolerance as the SavedModel's."""
+    tflite = json.loads((trained / "report.json").read_text())["export"]["tflite"]
+    assert tflite["path"] == str(trained / "export" / "model.tflite") and tflite["bytes"] > 1_000_000
+    assert tflite["compared_images"] == 32 and tflite["max_abs_diff"] <= tflite["tolerance"]
+    samples = sorted((trained / "export" / "samples").glob("test_*.png"))
+
+    def classify(*flags):
+        out = subprocess.run([sys.executable, "-m", "safetrain.predict", f"run_dir={trained}", "top_k=10", *flags,
+                              *map(str, samples)], capture_output=True, text=True, env=ENV, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return [dict((cell.split()[0], float(cell.split()[1])) for cell in line.split(": ", 1)[1].split(" | "))
+                for line in out.stdout.splitlines()]
+
+    saved, lite = classify(), classify("--tflite")
+    assert len(saved) == len(lite) == len(samples)
+    for a, b in zip(saved, lite):
+        assert max(a, key=a.get) == max(b, key=b.get)
+        assert max(abs(a[k] - b[k]) for k in a) <= tflite["tolerance"] + 2e-3  # printed to 3 decimals

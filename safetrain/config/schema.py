@@ -263,6 +263,7 @@ class TrainerConfig:
     on_oom: OnOom = OnOom.error          # out of memory: stop (exit 4) or retry with half the batch
     min_batch_size: int = 1              # on_oom=halve_batch stops halving below this
     export: bool = True                  # write <run dir>/export: a SavedModel for safetrain.predict
+    export_formats: List[str] = field(default_factory=lambda: ["saved_model", "keras"])  # also: tflite
     on_dead_gradient: OnDeadGradient = OnDeadGradient.warn  # exactly-zero gradients over the first steps
 
 

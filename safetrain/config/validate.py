@@ -61,6 +61,14 @@ def validate(cfg: Config) -> ModelPlan:
         raise ConfigError(f"dataset.suspect_min_probability={d.suspect_min_probability} must be in (0, 1]: the "
                           f"predicted probability above which a misclassified file is listed as a suspect label.",
                           hint="set dataset.suspect_min_probability=0.8", config_key="dataset.suspect_min_probability")
+    formats = list(t.export_formats)
+    unknown = [f for f in formats if f not in ("saved_model", "keras", "tflite")]
+    if unknown or "saved_model" not in formats or len(set(formats)) != len(formats):
+        raise ConfigError(f"trainer.export_formats={formats} must list saved_model (the self-checked serving "
+                          f"export safetrain.predict uses) and optionally keras and tflite, each once"
+                          + (f"; unknown: {', '.join(map(str, unknown))}" if unknown else "") + ".",
+                          hint="set trainer.export_formats=[saved_model,keras,tflite]",
+                          config_key="trainer.export_formats")
     _check_paths(cfg)
     _check_cluster(cfg)
     if t.on_oom is OnOom.halve_batch and current_task() is not None:
