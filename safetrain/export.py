@@ -73,8 +73,8 @@ class Serving(tf.Module):
 FORMATS = ("saved_model", "keras", "tflite")
 
 
-def export(model, data: Datasets, cfg: DatasetConfig, directory: Path, formats: tuple[str, ...] = ("saved_model", "keras"),
-           float32_model=None, layer_of=None) -> dict:
+def export(model, data: Datasets, cfg: DatasetConfig, directory: Path,
+           formats: tuple[str, ...] = ("saved_model", "keras"), float32_model=None, layer_of=None) -> dict:
     """Write the SavedModel and its self-check (always: safetrain.predict and the other formats'
     checks use it), `model.keras` and `model.tflite` when asked; return what report.json records.
     `float32_model()`: the same weights in a float32 model (TFLite has no bfloat16 kernels);
