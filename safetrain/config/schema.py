@@ -184,7 +184,7 @@ class DatasetConfig:
     exif_orientation: ExifOrientation = ExifOrientation.apply  # image_folder: camera rotation tags
     min_pixels: Optional[int] = None     # image_folder: images with fewer pixels are bad examples; null = no floor
     max_examples: Optional[int] = None   # use only the first N examples of each split (smoke runs)
-    suspect_min_probability: float = 0.8  # image_folder: suspect_labels.csv lists misclassified eval/test files this sure
+    suspect_min_probability: float = 0.8  # image_folder: suspect_labels.csv: misclassified eval/test files this sure
 
 
 class Pooling(Enum):
