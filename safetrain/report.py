@@ -62,6 +62,7 @@ class RunReport:
     time_to_first_step_s: float | None = None
     export: dict | None = None        # the SavedModel's path, input, classes and self-check
     best: dict | None = None          # the best eval epoch {epoch, step, metric, value}, when one was chosen
+    lr_find: dict | None = None       # trainer.lr_find: the suggestion (the curve is in lr_find.json)
     run_dir: str = ""
 
     def write(self, run_dir: Path) -> Path:

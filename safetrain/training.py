@@ -32,7 +32,7 @@ from models.build import build_model, layer_name
 from models.shapes import ModelPlan, infer
 from pipelines.build import Datasets, build_datasets
 from pipelines.scan import bad_examples_error
-from safetrain import results, schedules, visuals
+from safetrain import lr_find, results, schedules, visuals
 from safetrain.actions import (Evaluate, GradientProbe, LogScalars, ReducePlateau, SaveCheckpoints, SelectBest,
                                SwitchWeights)
 from safetrain.best import BestState
@@ -160,6 +160,9 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
     built = _model(cfg, plan, data, hardware)
     _record_model(record, cfg, built, hardware.policy, context)
     context.phase = "train"
+    if t.lr_find:
+        _lr_find(cfg, built, data, hardware, record, class_weights)
+        return
     if cfg.dry_run:
         log.info("dry run: the config, the data (every example scanned) and the model (%s parameters) check out; "
                  "nothing was trained", f"{report.model['params']:,}")
@@ -648,6 +651,62 @@ def _tflite_note(tflite: dict | None) -> str:
     if tflite.get("path") is None:
         return "; no model.tflite (report.json export.tflite says why)"
     return f"; model.tflite {tflite['bytes'] / 1e6:.1f} MB, max |diff| {tflite['max_abs_diff']} vs the training model"
+
+
+def _lr_find(cfg: Config, built: Built, data: Datasets, hardware: Hardware, record: RunRecord,
+             class_weights: list[float] | None) -> None:
+    """trainer.lr_find: the range test (safetrain.lr_find) on the run's own batches, from its initial
+    weights, which are put back afterwards; nothing is trained or checkpointed."""
+    t, o = cfg.trainer, cfg.optimizer
+    model, strategy = built.model, hardware.strategy
+    with strategy.scope():
+        optimizer = OPTIMIZERS.get(o.name)(t.lr_find_start, o.clipnorm, o.weight_decay, None)
+        exclude_one_dimensional(optimizer, model.trainable_variables)
+        if hardware.policy == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+    steps = Steps(strategy=strategy, model=model, optimizer=optimizer,
+                  loss_fn=LOSSES.get(t.loss)(label_smoothing=t.label_smoothing), eval_spec=None, time_input=False,
+                  class_weights=class_weights)
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    initial = [tf.identity(v.value) for v in model.variables]
+    before = weights_digest(model)
+    feed = {"epoch": 1, "batches": iter(strategy.experimental_distribute_dataset(data.train_epoch(1)))}
+
+    def step(rate: float) -> float | None:
+        inner.learning_rate.assign(rate)
+        while True:
+            try:
+                out = steps.train(feed["batches"])
+                break
+            except tf.errors.OutOfRangeError:  # the next epoch's batches, in their own order
+                feed["epoch"] += 1
+                feed["batches"] = iter(strategy.experimental_distribute_dataset(data.train_epoch(feed["epoch"])))
+        return float(out["loss_sum"]) / int(out["count"]) if bool(out["finite"]) else None
+
+    try:
+        used, losses = lr_find.range_test(step, lr_find.rates(t.lr_find_start, t.lr_find_end, t.lr_find_steps))
+    finally:
+        for variable, value in zip(model.variables, initial):
+            variable.assign(value)
+    restored = weights_digest(model) == before
+    if len(used) < 5:
+        raise NumericsError(f"the range test's loss diverged after {len(used)} steps, from the first rates "
+                            f"(trainer.lr_find_start={t.lr_find_start:g}): no curve to read",
+                            hint="lower trainer.lr_find_start (e.g. 1e-9), or check the input normalization",
+                            config_key="trainer.lr_find_start")
+    points = lr_find.suggest(np.array(used), losses)
+    result = lr_find.write(record.run_dir, used, losses, points, meta={
+        "optimizer": o.name, "batch_size": t.batch_size, "model": cfg.model.name, "precision": hardware.policy,
+        "start": t.lr_find_start, "end": t.lr_find_end, "epochs_read": feed["epoch"]})
+    record.report.lr_find = {k: result[k] for k in ("suggested_learning_rate", "steepest_descent_learning_rate",
+                                                    "lowest_loss_learning_rate", "steps", "override")}
+    record.report.lr_find.update(png=str(record.run_dir / "lr_find.png"), json=str(record.run_dir / "lr_find.json"),
+                                 initial_weights_restored=restored)
+    log.info("lr_find: %d steps from %.1e to %.1e; the loss was lowest at %.2e (too high to train at: it diverges "
+             "next) and fell fastest at %.2e (aggressive). Suggested, a tenth of the lowest:\n  %s   (curve: %s)",
+             len(used), used[0], used[-1], points["lowest"], points["steepest"], result["override"],
+             record.run_dir / "lr_find.png")
 
 
 def _float32_copy(plan: ModelPlan, model):

@@ -81,6 +81,8 @@ def run_probe(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
     (["trainer.early_stopping.patience=2", "trainer.early_stopping.metric=loss", "trainer.early_stopping.mode=max"],
      r"trainer\.early_stopping\.mode=max contradicts trainer\.early_stopping\.metric=loss, which improves by "
      r"going down"),
+    (["trainer.lr_find=true", "optimizer.schedule=plateau"],
+     r"trainer\.lr_find cannot honour optimizer\.schedule=plateau: plateau lowers the rate after epochs"),
     # a backbone's input contract: before TensorFlow too (the default digits are 28x28x1 scale_0_1)
     (["model=backbone"], r"model\.backbone\.name=mobilenet_v3_small needs inputs of at least 32x32, and "
                          r"dataset\.image is 28x28"),

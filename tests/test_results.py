@@ -130,3 +130,45 @@ def test_per_class_report_suspects_and_top_losses_from_known_predictions():
     assert results.top_loss_indices(pred, 2).tolist() == [4, 1]  # -log 0.05 > -log 0.1
     picture = results.confusion_figure(results.confusion(pred, 3), names)
     assert picture.shape[2] == 3 and 0.0 <= picture.min() and picture.max() <= 1.0 and picture.std() > 0.05
+
+
+def test_the_range_test_reads_a_known_curve_without_lag_and_stops_when_the_loss_blows_up():
+    from safetrain import lr_find
+
+    lrs = lr_find.rates(1e-6, 1.0, 100)
+    assert lrs[0] == pytest.approx(1e-6) and lrs[-1] == pytest.approx(1.0)
+    assert np.allclose(np.diff(np.log(lrs)), np.log(1e6) / 99)  # exponential
+    # a valley in log(rate) with its bottom at 1e-2, plus noise
+    rng = np.random.default_rng(0)
+    losses = (np.log10(lrs) + 2.0) ** 2 / 4 + 1.0 + rng.normal(0, 0.02, len(lrs))
+    points = lr_find.suggest(lrs, losses)
+    assert 10 ** -2.3 < points["lowest"] < 10 ** -1.7  # the centered average does not lag
+    assert points["suggested"] == pytest.approx(points["lowest"] / 10)
+    assert points["steepest"] < points["lowest"]
+    # the stop: a loss that explodes after step 30 ends the test there
+    calls = []
+
+    def step(rate):
+        calls.append(rate)
+        return 1.0 if len(calls) <= 30 else 50.0
+
+    used, seen = lr_find.range_test(step, lrs)
+    assert 30 < len(used) < 40 and len(calls) == len(used) and seen[:30] == [1.0] * 30
+    assert lr_find.range_test(lambda rate: None, lrs) == ([], [])  # a non-finite first step: nothing to read
+
+
+@pytest.mark.e2e
+def test_lr_find_writes_its_curve_and_suggestion_and_puts_the_initial_weights_back(train):
+    result = train("trainer.lr_find=true", "trainer.lr_find_steps=40", "trainer.max_steps=null")
+    assert result.code == 0, result.err
+    found = result.report()["lr_find"]
+    assert 10 <= found["steps"] <= 40 and found["initial_weights_restored"] is True  # fewer: it diverged first
+    assert 1e-7 <= found["suggested_learning_rate"] < found["lowest_loss_learning_rate"] <= 10
+    assert found["override"] == f"optimizer.learning_rate={found['suggested_learning_rate']:.2g}"
+    curve = json.loads((result.run_dir / "lr_find.json").read_text())
+    assert len(curve["learning_rates"]) == len(curve["losses"]) == found["steps"]
+    assert curve["epochs_read"] >= 2  # 8 batches an epoch: the test read on into the next epochs
+    assert (result.run_dir / "lr_find.png").stat().st_size > 10_000
+    assert "Suggested, a tenth of the lowest:\n  optimizer.learning_rate=" in result.err
+    assert not (result.run_dir / "checkpoints").exists() or not any((result.run_dir / "checkpoints").iterdir())
+    assert result.report()["steps"] == 0  # nothing was trained

@@ -265,6 +265,10 @@ class TrainerConfig:
     export: bool = True                  # write <run dir>/export: a SavedModel for safetrain.predict
     export_formats: List[str] = field(default_factory=lambda: ["saved_model", "keras"])  # also: tflite
     on_dead_gradient: OnDeadGradient = OnDeadGradient.warn  # exactly-zero gradients over the first steps
+    lr_find: bool = False                # a learning-rate range test instead of training (python -m safetrain.lr_find)
+    lr_find_steps: int = 100             # steps of the range test (fewer if the loss diverges first)
+    lr_find_start: float = 1e-7          # its first learning rate
+    lr_find_end: float = 10.0            # its last; the rate grows exponentially in between
 
 
 @dataclass

@@ -283,10 +283,38 @@ def _check_recipe(cfg: Config) -> None:
     if t.ema is not None and not 0.0 < t.ema < 1.0:
         refuse(f"trainer.ema={t.ema} must be in (0, 1): the decay of the weights' moving average.",
                "set trainer.ema=0.999 (or null: off)", "trainer.ema")
+    _check_lr_find(cfg, refuse)
     _check_selection(cfg, refuse)
     _check_augment(cfg, refuse)
     _check_class_weights(cfg, refuse)
     _check_sampling(cfg, refuse)
+
+
+def _check_lr_find(cfg: Config, refuse) -> None:
+    """The range test needs one optimizer whose rate it sets each step, in one process."""
+    t, b = cfg.trainer, cfg.model.backbone
+    if not t.lr_find:
+        return
+    if t.lr_find_steps < 10:
+        refuse(f"trainer.lr_find_steps={t.lr_find_steps}: a range test needs at least 10 steps to show a curve.",
+               "set trainer.lr_find_steps=100", "trainer.lr_find_steps")
+    if not 0 < t.lr_find_start < t.lr_find_end:
+        refuse(f"trainer.lr_find_start={t.lr_find_start} and trainer.lr_find_end={t.lr_find_end} must be "
+               f"0 < start < end.", "set trainer.lr_find_start=1e-7 trainer.lr_find_end=10", "trainer.lr_find_start")
+    if cfg.optimizer.schedule is Schedule.plateau:
+        refuse("trainer.lr_find cannot honour optimizer.schedule=plateau: plateau lowers the rate after epochs "
+               "without an eval gain, and a range test has neither epochs nor evaluation, so its suggestion would "
+               "not say where plateau should start or how it would move.",
+               "run the range test with optimizer.schedule=constant, then train with the suggested "
+               "optimizer.learning_rate and optimizer.schedule=plateau", "optimizer.schedule")
+    if b.name is not None and (b.trainable or b.fine_tune_from_epoch is not None):
+        refuse("trainer.lr_find cannot honour a backbone that trains: it has its own optimizer and rate "
+               "(model.backbone.fine_tune_learning_rate), and one range test cannot set two rates.",
+               "run it with the backbone frozen (model.backbone.trainable=false model.backbone.fine_tune_from_epoch="
+               "null) to choose optimizer.learning_rate for the head", "model.backbone.trainable")
+    if current_task() is not None:
+        refuse("trainer.lr_find runs in one process; this one is part of a multi-worker cluster (TF_CONFIG).",
+               "unset TF_CONFIG and run it on one machine", "trainer.lr_find")
 
 
 def best_mode(metric: Monitor, mode: Mode | None) -> Mode:
