@@ -15,9 +15,12 @@ a fresh process, through `python -m safetrain.predict`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +73,6 @@ class Serving(tf.Module):
         self.prepare_images = prepare_images
 
 
-FORMATS = ("saved_model", "keras", "tflite")
-
-
 def export(model, data: Datasets, cfg: DatasetConfig, directory: Path,
            formats: tuple[str, ...] = ("saved_model", "keras"), float32_model=None, layer_of=None) -> dict:
     """Write the SavedModel and its self-check (always: safetrain.predict and the other formats'
@@ -117,16 +117,20 @@ def tflite_export(model, float_model, data: Datasets, path: Path, tolerance: flo
     # Through Keras' own SavedModel export: converting a tf.function over the model (directly or
     # saved by tf.saved_model) left Keras 3's variables as TFLite resource variables that were never
     # initialized — measured: a 4 KB model whose every output was NaN.
+    converter_log = path.with_name("tflite_converter.log")
     with tempfile.TemporaryDirectory(prefix="safetrain-tflite-") as scratch:
         wrapper.export(scratch, format="tf_saved_model", verbose=False)
         try:
-            flat = tf.lite.TFLiteConverter.from_saved_model(scratch).convert()
+            with _stderr_to(converter_log):  # the converter's C++ diagnostics: pages of MLIR locations
+                flat = tf.lite.TFLiteConverter.from_saved_model(scratch).convert()
         except Exception as err:  # noqa: BLE001 - the converter raises ConverterError and plain exceptions
             concrete = tf.function(lambda x: wrapper(x)).get_concrete_function(
                 tf.TensorSpec([None, *spec.shape], tf.float32))
             reason = _conversion_problem(err, concrete, layer_of)
-            log.warning("warning: no model.tflite in the export (%s); the SavedModel is complete", reason)
-            return {"path": None, "error": reason}
+            log.warning("warning: no model.tflite in the export (%s); the SavedModel is complete; the converter's "
+                        "own output is in %s", reason, converter_log)
+            return {"path": None, "error": reason, "converter_log": str(converter_log)}
+    converter_log.unlink(missing_ok=True)
     path.write_bytes(flat)
     images = _test_inputs(data)
     if images is None:
@@ -140,6 +144,21 @@ def tflite_export(model, float_model, data: Datasets, path: Path, tolerance: flo
     return {"path": str(path), "bytes": len(flat), "max_abs_diff": round(diff, 6), "tolerance": tolerance,
             "compared_images": int(images.shape[0]), "input": f"{spec.describe()}: apply signature.json's "
             f"preprocessing first", "output": "class probabilities"}
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    """Send file descriptor 2 (where TensorFlow's C++ code writes) to `path` for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "w") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def run_tflite(flat: bytes, images: np.ndarray) -> np.ndarray:

@@ -155,3 +155,4 @@ def test_a_layer_tflite_cannot_run_is_named_and_the_rest_of_the_export_stands(tr
     assert "no model.tflite in the export" in result.err and "Traceback" not in result.err
     assert (result.run_dir / "export" / "saved_model.pb").exists() and export["self_check_max_abs_diff"] is not None
     assert not (result.run_dir / "export" / "model.tflite").exists()
+    assert "BesselI1e" in (result.run_dir / "export" / "tflite_converter.log").read_text()  # its own words, kept
