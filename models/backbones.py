@@ -110,26 +110,33 @@ class BackboneSpec:
         return self.trainable or (self.fine_tune_from_epoch is not None and epoch >= self.fine_tune_from_epoch)
 
     def output_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        """The pooled feature vector; the input contract is checked by validate() and here again
-        for the real input (a source's own size when nothing resizes it)."""
-        from safetrain.errors import SpecError
-
-        height, width, channels = shape
-        if channels != CHANNELS:
-            raise SpecError(
-                f"backbone {self.entry.name} takes {CHANNELS}-channel RGB images (an ImageNet stem), and the "
-                f"model input is {height}x{width}x{channels}",
-                hint="set dataset.image.channels=3 dataset.channel_policy=convert (gray is repeated to RGB)",
-                config_key="dataset.image.channels")
-        if min(height, width) < self.entry.min_size:
-            raise SpecError(
-                f"backbone {self.entry.name} needs inputs of at least {self.entry.min_size}x{self.entry.min_size} "
-                f"(its strides would leave no pixels), and the model input is {height}x{width}",
-                hint=f"set dataset.image.height={self.entry.min_size * 2} dataset.image.width="
-                     f"{self.entry.min_size * 2} dataset.resize=bilinear (its weights were trained at "
-                     f"{self.entry.preferred_size}x{self.entry.preferred_size})",
-                config_key="dataset.image.height")
+        """The pooled feature vector, for the real input (a source's own size when nothing resizes
+        it); validate() has checked the declared one the same way (check_input)."""
+        check_input(self.entry, shape, declared=False)
         return (self.entry.features,)
+
+
+def check_input(entry: Backbone, shape: tuple[int, ...], declared: bool) -> None:
+    """The backbone's input contract (3 channels, at least min_size): a ConfigError naming
+    dataset.image when `declared` (validate(), before TensorFlow), else a SpecError naming the
+    model input the data gives."""
+    from safetrain.errors import ConfigError, SpecError
+
+    height, width, channels = shape
+    who = f"model.backbone.name={entry.name}" if declared else f"backbone {entry.name}"
+    error = ConfigError if declared else SpecError
+    if channels != CHANNELS:
+        got = f"dataset.image.channels={channels}." if declared else f"the model input is {height}x{width}x{channels}"
+        fix = "set dataset.image.channels=3 dataset.channel_policy=convert (gray images are repeated to RGB)"
+        raise error(f"{who} takes {CHANNELS}-channel RGB images (an ImageNet stem), and {got}", hint=fix,
+                    config_key="dataset.image.channels")
+    if min(height, width) < entry.min_size:
+        got = f"dataset.image is {height}x{width}." if declared else f"the model input is {height}x{width}"
+        raise error(f"{who} needs inputs of at least {entry.min_size}x{entry.min_size}, and {got}",
+                    hint=f"set dataset.image.height={entry.min_size * 2} dataset.image.width={entry.min_size * 2} "
+                         f"dataset.resize=bilinear (its weights were trained at "
+                         f"{entry.preferred_size}x{entry.preferred_size})",
+                    config_key="dataset.image.height")
 
 
 def parse_backbone(cfg) -> BackboneSpec | None:

@@ -78,7 +78,7 @@ def export(model, data: Datasets, cfg: DatasetConfig, directory: Path,
     """Write the SavedModel and its self-check (always: safetrain.predict and the other formats'
     checks use it), `model.keras` and `model.tflite` when asked; return what report.json records.
     `float32_model()`: the same weights in a float32 model (TFLite has no bfloat16 kernels);
-    `layer_of(node_name)`: the config entry a graph node came from, for a conversion error."""
+    `layer_of(node_name)`: the LayerRef of the config entry a graph node came from (for a conversion error)."""
     serving = Serving(model, data, cfg)
     tf.saved_model.save(serving, str(directory), signatures={"serving_default": serving.classify,
                                                              "describe": serving.describe})
@@ -198,7 +198,7 @@ def _conversion_problem(err: Exception, concrete, layer_of) -> str:
     nodes = [node.name for node in concrete.graph.as_graph_def().node if node.op in ops]
     for function in concrete.graph.as_graph_def().library.function:
         nodes += [node.name for node in function.node_def if node.op in ops]
-    layers = sorted({ref for ref in (layer_of(n) for n in nodes) if ref} if layer_of else set())
+    layers = sorted({ref.describe() for ref in (layer_of(n) for n in nodes) if ref} if layer_of else set())
     where = f" in {', '.join(layers)}" if layers else ""
     return (f"TFLite has no builtin kernel for {', '.join(ops)}{where}; an app's TFLite interpreter could not run it. "
             f"Fix: replace the op in that layer with a TFLite builtin one (TensorFlow's TFLite op list), or leave "

@@ -109,13 +109,14 @@ def facts(err: BaseException, ctx: Context) -> Facts:
     node = _NODE.search(message)
     if op is None and node:
         op = node.group(1)
-    layer = _layer_from_op(op, ctx) or _layer_from_frames(chain, ctx) or _layer_from_text(raw, ctx)
+    layer = layer_from_op(op, ctx) or _layer_from_frames(chain, ctx) or _layer_from_text(raw, ctx)
     return Facts(tf_error_class=type(head).__name__, cause=cause[:600], op=op, layer=layer,
                  source=_user_source(message, chain, runtime=hasattr(head, "error_code")), raw=raw,
                  runtime=hasattr(head, "error_code"))
 
 
-def _layer_from_op(op: str | None, ctx: Context) -> LayerRef | None:
+def layer_from_op(op: str | None, ctx: Context) -> LayerRef | None:
+    """The config entry whose Keras layer created the node `op` (`.../L3_conv2d_1/Conv2D` -> layer 3)."""
     for part in (op or "").split("/"):
         for name in (part, re.sub(r"_\d+$", "", part)):  # Keras suffixes a re-entered name scope: head_1
             if name in ctx.layers:

@@ -70,7 +70,10 @@ class FineTune:
 
     def steps_args(self) -> dict:
         """Steps arguments for the current state (the NaN replay rebuilds the step functions)."""
-        return {"fine_tune": (self.optimizer, self.variables) if self._current else None}
+        return {"fine_tune": self._fine_tune(bool(self._current))}
+
+    def _fine_tune(self, trainable: bool):
+        return (self.optimizer, self.variables) if trainable else None
 
     def steps_for(self, epoch: int, make_steps: Callable[..., Any], on_switch: Callable[[Any], None]):
         """The step functions for `epoch`: the backbone's trainable flags set for it, one Steps per
@@ -78,7 +81,7 @@ class FineTune:
         trainable = self.spec.trainable_in(epoch)
         set_trainable(self.backbone, self.spec, trainable)
         if trainable not in self._steps:
-            self._steps[trainable] = make_steps(fine_tune=(self.optimizer, self.variables) if trainable else None)
+            self._steps[trainable] = make_steps(fine_tune=self._fine_tune(trainable))
         if self._current is not None and self._current != trainable:
             log.info("epoch %d: backbone %s unfrozen (%s)", epoch, self.spec.entry.name, self.rate)
             on_switch(self._steps[trainable])

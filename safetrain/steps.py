@@ -62,7 +62,6 @@ class Steps:
         self.train = tf.function(functools.partial(self._train, probe=False), reduce_retracing=True)
         self.train_probe = tf.function(functools.partial(self._train, probe=True), reduce_retracing=True)
         self.eval = tf.function(self._eval, input_signature=eval_spec, jit_compile=jit_compile)
-        self.predict = tf.function(self._predict, reduce_retracing=True)
         self.probabilities = tf.function(self._probabilities, reduce_retracing=True)
 
     def _train(self, iterator, probe: bool):
@@ -141,10 +140,6 @@ class Steps:
     def _eval(self, images, labels):
         out = self.strategy.run(self._replica_eval, args=(images, labels))
         return {k: self.strategy.reduce(_SUM, v, axis=None) for k, v in out.items()}
-
-    def _predict(self, images):
-        """Predicted class ids for one batch (the test confusion matrix); one device is enough."""
-        return tf.argmax(self.model(images, training=False), axis=-1, output_type=tf.int32)
 
     def _probabilities(self, images):
         """Class probabilities (float32) for one batch: the results' per-example view."""

@@ -43,7 +43,7 @@ from safetrain.cluster import ClusterTask, current_task, wait_for_peers
 from safetrain.config.schema import BadExamplePolicy, Config, Mode, OnDeadGradient, OnNan, OnOom
 from safetrain.config.validate import best_mode
 from safetrain.diagnosis import diagnose
-from safetrain.facts import is_safetrain_bug
+from safetrain.facts import is_safetrain_bug, layer_from_op
 from safetrain.env_report import env_text, versions
 from safetrain.errors import ErrorKind, GraphError, NanStop, NumericsError, SafetrainError, SpecError
 from safetrain.export import export
@@ -253,7 +253,7 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
     if t.export and (hardware.cluster is None or hardware.cluster.is_chief):
         report.export = export(model, data, cfg.dataset, record.run_dir / "export", tuple(t.export_formats),
                                float32_model=lambda: _float32_copy(built.plan, model),
-                               layer_of=lambda node: _layer_of(built.layers, node))
+                               layer_of=lambda node: layer_from_op(node, context))
         log.info("exported: %s (self-check on test images: max |diff| %s)%s", report.export["path"],
                  report.export["self_check_max_abs_diff"], _tflite_note(report.export.get("tflite")))
     elif t.export:  # saving may read variables collectively: every worker saves, only the chief keeps it
@@ -481,24 +481,37 @@ def _record_loop(record: RunRecord, loop: TrainLoop, evaluation: Evaluate | None
     report.data["skipped_steps"] = r.skipped_steps
 
 
-def _predictions(steps: Steps, data: Datasets, split: str) -> results.Predictions | None:
-    """Every example of `split` through the model: class ids, probabilities, keys (file paths)."""
+def _predictions(steps: Steps, data: Datasets, split: str, keep: int = 0):
+    """Every example of `split` through the model: class ids, probabilities, keys (file paths);
+    with `keep`, also {index: model input} of the `keep` highest-loss examples, picked as the batches
+    go (one pass; never more than `keep` plus one batch of images held)."""
     ds = data.with_keys(split)
     if ds is None:
-        return None
+        return None, {}
     labels, probabilities, keys = [], [], []
+    kept: dict[int, tuple[float, np.ndarray]] = {}  # index -> (loss, image)
     for images, y, key in ds:
+        start = len(keys)
         probabilities.append(steps.probabilities(images).numpy())
-        labels.append(y.numpy())
+        labels.append(y.numpy().astype(np.int64))
         keys += [k.decode() for k in key.numpy()]
-    return results.Predictions(split, np.concatenate(labels).astype(np.int64), np.concatenate(probabilities), keys)
+        if keep:
+            batch = results.Predictions(split, labels[-1], probabilities[-1], keys[start:])
+            for i in results.top_loss_indices(batch, keep):
+                kept[start + int(i)] = (float(batch.losses[i]), images[int(i)].numpy().astype(np.float32))
+            # the same order as results.top_loss_indices: highest loss first, the earlier example on ties
+            kept = dict(sorted(kept.items(), key=lambda item: (-item[1][0], item[0]))[:keep])
+    if not keys:
+        return results.Predictions(split, np.zeros(0, np.int64), np.zeros((0, 1)), []), {}
+    pred = results.Predictions(split, np.concatenate(labels), np.concatenate(probabilities), keys)
+    return pred, {i: image for i, (_, image) in kept.items()}
 
 
 def _results(cfg: Config, steps: Steps, data: Datasets, record: RunRecord, step: int) -> None:
     """What the test split shows about the model's mistakes — the labelled confusion matrix, the
     top losses, precision/recall/F1 per class — in TensorBoard, report.json and results/*.png, and
     for image folders the suspect labels of eval and test (suspect_labels.csv)."""
-    test = _predictions(steps, data, "test")
+    test, images = _predictions(steps, data, "test", keep=TOP_LOSSES)
     if test is None or not len(test.labels):
         return
     names, out = data.source.names(), record.run_dir / "results"
@@ -515,19 +528,12 @@ def _results(cfg: Config, steps: Steps, data: Datasets, record: RunRecord, step:
     record.text("test/per_class", results.report_text(metrics["per_class"]), step=step, code=False)
 
     chosen = results.top_loss_indices(test, TOP_LOSSES)
-    wanted, images = {int(i): None for i in chosen}, {}
-    offset = 0
-    for batch, _, _ in data.with_keys("test"):  # a second pass: only the chosen images are kept
-        for i in range(int(batch.shape[0])):
-            if offset + i in wanted:
-                images[offset + i] = batch[i].numpy().astype(np.float32)
-        offset += int(batch.shape[0])
     grid = results.top_losses_figure(np.stack([images[int(i)] for i in chosen]), test, chosen, names,
                                      out / "top_losses.png")
     record.image("test/top_losses", grid, step=step)
 
     if cfg.dataset.source.value == "image_folder":
-        evaluated = [p for p in (_predictions(steps, data, "eval"), test) if p is not None]
+        evaluated = [p for p in (_predictions(steps, data, "eval")[0], test) if p is not None]
         suspect = results.suspects(evaluated, names, cfg.dataset.suspect_min_probability)
         results.write_suspects(record.run_dir / "suspect_labels.csv", suspect)
         metrics["suspect_labels"] = {"count": len(suspect), "file": "suspect_labels.csv",
@@ -722,16 +728,6 @@ def _float32_copy(plan: ModelPlan, model):
     finally:
         keras.mixed_precision.set_global_policy(previous)
     return copy
-
-
-def _layer_of(layers: dict[str, LayerRef], node: str) -> str | None:
-    """The config entry of a graph node's Keras layer (`.../L3_scaled_tanh_1/BesselI1e` -> layer 3)."""
-    import re
-
-    for name, ref in layers.items():
-        if re.search(rf"(^|/){re.escape(name)}(_\d+)?/", node):
-            return ref.describe()
-    return None
 
 
 def _activation_bytes(plan: ModelPlan, policy: str) -> int:

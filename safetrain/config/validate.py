@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.backbones import BACKBONES, CHANNELS, parse_backbone
+from models.backbones import BACKBONES, check_input, parse_backbone
 from models.shapes import ModelPlan, infer
 from models.parse import parse_layers
 from safetrain.cluster import current_task
@@ -143,17 +143,7 @@ def _check_backbone(cfg: Config):
                    "convert it with keras: model.save_weights('backbone.weights.h5'), or set "
                    "model.backbone.weights=imagenet", "model.backbone.weights")
         b.weights = str(path)
-    if image.channels != CHANNELS:
-        refuse(f"model.backbone.name={entry.name} takes {CHANNELS}-channel RGB images (an ImageNet stem), and "
-               f"dataset.image.channels={image.channels}.",
-               "set dataset.image.channels=3 dataset.channel_policy=convert (gray images are repeated to RGB)",
-               "dataset.image.channels")
-    if min(image.height, image.width) < entry.min_size:
-        refuse(f"model.backbone.name={entry.name} needs inputs of at least {entry.min_size}x{entry.min_size}, and "
-               f"dataset.image is {image.height}x{image.width}.",
-               f"set dataset.image.height={entry.min_size * 2} dataset.image.width={entry.min_size * 2} "
-               f"dataset.resize=bilinear (its weights were trained at {entry.preferred_size}x{entry.preferred_size})",
-               "dataset.image.height")
+    check_input(entry, (image.height, image.width, image.channels), declared=True)
     if image.normalization is Normalization.backbone:
         image.normalization = Normalization(entry.normalization)
     elif image.normalization.value != entry.normalization:
