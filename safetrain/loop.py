@@ -1,10 +1,14 @@
 """The outer loop: plain Python a reader can follow top to bottom.
 
-Epochs of train steps (the tf.functions in safetrain.steps). After each step: time it, check the
-NaN guard, then call the periodic actions (safetrain.actions: logging, checkpoints, the gradient
-probe), which decide themselves whether they are due; a pending SIGTERM/SIGINT saves a checkpoint
-at that exact step and stops. After each epoch: the epoch actions (evaluation, the epoch-end
-checkpoint). Invariant: the step counter advances by exactly the steps run.
+Epochs of train calls (the tf.functions in safetrain.steps). A call runs one step, or with
+trainer.steps_per_loop=K up to K steps inside the graph (one host sync for all of them); calls
+end on multiples of K, so the periodic actions — which must be due only on multiples of K
+(validate() insists, as Orbit does) — never fall inside one. After each call: time it, check the
+NaN guard (the in-graph loop stops right after a non-finite step, so the stop or skip happens at
+that exact step), then call the periodic actions (safetrain.actions: logging, checkpoints, the
+gradient probe), which decide themselves whether they are due; a pending SIGTERM/SIGINT saves a
+checkpoint at that exact step and stops. After each epoch: the epoch actions (evaluation, the
+epoch-end checkpoint). Invariant: the step counter advances by exactly the steps run.
 
 The loop knows nothing of TensorFlow graphs or the run directory: batches come from
 `train_batches(epoch, skip)`, evaluation data through `distribute`, and what is recorded goes to
@@ -27,7 +31,7 @@ from safetrain.errors import ErrorKind, NanStop
 from safetrain.progress import Progress
 from safetrain.run_state import Context, Position
 from safetrain.signals import SignalGuard
-from safetrain.throughput import StepTimer
+from safetrain.throughput import StepTimer, choose_steps_per_loop
 
 log = logging.getLogger("safetrain")
 
@@ -43,6 +47,10 @@ class LoopResult:
     train_accuracy: float | None = None
     skipped_steps: int = 0
     time_to_first_step_s: float | None = None
+    examples: int = 0                 # trained in this process (finite steps)
+    train_seconds: float = 0.0        # inside training epochs: the train calls and the actions after them
+    steps_per_loop: int | None = None  # steps per train call, once known
+    steps_per_loop_reason: str | None = None
 
 
 class TrainLoop:
@@ -53,7 +61,7 @@ class TrainLoop:
                  progress: Progress | None = None,
                  started: float | None = None, clock: Callable[[], float] = time.perf_counter,
                  guard: SignalGuard | None = None, context: Context | None = None,
-                 steps_for_epoch: Callable[[int], Any] | None = None) -> None:
+                 steps_for_epoch: Callable[[int], Any] | None = None, steps_per_loop: int | None = 1) -> None:
         """`steps`: `train(iterator)`, `train_probe(iterator)`, `eval(images, labels)` and
         `missing_gradients_error()` (safetrain.steps.Steps). `train_batches(epoch, skip)`: the
         epoch's training batches after the first `skip`, ready for `steps.train`.
@@ -63,7 +71,9 @@ class TrainLoop:
         step); `started`: when the run began (time to first step). `steps_for_epoch(epoch)`, when
         given, returns the step functions for that epoch (a backbone frozen in the first epochs and
         fine-tuned from a later one trains different variables); it is asked before each epoch,
-        also the one a resume starts in."""
+        also the one a resume starts in. `steps_per_loop`: steps per train call (the probe's steps
+        are single calls); None = auto, chosen from the first untraced single steps so a call
+        lasts about 100 ms (safetrain.throughput.choose_steps_per_loop)."""
         self.steps = steps
         self.train_batches = train_batches
         self.distribute = distribute
@@ -81,6 +91,12 @@ class TrainLoop:
         self.result = LoopResult()
         self.context = context or Context()  # phase and step, for diagnosing an error raised here
         self.steps_for_epoch = steps_for_epoch
+        self.steps_per_loop = steps_per_loop
+        if steps_per_loop is not None:
+            self.result.steps_per_loop = steps_per_loop
+            self.result.steps_per_loop_reason = "trainer.steps_per_loop"
+        self._single_s: list[float] = []  # untraced single-step calls: what auto decides from
+        self._called: set[str] = set()     # the step functions called once already (traced)
 
     def run(self) -> LoopResult:
         cfg, result = self.cfg, self.result
@@ -123,40 +139,58 @@ class TrainLoop:
     def _train_epoch(self, epoch: int, skip: int) -> tuple[Totals, int, bool]:
         """Returns the epoch's totals, the batches done in it, and whether it ran to the end."""
         result = self.result
+        began = self.clock()
+        try:
+            return self._train_calls(epoch, skip)
+        finally:
+            result.train_seconds += self.clock() - began
+
+    def _train_calls(self, epoch: int, skip: int) -> tuple[Totals, int, bool]:
+        result = self.result
         if self.steps_for_epoch is not None:
             self.steps = self.steps_for_epoch(epoch)
         iterator = iter(self.train_batches(epoch, skip))
         totals = Totals()
         self.progress.start_epoch(epoch, self.cfg.epochs, self.steps_per_epoch)
-        in_epoch = skip
-        rate_from: tuple[float, int] | None = None  # (time, examples) after the epoch's first step
+        in_epoch, calls = skip, 0
+        rate_from: tuple[float, int] | None = None  # (time, examples) after the epoch's first call
         while not self._budget_spent():
-            if self.steps_per_epoch is not None and in_epoch >= self.steps_per_epoch:
+            left = None if self.steps_per_epoch is None else self.steps_per_epoch - in_epoch
+            if left is not None and left <= 0:
                 return totals, in_epoch, True
-            step_fn = self.steps.train_probe if self.probe is not None and self.probe.active else self.steps.train
+            name, call, asked = self._next_call(left)
             self.context.phase, self.context.step = "train", result.steps + 1
             t0 = self.clock()
             try:
-                out = {k: np.asarray(v) for k, v in step_fn(iterator).items()}
+                out = {k: np.asarray(v) for k, v in call(iterator).items()}
             except tf.errors.OutOfRangeError:  # the data ran out before the counted steps
                 return totals, in_epoch, True
             t1 = self.clock()
-            result.steps += 1
-            in_epoch += 1
+            ran = int(out.get("steps", 1))
+            if not ran:  # the multi-step call found no batch left
+                return totals, in_epoch, True
+            if asked == 1 and name in self._called:
+                self._single_s.append(t1 - t0)
+            self._called.add(name)
+            calls += 1
+            result.steps += ran
+            in_epoch += ran
             missing = self.steps.missing_gradients_error()
             if missing is not None:
                 raise missing
             if result.time_to_first_step_s is None:
                 result.time_to_first_step_s = round(t1 - self.started, 3)
             finite = bool(out["finite"])
-            if finite:
+            if finite or "last_loss_sum" in out:  # a multi-step call's sums cover its finite steps only
                 totals.add(out)
+                result.examples += int(out["count"])
+            if finite:
                 wait = float(out["input_wait_s"])
                 self.timer.add(wait=None if wait < 0 else min(wait, t1 - t0), total=t1 - t0,
-                               examples=int(out["count"]), first_of_epoch=in_epoch == 1)
-            else:
-                self._non_finite(epoch, float(out["loss_sum"]))  # raises unless on_nan=skip_step
-            # This epoch so far, input waits included, first step (tracing, new iterator) excluded.
+                               examples=int(out["count"]), first_of_epoch=calls == 1, steps=ran)
+            else:  # raises unless on_nan=skip_step
+                self._non_finite(epoch, float(out.get("last_loss_sum", out["loss_sum"])))
+            # This epoch so far, input waits included, first call (tracing, new iterator) excluded.
             rate = (totals.count - rate_from[1]) / (t1 - rate_from[0]) if rate_from and t1 > rate_from[0] else None
             rate_from = rate_from or (t1, totals.count)
             at = Position(result.steps, epoch, in_epoch)
@@ -166,7 +200,27 @@ class TrainLoop:
             if self.guard.pending:  # SIGTERM/SIGINT: save exactly here, then stop
                 self.checkpoints.save(at)
                 self.guard.raise_if_pending(saved_step=at.step)
+            if finite and ran < asked:  # the data ran out inside the call
+                return totals, in_epoch, True
         return totals, in_epoch, False
+
+    def _next_call(self, left: int | None) -> tuple[str, Callable[[Any], dict], int]:
+        """(name, call, steps asked) for the next train call: the probe's single step while it is
+        active, else up to steps_per_loop steps, ending on the next multiple of it (where logging
+        and checkpoints can be due), at the epoch's end or at trainer.max_steps."""
+        if self.probe is not None and self.probe.active:
+            return "probe", self.steps.train_probe, 1
+        if self.steps_per_loop is None and len(self._single_s) >= 2:
+            self.steps_per_loop, reason = choose_steps_per_loop(
+                float(np.median(self._single_s)), self.cfg.log_every_steps, self.cfg.checkpoint_every_steps)
+            self.result.steps_per_loop, self.result.steps_per_loop_reason = self.steps_per_loop, reason
+            log.info("trainer.steps_per_loop=auto: %s", reason)
+        k = self.steps_per_loop or 1  # auto, still measuring: single steps
+        n = k - self.result.steps % k
+        for limit in (left, None if self.cfg.max_steps is None else self.cfg.max_steps - self.result.steps):
+            if limit is not None:
+                n = min(n, limit)
+        return "steps", lambda iterator: self.steps.train_steps(iterator, tf.constant(n, tf.int32)), n
 
     def _non_finite(self, epoch: int, loss_sum: float) -> None:
         step = self.result.steps

@@ -11,6 +11,14 @@ whether the loss and the gradient norm were finite; the loop reads that to stop 
 all; without it (on_nan=stop) the update is applied unconditionally — the `tf.cond` guard costs
 about 5% of a small CNN's step on CPU — and the loop stops at once, before any checkpoint could
 save the poisoned weights.
+
+`train_steps(iterator, n)` runs up to n of those steps in one call — a `tf.while_loop` over the
+iterator, Keras' `steps_per_execution` and Orbit's `steps_per_loop` — with one host sync per call
+instead of one per step (trainer.steps_per_loop). It keeps every guarantee of the single step: it
+stops right after the first non-finite step, so the loop stops or skips at that exact step; it
+reads each batch as an optional and stops when there is none, so an epoch that ends inside a call
+loses no step's update to an OutOfRangeError (and, unlike Keras' loop, it never fetches a batch
+ahead, which would shift the next call's data and break exact resume).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from typing import Callable
 import tensorflow as tf
 
 _SUM = tf.distribute.ReduceOp.SUM
+_NOT_MEASURED = -1.0  # input wait under op determinism (not NaN: check_numerics would object)
 
 
 class Steps:
@@ -61,6 +70,7 @@ class Steps:
             self._replica_steps[probe] = tf.function(step, jit_compile=True) if jit_compile else step
         self.train = tf.function(functools.partial(self._train, probe=False), reduce_retracing=True)
         self.train_probe = tf.function(functools.partial(self._train, probe=True), reduce_retracing=True)
+        self.train_steps = tf.function(self._train_steps, reduce_retracing=True)
         self.eval = tf.function(self._eval, input_signature=eval_spec, jit_compile=jit_compile)
         self.probabilities = tf.function(self._probabilities, reduce_retracing=True)
 
@@ -73,17 +83,57 @@ class Steps:
                 wait = tf.timestamp() - started
         else:
             images, labels = next(iterator)
-            wait = tf.constant(-1.0, tf.float64)  # "not measured" (not NaN: check_numerics would object)
+            wait = tf.constant(_NOT_MEASURED, tf.float64)
+        return {**self._step(images, labels, probe), "input_wait_s": wait}
+
+    def _step(self, images, labels, probe: bool = False):
         out = self.strategy.run(self._replica_steps[probe], args=(images, labels))
         result = {"loss_sum": self.strategy.reduce(_SUM, out["loss_sum"], axis=None),
                   "correct": self.strategy.reduce(_SUM, out["correct"], axis=None),
                   "count": self.strategy.reduce(_SUM, out["count"], axis=None),
                   "finite": self.strategy.reduce(_SUM, out["finite"], axis=None)
-                  == self.strategy.num_replicas_in_sync,
-                  "input_wait_s": wait}
+                  == self.strategy.num_replicas_in_sync}
         if probe:  # summed over replicas: zero exactly when zero on every replica
             result["grad_abs_max"] = self.strategy.reduce(_SUM, out["grad_abs_max"], axis=None)
         return result
+
+    def _train_steps(self, iterator, steps):
+        """Up to `steps` (an int32 tensor: no retrace per value) train steps. Returns the sums over
+        the finite steps run (loss_sum, correct, count, input_wait_s), `steps` run, `finite` (of
+        the last one: False means it was non-finite and the call stopped there) and that step's
+        `last_loss_sum`. Fewer steps than asked with `finite` true: the data ran out."""
+        zero = tf.constant(0, tf.int32)
+        state = (zero, tf.constant(True), tf.constant(True), tf.constant(0.0), zero, zero,
+                 tf.constant(0.0, tf.float64), tf.constant(0.0))
+
+        def more(done, finite, has_data, *_):
+            return tf.logical_and(tf.logical_and(done < steps, finite), has_data)
+
+        def step(done, finite, has_data, loss_sum, correct, count, wait, last_loss):
+            started = tf.timestamp() if self.time_input else None
+            with tf.control_dependencies([started] if started is not None else []):
+                batch = iterator.get_next_as_optional()
+                present = batch.has_value()
+            with tf.control_dependencies([present]):
+                waited = tf.timestamp() - started if started is not None else tf.constant(0.0, tf.float64)
+
+            def run():
+                out = self._step(*batch.get_value())
+                ok = out["finite"]
+                keep = lambda total, value: total + tf.where(ok, value, tf.zeros_like(value))  # noqa: E731
+                return (done + 1, ok, tf.constant(True), keep(loss_sum, out["loss_sum"]),
+                        keep(correct, out["correct"]), keep(count, out["count"]), wait + waited, out["loss_sum"])
+
+            def out_of_data():
+                return done, finite, tf.constant(False), loss_sum, correct, count, wait, last_loss
+
+            return tf.cond(present, run, out_of_data)
+
+        done, finite, _, loss_sum, correct, count, wait, last_loss = tf.while_loop(more, step, state)
+        if not self.time_input:
+            wait = tf.constant(_NOT_MEASURED, tf.float64)
+        return {"loss_sum": loss_sum, "correct": correct, "count": count, "finite": finite, "steps": done,
+                "last_loss_sum": last_loss, "input_wait_s": wait}
 
     def _replica_train(self, images, labels, probe: bool = False):
         model, optimizer = self.model, self.optimizer

@@ -56,7 +56,7 @@ from safetrain.replay import locate_non_finite
 from safetrain.run_state import Context, LayerRef
 from safetrain.signals import SignalGuard
 from safetrain.steps import Steps
-from safetrain.throughput import StepTimer
+from safetrain.throughput import StepTimer, WallTime
 
 log = logging.getLogger("safetrain")
 tfds.disable_progress_bar()
@@ -123,7 +123,8 @@ def train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard | 
 
 def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard | None, checkpoint_dir: Path,
            context: Context) -> None:
-    started = time.perf_counter()
+    wall = WallTime()
+    started = wall.started
     t = cfg.trainer
     report = record.report
     report.versions = versions()
@@ -138,7 +139,8 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
         context.phase = "build"
         fetch_imagenet(plan.backbone, plan.input_shape)
         context.phase = "data"
-    data = _data(cfg, hardware.cluster, plan)
+    with wall.phase("scan"):
+        data = _data(cfg, hardware.cluster, plan)
     if plan.backbone is not None:
         entry = plan.backbone.entry
         data.preprocessing = (f"for backbone {entry.name}, pixels from [{data.source.value_range[0]:g}, "
@@ -207,8 +209,9 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
     loop = TrainLoop(steps=steps, train_batches=train_batches, distribute=strategy.experimental_distribute_dataset,
                      cfg=t, record=record, checkpoints=checkpoints, steps_per_epoch=data.steps_per_epoch,
                      probe=probe, timer=timer, progress=progress, started=started, clock=clock, guard=guard,
-                     context=context, steps_for_epoch=steps_for_epoch)
-    evaluation = Evaluate(loop.evaluate, data.eval, record) if data.eval is not None else None
+                     context=context, steps_for_epoch=steps_for_epoch,
+                     steps_per_loop=None if t.steps_per_loop == "auto" else int(t.steps_per_loop))
+    evaluation = Evaluate(wall.timed("eval", loop.evaluate), data.eval, record) if data.eval is not None else None
     choose = SelectBest(evaluation, best, selection.metric, selection.higher, selection.min_delta,
                         selection.patience) if best else None
     ema = EmaWeights(optimizer, *([tuned.optimizer] if tuned else [])) if t.ema is not None else None
@@ -227,6 +230,7 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
     loop.actions = [probe, LogScalars(t.log_every_steps, record, progress, timer, learning_rate=used_rate),
                     *epoch_end,
                     SaveCheckpoints(checkpoints, t.checkpoint_every_steps, t.checkpoint_every_seconds, clock)]
+    wall.add("start_up", wall.since_start())
     try:
         try:
             result = loop.run()
@@ -242,23 +246,27 @@ def _train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard |
         restored = _record_best(record, best, selection) if best is not None else False
         if ema is not None and not restored:  # the best epoch's copy, if restored, is of the average already
             ema.use(True)
-        test = loop.evaluate(data.test) if data.test is not None else (None, None)
+        with wall.phase("test"):
+            test = loop.evaluate(data.test) if data.test is not None else (None, None)
     finally:
-        _record_loop(record, loop, evaluation, model)
+        _record_loop(record, loop, evaluation, model, wall)
     report.metrics.update(test_loss=test[0], test_accuracy=test[1])
     record.scalars(result.steps, {"test/loss": test[0], "test/accuracy": test[1]})
     if data.test is not None:
         if hardware.cluster is None or hardware.cluster.is_chief:
-            _results(cfg, steps, data, record, result.steps)
+            with wall.phase("results"):
+                _results(cfg, steps, data, record, result.steps)
     if t.export and (hardware.cluster is None or hardware.cluster.is_chief):
-        report.export = export(model, data, cfg.dataset, record.run_dir / "export", tuple(t.export_formats),
-                               float32_model=lambda: _float32_copy(built.plan, model),
-                               layer_of=lambda node: layer_from_op(node, context))
+        with wall.phase("export"):
+            report.export = export(model, data, cfg.dataset, record.run_dir / "export", tuple(t.export_formats),
+                                   float32_model=lambda: _float32_copy(built.plan, model),
+                                   layer_of=lambda node: layer_from_op(node, context))
         log.info("exported: %s (self-check on test images: max |diff| %s)%s", report.export["path"],
                  report.export["self_check_max_abs_diff"], _tflite_note(report.export.get("tflite")))
     elif t.export:  # saving may read variables collectively: every worker saves, only the chief keeps it
         with tempfile.TemporaryDirectory(prefix="safetrain-worker-export-") as scratch:
             export(model, data, cfg.dataset, Path(scratch) / "export")
+    _record_wall(record, wall)
     _final_summary(record)
 
 
@@ -463,7 +471,7 @@ def _record_model(record: RunRecord, cfg: Config, built: Built, policy: str, con
     context.layers = built.layers
 
 
-def _record_loop(record: RunRecord, loop: TrainLoop, evaluation: Evaluate | None, model) -> None:
+def _record_loop(record: RunRecord, loop: TrainLoop, evaluation: Evaluate | None, model, wall: WallTime) -> None:
     """What training ended with, stopped or not: position, metrics, throughput, the final weights."""
     report, r = record.report, loop.result
     report.model["weights_sha256"] = weights_digest(model)
@@ -473,12 +481,32 @@ def _record_loop(record: RunRecord, loop: TrainLoop, evaluation: Evaluate | None
                           eval_loss=evaluation.loss if evaluation else None,
                           eval_accuracy=evaluation.accuracy if evaluation else None)
     report.throughput = loop.timer.summary()
+    # What the user got: every example trained over the seconds of the training epochs (each epoch's
+    # start, tracing, logging and periodic checkpoints included; evaluation and epoch-end saves not).
+    report.throughput["effective_examples_per_sec"] = (
+        round(r.examples / r.train_seconds, 1) if r.examples and r.train_seconds > 0 else None)
+    report.throughput["steps_per_loop"] = r.steps_per_loop
+    report.throughput["steps_per_loop_reason"] = r.steps_per_loop_reason
+    wall.add("train", r.train_seconds)
+    _record_wall(record, wall)
     rate = report.throughput["examples_per_sec"]
     # Training costs about 3x the forward pass (forward + two backward matmuls per layer): an
     # estimate for comparing machines, not a measurement of the kernels.
     report.throughput["train_flops_per_sec"] = (
         round(3 * report.model["flops_per_example"] * rate) if rate and report.model else None)
     report.data["skipped_steps"] = r.skipped_steps
+
+
+def _record_wall(record: RunRecord, wall: WallTime) -> None:
+    """report.json throughput.wall_seconds: where the run's time went so far. start_up is from the
+    run's start to the first train call (scan included, which is also given alone); `other` is
+    what the named phases leave (epoch-end checkpoints, TensorBoard writes, restoring)."""
+    seconds = dict(wall.seconds)
+    total = wall.since_start()
+    named = sum(v for k, v in seconds.items() if k != "scan")
+    out = {k: round(seconds.get(k, 0.0), 3) for k in ("start_up", "scan", "train", "eval", "test", "results", "export")}
+    out.update(other=round(max(0.0, total - named), 3), total=round(total, 3))
+    record.report.throughput["wall_seconds"] = out
 
 
 def _predictions(steps: Steps, data: Datasets, split: str, keep: int = 0):
@@ -550,9 +578,12 @@ def _final_summary(record: RunRecord) -> None:
     report = record.report
     m, tp = report.metrics, report.throughput
     acc = f"{m['test_accuracy']:.4f}" if m["test_accuracy"] is not None else "n/a"
-    rate = f"{tp['examples_per_sec']:,.0f}" if tp["examples_per_sec"] else "n/a"
+    effective = tp.get("effective_examples_per_sec")
+    rate = f"{effective:,.0f} examples/s" if effective else "n/a examples/s"
+    if tp["examples_per_sec"]:
+        rate += f" (training epochs; {tp['examples_per_sec']:,.0f} median steady-state step)"
     skipped = report.data.get("skipped", 0)
-    log.info("done: test accuracy %s | %s examples/s (median, steady state) | %d steps, %d epochs%s",
+    log.info("done: test accuracy %s | %s | %d steps, %d epochs%s",
              acc, rate, report.steps, report.epochs,
              f" | {skipped} bad examples skipped (errors.jsonl)" if skipped else "")
     if m.get("per_class"):

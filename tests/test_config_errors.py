@@ -38,6 +38,13 @@ def run_probe(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
     (["+model.layers.0.filtres=8"], r"model\.layers\.0 \(conv2d\) has no argument 'filtres'\. Known arguments: filters"),
     (["model.layers.1.type=maxpool"], r"model\.layers\.1\.type='maxpool' is not a known layer type \(did you mean 'max_pool'\?\)"),
     (["trainer.epochs=0"], r"trainer\.epochs=0 must be greater than 0"),
+    (["trainer.steps_per_loop=4"], r"(?s)trainer\.steps_per_loop=4 does not divide trainer\.log_every_steps=10: 4 "
+                                   r"steps run in one graph call.*set trainer\.steps_per_loop=2 \(it divides both"),
+    (["trainer.steps_per_loop=20"], r"trainer\.steps_per_loop=20 does not divide trainer\.log_every_steps=10"),
+    (["trainer.steps_per_loop=16", "trainer.log_every_steps=16"],
+     r"trainer\.steps_per_loop=16 does not divide trainer\.checkpoint_every_steps=200.*steps_per_loop=8 \(it"),
+    (["trainer.steps_per_loop=0"], r"trainer\.steps_per_loop=0 must be a whole number of steps >= 1, or auto"),
+    (["trainer.steps_per_loop=fast"], r"trainer\.steps_per_loop='fast' must be a whole number"),
     (["dataset.source=idx"], r"dataset\.source=idx reads files from dataset\.path, which is not set"),
     (["dataset.label_encoding=one_hot"], r"(?s)trainer\.loss=sparse_categorical_crossentropy expects sparse labels "
                                          r"but dataset\.label_encoding=one_hot.*trainer\.loss=categorical_crossentropy"),

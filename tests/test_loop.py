@@ -56,6 +56,29 @@ class FakeSteps:
     def train(self, iterator):
         return self._run(iterator, probe=False)
 
+    def train_steps(self, iterator, n):
+        """Up to n steps in one call, as safetrain.steps does it in the graph: sums over the finite
+        steps, stopping right after a non-finite one or when the data runs out."""
+        n = int(n)
+        out = {"loss_sum": 0.0, "correct": 0, "count": 0, "finite": True, "steps": 0, "last_loss_sum": 0.0,
+               "input_wait_s": 0.0}
+        while out["steps"] < n and out["finite"]:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                break
+            self.clock.now += self.step_seconds
+            out["steps"] += 1
+            out["input_wait_s"] += 0.1
+            out["finite"] = batch is not None
+            out["last_loss_sum"] = 4.0 if batch is not None else float("nan")
+            if batch is not None:
+                out["loss_sum"] += 4.0
+                out["correct"] += 3
+                out["count"] += 4
+        self.calls.append("train" if n == 1 else f"train:{out['steps']}")
+        return out
+
     def train_probe(self, iterator):
         return self._run(iterator, probe=True)
 
@@ -97,7 +120,8 @@ class FakeRecord:
 
 
 def make_loop(*, epochs=2, steps_per_epoch=5, max_steps=None, every_steps=3, every_seconds=None, log_every=2,
-              on_nan=OnNan.stop, batches=None, start=Position(), step_seconds=1.0, guard=None, probe_steps=3):
+              on_nan=OnNan.stop, batches=None, start=Position(), step_seconds=1.0, guard=None, probe_steps=3,
+              steps_per_loop=1):
     clock = FakeClock()
     steps = FakeSteps(clock, step_seconds)
     cfg = TrainerConfig(epochs=epochs, max_steps=max_steps, on_nan=on_nan, log_every_steps=log_every,
@@ -115,7 +139,7 @@ def make_loop(*, epochs=2, steps_per_epoch=5, max_steps=None, every_steps=3, eve
 
     loop = TrainLoop(steps=steps, train_batches=train_batches, distribute=lambda ds: ds, cfg=cfg, record=record,
                      checkpoints=checkpoints, steps_per_epoch=steps_per_epoch, probe=probe, timer=timer,
-                     progress=progress, started=0.0, clock=clock, guard=guard)
+                     progress=progress, started=0.0, clock=clock, guard=guard, steps_per_loop=steps_per_loop)
     evaluation = Evaluate(loop.evaluate, [("images", "labels")], record)
     loop.actions = [probe, LogScalars(log_every, record, progress, timer, learning_rate=lambda: 0.01), evaluation,
                     SaveCheckpoints(checkpoints, every_steps, every_seconds, clock)]
@@ -204,15 +228,15 @@ def test_a_resume_skips_the_batches_done_and_keeps_counting_from_the_checkpoint(
 def test_a_pending_signal_saves_at_the_exact_step_then_stops():
     guard = SignalGuard()
     loop, steps, _, checkpoints, _, _, _ = make_loop(epochs=1, steps_per_epoch=5, every_steps=100, guard=guard)
-    real_train = steps.train
+    real_train = steps.train_steps
 
-    def train(iterator):
-        out = real_train(iterator)
+    def train_steps(iterator, n):
+        out = real_train(iterator, n)
         if len(steps.calls) == 4:
             guard.pending = 143  # what the SIGTERM handler records inside `deferred()`
         return out
 
-    steps.train = train
+    steps.train_steps = train_steps
     with pytest.raises(Interrupted) as stopped:
         loop.run()
     assert stopped.value.exit_code == 143
@@ -327,3 +351,91 @@ def test_steps_for_epoch_is_asked_before_every_epoch_a_resume_included_and_its_s
     assert asked == [2, 3] and result.steps == 6
     assert frozen.calls == [] and unfrozen.calls == ["probe", "train", "train"]
     assert dead == [(["head/kernel"], 4)]
+
+
+# --- trainer.steps_per_loop: several steps per call -------------------------------------------
+
+def _cadence(loop, record, checkpoints):
+    result = loop.run()
+    return result, record.scalar_steps["train/loss"], checkpoints.saved, record.scalar_steps["eval/accuracy"]
+
+
+def test_calls_of_k_steps_end_on_multiples_of_k_and_keep_every_cadence_of_single_steps():
+    """Calls end where logging/checkpoints can be due (multiples of K), at epoch ends and at
+    max_steps; what is logged and saved, and at which steps, is what single steps give."""
+    kwargs = dict(epochs=2, steps_per_epoch=7, log_every=3, every_steps=6, max_steps=13)
+    single = make_loop(**kwargs)
+    multi = make_loop(**kwargs, steps_per_loop=3)
+    one = _cadence(single[0], single[2], single[3])
+    three = _cadence(multi[0], multi[2], multi[3])
+    assert three[0].steps == one[0].steps == 13
+    assert three[1:] == one[1:]
+    assert three[1] == [3, 6, 9, 12] and three[2][-1] == Position(13, 2, 6)
+    # probe x3 (steps 1-3), 4-6, 7 (epoch end); 8-9 (back on multiples of 3), 10-12, 13 (max_steps)
+    assert multi[1].calls == ["probe"] * 3 + ["train:3", "train", "train:2", "train:3", "train"]
+    assert (three[0].train_loss, three[0].train_accuracy) == (one[0].train_loss, one[0].train_accuracy)
+
+
+def test_a_non_finite_step_inside_a_call_stops_at_that_exact_step():
+    data = lambda epoch: ["a", "b", "c", "d", None, "f", "g", "h"]  # noqa: E731
+    loop, steps, _, checkpoints, _, _, _ = make_loop(epochs=1, steps_per_epoch=8, every_steps=4, batches=data,
+                                                     steps_per_loop=4, probe_steps=1)
+    with pytest.raises(NanStop) as stopped:
+        loop.run()
+    assert stopped.value.step == 5 and "at step 5 (epoch 1" in stopped.value.message
+    assert steps.calls == ["probe", "train:3", "train:1"]  # the in-graph loop stopped after step 5
+    assert checkpoints.saved[-1] == Position(4, 1, 4)  # nothing saved after the non-finite step
+
+
+def test_skip_step_inside_calls_records_the_exact_steps_and_counts_only_finite_ones():
+    data = lambda epoch: ["a", None, "c", "d", "e", None, "g", "h"]  # noqa: E731
+    loop, steps, record, _, _, _, _ = make_loop(epochs=1, steps_per_epoch=8, on_nan=OnNan.skip_step, batches=data,
+                                                log_every=4, every_steps=4, steps_per_loop=4, probe_steps=1)
+    result = loop.run()
+    assert result.steps == 8 and result.skipped_steps == 2
+    assert [e["step"] for e in record.events] == [2, 6]
+    assert steps.calls == ["probe", "train:1", "train:2", "train:2", "train:2"]
+    assert result.train_loss == 1.0 and loop.result.examples == 6 * 4  # the finite steps only
+
+
+def test_data_that_runs_out_inside_a_call_ends_the_epoch_with_every_step_it_ran():
+    data = lambda epoch: ["a", "b", "c", "d", "e"]  # noqa: E731 - 5 batches where 8 were counted
+    loop, steps, _, checkpoints, _, _, _ = make_loop(epochs=2, steps_per_epoch=8, every_steps=4, batches=data,
+                                                     steps_per_loop=4, probe_steps=0, log_every=4)
+    result = loop.run()
+    assert result.steps == 10 and result.epochs == 2
+    assert checkpoints.saved[:3] == [Position(0, 1, 0), Position(4, 1, 4), Position(5, 2, 0)]
+
+
+def test_a_signal_during_a_call_saves_at_the_calls_last_step():
+    guard = SignalGuard()
+    loop, steps, _, checkpoints, _, _, _ = make_loop(epochs=1, steps_per_epoch=12, every_steps=100, log_every=4,
+                                                     guard=guard, steps_per_loop=4, probe_steps=1)
+    real = steps.train_steps
+
+    def train_steps(iterator, n):
+        guard.pending = 143  # arrives while the call runs
+        return real(iterator, n)
+
+    steps.train_steps = train_steps
+    with pytest.raises(Interrupted):
+        loop.run()
+    assert checkpoints.saved == [Position(0, 1, 0), Position(4, 1, 4)]  # probe: step 1; then steps 2-4
+
+
+def test_auto_steps_per_loop_is_chosen_from_the_untraced_probe_steps():
+    loop, steps, _, _, _, _, _ = make_loop(epochs=1, steps_per_epoch=20, every_steps=20, log_every=10,
+                                           step_seconds=0.02, steps_per_loop=None)
+    result = loop.run()
+    # probe calls 2 and 3 (the first traced) timed 20 ms: 5 steps per call is 100 ms
+    assert result.steps_per_loop == 5 and "5 steps per call (a step took 20.0 ms" in result.steps_per_loop_reason
+    assert steps.calls == ["probe"] * 3 + ["train:2", "train:5", "train:5", "train:5"]
+
+
+def test_auto_without_a_probe_times_single_steps_first():
+    loop, steps, _, _, _, _, _ = make_loop(epochs=1, steps_per_epoch=12, every_steps=20, log_every=10,
+                                           step_seconds=0.04, steps_per_loop=None, probe_steps=0)
+    result = loop.run()
+    assert result.steps_per_loop == 2
+    # three single steps (the first traced), step 4 to reach a multiple of 2, then calls of 2
+    assert steps.calls == ["train"] * 4 + ["train:2"] * 4

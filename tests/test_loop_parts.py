@@ -88,3 +88,24 @@ def test_a_checkpoint_resumed_with_another_batch_size_continues_at_the_same_exam
     assert Checkpoints(tmp_path, model, optimizer, batch_size=32).restore() == Position(40, 2, 3)  # 96 examples in
     assert Checkpoints(tmp_path, model, optimizer, batch_size=8).restore() == Position(40, 2, 12)
     assert Checkpoints(tmp_path, model, optimizer, batch_size=16).restore() == Position(40, 2, 6)
+
+
+def test_auto_steps_per_loop_takes_the_longest_call_within_100_ms_that_divides_both_cadences():
+    from safetrain.throughput import choose_steps_per_loop
+
+    assert choose_steps_per_loop(0.011, 10, 200)[0] == 5      # 10 steps would take 110 ms
+    assert choose_steps_per_loop(0.2, 10, 200)[0] == 1        # one step is already longer
+    assert choose_steps_per_loop(0.004, 50, 200)[0] == 25     # divisors of gcd(50, 200) = 50
+    k, why = choose_steps_per_loop(0.001, 10, 200)
+    assert k == 10 and "capped at 10" in why and "trainer.log_every_steps=10" in why
+    assert "capped" not in choose_steps_per_loop(0.009, 10, 200)[1]  # 90 ms: within the target
+
+
+def test_the_step_timer_reports_per_step_times_of_multi_step_calls():
+    timer = StepTimer(warmup_steps=0)
+    timer.add(wait=0.0, total=0.1, examples=40, first_of_epoch=False, steps=10)
+    timer.add(wait=0.0, total=0.02, examples=8, first_of_epoch=False, steps=2)
+    summary = timer.summary()
+    assert summary["step_time_ms_p50"] == pytest.approx(10.0)
+    assert summary["examples_per_sec"] == pytest.approx(400.0)
+    assert timer.interval()["throughput/steps_per_sec"] == pytest.approx(12 / 0.12)

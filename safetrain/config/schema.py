@@ -259,6 +259,7 @@ class TrainerConfig:
     checkpoint_every_steps: int = 200    # also at every epoch end and on SIGTERM/SIGINT
     checkpoint_every_seconds: Optional[float] = None  # also save when this long has passed since the last save
     log_every_steps: int = 10            # TensorBoard scalars and log lines
+    steps_per_loop: Any = "auto"         # train steps per graph call (int dividing log/checkpoint_every_steps) | auto
     on_nan: OnNan = OnNan.stop           # a non-finite loss or gradient: stop (exit 5) or skip the step
     on_oom: OnOom = OnOom.error          # out of memory: stop (exit 4) or retry with half the batch
     min_batch_size: int = 1              # on_oom=halve_batch stops halving below this

@@ -7,6 +7,7 @@ against the declared image spec. Each failure explains why and gives the exact o
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from models.backbones import BACKBONES, check_input, parse_backbone
@@ -24,6 +25,29 @@ def _positive(key: str, value: float | int | None, allow_none: bool = False) -> 
     if value is None or value <= 0:
         raise ConfigError(f"{key}={value} must be greater than 0.", hint=f"set {key} to a positive value",
                           config_key=key)
+
+
+def _check_steps_per_loop(t) -> None:
+    """trainer.steps_per_loop: `auto` or K >= 1 dividing log_every_steps and checkpoint_every_steps.
+    K steps run in one graph call, and logging and checkpoints happen between calls: a cadence that
+    is not a multiple of K would fall inside a call (Orbit refuses it the same way)."""
+    k = t.steps_per_loop
+    if k == "auto":
+        return
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"trainer.steps_per_loop={k!r} must be a whole number of steps >= 1, or auto.",
+                          hint="set trainer.steps_per_loop=auto (steps per call chosen so a call takes ~100 ms)",
+                          config_key="trainer.steps_per_loop")
+    for key, every in (("trainer.log_every_steps", t.log_every_steps),
+                       ("trainer.checkpoint_every_steps", t.checkpoint_every_steps)):
+        if every % k:
+            common = math.gcd(t.log_every_steps, t.checkpoint_every_steps)
+            fits = max(d for d in range(1, min(k, common) + 1) if common % d == 0)
+            raise ConfigError(
+                f"trainer.steps_per_loop={k} does not divide {key}={every}: {k} steps run in one graph call, and "
+                f"logging and checkpoints happen between calls, so step {every} would fall inside one.",
+                hint=f"set trainer.steps_per_loop={fits} (it divides both cadences), or {key}={every + k - every % k}, "
+                     f"or trainer.steps_per_loop=auto", config_key="trainer.steps_per_loop")
 
 
 def validate(cfg: Config) -> ModelPlan:
@@ -76,6 +100,7 @@ def validate(cfg: Config) -> ModelPlan:
                           "worker would have to agree on the new batch size.",
                           hint="set trainer.on_oom=error and a trainer.batch_size that fits",
                           config_key="trainer.on_oom")
+    _check_steps_per_loop(t)
     if t.checkpoint_every_seconds is not None and t.checkpoint_every_seconds <= 0:
         raise ConfigError(f"trainer.checkpoint_every_seconds={t.checkpoint_every_seconds} must be > 0 (or null).",
                           hint="set trainer.checkpoint_every_seconds=600",
