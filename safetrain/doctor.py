@@ -56,6 +56,20 @@ def check_versions(found: dict[str, str | None]) -> list[Finding]:
     return out
 
 
+def _cpu_lines() -> list[str]:
+    import os
+    from pathlib import Path
+
+    from safetrain.hardware import describe_cpu
+
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        cpuinfo = ""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return describe_cpu(cpuinfo, cores, dict(os.environ))
+
+
 def main() -> int:
     from safetrain.tf_import import import_tensorflow
 
@@ -79,6 +93,8 @@ def main() -> int:
         devices = detect_devices()
         for device in devices:
             print(f"device: {device.describe()}")
+        for line in _cpu_lines():
+            print(line)
         for requested in Precision:
             try:
                 policy, reason = choose_precision(devices, requested)

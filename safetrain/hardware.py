@@ -49,6 +49,28 @@ def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
     return frozenset()
 
 
+_CPU_MATH_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what oneDNN's kernels can use
+_CPU_ENV = ("TF_ENABLE_ONEDNN_OPTS", "TF_SET_ONEDNN_FPMATH_MODE", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+def describe_cpu(cpuinfo: str, cores: int, env: dict[str, str]) -> list[str]:
+    """Doctor's CPU lines (pure; unit-tested): model, usable cores, the math extensions oneDNN can
+    use, and the environment variables that change how TensorFlow computes on it."""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 "unknown model")
+    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo.splitlines() if line.startswith("flags")),
+                 set())
+    math = [flag for flag in _CPU_MATH_FLAGS if flag in flags]
+    bf16 = bool(flags & CPU_BF16_FLAGS)
+    extensions = ", ".join(math) or "none of " + "/".join(_CPU_MATH_FLAGS)
+    native = "native bfloat16" if bf16 else "no native bfloat16: bfloat16 would be emulated, slower than float32"
+    lines = [f"cpu: {model}, {cores} cores usable; math extensions: {extensions} ({native})"]
+    settings = [f"{key}={env[key]}" for key in _CPU_ENV if key in env]
+    lines.append("cpu settings: " + (", ".join(settings) if settings else
+                                     "TensorFlow's defaults (oneDNN on, float32 math, one thread pool per core)"))
+    return lines
+
+
 def cpu_features() -> frozenset[str]:
     try:
         return parse_cpu_flags(Path("/proc/cpuinfo").read_text())

@@ -36,7 +36,7 @@ class Steps:
     def __init__(self, *, strategy, model, optimizer, loss_fn, eval_spec,
                  jit_compile: bool = False, guard_updates: bool = False, time_input: bool = True,
                  on_missing_gradients: Callable[[list[str]], Exception] | None = None,
-                 class_weights: list[float] | None = None, fine_tune=None) -> None:
+                 class_weights: list[float] | None = None, fine_tune=None, check_finite: bool = True) -> None:
         """`eval_spec`: the distributed eval dataset's element spec (a fixed signature, so the
         last, smaller eval batch does not retrace). With `jit_compile` only the per-replica
         computation is compiled: XLA cannot compile the iterator's `next`.
@@ -49,7 +49,10 @@ class Steps:
 
         `fine_tune`: (optimizer, variables) — the backbone's own optimizer and the variables it
         updates (safetrain.fine_tune); every other trainable variable goes to `optimizer`. Which
-        variables are trainable is read once here, so each freeze state gets its own Steps."""
+        variables are trainable is read once here, so each freeze state gets its own Steps.
+
+        `check_finite=False` drops the NaN/Inf check (every step counts as finite): only for
+        scripts/bench.py's checks-off baseline, which measures what the checks cost."""
         self.strategy = strategy
         self.model = model
         self.optimizer = optimizer
@@ -58,6 +61,7 @@ class Steps:
         # from MixUp/CutMix: the label-weighted mean of the weights); evaluation stays unweighted.
         self.class_weights = tf.constant(class_weights, tf.float32) if class_weights else None
         self.guard_updates = guard_updates
+        self.check_finite = check_finite
         self.time_input = time_input
         self.on_missing_gradients = on_missing_gradients
         self.missing_gradients: list[str] = []
@@ -158,7 +162,8 @@ class Steps:
             kept = [(g, v) for g, v in zip(grads, variables) if g is not None]
             grads, variables = [g for g, _ in kept], [v for _, v in kept]
         finite = tf.logical_and(tf.math.is_finite(loss),
-                                tf.math.is_finite(tf.linalg.global_norm([g for g in grads if g is not None])))
+                                tf.math.is_finite(tf.linalg.global_norm([g for g in grads if g is not None]))) \
+            if self.check_finite else tf.constant(True)
         if self.guard_updates:
             tf.cond(finite, lambda: self._apply(grads, variables), tf.no_op)
         else:

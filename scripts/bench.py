@@ -1,16 +1,24 @@
-"""Throughput: safetrain's custom loop vs Keras `model.fit`, same model, data and global batch.
+"""Throughput: safetrain vs Keras `model.fit`, with and without its checks, against the CPU's peak.
 
-    python scripts/bench.py                      # prints both rates and the ratio, writes bench.json
-    python scripts/bench.py --steps 300 --repeats 7 --batch-size 256
+    python scripts/bench.py                         # both models, prints the ratios, writes bench.json
+    python scripts/bench.py --models cnn_small_28 --repeats 7
 
-One process, interleaved short repeats (fit then safetrain, then safetrain then fit, ...) after a
-warm-up of each,
-so machine noise (this VM's hypervisor steals up to 30% of CPU, and its speed jumps between two
-levels) hits both alike. Two measures: the steady-state step rate (median over every step after
-the first few of each run: time between consecutive step ends, fit via a batch-end callback,
-safetrain via its own step timer) and the wall clock of whole runs (set-up and the final
-checkpoint included). safetrain runs with every safety check on: NaN guard, per-step metrics,
-TensorBoard scalars, checkpoint at the end.
+For each model — cnn_small at 28x28 and cnn_residual at 96x96 (embedded digits, upsampled) — in
+one process, one short run of each side after another, the order rotated every repeat (this VM's
+speed jumps between two levels; neighbours share it):
+  (a) `auto_vs_fit`: safetrain as a user gets it (hardware.precision=auto, steps_per_loop=auto,
+      every check on) over `fit` with Keras' defaults (float32; jit_compile "auto", which is off
+      on a CPU; one step per call). Goal >= 1.5.
+  (b) `equal_precision_vs_fit`: the same safetrain over `fit` at the precision auto chose.
+      Goal >= 1.0.
+  (c) `checks_overhead`: the same loop with its checks off (no NaN/Inf check, no input timing, no
+      gradient probe, no TensorBoard, no checkpoints) over it with them on, minus 1. Goal <= 0.03.
+  (d) `flops_fraction_of_peak`: safetrain's training FLOP/s (3x the inferred forward FLOPs per
+      example) over this script's own measure of one big Conv2D's FLOP/s at the run's precision.
+      Goal >= 0.35.
+A rate is examples over the wall time of a whole run of `--steps` steps (safetrain's start and
+end checkpoints and its probe's single steps included). Every side starts from the same weights
+and sees the same batches; `accuracy` is each side's test accuracy after all its steps.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,15 +40,17 @@ from safetrain.tf_import import import_tensorflow  # noqa: E402
 tf = import_tensorflow()
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 from models.build import build_model  # noqa: E402
+from models.parse import parse_layers  # noqa: E402
 from models.presets import preset_layers  # noqa: E402
 from models.shapes import infer  # noqa: E402
-from models.parse import parse_layers  # noqa: E402
 from pipelines.build import build_datasets  # noqa: E402
-from safetrain.actions import LogScalars, SaveCheckpoints  # noqa: E402
+from safetrain.actions import GradientProbe, LogScalars, SaveCheckpoints  # noqa: E402
 from safetrain.checkpoints import Checkpoints  # noqa: E402
-from safetrain.config.schema import DatasetConfig, ResizePolicy, TrainerConfig  # noqa: E402
+from safetrain.config.schema import DatasetConfig, ImageConfig, Precision, ResizePolicy, TrainerConfig  # noqa: E402
+from safetrain.hardware import choose_precision, detect_devices  # noqa: E402
 from safetrain.loop import TrainLoop  # noqa: E402
 from safetrain.optimizers import LOSSES, OPTIMIZERS  # noqa: E402
 from safetrain.progress import Progress  # noqa: E402
@@ -47,10 +58,21 @@ from safetrain.record import RunRecord  # noqa: E402
 from safetrain.steps import Steps  # noqa: E402
 from safetrain.throughput import StepTimer  # noqa: E402
 
-CNN = preset_layers("cnn_small")
+GOALS = {"auto_vs_fit": (">=", 1.5), "equal_precision_vs_fit": (">=", 1.0), "checks_overhead": ("<=", 0.03),
+         "flops_fraction_of_peak": (">=", 0.35)}
 
 
-SKIP = 4  # first steps of each run left out of the medians (safetrain's loop: its probe's 3 + 1)
+@dataclass(frozen=True)
+class Model:
+    name: str
+    preset: str
+    size: int
+    batch_size: int
+    steps: int   # per run
+
+
+MODELS = {"cnn_small_28": Model("cnn_small_28", "cnn_small", 28, 128, 60),
+          "cnn_residual_96": Model("cnn_residual_96", "cnn_residual", 96, 32, 12)}
 
 
 class _NullStream:
@@ -59,123 +81,205 @@ class _NullStream:
     def isatty(self) -> bool: return False
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=50, help="timed steps per repeat")
-    parser.add_argument("--repeats", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--data-dir", default=None, help="TFDS data dir (default: TFDS's)")
-    parser.add_argument("--out", default="bench.json")
-    args = parser.parse_args()
+def conv_peak(dtype: str, seconds: float = 2.0) -> float:
+    """FLOP/s of one large 3x3 Conv2D forward (batch 32, 56x56, 64 -> 64 channels) in `dtype`,
+    ten per call, median over calls: what this CPU's convolution kernels reach at best."""
+    x = tf.random.normal((32, 56, 56, 64), dtype=tf.float32)
+    w = tf.random.normal((3, 3, 64, 64), dtype=tf.float32)
+    x, w = tf.cast(x, dtype), tf.cast(w, dtype)
+    flops = 2 * 32 * 56 * 56 * 9 * 64 * 64 * 10
 
-    keras.utils.set_random_seed(0)
-    data = build_datasets(DatasetConfig(resize=ResizePolicy.bilinear, data_dir=args.data_dir),
-                          args.batch_size, args.batch_size, seed=0)
-    stream = data.train_epoch(1).repeat()
-    plan = infer(parse_layers(CNN), data.spec.shape, data.source.num_classes)
-    work = Path(tempfile.mkdtemp(prefix="safetrain-bench-"))
+    @tf.function
+    def ten(x):
+        y = x
+        for _ in range(10):
+            y = tf.nn.conv2d(x, w, 1, "SAME") + y * 0
+        return tf.reduce_sum(tf.cast(y, tf.float32))
 
-    fit_model = build_model(plan, seed=0)
-    fit_model.compile(optimizer=OPTIMIZERS.get("adam")(1e-3),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"], jit_compile=False)
+    ten(x).numpy()
+    times, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 3:
+        t0 = time.perf_counter()
+        ten(x).numpy()
+        times.append(time.perf_counter() - t0)
+    return flops / statistics.median(times)
 
-    st_model = build_model(plan, seed=0)
-    st_opt = OPTIMIZERS.get("adam")(1e-3)
-    st_opt.build(st_model.trainable_variables)
-    strategy = tf.distribute.get_strategy()
-    spec = strategy.experimental_distribute_dataset(data.train_epoch(1)).element_spec
-    steps = Steps(strategy=strategy, model=st_model, optimizer=st_opt, loss_fn=LOSSES.get(
-        "sparse_categorical_crossentropy")(), eval_spec=spec)
-    record = RunRecord(work)
-    record.open_tensorboard()
 
-    fit_step_s: list[float] = []
-    st_step_s: list[float] = []
+class Bench:
+    """The four sides for one model: fit (Keras defaults), fit at auto's precision, safetrain auto,
+    and safetrain with its checks off — each its own model, built from the same seed."""
 
-    class StepClock(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.ends = [time.perf_counter()]
+    def __init__(self, spec: Model, policy: str, work: Path, data_dir: str | None) -> None:
+        self.spec, self.policy, self.work = spec, policy, work
+        cfg = DatasetConfig(image=ImageConfig(height=spec.size, width=spec.size), resize=ResizePolicy.bilinear,
+                            data_dir=data_dir)
+        keras.utils.set_random_seed(0)
+        self.data = build_datasets(cfg, spec.batch_size, spec.batch_size, seed=0)
+        self.stream = self.data.train_epoch(1).repeat()
+        self.plan = infer(parse_layers(preset_layers(spec.preset)), self.data.spec.shape,
+                          self.data.source.num_classes)
+        self.fit_default = self._fit_model("float32")
+        self.fit_equal = self._fit_model(policy) if policy != "float32" else None
+        self.on = self._safetrain(checks=True)
+        self.off = self._safetrain(checks=False)
+        self.record = RunRecord(work / spec.name)
+        self.record.open_tensorboard()
+        self.rates: dict[str, list[float]] = {k: [] for k in ("fit", "fit_equal", "safetrain", "safetrain_off")}
+        self.steps_per_loop: int | None = None
+        self.runs = 0
 
-        def on_train_batch_end(self, batch, logs=None):
-            self.ends.append(time.perf_counter())
+    def _fit_model(self, policy: str):
+        keras.mixed_precision.set_global_policy(policy)
+        model = build_model(self.plan, seed=0)
+        model.compile(optimizer=OPTIMIZERS.get("adam")(1e-3),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        keras.mixed_precision.set_global_policy("float32")
+        return model
 
-    def run_fit(n: int) -> float:
-        clock = StepClock()
+    def _safetrain(self, checks: bool):
+        keras.mixed_precision.set_global_policy(self.policy)
+        model = build_model(self.plan, seed=0)
+        keras.mixed_precision.set_global_policy("float32")
+        optimizer = OPTIMIZERS.get("adam")(1e-3)
+        optimizer.build(model.trainable_variables)
+        strategy = tf.distribute.get_strategy()
+        spec = strategy.experimental_distribute_dataset(self.data.train_epoch(1)).element_spec
+        steps = Steps(strategy=strategy, model=model, optimizer=optimizer,
+                      loss_fn=LOSSES.get("sparse_categorical_crossentropy")(), eval_spec=spec,
+                      time_input=checks, check_finite=checks)
+        return model, optimizer, steps
+
+    def run_fit(self, equal: bool) -> float:
+        model = self.fit_equal if equal else self.fit_default
         start = time.perf_counter()
-        fit_model.fit(stream, steps_per_epoch=n, epochs=1, verbose=0, callbacks=[clock])
-        elapsed = time.perf_counter() - start
-        fit_step_s.extend(b - a for a, b in list(zip(clock.ends, clock.ends[1:]))[SKIP:])
-        return elapsed
+        model.fit(self.stream, steps_per_epoch=self.spec.steps, epochs=1, verbose=0)
+        return self.spec.steps * self.spec.batch_size / (time.perf_counter() - start)
 
-    def run_safetrain(n: int, repeat: int) -> float:
-        cfg = TrainerConfig(epochs=1, batch_size=args.batch_size, log_every_steps=10,
-                            checkpoint_every_steps=10**9)
-        checkpoints = Checkpoints(work / f"ckpt{repeat}", st_model, st_opt)
-        progress, timer = Progress(stream=_NullStream(), is_tty=False), StepTimer(warmup_steps=SKIP)
+    def run_safetrain(self, checks: bool) -> float:
+        model, optimizer, steps = self.on if checks else self.off
+        n, self.runs = self.spec.steps, self.runs + 1
+        cfg = TrainerConfig(epochs=1, batch_size=self.spec.batch_size, log_every_steps=10,
+                            checkpoint_every_steps=10**6)
+        strategy = tf.distribute.get_strategy()
+        progress, timer = Progress(stream=_NullStream(), is_tty=False), StepTimer(warmup_steps=4)
+        checkpoints = Checkpoints(self.work / self.spec.name / f"ckpt{self.runs}", model, optimizer)
+        probe = GradientProbe(steps.variable_paths, lambda paths, step: None) if checks else None
         loop = TrainLoop(steps=steps, train_batches=lambda epoch, skip: strategy.experimental_distribute_dataset(
-                             stream.take(n)), distribute=strategy.experimental_distribute_dataset, cfg=cfg,
-                         record=record, checkpoints=checkpoints, steps_per_epoch=n, timer=timer, progress=progress,
-                         actions=[LogScalars(cfg.log_every_steps, record, progress, timer,
-                                             learning_rate=lambda: float(st_opt.learning_rate.numpy())),
-                                  SaveCheckpoints(checkpoints, cfg.checkpoint_every_steps, None, time.perf_counter)])
+                             self.stream.take(n)), distribute=strategy.experimental_distribute_dataset, cfg=cfg,
+                         record=self.record, checkpoints=checkpoints if checks else _NoCheckpoints(),
+                         steps_per_epoch=n, timer=timer, progress=progress, probe=probe,
+                         steps_per_loop=None if checks else self.steps_per_loop or 1)
+        if checks:
+            loop.actions = [probe, LogScalars(cfg.log_every_steps, self.record, progress, timer,
+                                              learning_rate=lambda: float(optimizer.learning_rate.numpy())),
+                            SaveCheckpoints(checkpoints, cfg.checkpoint_every_steps, None, time.perf_counter)]
         start = time.perf_counter()
         result = loop.run()
         elapsed = time.perf_counter() - start
         if result.steps != n:
             raise RuntimeError(f"safetrain ran {result.steps} steps, expected {n}")
-        st_step_s.extend(loop.timer.totals)  # already without its first SKIP steps
-        return elapsed
+        if checks:
+            self.steps_per_loop = result.steps_per_loop
+        return n * self.spec.batch_size / elapsed
 
-    warm = max(10, args.steps // 10)
-    run_fit(warm)
-    run_safetrain(warm, -1)
-    fit_step_s.clear()
-    st_step_s.clear()
+    def sides(self):
+        sides = [("fit", lambda: self.run_fit(False)), ("safetrain", lambda: self.run_safetrain(True)),
+                 ("safetrain_off", lambda: self.run_safetrain(False))]
+        if self.fit_equal is not None:
+            sides.append(("fit_equal", lambda: self.run_fit(True)))
+        return sides
 
-    fit_rates, st_rates, ratios = [], [], []
+    def accuracy(self) -> dict[str, float]:
+        def test(model):
+            correct = total = 0
+            for images, labels in self.data.test:
+                predicted = np.argmax(model(images, training=False), axis=-1)
+                correct += int((predicted == labels.numpy()).sum())
+                total += len(predicted)
+            return round(correct / total, 4)
+        out = {"fit": test(self.fit_default), "safetrain": test(self.on[0]), "safetrain_off": test(self.off[0])}
+        if self.fit_equal is not None:
+            out["fit_equal"] = test(self.fit_equal)
+        return out
+
+
+class _NoCheckpoints:
+    warnings: list[str] = []
+
+    def restore(self):
+        from safetrain.run_state import Position
+        return Position()
+
+    def save(self, at) -> None:
+        return None
+
+
+def measure(spec: Model, args, work: Path) -> dict:
+    devices = detect_devices()
+    policy, reason = choose_precision(devices, Precision.auto)
+    bench = Bench(spec, policy, work, args.data_dir)
+    sides = bench.sides()
+    for _, run in sides:  # warm-up: tracing, first iterators
+        run()
+    ratios: dict[str, list[float]] = {k: [] for k in GOALS if k != "flops_fraction_of_peak"}
     for r in range(args.repeats):
-        if r % 2:  # alternate the order so neither always runs second
-            st_s = run_safetrain(args.steps, r)
-            fit_s = run_fit(args.steps)
-        else:
-            fit_s = run_fit(args.steps)
-            st_s = run_safetrain(args.steps, r)
-        examples = args.steps * args.batch_size
-        fit_rates.append(examples / fit_s)
-        st_rates.append(examples / st_s)
-        ratios.append(fit_s / st_s)
-        print(f"repeat {r + 1}/{args.repeats}: fit {fit_rates[-1]:8,.0f} ex/s   "
-              f"safetrain {st_rates[-1]:8,.0f} ex/s   ratio {ratios[-1]:.3f}", flush=True)
-    record.board.close()
-    fit_steady = args.batch_size / statistics.median(fit_step_s)
-    st_steady = args.batch_size / statistics.median(st_step_s)
+        order = sides[r % len(sides):] + sides[:r % len(sides)]
+        got = {name: run() for name, run in order}
+        for name, rate in got.items():
+            bench.rates[name].append(rate)
+        ratios["auto_vs_fit"].append(got["safetrain"] / got["fit"])
+        ratios["equal_precision_vs_fit"].append(got["safetrain"] / got.get("fit_equal", got["fit"]))
+        ratios["checks_overhead"].append(got["safetrain_off"] / got["safetrain"] - 1)
+        print(f"  {spec.name} repeat {r + 1}/{args.repeats}: " + "  ".join(
+            f"{name} {rate:,.0f}" for name, rate in got.items()) + " ex/s", flush=True)
+    bench.record.board.close()
+    rate = statistics.median(bench.rates["safetrain"])
+    peak = conv_peak("bfloat16" if policy == "mixed_bfloat16" else "float32")
+    train_flops = 3 * bench.plan.total_flops * rate
+    result = {name: round(statistics.median(values), 3) for name, values in ratios.items()}
+    result["flops_fraction_of_peak"] = round(train_flops / peak, 3)
+    result.update({
+        "model": f"{spec.preset} at {spec.size}x{spec.size}x1 ({bench.plan.total_params:,} params, "
+                 f"{bench.plan.total_flops / 1e6:.1f} MFLOP forward per example)",
+        "batch_size": spec.batch_size, "steps_per_run": spec.steps, "repeats": args.repeats,
+        "precision_auto": policy, "precision_reason": reason, "steps_per_loop_auto": bench.steps_per_loop,
+        "examples_per_sec_median": {k: round(statistics.median(v), 1) for k, v in bench.rates.items() if v},
+        "accuracy_after_same_steps": bench.accuracy(),
+        "train_gflops_per_sec": round(train_flops / 1e9, 1), "conv_peak_gflops_per_sec": round(peak / 1e9, 1),
+        "ratios": {k: [round(x, 3) for x in v] for k, v in ratios.items()},
+    })
+    return result
 
-    result = {
-        "model": "cnn_small (conv32-pool-conv64-pool-dense128-dropout, 421,642 params)",
-        "data": f"embedded digits upsampled to 28x28x1, cached; {data.counts['train']} train examples",
-        "batch_size": args.batch_size, "steps_per_repeat": args.steps, "repeats": args.repeats,
-        "precision": keras.mixed_precision.global_policy().name,
-        "devices": [d.name for d in tf.config.list_physical_devices()],
-        "steady_state": {"fit_examples_per_sec": round(fit_steady, 1),
-                         "safetrain_examples_per_sec": round(st_steady, 1),
-                         "ratio_safetrain_over_fit": round(st_steady / fit_steady, 3),
-                         "steps_measured": {"fit": len(fit_step_s), "safetrain": len(st_step_s)}},
-        "wall_clock": {"fit_examples_per_sec_median": round(statistics.median(fit_rates), 1),
-                       "safetrain_examples_per_sec_median": round(statistics.median(st_rates), 1),
-                       "ratio_safetrain_over_fit_median": round(statistics.median(ratios), 3),
-                       "ratios": [round(x, 3) for x in ratios]},
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
-        # One trace for all runs: new iterators each epoch must not retrace the train step.
-        "safetrain_train_step_traces": steps.train.experimental_get_tracing_count(),
-    }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    ss, wc = result["steady_state"], result["wall_clock"]
-    print(f"\nsteady state (median step):  fit {ss['fit_examples_per_sec']:,.0f} ex/s  "
-          f"safetrain {ss['safetrain_examples_per_sec']:,.0f} ex/s  ratio {ss['ratio_safetrain_over_fit']:.3f}")
-    print(f"wall clock (median of {args.repeats} runs): fit {wc['fit_examples_per_sec_median']:,.0f} ex/s  "
-          f"safetrain {wc['safetrain_examples_per_sec_median']:,.0f} ex/s  "
-          f"ratio {wc['ratio_safetrain_over_fit_median']:.3f}  -> {args.out}")
+
+def _verdict(name: str, value: float) -> str:
+    op, goal = GOALS[name]
+    met = value >= goal if op == ">=" else value <= goal
+    return f"{name:24s} {value:7.3f}   goal {op} {goal:<5g} {'met' if met else 'NOT met'}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--data-dir", default=None, help="TFDS data dir (default: TFDS's)")
+    parser.add_argument("--out", default="bench.json")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="safetrain-bench-"))
+    out = {"devices": [d.describe() for d in detect_devices()],
+           "versions": {"tensorflow": tf.__version__, "keras": keras.__version__}, "models": {}}
+    for name in args.models:
+        print(f"{name}:", flush=True)
+        out["models"][name] = measure(MODELS[name], args, work)
+        # the four numbers at the top level too, per model
+        for key in GOALS:
+            out.setdefault(key, {})[name] = out["models"][name][key]
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    for name, result in out["models"].items():
+        print(f"\n{name} ({result['precision_auto']}, steps_per_loop auto = {result['steps_per_loop_auto']}; "
+              f"accuracy after the same steps {result['accuracy_after_same_steps']}):")
+        for key in GOALS:
+            print("  " + _verdict(key, result[key]))
+    print(f"-> {args.out}")
 
 
 if __name__ == "__main__":

@@ -38,4 +38,21 @@ def test_doctor_tells_the_truth_about_this_machine():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "tensorflow 2.21" in proc.stdout and "device: CPU" in proc.stdout
     assert "hardware.precision=mixed_float16: refused" in proc.stdout  # no GPU here
+    assert "cores usable" in proc.stdout and "cpu settings:" in proc.stdout
     assert proc.stdout.strip().endswith("doctor: ok")
+
+
+SAPPHIRE = "model name\t: Intel(R) Xeon(R) Platinum 8480C\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n"
+EPYC = "model name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2 fma\n"
+
+
+def test_the_cpu_lines_name_the_math_extensions_and_the_settings_that_change_the_math():
+    from safetrain.hardware import describe_cpu
+
+    spr = describe_cpu(SAPPHIRE, 2, {"TF_SET_ONEDNN_FPMATH_MODE": "BF16", "HOME": "/root"})
+    assert spr[0] == ("cpu: Intel(R) Xeon(R) Platinum 8480C, 2 cores usable; math extensions: avx2, avx512f, "
+                      "avx512_bf16, amx_tile, amx_bf16 (native bfloat16)")
+    assert spr[1] == "cpu settings: TF_SET_ONEDNN_FPMATH_MODE=BF16"
+    epyc = describe_cpu(EPYC, 16, {})
+    assert "math extensions: avx2 (no native bfloat16: bfloat16 would be emulated" in epyc[0]
+    assert epyc[1].startswith("cpu settings: TensorFlow's defaults")
