@@ -42,7 +42,7 @@ def run_probe(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
                                    r"steps run in one graph call.*set trainer\.steps_per_loop=2 \(it divides both"),
     (["trainer.steps_per_loop=20"], r"trainer\.steps_per_loop=20 does not divide trainer\.log_every_steps=10"),
     (["trainer.steps_per_loop=16", "trainer.log_every_steps=16"],
-     r"trainer\.steps_per_loop=16 does not divide trainer\.checkpoint_every_steps=200.*steps_per_loop=8 \(it"),
+     r"(?s)trainer\.steps_per_loop=16 does not divide trainer\.checkpoint_every_steps=200.*steps_per_loop=8 \(it"),
     (["trainer.steps_per_loop=0"], r"trainer\.steps_per_loop=0 must be a whole number of steps >= 1, or auto"),
     (["trainer.steps_per_loop=fast"], r"trainer\.steps_per_loop='fast' must be a whole number"),
     (["dataset.source=idx"], r"dataset\.source=idx reads files from dataset\.path, which is not set"),

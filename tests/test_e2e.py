@@ -42,6 +42,17 @@ def test_default_run_trains_digits_to_95_percent_and_writes_the_run_dir(run_cli)
     assert report["model"] == {"name": "cnn_small", "params": 421_642, "flops_per_example": 8_519_936}
     assert report["throughput"]["train_flops_per_sec"] == pytest.approx(3 * 8_519_936 * tp["examples_per_sec"], rel=1e-3)
     assert 0 < report["time_to_first_step_s"] < report["wall_seconds"]
+    # Honest rates: every example trained over the training epochs' seconds, and where the time went.
+    wall = tp["wall_seconds"]
+    assert tp["effective_examples_per_sec"] == pytest.approx(report["steps"] * 32 / wall["train"], rel=0.01)
+    assert 0 < tp["effective_examples_per_sec"] < 1.2 * tp["examples_per_sec"]
+    parts = ("start_up", "train", "eval", "test", "results", "export", "other")
+    assert sum(wall[k] for k in parts) == pytest.approx(wall["total"], abs=0.01)
+    assert all(wall[k] > 0 for k in ("start_up", "scan", "train", "eval", "test", "results", "export"))
+    assert wall["scan"] < wall["start_up"] and wall["total"] < report["wall_seconds"]  # the latter has the import
+    # auto steps_per_loop: chosen, said why, and divides the default cadences (log 10, checkpoints 200)
+    assert tp["steps_per_loop"] in (1, 2, 5, 10) and "per call (a step took" in tp["steps_per_loop_reason"]
+    assert f"trainer.steps_per_loop=auto: {tp['steps_per_loop']} step" in result.err
 
     scalars, texts = read_tensorboard(result.run_dir / "tb")
     for tag in ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy",
@@ -61,6 +72,7 @@ def test_default_run_trains_digits_to_95_percent_and_writes_the_run_dir(run_cli)
     assert "(None, 7, 7, 64)" in result.err
     assert "epoch 15/15 step 40/40" in result.err
     assert "done: test accuracy" in result.err and f"run directory: {result.run_dir}" in result.err
+    assert f"{tp['effective_examples_per_sec']:,.0f} examples/s (training epochs; " in result.err
     assert (result.run_dir / "checkpoints" / "checkpoint").exists()
     assert (result.run_dir / ".hydra" / "config.yaml").exists()
     assert (result.run_dir / "safetrain.log").read_text().count("epoch 15/15") >= 1
