@@ -49,6 +49,11 @@ class LoopResult:
     time_to_first_step_s: float | None = None
     examples: int = 0                 # trained in this process (finite steps)
     train_seconds: float = 0.0        # inside training epochs: the train calls and the actions after them
+    # train_seconds in parts: each epoch's first call and the calls that traced (a new iterator
+    # filling its buffers, tracing), the other calls, the actions after calls (logging, checkpoints)
+    first_call_seconds: float = 0.0
+    steady_call_seconds: float = 0.0
+    action_seconds: float = 0.0
     steps_per_loop: int | None = None  # steps per train call, once known
     steps_per_loop_reason: str | None = None
 
@@ -171,8 +176,12 @@ class TrainLoop:
                 return totals, in_epoch, True
             if asked == 1 and name in self._called:
                 self._single_s.append(t1 - t0)
-            self._called.add(name)
             calls += 1
+            if calls == 1 or name not in self._called:
+                result.first_call_seconds += t1 - t0
+            else:
+                result.steady_call_seconds += t1 - t0
+            self._called.add(name)
             result.steps += ran
             in_epoch += ran
             missing = self.steps.missing_gradients_error()
@@ -197,6 +206,7 @@ class TrainLoop:
             end = StepEnd(at=at, outputs=out, totals=totals, rate=rate, finite=finite)
             for action in self.actions:
                 action.after_step(end)
+            result.action_seconds += self.clock() - t1
             if self.guard.pending:  # SIGTERM/SIGINT: save exactly here, then stop
                 self.checkpoints.save(at)
                 self.guard.raise_if_pending(saved_step=at.step)

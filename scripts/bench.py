@@ -16,9 +16,10 @@ speed jumps between two levels; neighbours share it):
   (d) `flops_fraction_of_peak`: safetrain's training FLOP/s (3x the inferred forward FLOPs per
       example) over this script's own measure of one big Conv2D's FLOP/s at the run's precision.
       Goal >= 0.35.
-The four numbers compare steady-state rates: the median over every timed step (safetrain: every
-call after its timer's warm-up, i.e. after the probe's single steps and the first traced call;
-fit: every step after the first 4 of each run). Whole runs of a few steps also pay fixed costs
+The four numbers compare steady-state rates — a run's median step (safetrain: over the calls
+after its timer's warm-up, i.e. after the probe's single steps and the first traced call; fit:
+over the steps after the first 4 of each run) — as ratios within each repeat, then the median
+over repeats; the peak is measured again after each repeat. Whole runs of a few steps also pay fixed costs
 per run — safetrain's checkpoints at the start and the end, its three probing steps, fit's epoch
 set-up — which a real run of thousands of steps spreads thin: those ratios are printed and kept
 in bench.json (`whole_run_ratios_median`) beside them. Every side starts from the same weights
@@ -77,7 +78,7 @@ class Model:
 
 
 MODELS = {"cnn_small_28": Model("cnn_small_28", "cnn_small", 28, 128, 60),
-          "cnn_residual_96": Model("cnn_residual_96", "cnn_residual", 96, 16, 10)}
+          "cnn_residual_96": Model("cnn_residual_96", "cnn_residual", 96, 16, 8)}
 SKIP = 4  # first steps of each fit run left out of its steady state (safetrain: its timer's warm-up)
 
 
@@ -132,7 +133,7 @@ class Bench:
         self.record.open_tensorboard()
         sides = ("fit", "fit_equal", "safetrain", "safetrain_off")
         self.rates: dict[str, list[float]] = {k: [] for k in sides}   # whole runs
-        self.steady: dict[str, list[float]] = {k: [] for k in sides}  # every steady-state step's (call's) rate
+        self.steady: dict[str, float] = {}  # the latest run's median steady-state step (call) rate, per side
         self.steps_per_loop: int | None = None
         self.runs = 0
 
@@ -164,7 +165,7 @@ class Bench:
         model.fit(self.stream, steps_per_epoch=self.spec.steps, epochs=1, verbose=0, callbacks=[clock])
         elapsed = time.perf_counter() - start
         intervals = [b - a for a, b in zip(clock.ends, clock.ends[1:])][SKIP:]
-        self.steady["fit_equal" if equal else "fit"] += [self.spec.batch_size / t for t in intervals]
+        self.steady["fit_equal" if equal else "fit"] = statistics.median(self.spec.batch_size / t for t in intervals)
         return self.spec.steps * self.spec.batch_size / elapsed
 
     def run_safetrain(self, checks: bool) -> float:
@@ -192,7 +193,7 @@ class Bench:
             raise RuntimeError(f"safetrain ran {result.steps} steps, expected {n}")
         if checks:
             self.steps_per_loop = result.steps_per_loop
-        self.steady["safetrain" if checks else "safetrain_off"] += loop.timer.rates
+        self.steady["safetrain" if checks else "safetrain_off"] = statistics.median(loop.timer.rates)
         return n * self.spec.batch_size / elapsed
 
     def sides(self):
@@ -240,40 +241,48 @@ def measure(spec: Model, args, work: Path) -> dict:
     policy, reason = choose_precision(devices, Precision.auto)
     bench = Bench(spec, policy, work, args.data_dir)
     sides = bench.sides()
+    peak_dtype = "bfloat16" if policy == "mixed_bfloat16" else "float32"
     for _, run in sides:  # warm-up: tracing, first iterators
         run()
-    for values in bench.steady.values():
-        values.clear()
+    conv_peak(peak_dtype, seconds=0.5)
+    ratios: dict[str, list[float]] = {k: [] for k in GOALS}
     wall: dict[str, list[float]] = {k: [] for k in GOALS if k != "flops_fraction_of_peak"}
+    steady_runs: dict[str, list[float]] = {}
+    peaks = []
     for r in range(args.repeats):
+        # Ratios are taken within a repeat, whose runs sit next to each other in time, then the median
+        # over repeats: this VM's speed level (it jumps about 2x) changes between repeats, not inside most.
         order = sides[r % len(sides):] + sides[:r % len(sides)]
         got = {name: run() for name, run in order}
+        st = dict(bench.steady)
+        peaks.append(conv_peak(peak_dtype, seconds=1.0))
         for name, rate in got.items():
             bench.rates[name].append(rate)
-        wall["auto_vs_fit"].append(got["safetrain"] / got["fit"])
-        wall["equal_precision_vs_fit"].append(got["safetrain"] / got.get("fit_equal", got["fit"]))
-        wall["checks_overhead"].append(got["safetrain_off"] / got["safetrain"] - 1)
-        print(f"  {spec.name} repeat {r + 1}/{args.repeats} (whole runs): " + "  ".join(
-            f"{name} {rate:,.0f}" for name, rate in got.items()) + " ex/s", flush=True)
+            steady_runs.setdefault(name, []).append(st[name])
+        for into, rates in ((ratios, st), (wall, got)):
+            into["auto_vs_fit"].append(rates["safetrain"] / rates["fit"])
+            into["equal_precision_vs_fit"].append(rates["safetrain"] / rates.get("fit_equal", rates["fit"]))
+            into["checks_overhead"].append(rates["safetrain_off"] / rates["safetrain"] - 1)
+        ratios["flops_fraction_of_peak"].append(3 * bench.plan.total_flops * st["safetrain"] / peaks[-1])
+        print(f"  {spec.name} repeat {r + 1}/{args.repeats}: steady " + "  ".join(
+            f"{name} {st[name]:,.0f}" for name in got) + " ex/s; whole runs " + "  ".join(
+            f"{name} {rate:,.0f}" for name, rate in got.items()) + f" ex/s; conv peak {peaks[-1] / 1e9:.0f} GFLOP/s",
+            flush=True)
     bench.record.board.close()
-    steady = {k: statistics.median(v) for k, v in bench.steady.items() if v}
-    peak = conv_peak("bfloat16" if policy == "mixed_bfloat16" else "float32")
-    train_flops = 3 * bench.plan.total_flops * steady["safetrain"]
-    result = {"auto_vs_fit": steady["safetrain"] / steady["fit"],
-              "equal_precision_vs_fit": steady["safetrain"] / steady.get("fit_equal", steady["fit"]),
-              "checks_overhead": steady["safetrain_off"] / steady["safetrain"] - 1,
-              "flops_fraction_of_peak": train_flops / peak}
-    result = {k: round(v, 3) for k, v in result.items()}
+    result = {k: round(statistics.median(v), 3) for k, v in ratios.items()}
+    rate = statistics.median(steady_runs["safetrain"])
     result.update({
         "model": f"{spec.preset} at {spec.size}x{spec.size}x1 ({bench.plan.total_params:,} params, "
                  f"{bench.plan.total_flops / 1e6:.1f} MFLOP forward per example)",
         "batch_size": spec.batch_size, "steps_per_run": spec.steps, "repeats": args.repeats,
         "precision_auto": policy, "precision_reason": reason, "steps_per_loop_auto": bench.steps_per_loop,
-        "steady_state_examples_per_sec": {k: round(v, 1) for k, v in steady.items()},
+        "steady_state_examples_per_sec": {k: round(statistics.median(v), 1) for k, v in steady_runs.items()},
         "whole_run_examples_per_sec": {k: round(statistics.median(v), 1) for k, v in bench.rates.items() if v},
         "whole_run_ratios_median": {k: round(statistics.median(v), 3) for k, v in wall.items()},
+        "ratios_per_repeat": {k: [round(x, 3) for x in v] for k, v in ratios.items()},
         "accuracy_after_same_steps": bench.accuracy(),
-        "train_gflops_per_sec": round(train_flops / 1e9, 1), "conv_peak_gflops_per_sec": round(peak / 1e9, 1),
+        "train_gflops_per_sec": round(3 * bench.plan.total_flops * rate / 1e9, 1),
+        "conv_peak_gflops_per_sec": round(statistics.median(peaks) / 1e9, 1),
     })
     return result
 
@@ -287,7 +296,7 @@ def _verdict(name: str, value: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--data-dir", default=None, help="TFDS data dir (default: TFDS's)")
     parser.add_argument("--out", default="bench.json")
     args = parser.parse_args()

@@ -439,3 +439,12 @@ def test_auto_without_a_probe_times_single_steps_first():
     assert result.steps_per_loop == 2
     # three single steps (the first traced), step 4 to reach a multiple of 2, then calls of 2
     assert steps.calls == ["train"] * 4 + ["train:2"] * 4
+
+
+def test_training_seconds_split_into_first_calls_steady_calls_and_actions():
+    loop, _, _, _, _, _, _ = make_loop(epochs=2, steps_per_epoch=5, step_seconds=1.0)
+    result = loop.run()
+    # epoch 1: probe x3 (the first one starts the epoch), then the plain call's trace; epoch 2: its first call
+    assert (result.first_call_seconds, result.steady_call_seconds) == (3.0, 7.0)
+    assert result.train_seconds == 10.0 and result.action_seconds == 0.0  # the fake actions take no time
+    assert result.examples == 40
