@@ -485,10 +485,10 @@ def _record_loop(record: RunRecord, loop: TrainLoop, evaluation: Evaluate | None
     # start, tracing, logging and periodic checkpoints included; evaluation and epoch-end saves not).
     report.throughput["effective_examples_per_sec"] = (
         round(r.examples / r.train_seconds, 1) if r.examples and r.train_seconds > 0 else None)
-    report.throughput["train_seconds"] = {
-        "first_calls": round(r.first_call_seconds, 3), "steady_calls": round(r.steady_call_seconds, 3),
-        "actions": round(r.action_seconds, 3),
-        "other": round(max(0.0, r.train_seconds - r.first_call_seconds - r.steady_call_seconds - r.action_seconds), 3)}
+    parts = {"epoch_setup": r.epoch_setup_seconds, "first_calls": r.first_call_seconds,
+             "steady_calls": r.steady_call_seconds, "actions": r.action_seconds}
+    report.throughput["train_seconds"] = {**{k: round(v, 3) for k, v in parts.items()},
+                                          "other": round(max(0.0, r.train_seconds - sum(parts.values())), 3)}
     report.throughput["steps_per_loop"] = r.steps_per_loop
     report.throughput["steps_per_loop_reason"] = r.steps_per_loop_reason
     wall.add("train", r.train_seconds)

@@ -446,5 +446,5 @@ def test_training_seconds_split_into_first_calls_steady_calls_and_actions():
     result = loop.run()
     # epoch 1: probe x3 (the first one starts the epoch), then the plain call's trace; epoch 2: its first call
     assert (result.first_call_seconds, result.steady_call_seconds) == (3.0, 7.0)
-    assert result.train_seconds == 10.0 and result.action_seconds == 0.0  # the fake actions take no time
+    assert result.train_seconds == 10.0 and result.action_seconds == result.epoch_setup_seconds == 0.0  # fakes: no time
     assert result.examples == 40
