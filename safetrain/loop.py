@@ -70,9 +70,10 @@ class TrainLoop:
                  started: float | None = None, clock: Callable[[], float] = time.perf_counter,
                  guard: SignalGuard | None = None, context: Context | None = None,
                  steps_for_epoch: Callable[[int], Any] | None = None, steps_per_loop: int | None = 1) -> None:
-        """`steps`: `train(iterator)`, `train_probe(iterator)`, `eval(images, labels)` and
-        `missing_gradients_error()` (safetrain.steps.Steps). `train_batches(epoch, skip)`: the
-        epoch's training batches after the first `skip`, ready for `steps.train`.
+        """`steps`: `train_steps(iterator, n)` (up to n steps in one call; n an int32 tensor),
+        `train_probe(iterator)`, `eval(images, labels)` and `missing_gradients_error()`
+        (safetrain.steps.Steps). `train_batches(epoch, skip)`: the epoch's training batches after
+        the first `skip`, ready for the step functions.
         `actions` run in order after each step and epoch; put checkpointing last, so it saves what
         the others decided. `probe`, when given, is one of the actions: while it is active the
         loop runs the probing step. `timer` measures the steps (its warmup should cover every traced
@@ -227,7 +228,8 @@ class TrainLoop:
         """Drop a finished epoch's iterator on a background thread. Measured on digits_cnn (2-core
         CPU): destroying the epoch's tf.data iterator, which the loop stops short of its end (the
         last partial batch is dropped, no end-of-sequence is ever read), blocked the loop 1.0-2.3 s
-        in 5 of 6 epochs while the pipeline's background threads wound down — 30% of training time.
+        in 5 of 6 epochs while the pipeline's background threads wound down (a fifth to a third of
+        the training phase).
         Dropped here instead, it goes while the epoch-end evaluation and the next epoch start."""
         if self._released is not None:
             self._released.join(timeout=30)
