@@ -11,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 OUT=${OUT:-gpu_check}
-STEPS=${STEPS:-300}
+STEPS=${STEPS:-200}
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
