@@ -67,7 +67,7 @@ def describe_cpu(cpuinfo: str, cores: int, env: dict[str, str]) -> list[str]:
     lines = [f"cpu: {model}, {cores} cores usable; math extensions: {extensions} ({native})"]
     settings = [f"{key}={env[key]}" for key in _CPU_ENV if key in env]
     lines.append("cpu settings: " + (", ".join(settings) if settings else
-                                     "TensorFlow's defaults (oneDNN on, float32 math, one thread pool per core)"))
+                                     "TensorFlow's defaults (oneDNN on, float32 math, thread pools per core count)"))
     return lines
 
 
