@@ -58,16 +58,11 @@ def check_versions(found: dict[str, str | None]) -> list[Finding]:
 
 def _cpu_lines() -> list[str]:
     import os
-    from pathlib import Path
 
-    from safetrain.hardware import describe_cpu
+    from safetrain.hardware import describe_cpu, read_cpuinfo
 
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux
-        cpuinfo = ""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return describe_cpu(cpuinfo, cores, dict(os.environ))
+    return describe_cpu(read_cpuinfo(), cores, dict(os.environ))
 
 
 def main() -> int:

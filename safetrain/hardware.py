@@ -41,12 +41,21 @@ class Device:
         return f"{self.kind} {self.name}{cc}{memory}{flags}"
 
 
+def _field(cpuinfo: str, name: str) -> str | None:
+    """The value of the first `name` line of /proc/cpuinfo text."""
+    return next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith(name)), None)
+
+
 def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
     """The bf16-relevant flags of the first `flags` line of /proc/cpuinfo text."""
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split()) & CPU_BF16_FLAGS
-    return frozenset()
+    return frozenset((_field(cpuinfo, "flags") or "").split()) & CPU_BF16_FLAGS
+
+
+def read_cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""  # not Linux: no claim
 
 
 _CPU_MATH_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what oneDNN's kernels can use
@@ -56,12 +65,10 @@ _CPU_ENV = ("TF_ENABLE_ONEDNN_OPTS", "TF_SET_ONEDNN_FPMATH_MODE", "TF_NUM_INTRAO
 def describe_cpu(cpuinfo: str, cores: int, env: dict[str, str]) -> list[str]:
     """Doctor's CPU lines (pure; unit-tested): model, usable cores, the math extensions oneDNN can
     use, and the environment variables that change how TensorFlow computes on it."""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-                 "unknown model")
-    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo.splitlines() if line.startswith("flags")),
-                 set())
+    model = _field(cpuinfo, "model name") or "unknown model"
+    flags = set((_field(cpuinfo, "flags") or "").split())
     math = [flag for flag in _CPU_MATH_FLAGS if flag in flags]
-    bf16 = bool(flags & CPU_BF16_FLAGS)
+    bf16 = bool(parse_cpu_flags(cpuinfo))
     extensions = ", ".join(math) or "none of " + "/".join(_CPU_MATH_FLAGS)
     native = "native bfloat16" if bf16 else "no native bfloat16: bfloat16 would be emulated, slower than float32"
     lines = [f"cpu: {model}, {cores} cores usable; math extensions: {extensions} ({native})"]
@@ -72,10 +79,7 @@ def describe_cpu(cpuinfo: str, cores: int, env: dict[str, str]) -> list[str]:
 
 
 def cpu_features() -> frozenset[str]:
-    try:
-        return parse_cpu_flags(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        return frozenset()  # not Linux: no claim
+    return parse_cpu_flags(read_cpuinfo())
 
 
 def parse_gpu_memory(csv: str) -> list[int]:

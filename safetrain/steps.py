@@ -17,8 +17,8 @@ iterator, Keras' `steps_per_execution` and Orbit's `steps_per_loop` — with one
 instead of one per step (trainer.steps_per_loop). It keeps every guarantee of the single step: it
 stops right after the first non-finite step, so the loop stops or skips at that exact step; it
 reads each batch as an optional and stops when there is none, so an epoch that ends inside a call
-loses no step's update to an OutOfRangeError (and, unlike Keras' loop, it never fetches a batch
-ahead, which would shift the next call's data and break exact resume).
+loses no step's update to an OutOfRangeError. It fetches exactly the batches it trains on: a batch
+read ahead and dropped would shift the next call's data and break exact resume.
 """
 
 from __future__ import annotations

@@ -61,6 +61,7 @@ from safetrain.loop import TrainLoop  # noqa: E402
 from safetrain.optimizers import LOSSES, OPTIMIZERS  # noqa: E402
 from safetrain.progress import Progress  # noqa: E402
 from safetrain.record import RunRecord  # noqa: E402
+from safetrain.run_state import Position  # noqa: E402
 from safetrain.steps import Steps  # noqa: E402
 from safetrain.throughput import StepTimer  # noqa: E402
 
@@ -229,7 +230,6 @@ class _NoCheckpoints:
     warnings: list[str] = []
 
     def restore(self):
-        from safetrain.run_state import Position
         return Position()
 
     def save(self, at) -> None:

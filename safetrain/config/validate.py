@@ -16,6 +16,7 @@ from models.parse import parse_layers
 from safetrain.cluster import current_task
 from safetrain.config.schema import Config, Mode, Monitor, Normalization, OnOom, Schedule, Source, StrategyKind
 from safetrain.errors import ConfigError
+from safetrain.throughput import divisors
 from safetrain.optimizers import LOSS_ENCODING, LOSSES, OPTIMIZERS
 
 
@@ -42,7 +43,7 @@ def _check_steps_per_loop(t) -> None:
                        ("trainer.checkpoint_every_steps", t.checkpoint_every_steps)):
         if every % k:
             common = math.gcd(t.log_every_steps, t.checkpoint_every_steps)
-            fits = max(d for d in range(1, min(k, common) + 1) if common % d == 0)
+            fits = max(d for d in divisors(common) if d <= k)
             raise ConfigError(
                 f"trainer.steps_per_loop={k} does not divide {key}={every}: {k} steps run in one graph call, and "
                 f"logging and checkpoints happen between calls, so step {every} would fall inside one.",
