@@ -1,7 +1,7 @@
 """Model specs: typed layer specs, shape inference and the Keras builder.
 
-    from models.parse import parse_layers
-    from models.shapes import infer
+    from safetrain.models.parse import parse_layers
+    from safetrain.models.shapes import infer
     plan = infer(parse_layers(cfg.model.layers), (28, 28, 1), num_classes=10)
     print(plan.table())            # shapes, params, FLOPs: plain Python, no TensorFlow
     model = models.build.build_model(plan)   # imports Keras; checked against the plan
@@ -9,5 +9,5 @@
 Importing the package registers every built-in layer type.
 """
 
-from models import blocks, custom, sequence, spec  # noqa: F401  (registration)
-from models import custom_layers  # noqa: F401,E402  (the project's own layers; imports Keras only if used)
+from safetrain.models import blocks, custom, sequence, spec  # noqa: F401  (registration)
+from safetrain.models import custom_layers  # noqa: F401,E402  (the project's own layers; imports Keras only if used)

@@ -22,8 +22,8 @@ import h5py
 import keras
 from keras.src.utils.naming import to_snake_case  # the naming saving_lib itself uses (see _stored_names)
 
-from models.backbones import BackboneSpec
-from safetrain.errors import DataError, SpecError
+from safetrain.models.backbones import BackboneSpec
+from safetrain.core.errors import DataError, SpecError
 
 DOWNLOAD_TIMEOUT_S = 30.0  # per socket operation; Keras' urlretrieve itself has none
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from safetrain.registry import Registry
+from safetrain.core.registry import Registry
 
 CHANNELS = 3  # every registered backbone has an ImageNet RGB stem
 
@@ -120,7 +120,7 @@ def check_input(entry: Backbone, shape: tuple[int, ...], declared: bool) -> None
     """The backbone's input contract (3 channels, at least min_size): a ConfigError naming
     dataset.image when `declared` (validate(), before TensorFlow), else a SpecError naming the
     model input the data gives."""
-    from safetrain.errors import ConfigError, SpecError
+    from safetrain.core.errors import ConfigError, SpecError
 
     height, width, channels = shape
     who = f"model.backbone.name={entry.name}" if declared else f"backbone {entry.name}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from models.fields import positive
-from models.spec import LAYERS, LayerSpec, Shape, _conv_out, _fmt_pair, _pair
+from safetrain.models.fields import positive
+from safetrain.models.spec import LAYERS, LayerSpec, Shape, _conv_out, _fmt_pair, _pair
 
 
 @LAYERS.register("residual")

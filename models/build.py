@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import keras
 
-from models import preflight
-from models.backbone_build import InferenceMode, build_backbone, set_trainable
-from models.custom import CustomLayerSpec
-from models.shapes import ModelPlan
-from models.spec import LayerSpec
-from safetrain.errors import SpecError
+from safetrain.models import preflight
+from safetrain.models.backbone_build import InferenceMode, build_backbone, set_trainable
+from safetrain.models.custom import CustomLayerSpec
+from safetrain.models.shapes import ModelPlan
+from safetrain.models.spec import LayerSpec
+from safetrain.core.errors import SpecError
 
 _KERAS = {
     "conv2d": keras.layers.Conv2D,
@@ -97,7 +97,7 @@ def build_model(plan: ModelPlan, input_dtype: str = "float32", seed: int | None 
     if plan.backbone is not None:
         # Pretrained weights run in inference mode always (InferenceMode says why). From scratch
         # (weights=null) there are no statistics to keep: BatchNorm learns them as in any model
-        # (a frozen Keras 3 BatchNorm runs in inference mode by itself). safetrain.fine_tune
+        # (a frozen Keras 3 BatchNorm runs in inference mode by itself). safetrain.train.fine_tune
         # decides which of its weights train.
         backbone = build_backbone(plan.backbone, shape)
         set_trainable(backbone, plan.backbone, plan.backbone.trainable_in(1))

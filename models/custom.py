@@ -1,6 +1,6 @@
 """Custom layers: register a Keras layer class by decorator and use it by name in configs.
 
-    from models.custom import custom_layer
+    from safetrain.models.custom import custom_layer
 
     @custom_layer("scaled_tanh")                        # {type: scaled_tanh, scale: 2.0}
     class ScaledTanh(keras.layers.Layer):
@@ -23,7 +23,7 @@ import dataclasses
 import inspect
 from typing import Any, Callable, ClassVar
 
-from models.spec import LAYERS, LayerSpec, Shape
+from safetrain.models.spec import LAYERS, LayerSpec, Shape
 
 OutputShape = Callable[..., Shape]
 

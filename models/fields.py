@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from safetrain.errors import ConfigError
+from safetrain.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from models.shapes import ModelPlan
-from safetrain.errors import Explanation
+from safetrain.models.shapes import ModelPlan
+from safetrain.core.errors import Explanation
 
 _INDEX = re.compile(r"^L(\d+)_")
 

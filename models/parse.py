@@ -13,9 +13,9 @@ import typing
 from dataclasses import fields
 from typing import Any
 
-from models.fields import check_of
-from models.spec import LAYERS, LayerSpec
-from safetrain.errors import ConfigError
+from safetrain.models.fields import check_of
+from safetrain.models.spec import LAYERS, LayerSpec
+from safetrain.core.errors import ConfigError
 
 
 def parse_layers(raw: list[dict[str, Any]]) -> list[LayerSpec]:

@@ -13,10 +13,10 @@ import re
 
 import tensorflow as tf
 
-from models.custom import CustomLayerSpec
-from models.shapes import ModelPlan
-from models.spec import LayerSpec, _show
-from safetrain.errors import ErrorKind, GraphError, SpecError
+from safetrain.models.custom import CustomLayerSpec
+from safetrain.models.shapes import ModelPlan
+from safetrain.models.spec import LayerSpec, _show
+from safetrain.core.errors import ErrorKind, GraphError, SpecError
 
 _NUMPY_SIGNS = ("Cannot convert a symbolic", "to a numpy array", "__array__")
 

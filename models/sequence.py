@@ -11,10 +11,10 @@ import functools
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-from models.fields import fraction, one_of, positive
-from models.parse import parse_layer
-from models.spec import LAYERS, LayerSpec, Shape, _require_image, _show
-from safetrain.errors import SpecError
+from safetrain.models.fields import fraction, one_of, positive
+from safetrain.models.parse import parse_layer
+from safetrain.models.spec import LAYERS, LayerSpec, Shape, _require_image, _show
+from safetrain.core.errors import SpecError
 
 
 @LAYERS.register("rows_as_sequence")

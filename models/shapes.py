@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.backbones import BackboneSpec
-from models.spec import LayerSpec, Shape, _show
-from safetrain.errors import SpecError
+from safetrain.models.backbones import BackboneSpec
+from safetrain.models.spec import LayerSpec, Shape, _show
+from safetrain.core.errors import SpecError
 
 
 @dataclass(frozen=True)

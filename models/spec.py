@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Optional
 
-from models.fields import fraction, one_of, positive
-from safetrain.errors import SpecError
-from safetrain.registry import Registry
+from safetrain.models.fields import fraction, one_of, positive
+from safetrain.core.errors import SpecError
+from safetrain.core.registry import Registry
 
 Shape = tuple[int, ...]
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from pipelines.crop import RandomResizedCrop
-from pipelines.spec import ImageSpec
+from safetrain.pipelines.crop import RandomResizedCrop
+from safetrain.pipelines.spec import ImageSpec
 from safetrain.config.schema import AugmentConfig, Crop, Flip
 
 _FLIPS = {Flip.horizontal: "horizontal", Flip.vertical: "vertical", Flip.both: "horizontal_and_vertical"}

@@ -20,15 +20,15 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from pipelines import checks
-from pipelines.augment import Augmenter, is_on
-from pipelines.ops import adapt, encode, epoch_seed, example_bytes, is_ok, normalize, plain
-from pipelines.scan import mean_std, scan
-from pipelines.sources.base import Source, array_source
-from pipelines.sources.registry import open_source
-from pipelines.spec import AdapterPlan, BadExample, DataEvent, ImageSpec, SourceSpec, plan_adapters
+from safetrain.pipelines import checks
+from safetrain.pipelines.augment import Augmenter, is_on
+from safetrain.pipelines.ops import adapt, encode, epoch_seed, example_bytes, is_ok, normalize, plain
+from safetrain.pipelines.scan import mean_std, scan
+from safetrain.pipelines.sources.base import Source, array_source
+from safetrain.pipelines.sources.registry import open_source
+from safetrain.pipelines.spec import AdapterPlan, BadExample, DataEvent, ImageSpec, SourceSpec, plan_adapters
 from safetrain.config.schema import AugmentConfig, DatasetConfig, Sampling
-from safetrain.errors import DataError
+from safetrain.core.errors import DataError
 
 _CACHE_LIMIT_BYTES = 2 << 30  # cache adapted examples in memory up to 2 GiB
 

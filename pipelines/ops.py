@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from pipelines import checks
-from pipelines.spec import AdapterPlan, ImageSpec
+from safetrain.pipelines import checks
+from safetrain.pipelines.spec import AdapterPlan, ImageSpec
 from safetrain.config.schema import DatasetConfig, LabelEncoding
 
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from pipelines import checks
-from pipelines.spec import BadExample
+from safetrain.pipelines import checks
+from safetrain.pipelines.spec import BadExample
 from safetrain.config.schema import BadExamplePolicy
-from safetrain.errors import DataError
+from safetrain.core.errors import DataError
 
 SCAN_BATCH = 1024
 

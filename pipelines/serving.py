@@ -1,6 +1,6 @@
 """The serving path: one encoded image file to the model input, as training delivers it.
 
-The export's signature (safetrain.export) runs this inside the SavedModel: decode, then the same
+The export's signature (safetrain.experiment.export) runs this inside the SavedModel: decode, then the same
 adapter and normalization ops as the training pipeline (pipelines.ops), with what the config's
 policies refuse in training refused here too, by name.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from pipelines.ops import adapt, normalize
-from pipelines.spec import AdapterPlan, ImageSpec
+from safetrain.pipelines.ops import adapt, normalize
+from safetrain.pipelines.spec import AdapterPlan, ImageSpec
 
 
 def prepare_encoded(data: tf.Tensor, spec: ImageSpec, resize: str, channel_policy: str, stats) -> tf.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from safetrain.errors import SpecError
+from safetrain.core.errors import SpecError
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@
     python -m safetrain -m trainer.batch_size=64,256 # a sweep (Hydra multirun)
     tensorboard --logdir outputs                     # scalars, shape table, env report
 
-Importing this package does not import TensorFlow; `safetrain.training` does.
+Importing this package does not import TensorFlow; `safetrain.experiment.train` does.
 """
 
 __version__ = "0.1.0"

@@ -22,8 +22,8 @@ from omegaconf.errors import OmegaConfBaseException
 from safetrain.config import config_dir
 from safetrain.config.hydra_errors import explain
 from safetrain.config.schema import register
-from safetrain.errors import ConfigError
-from safetrain.sweep import CONFIG_FLAGS, child_command, run_job_process, uses_basic_launcher
+from safetrain.core.errors import ConfigError
+from safetrain.experiment.sweep import CONFIG_FLAGS, child_command, run_job_process, uses_basic_launcher
 
 _exit_codes: list[int] = []
 # `debug` is both a config key (full tracebacks) and a config group (`+debug=tiny`), and Hydra
@@ -40,7 +40,7 @@ DEFAULT_EXPERIMENT = "digits_cnn"
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _hydra_app(cfg: DictConfig) -> int:
-    from safetrain.run import execute  # TensorFlow-free until validation has passed
+    from safetrain.experiment.run import execute  # TensorFlow-free until validation has passed
 
     if _debug_override:
         cfg.debug = _debug_override[-1]

@@ -59,14 +59,14 @@ def check_versions(found: dict[str, str | None]) -> list[Finding]:
 def _cpu_lines() -> list[str]:
     import os
 
-    from safetrain.hardware import describe_cpu, read_cpuinfo
+    from safetrain.train.hardware import describe_cpu, read_cpuinfo
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return describe_cpu(read_cpuinfo(), cores, dict(os.environ))
 
 
 def main() -> int:
-    from safetrain.tf_import import import_tensorflow
+    from safetrain.core.tf_import import import_tensorflow
 
     names = ("tensorflow", "keras", "tensorflow-datasets", "tensorboard", "hydra-core", "omegaconf",
              "numpy", "protobuf", "scikit-learn", "tf-keras", "importlib-resources")
@@ -78,7 +78,7 @@ def main() -> int:
             print(f"{name} {found[name] or 'NOT INSTALLED'}")
     if found["tensorflow"]:
         tf = import_tensorflow()
-        from safetrain.hardware import choose_precision, detect_devices
+        from safetrain.train.hardware import choose_precision, detect_devices
 
         build = tf.sysconfig.get_build_info()
         gpus = tf.config.list_physical_devices("GPU")

@@ -23,7 +23,7 @@ import re
 import sys
 from pathlib import Path
 
-from safetrain.errors import EXIT_CONFIG, EXIT_DATA
+from safetrain.core.errors import EXIT_CONFIG, EXIT_DATA
 
 USAGE = "usage: python -m safetrain.predict run_dir=RUN_DIR [top_k=3] [--tflite] FILE [FILE...]"
 
@@ -55,8 +55,8 @@ def parse(args: list[str]) -> tuple[Path, int, list[Path], bool]:
 
 
 def _reason(err: Exception) -> str:
-    from safetrain.facts import facts
-    from safetrain.run_state import Context
+    from safetrain.diagnose.facts import facts
+    from safetrain.core.run_state import Context
 
     cause = facts(err, Context(phase="data")).cause
     refused = re.search(r"assertion failed: \[(.*?)\]", cause)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             data = path.read_bytes()
             encoded = tf.constant([upright_bytes(data) if upright else data])
             if flat is not None:
-                from safetrain.export import run_tflite
+                from safetrain.experiment.export import run_tflite
 
                 probabilities = run_tflite(flat, served.prepare_images(encoded).numpy())[0]
             else:
@@ -118,7 +118,7 @@ def upright_bytes(data: bytes) -> bytes:
         return data
     import tensorflow as tf
 
-    from pipelines.sources.folder_decode import upright
+    from safetrain.pipelines.sources.folder_decode import upright
 
     try:
         pixels = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
@@ -129,7 +129,7 @@ def upright_bytes(data: bytes) -> bytes:
 
 def _load(run_dir: Path):
     """TensorFlow (imported quietly) and the run's exported SavedModel."""
-    from safetrain.tf_import import import_tensorflow
+    from safetrain.core.tf_import import import_tensorflow
 
     tf = import_tensorflow()
     return tf, tf.saved_model.load(str(run_dir / "export"))

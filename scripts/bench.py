@@ -41,29 +41,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from safetrain.tf_import import import_tensorflow  # noqa: E402
+from safetrain.core.tf_import import import_tensorflow  # noqa: E402
 
 tf = import_tensorflow()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from models.build import build_model  # noqa: E402
-from models.parse import parse_layers  # noqa: E402
-from models.presets import preset_layers  # noqa: E402
-from models.shapes import infer  # noqa: E402
-from pipelines.build import build_datasets  # noqa: E402
-from safetrain.actions import GradientProbe, LogScalars, SaveCheckpoints  # noqa: E402
-from safetrain.checkpoints import Checkpoints  # noqa: E402
+from safetrain.models.build import build_model  # noqa: E402
+from safetrain.models.parse import parse_layers  # noqa: E402
+from safetrain.models.presets import preset_layers  # noqa: E402
+from safetrain.models.shapes import infer  # noqa: E402
+from safetrain.pipelines.build import build_datasets  # noqa: E402
+from safetrain.train.actions import GradientProbe, LogScalars, SaveCheckpoints  # noqa: E402
+from safetrain.train.checkpoints import Checkpoints  # noqa: E402
 from safetrain.config.schema import DatasetConfig, ImageConfig, Precision, ResizePolicy, TrainerConfig  # noqa: E402
-from safetrain.hardware import choose_precision, detect_devices  # noqa: E402
-from safetrain.loop import TrainLoop  # noqa: E402
-from safetrain.optimizers import LOSSES, OPTIMIZERS  # noqa: E402
-from safetrain.progress import Progress  # noqa: E402
-from safetrain.record import RunRecord  # noqa: E402
-from safetrain.run_state import Position  # noqa: E402
-from safetrain.steps import Steps  # noqa: E402
-from safetrain.throughput import StepTimer  # noqa: E402
+from safetrain.train.hardware import choose_precision, detect_devices  # noqa: E402
+from safetrain.train.loop import TrainLoop  # noqa: E402
+from safetrain.train.optimizers import LOSSES, OPTIMIZERS  # noqa: E402
+from safetrain.train.progress import Progress  # noqa: E402
+from safetrain.record.run_record import RunRecord  # noqa: E402
+from safetrain.core.run_state import Position  # noqa: E402
+from safetrain.train.steps import Steps  # noqa: E402
+from safetrain.train.throughput import StepTimer  # noqa: E402
 
 GOALS = {"auto_vs_fit": (">=", 1.5), "equal_precision_vs_fit": (">=", 1.0), "checks_overhead": ("<=", 0.03),
          "flops_fraction_of_peak": (">=", 0.35)}

@@ -32,13 +32,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from safetrain.tf_import import import_tensorflow  # noqa: E402
+from safetrain.core.tf_import import import_tensorflow  # noqa: E402
 
 tf = import_tensorflow()
 
 import keras  # noqa: E402
 
-from models.backbones import BACKBONES  # noqa: E402
+from safetrain.models.backbones import BACKBONES  # noqa: E402
 
 
 def build(name: str, size: int, policy: str):

@@ -20,20 +20,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from safetrain.tf_import import import_tensorflow  # noqa: E402
+from safetrain.core.tf_import import import_tensorflow  # noqa: E402
 
 tf = import_tensorflow()
 
 import keras  # noqa: E402
 
-from models.build import build_model  # noqa: E402
-from models.presets import preset_layers  # noqa: E402
-from models.shapes import infer  # noqa: E402
-from models.parse import parse_layers  # noqa: E402
-from pipelines.build import build_datasets  # noqa: E402
+from safetrain.models.build import build_model  # noqa: E402
+from safetrain.models.presets import preset_layers  # noqa: E402
+from safetrain.models.shapes import infer  # noqa: E402
+from safetrain.models.parse import parse_layers  # noqa: E402
+from safetrain.pipelines.build import build_datasets  # noqa: E402
 from safetrain.config.schema import DatasetConfig, ResizePolicy  # noqa: E402
-from safetrain.optimizers import LOSSES, OPTIMIZERS  # noqa: E402
-from safetrain.steps import Steps  # noqa: E402
+from safetrain.train.optimizers import LOSSES, OPTIMIZERS  # noqa: E402
+from safetrain.train.steps import Steps  # noqa: E402
 
 
 def main() -> None:

@@ -65,7 +65,7 @@ def _peak_rss_mb() -> float:
 
 
 def child(side: str, folder: Path, cache: Path) -> dict:
-    from safetrain.tf_import import import_tensorflow
+    from safetrain.core.tf_import import import_tensorflow
 
     tf = import_tensorflow()
     start = time.perf_counter()
@@ -77,7 +77,7 @@ def child(side: str, folder: Path, cache: Path) -> dict:
         ds = ds.cache().prefetch(tf.data.AUTOTUNE)
         epoch = lambda e: ds  # noqa: E731
     else:
-        from pipelines.build import build_datasets
+        from safetrain.pipelines.build import build_datasets
         from safetrain.config.schema import (ChannelPolicy, DatasetConfig, ImageConfig, ResizePolicy, Source,
                                              SplitsConfig)
 

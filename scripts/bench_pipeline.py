@@ -43,10 +43,10 @@ def experiment_config(name: str):
 
 
 def measure_pipeline(name: str, data_dir: str | None) -> dict:
-    from safetrain.tf_import import import_tensorflow
+    from safetrain.core.tf_import import import_tensorflow
 
     import_tensorflow()
-    from pipelines.build import build_datasets
+    from safetrain.pipelines.build import build_datasets
 
     cfg = experiment_config(name)
     if data_dir:
@@ -85,14 +85,14 @@ def measure_wait_floor(name: str, data_dir: str | None, timed_steps: int = 300) 
 
     import keras
 
-    from models.build import build_model
-    from models.shapes import infer
-    from models.parse import parse_layers
-    from pipelines.build import build_datasets
-    from safetrain.hardware import choose_precision, detect_devices
-    from safetrain.optimizers import LOSSES, OPTIMIZERS
-    from safetrain.steps import Steps
-    from safetrain.tf_import import import_tensorflow
+    from safetrain.models.build import build_model
+    from safetrain.models.shapes import infer
+    from safetrain.models.parse import parse_layers
+    from safetrain.pipelines.build import build_datasets
+    from safetrain.train.hardware import choose_precision, detect_devices
+    from safetrain.train.optimizers import LOSSES, OPTIMIZERS
+    from safetrain.train.steps import Steps
+    from safetrain.core.tf_import import import_tensorflow
 
     tf = import_tensorflow()
     cfg = experiment_config(name)

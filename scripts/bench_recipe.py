@@ -66,15 +66,15 @@ def _read_idx(path: Path):
 
 def fit_child(args) -> None:
     """One plain-Keras run of the recipe; writes its result as JSON to args.result."""
-    from safetrain.tf_import import import_tensorflow
+    from safetrain.core.tf_import import import_tensorflow
 
     tf = import_tensorflow()
     import keras
 
-    from models.build import build_model
-    from models.parse import parse_layers
-    from models.shapes import infer
-    from pipelines.augment import layers_for
+    from safetrain.models.build import build_model
+    from safetrain.models.parse import parse_layers
+    from safetrain.models.shapes import infer
+    from safetrain.pipelines.augment import layers_for
 
     cfg = _compose(args.experiment, args.override)
     t, o = cfg.trainer, cfg.optimizer

@@ -30,9 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipelines.sources.folder_files import EXTENSIONS, is_hidden, list_files  # noqa: E402  (no TensorFlow)
-from pipelines.sources.folder_files import split_dirs as find_split_dirs  # noqa: E402
-from pipelines.sources.stratify import every_class_in_every_slice  # noqa: E402
+from safetrain.pipelines.sources.folder_files import EXTENSIONS, is_hidden, list_files  # noqa: E402  (no TensorFlow)
+from safetrain.pipelines.sources.folder_files import split_dirs as find_split_dirs  # noqa: E402
+from safetrain.pipelines.sources.stratify import every_class_in_every_slice  # noqa: E402
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "P_gray"}
 MODE_CHANNELS = {"1": 1, "L": 1, "I": 1, "I;16": 1, "I;16B": 1, "P_gray": 1, "LA": 2, "RGB": 3, "P": 3,

@@ -174,7 +174,7 @@ def _checkpoints_finite(run_dir: Path) -> bool:
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from safetrain.tf_import import import_tensorflow
+    from safetrain.core.tf_import import import_tensorflow
 
     tf = import_tensorflow()  # quietly
 

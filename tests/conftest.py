@@ -93,7 +93,7 @@ def train(tiny_config, tmp_path):
     """Run the composed tiny config in this process with `key=value` changes (typed: a wrong key or
     type fails here as it would at composition). The console text is what the safetrain logger
     printed plus what the run wrote to sys.stderr (a traceback, if any)."""
-    from safetrain.run import execute
+    from safetrain.experiment.run import execute
 
     def run(*values: str, name: str = "run") -> CliResult:
         node = copy.deepcopy(tiny_config)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines.augment import Augmenter
-from pipelines.build import from_arrays
-from pipelines.spec import ImageSpec
+from safetrain.pipelines.augment import Augmenter
+from safetrain.pipelines.build import from_arrays
+from safetrain.pipelines.spec import ImageSpec
 from safetrain.config.schema import (AugmentConfig, Crop, DatasetConfig, Flip, ImageConfig, LabelEncoding,
                                      ResizePolicy, Sampling, SplitsConfig)
 

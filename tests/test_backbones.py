@@ -46,7 +46,7 @@ def backbone_node(tfds_dir):
 def _validated(node, *values):
     from omegaconf import OmegaConf
 
-    from safetrain.config.validate import validate
+    from safetrain.experiment.validate import validate
 
     node = copy.deepcopy(node)
     node.merge_with_dotlist(list(values))
@@ -70,7 +70,7 @@ def _colour_folder(root: Path, per_class: int = 16, size: int = 40) -> Path:
 
 
 def _mobilenet(weights=None, **fields):
-    from models.backbones import parse_backbone
+    from safetrain.models.backbones import parse_backbone
     from safetrain.config.schema import BackboneConfig
 
     return parse_backbone(BackboneConfig(name="mobilenet_v3_small", weights=weights, **fields))
@@ -86,8 +86,8 @@ def test_every_registered_backbone_matches_its_recorded_contract_and_counts():
     counts."""
     import keras
 
-    from models.backbone_build import build_backbone
-    from models.backbones import BACKBONES, parse_backbone
+    from safetrain.models.backbone_build import build_backbone
+    from safetrain.models.backbones import BACKBONES, parse_backbone
     from safetrain.config.schema import BackboneConfig
 
     for name in BACKBONES.names():
@@ -120,7 +120,7 @@ def test_every_registered_backbone_matches_its_recorded_contract_and_counts():
     (["model.backbone.name=null"], "dataset.image.normalization", "model.backbone.name is null (no backbone)"),
 ])
 def test_each_contract_violation_is_one_message_naming_the_key(backbone_node, values, key, text):
-    from safetrain.errors import SafetrainError
+    from safetrain.core.errors import SafetrainError
 
     with pytest.raises(SafetrainError) as caught:
         _validated(backbone_node, *values)
@@ -129,7 +129,7 @@ def test_each_contract_violation_is_one_message_naming_the_key(backbone_node, va
 
 
 def test_a_weights_path_that_is_not_h5_is_refused(backbone_node, tmp_path):
-    from safetrain.errors import ConfigError
+    from safetrain.core.errors import ConfigError
 
     (tmp_path / "weights.pt").write_bytes(b"torch")
     with pytest.raises(ConfigError, match=r"\.h5 files .* or \.weights\.h5 files"):
@@ -153,8 +153,8 @@ def test_normalization_backbone_becomes_what_each_backbones_weights_expect_and_t
 def test_scale_0_255_maps_the_source_range_to_0_255():
     import tensorflow as tf
 
-    from pipelines.ops import normalize
-    from pipelines.spec import ImageSpec
+    from safetrain.pipelines.ops import normalize
+    from safetrain.pipelines.spec import ImageSpec
 
     spec = ImageSpec(2, 1, 1, normalization="scale_0_255")
     out = normalize(tf.constant([[[0.0]], [[0.5]]]), spec, (0.0, 1.0), None).numpy().ravel()
@@ -177,13 +177,13 @@ def test_a_weights_file_loads_into_a_new_model_in_both_keras_formats_and_a_wrong
     import h5py
     from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
 
-    from models.backbone_build import build_backbone
-    from models.backbones import parse_backbone
-    from models.build import build_model
-    from models.backbone_build import backbone_of
-    from models.shapes import infer
+    from safetrain.models.backbone_build import build_backbone
+    from safetrain.models.backbones import parse_backbone
+    from safetrain.models.build import build_model
+    from safetrain.models.backbone_build import backbone_of
+    from safetrain.models.shapes import infer
     from safetrain.config.schema import BackboneConfig
-    from safetrain.errors import SpecError
+    from safetrain.core.errors import SpecError
 
     source = build_backbone(_mobilenet(), (48, 48, 3))  # another input size: weights do not depend on it
     source.save_weights(tmp_path / "small.weights.h5")
@@ -231,8 +231,8 @@ def test_offline_imagenet_weights_fail_in_seconds_naming_the_cache_and_the_local
 # --- freezing and fine-tuning -------------------------------------------------------------------
 
 def test_fine_tune_blocks_unfreezes_the_top_blocks_and_every_layer_after_them():
-    from models.backbone_build import build_backbone, set_trainable, top_blocks_start
-    from safetrain.errors import SpecError
+    from safetrain.models.backbone_build import build_backbone, set_trainable, top_blocks_start
+    from safetrain.core.errors import SpecError
 
     spec = _mobilenet(fine_tune_from_epoch=2, fine_tune_blocks=2)
     model = build_backbone(spec, (32, 32, 3))
@@ -259,9 +259,9 @@ def test_pretrained_batchnorm_statistics_never_change_while_the_backbone_fine_tu
     import keras
     import tensorflow as tf
 
-    from models.backbone_build import backbone_of, build_backbone
-    from models.build import build_model
-    from models.shapes import infer
+    from safetrain.models.backbone_build import backbone_of, build_backbone
+    from safetrain.models.build import build_model
+    from safetrain.models.shapes import infer
 
     build_backbone(_mobilenet(), (32, 32, 3)).save_weights(tmp_path / "w.weights.h5")
     spec = _mobilenet(str(tmp_path / "w.weights.h5"), trainable=True)
@@ -283,10 +283,10 @@ def test_pretrained_batchnorm_statistics_never_change_while_the_backbone_fine_tu
 
 
 def test_auto_precision_follows_each_backbones_measured_bf16_speed_and_float16_is_refused_for_a_trained_one():
-    from models.backbones import parse_backbone
+    from safetrain.models.backbones import parse_backbone
     from safetrain.config.schema import BackboneConfig, Precision
-    from safetrain.errors import HardwareError
-    from safetrain.hardware import Device, choose_precision
+    from safetrain.core.errors import HardwareError
+    from safetrain.train.hardware import Device, choose_precision
 
     cpu = [Device("CPU", "cpu:0", features=frozenset({"avx512_bf16"}))]  # a fake only for the flags
     v100 = [Device("GPU", "Tesla V100", (7, 0))]
@@ -344,7 +344,7 @@ def test_fine_tuning_from_a_weights_file_resumes_bitwise_across_the_unfreeze(tmp
     weights' moving average and the best epoch on. A SIGTERM inside epoch 2 (after the unfreeze)
     and one inside epoch 1 (before it), each resumed, end with bitwise the weights of an
     uninterrupted run."""
-    from models.backbone_build import build_backbone
+    from safetrain.models.backbone_build import build_backbone
 
     folder = _colour_folder(tmp_path / "photos", per_class=16)
     weights = tmp_path / "pretrained.weights.h5"

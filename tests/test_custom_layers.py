@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.custom import custom_layer
+from safetrain.models.custom import custom_layer
 
 pytestmark = pytest.mark.e2e
 

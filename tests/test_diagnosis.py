@@ -15,11 +15,11 @@ import pytest
 import tensorflow as tf
 
 from conftest import read_tensorboard
-from models.custom import custom_layer
-from safetrain.diagnosis import diagnose
-from safetrain.facts import is_safetrain_bug
-from safetrain.run_state import Context, LayerRef
-from safetrain.errors import DataError, GraphError
+from safetrain.models.custom import custom_layer
+from safetrain.diagnose.diagnosis import diagnose
+from safetrain.diagnose.facts import is_safetrain_bug
+from safetrain.core.run_state import Context, LayerRef
+from safetrain.core.errors import DataError, GraphError
 
 
 @custom_layer("numpy_when_training")
@@ -252,7 +252,7 @@ def test_an_unrecognised_error_keeps_the_raw_message_and_op():
 
 
 def test_a_slip_in_safetrain_itself_is_not_dressed_up_as_a_diagnosis():
-    from safetrain import facts
+    from safetrain.diagnose import facts
 
     def buggy():
         return facts.facts(None, None)  # AttributeError inside safetrain/facts.py

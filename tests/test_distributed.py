@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from safetrain.cluster import ClusterTask, output_dir, parse_tf_config, wait_for_peers
+from safetrain.train.cluster import ClusterTask, output_dir, parse_tf_config, wait_for_peers
 from safetrain.config.schema import Config, StrategyKind
-from safetrain.config.validate import validate
-from safetrain.errors import ClusterError, ConfigError
+from safetrain.experiment.validate import validate
+from safetrain.core.errors import ClusterError, ConfigError
 
 
 def _free_ports(n: int) -> list[int]:

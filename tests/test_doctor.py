@@ -47,7 +47,7 @@ EPYC = "model name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2 fma\n"
 
 
 def test_the_cpu_lines_name_the_math_extensions_and_the_settings_that_change_the_math():
-    from safetrain.hardware import describe_cpu
+    from safetrain.train.hardware import describe_cpu
 
     spr = describe_cpu(SAPPHIRE, 2, {"TF_SET_ONEDNN_FPMATH_MODE": "BF16", "HOME": "/root"})
     assert spr[0] == ("cpu: Intel(R) Xeon(R) Platinum 8480C, 2 cores usable; math extensions: avx2, avx512f, "

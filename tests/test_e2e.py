@@ -30,7 +30,7 @@ def test_default_run_trains_digits_to_95_percent_and_writes_the_run_dir(run_cli)
     tp = report["throughput"]
     assert tp["examples_per_sec"] > 0 and 0 <= tp["input_wait_fraction"] < 1
     assert 0 < tp["step_time_ms_p50"] <= tp["step_time_ms_p90"]
-    from safetrain.hardware import cpu_features
+    from safetrain.train.hardware import cpu_features
 
     # auto: mixed_bfloat16 where the CPU has native bfloat16 (this project's machines do), else float32
     assert report["hardware"]["precision_policy"] == ("mixed_bfloat16" if cpu_features() else "float32")
@@ -211,7 +211,7 @@ def test_multirun_runs_every_job_and_exits_with_the_worst_code(tmp_path, tfds_di
     reports = [json.loads((sweep / str(i) / "report.json").read_text()) for i in range(4)]
     assert [r["exit_code"] for r in reports] == [0, 2, 0, 2]
     # Each job ran in its own process (isolate_jobs=true) with its own precision policy.
-    from safetrain.hardware import cpu_features
+    from safetrain.train.hardware import cpu_features
 
     auto = "mixed_bfloat16" if cpu_features() else "float32"
     assert [r["hardware"]["precision_policy"] for r in reports[::2]] == [auto, "float32"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from safetrain import visuals
+from safetrain.experiment import visuals
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -21,7 +21,7 @@ def test_mosaic_confusion_matrix_and_per_class_accuracy():
     images[:, 0, 0, 0] = -1.0  # each image gets its own display range
     grid = visuals.mosaic(images, columns=4)
     assert grid.shape == (3 * 5 + 1, 4 * 6 + 1, 3) and grid.min() >= 0 and grid.max() <= 1
-    from safetrain import results
+    from safetrain.experiment import results
 
     pred = results.Predictions("test", np.array([0, 0, 1, 1, 2]), np.eye(3)[[0, 1, 1, 1, 0]], ["k"] * 5)
     matrix = results.confusion(pred, 3)
@@ -63,7 +63,7 @@ def test_the_export_agrees_with_training_when_loaded_in_a_fresh_process(trained)
 def test_the_keras_file_loads_in_safe_mode_with_the_exported_weights(trained):
     report = json.loads((trained / "report.json").read_text())["export"]
     assert report["keras_file"] == str(trained / "export" / "model.keras")
-    fresh = subprocess.run([sys.executable, "-c", "import sys, keras; from safetrain.export import arrays_digest; "
+    fresh = subprocess.run([sys.executable, "-c", "import sys, keras; from safetrain.experiment.export import arrays_digest; "
                             "m = keras.saving.load_model(sys.argv[1], safe_mode=True, compile=False); "
                             "print(arrays_digest(m.get_weights()))", report["keras_file"]],
                            capture_output=True, text=True, env=ENV, timeout=120)

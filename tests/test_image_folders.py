@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.build import build_datasets
-from pipelines.sources.image_folder import image_folder_source
+from safetrain.pipelines.build import build_datasets
+from safetrain.pipelines.sources.image_folder import image_folder_source
 from safetrain.config.schema import (BadExamplePolicy, ChannelPolicy, DatasetConfig, ExifOrientation, ImageConfig,
                                      OnLeakage, ResizePolicy, Source, SplitsConfig)
-from safetrain.errors import DataError
+from safetrain.core.errors import DataError
 
 
 def smooth(rng, h=24, w=32, channels=3) -> np.ndarray:
@@ -263,7 +263,7 @@ def test_the_cached_pipeline_trains_on_uint8_pixels_and_the_scan_is_in_the_repor
 def test_predict_turns_an_exif_rotated_photo_upright_as_training_did(tmp_path):
     import tensorflow as tf
 
-    from pipelines.sources.folder_decode import upright
+    from safetrain.pipelines.sources.folder_decode import upright
     from safetrain.predict import upright_bytes
 
     stored = smooth(np.random.default_rng(8), 24, 40)
@@ -319,7 +319,7 @@ def test_twenty_thousand_files_scan_rescan_from_the_cache_and_train_an_epoch_in_
 def test_upright_turns_every_exif_orientation_as_pillow_exif_transpose_does():
     from PIL import ImageOps
 
-    from pipelines.sources.folder_decode import upright
+    from safetrain.pipelines.sources.folder_decode import upright
 
     stored = smooth(np.random.default_rng(11), 5, 9)  # not square: a wrong transpose changes the shape
     for orientation in range(0, 10):
@@ -338,8 +338,8 @@ def test_the_cached_pixels_are_what_the_in_graph_adapters_make_of_the_decoded_fi
     two must agree to the last bit, or the exported model would see other pixels than training."""
     import tensorflow as tf
 
-    from pipelines.ops import adapt
-    from pipelines.spec import AdapterPlan, ImageSpec
+    from safetrain.pipelines.ops import adapt
+    from safetrain.pipelines.spec import AdapterPlan, ImageSpec
 
     rng = np.random.default_rng(12)
     root = tmp_path / "mixed"
@@ -361,8 +361,8 @@ def test_files_the_decoder_refuses_are_named_in_order_and_the_rest_still_decode(
     """Truncated JPEGs pass the header check (Pillow reads headers lazily) and stop TensorFlow's
     decoder mid-stream: each is found by its place in the ordered, batched map, and every other
     file keeps its own result, in order."""
-    from pipelines.sources.folder_decode import BATCH, inspect_many
-    from pipelines.sources.folder_files import Adapt, Limits
+    from safetrain.pipelines.sources.folder_decode import BATCH, inspect_many
+    from safetrain.pipelines.sources.folder_files import Adapt, Limits
 
     rng = np.random.default_rng(13)
     paths = []

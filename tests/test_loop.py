@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from safetrain.actions import Evaluate, EverySeconds, GradientProbe, LogScalars, SaveCheckpoints
+from safetrain.train.actions import Evaluate, EverySeconds, GradientProbe, LogScalars, SaveCheckpoints
 from safetrain.config.schema import OnNan, TrainerConfig
-from safetrain.errors import NanStop
-from safetrain.loop import TrainLoop
-from safetrain.progress import Progress
-from safetrain.run_state import Position
-from safetrain.signals import Interrupted, SignalGuard
-from safetrain.throughput import StepTimer
+from safetrain.core.errors import NanStop
+from safetrain.train.loop import TrainLoop
+from safetrain.train.progress import Progress
+from safetrain.core.run_state import Position
+from safetrain.train.signals import Interrupted, SignalGuard
+from safetrain.train.throughput import StepTimer
 
 
 class FakeClock:
@@ -31,7 +31,7 @@ class FakeClock:
 
 
 class FakeSteps:
-    """`train(iterator)` takes one batch and returns what safetrain.steps returns; each step
+    """`train(iterator)` takes one batch and returns what safetrain.train.steps returns; each step
     takes `step_seconds` on the fake clock. A batch of None is a non-finite step."""
 
     variable_paths = ["L0_dense/kernel", "L0_dense/bias", "head/kernel"]
@@ -57,7 +57,7 @@ class FakeSteps:
         return self._run(iterator, probe=False)
 
     def train_steps(self, iterator, n):
-        """Up to n steps in one call, as safetrain.steps does it in the graph: sums over the finite
+        """Up to n steps in one call, as safetrain.train.steps does it in the graph: sums over the finite
         steps, stopping right after a non-finite one or when the data runs out."""
         n = int(n)
         out = {"loss_sum": 0.0, "correct": 0, "count": 0, "finite": True, "steps": 0, "last_loss_sum": 0.0,
@@ -273,7 +273,7 @@ class ScriptedEval:
 
 
 def test_early_stopping_ends_the_run_after_patience_epochs_and_keeps_the_best_epoch():
-    from safetrain.actions import SelectBest
+    from safetrain.train.actions import SelectBest
 
     loop, steps, _, checkpoints, _, _, _ = make_loop(epochs=8, steps_per_epoch=2, every_steps=100)
     evaluation, best = ScriptedEval([0.5, 0.7, 0.69, 0.705, 0.708, 0.9, 0.9, 0.9]), FakeBest()
@@ -287,7 +287,7 @@ def test_early_stopping_ends_the_run_after_patience_epochs_and_keeps_the_best_ep
 
 
 def test_a_resumed_run_that_had_stopped_early_trains_no_further():
-    from safetrain.actions import SelectBest
+    from safetrain.train.actions import SelectBest
 
     loop, steps, _, _, _, _, _ = make_loop(epochs=8, steps_per_epoch=2, start=Position(10, 6, 0))
     best = FakeBest()
@@ -298,7 +298,7 @@ def test_a_resumed_run_that_had_stopped_early_trains_no_further():
 
 
 def test_the_best_of_a_lower_is_better_metric_without_early_stopping():
-    from safetrain.actions import EpochEnd, SelectBest, Totals
+    from safetrain.train.actions import EpochEnd, SelectBest, Totals
 
     evaluation, best = ScriptedEval([0.5, 0.8, 0.6]), FakeBest()
     choose = SelectBest(evaluation, best, "loss", higher_is_better=False)
@@ -310,7 +310,7 @@ def test_the_best_of_a_lower_is_better_metric_without_early_stopping():
 
 
 def test_plateau_drops_the_rate_after_patience_epochs_and_never_below_the_floor():
-    from safetrain.actions import EpochEnd, ReducePlateau, Totals
+    from safetrain.train.actions import EpochEnd, ReducePlateau, Totals
 
     class State:
         scale, best, seen, bad_epochs = 1.0, 0.0, False, 0

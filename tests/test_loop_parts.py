@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from safetrain.progress import Progress
-from safetrain.report import RunReport
-from safetrain.throughput import StepTimer
+from safetrain.train.progress import Progress
+from safetrain.record.report import RunReport
+from safetrain.train.throughput import StepTimer
 
 WARMUP_STEPS = 4
 
@@ -78,8 +78,8 @@ def test_report_is_valid_json_even_with_nan_metrics(tmp_path):
 def test_a_checkpoint_resumed_with_another_batch_size_continues_at_the_same_example(tmp_path):
     import keras
 
-    from safetrain.checkpoints import Checkpoints
-    from safetrain.run_state import Position
+    from safetrain.train.checkpoints import Checkpoints
+    from safetrain.core.run_state import Position
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     optimizer = keras.optimizers.SGD()
@@ -91,7 +91,7 @@ def test_a_checkpoint_resumed_with_another_batch_size_continues_at_the_same_exam
 
 
 def test_auto_steps_per_loop_takes_the_longest_call_within_100_ms_that_divides_both_cadences():
-    from safetrain.throughput import choose_steps_per_loop
+    from safetrain.train.throughput import choose_steps_per_loop
 
     assert choose_steps_per_loop(0.011, 10, 200)[0] == 5      # 10 steps would take 110 ms
     assert choose_steps_per_loop(0.2, 10, 200)[0] == 1        # one step is already longer

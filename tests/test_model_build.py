@@ -6,9 +6,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from models.presets import layer_presets, preset_layers
-from models.shapes import infer
-from models.parse import parse_layers
+from safetrain.models.presets import layer_presets, preset_layers
+from safetrain.models.shapes import infer
+from safetrain.models.parse import parse_layers
 
 PRESETS = layer_presets()  # the backbone preset: tests/test_backbones.py
 
@@ -16,7 +16,7 @@ PRESETS = layer_presets()  # the backbone preset: tests/test_backbones.py
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("input_shape", [(28, 28, 1), (32, 32, 3)])
 def test_every_preset_builds_with_inferred_shapes(preset, input_shape):
-    from models.build import build_model
+    from safetrain.models.build import build_model
 
     plan = infer(parse_layers(preset_layers(preset)), input_shape, 10)
     model = build_model(plan)
@@ -27,7 +27,7 @@ def test_every_preset_builds_with_inferred_shapes(preset, input_shape):
 
 
 def test_every_layer_type_matches_keras():
-    from models.build import build_model
+    from safetrain.models.build import build_model
 
     layers = parse_layers([
         {"type": "conv2d", "filters": 6, "kernel_size": [3, 5], "strides": 2, "padding": "valid"},
@@ -47,7 +47,7 @@ def test_every_layer_type_matches_keras():
 
 
 def test_sequence_layers_and_blocks_match_keras():
-    from models.build import build_model
+    from safetrain.models.build import build_model
 
     for raw, shape in (
         ([{"type": "rows_as_sequence"}, {"type": "lstm", "units": 8, "return_sequences": True},
@@ -87,8 +87,8 @@ _IMAGE_LAYER = st.one_of(
        dense=st.one_of(st.none(), st.integers(1, 16)),
        size=st.tuples(st.integers(4, 33), st.integers(4, 33), st.sampled_from([1, 3])))
 def test_random_valid_specs_build_with_the_inferred_shapes_and_params(body, end, dense, size):
-    from models.build import build_model
-    from safetrain.errors import SpecError
+    from safetrain.models.build import build_model
+    from safetrain.core.errors import SpecError
 
     raw = body + [{"type": end}] + ([{"type": "dense", "units": dense}] if dense else [])
     try:

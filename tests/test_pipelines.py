@@ -9,13 +9,13 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipelines import checks
-from pipelines.build import build_datasets, from_arrays
-from pipelines.scan import bad_examples_error
-from pipelines.sources.idx import idx_source
+from safetrain.pipelines import checks
+from safetrain.pipelines.build import build_datasets, from_arrays
+from safetrain.pipelines.scan import bad_examples_error
+from safetrain.pipelines.sources.idx import idx_source
 from safetrain.config.schema import (BadExamplePolicy, ChannelPolicy, DatasetConfig, ImageConfig,
                                      Normalization, ResizePolicy, Source, SplitsConfig)
-from safetrain.errors import DataError, SpecError
+from safetrain.core.errors import DataError, SpecError
 
 SPLITS = SplitsConfig(train="train", eval=None, test=None)
 
@@ -263,8 +263,8 @@ def test_idx_folder_reads_gzipped_files_and_refuses_a_truncated_one(tmp_path):
 
 @pytest.mark.parametrize("channels_in, channels_out", [(1, 3), (2, 3), (4, 3), (3, 1), (4, 1), (2, 1)])
 def test_channel_and_size_adapters_eagerly_and_inside_dataset_map(channels_in, channels_out):
-    from pipelines.ops import adapt
-    from pipelines.spec import AdapterPlan, ImageSpec
+    from safetrain.pipelines.ops import adapt
+    from safetrain.pipelines.spec import AdapterPlan, ImageSpec
 
     spec = ImageSpec(12, 10, channels_out)
     plan = AdapterPlan(resize="bilinear", channels=channels_out, steps=())

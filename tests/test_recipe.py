@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from safetrain.config.schema import OptimizerConfig, Schedule
-from safetrain.optimizers import LOSSES, OPTIMIZERS, exclude_one_dimensional
-from safetrain.schedules import learning_rate, value_at
+from safetrain.train.optimizers import LOSSES, OPTIMIZERS, exclude_one_dimensional
+from safetrain.train.schedules import learning_rate, value_at
 
 LR, LOW, SPE, TOTAL = 0.1, 0.001, 10, 100  # 10 steps per epoch, 10 epochs
 
@@ -79,7 +79,7 @@ def test_label_smoothing_gives_the_smoothed_cross_entropy_for_either_encoding(lo
 
 
 def test_the_moving_average_swaps_in_and_out_exactly():
-    from safetrain.ema import EmaWeights
+    from safetrain.train.ema import EmaWeights
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     optimizer = OPTIMIZERS.get("sgd")(0.1, None, 0.0, 0.5)

@@ -110,7 +110,7 @@ def test_an_image_folder_run_lists_its_mislabelled_files_as_suspects_and_shows_i
 
 
 def test_per_class_report_suspects_and_top_losses_from_known_predictions():
-    from safetrain import results
+    from safetrain.experiment import results
 
     names = ["cat", "dog", "fox"]
     probabilities = np.array([[0.9, 0.05, 0.05],   # cat, right
@@ -133,7 +133,7 @@ def test_per_class_report_suspects_and_top_losses_from_known_predictions():
 
 
 def test_the_range_test_reads_a_known_curve_without_lag_and_stops_when_the_loss_blows_up():
-    from safetrain import lr_find
+    from safetrain.experiment import lr_find
 
     lrs = lr_find.rates(1e-6, 1.0, 100)
     assert lrs[0] == pytest.approx(1e-6) and lrs[-1] == pytest.approx(1.0)

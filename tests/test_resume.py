@@ -138,8 +138,8 @@ def test_a_full_disk_is_refused_before_training_fake_disk_usage(tmp_path):
     """Fake disk_usage: this machine's disk is not full, and filling it would hurt other work."""
     from collections import namedtuple
 
-    from safetrain.errors import ConfigError
-    from safetrain.rundir import check_free_space
+    from safetrain.core.errors import ConfigError
+    from safetrain.record.rundir import check_free_space
 
     usage = namedtuple("usage", "total used free")
     check_free_space(tmp_path, 421_642, usage=lambda _: usage(10**12, 0, 10**12))
@@ -152,7 +152,7 @@ def test_an_oversized_image_file_is_a_bad_example_and_never_opened(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from pipelines.sources.image_folder import image_folder_source
+    from safetrain.pipelines.sources.image_folder import image_folder_source
 
     rng = np.random.default_rng(0)
     for cls in ("a", "b"):
@@ -172,8 +172,8 @@ def test_an_oversized_image_file_is_a_bad_example_and_never_opened(tmp_path):
 
 def test_config_paths_are_resolved_and_checked_before_tensorflow(tmp_path, monkeypatch):
     from safetrain.config.schema import Config, Source
-    from safetrain.config.validate import validate
-    from safetrain.errors import ConfigError
+    from safetrain.experiment.validate import validate
+    from safetrain.core.errors import ConfigError
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "images").mkdir()

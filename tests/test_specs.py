@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from models.presets import preset_layers
-from models.shapes import infer
-from models.parse import parse_layers
-from pipelines.spec import ImageSpec, SourceSpec, plan_adapters
+from safetrain.models.presets import preset_layers
+from safetrain.models.shapes import infer
+from safetrain.models.parse import parse_layers
+from safetrain.pipelines.spec import ImageSpec, SourceSpec, plan_adapters
 from safetrain.config.schema import Precision
-from safetrain.errors import ConfigError, HardwareError, SpecError
-from safetrain.hardware import Device, choose_precision
+from safetrain.core.errors import ConfigError, HardwareError, SpecError
+from safetrain.train.hardware import Device, choose_precision
 
 CNN = preset_layers("cnn_small")
 
@@ -142,7 +142,7 @@ def test_policies_the_hardware_cannot_honour_are_refused_naming_each_device(devi
 
 
 def test_cpu_flags_are_read_from_cpuinfo_text():
-    from safetrain.hardware import parse_cpu_flags
+    from safetrain.train.hardware import parse_cpu_flags
 
     text = "processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile amx_bf16\n"
     assert parse_cpu_flags(text) == {"avx512_bf16", "amx_bf16"}
@@ -151,7 +151,7 @@ def test_cpu_flags_are_read_from_cpuinfo_text():
 
 def test_gpu_memory_is_read_from_nvidia_smi_csv_and_shown_per_device():
     """Fake nvidia-smi output and a fake A100 record: this machine has no GPU."""
-    from safetrain.hardware import parse_gpu_memory
+    from safetrain.train.hardware import parse_gpu_memory
 
     assert parse_gpu_memory("81920\n40960\n") == [81920, 40960]
     assert parse_gpu_memory("No devices were found\n") == []
@@ -164,7 +164,7 @@ def test_field_checks_apply_where_a_layer_declares_them_not_by_name():
     `offset: int = 0` or `rate` mean whatever that layer says and are checked for type only."""
     import keras
 
-    from models.custom import custom_layer
+    from safetrain.models.custom import custom_layer
 
     @custom_layer("shift_along_axis")
     class ShiftAlongAxis(keras.layers.Layer):

@@ -1,4 +1,4 @@
-"""safetrain.steps on real TensorFlow: several train steps in one graph call (trainer.steps_per_loop).
+"""safetrain.train.steps on real TensorFlow: several train steps in one graph call (trainer.steps_per_loop).
 
 A tiny Keras model and real tf.data batches: K steps in one call must train exactly what K
 single calls train, stop right after the first non-finite step without applying it (on_nan=
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from safetrain.optimizers import LOSSES
-from safetrain.steps import Steps
+from safetrain.train.optimizers import LOSSES
+from safetrain.train.steps import Steps
 
 
 def _setup(images: np.ndarray, labels: np.ndarray, guard: bool = False, batch: int = 4):

@@ -16,7 +16,7 @@ from conftest import ROOT
 
 # What pipelines/ and models/ may use of safetrain/: the shared errors, specs (the config schema)
 # and registries — never the loop, the run record or the diagnosis.
-SHARED = {"safetrain.errors", "safetrain.config", "safetrain.config.schema", "safetrain.registry"}
+SHARED = {"safetrain.core.errors", "safetrain.config", "safetrain.config.schema", "safetrain.core.registry"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -39,7 +39,7 @@ def test_pipelines_and_models_use_only_the_shared_parts_of_safetrain(package):
 def test_the_loop_and_its_actions_do_not_depend_on_the_error_classifier_or_the_assembler():
     for module in ("loop", "actions", "run_state", "record"):
         used = _imports(ROOT / "safetrain" / f"{module}.py")
-        assert not used & {"safetrain.diagnosis", "safetrain.facts", "safetrain.training"}, module
+        assert not used & {"safetrain.diagnose.diagnosis", "safetrain.diagnose.facts", "safetrain.experiment.train"}, module
 
 
 def _uses_tf_function(path: Path) -> bool:
@@ -53,8 +53,8 @@ def test_tf_function_code_lives_in_one_module():
 
 
 def test_the_error_kinds_the_readme_lists_are_the_codes():
-    from safetrain.diagnosis import RULES
-    from safetrain.errors import ErrorKind
+    from safetrain.diagnose.diagnosis import RULES
+    from safetrain.core.errors import ErrorKind
 
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("| kind | exit |"):readme.index("**NaN/Inf**")]

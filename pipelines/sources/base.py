@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from pipelines.spec import BadExample, DataEvent, SourceSpec
-from safetrain.errors import DataError
+from safetrain.pipelines.spec import BadExample, DataEvent, SourceSpec
+from safetrain.core.errors import DataError
 
 
 @dataclass

@@ -24,7 +24,7 @@ import os
 import re
 from pathlib import Path
 
-from pipelines.sources.folder_files import FileInfo
+from safetrain.pipelines.sources.folder_files import FileInfo
 
 SCAN_FORMAT = 2  # bump when FileInfo's meaning changes
 

@@ -22,8 +22,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from pipelines.ops import convert_channels
-from pipelines.sources.folder_files import Adapt, FileInfo, Limits, adapt_problem, look
+from safetrain.pipelines.ops import convert_channels
+from safetrain.pipelines.sources.folder_files import Adapt, FileInfo, Limits, adapt_problem, look
 
 CHUNK_FILES, CHUNK_BYTES = 4096, 128 << 20
 PARALLEL = max(2, os.cpu_count() or 2)  # decode on every core from each chunk's first file

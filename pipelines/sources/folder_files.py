@@ -163,7 +163,7 @@ def adapt_problem(info: FileInfo, adapt: Adapt) -> str | None:
     """Why the policies forbid making this image the declared input (dataset.resize=error /
     channel_policy=error), in the in-graph checks' own words (pipelines.checks.reason); None: fine.
     From the scanned shape alone, so a cached file needs no decode to know it."""
-    from pipelines import checks
+    from safetrain.pipelines import checks
 
     if info.channels != adapt.channels and adapt.channel_policy == "error":
         return checks.reason(checks.BAD_CHANNELS, value_range=(0, 255), num_classes=0, channels=adapt.channels)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.sources.base import Source, array_source
-from safetrain.errors import DataError
+from safetrain.pipelines.sources.base import Source, array_source
+from safetrain.core.errors import DataError
 
 _SPLITS = {"train": "train", "test": "t10k"}
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),

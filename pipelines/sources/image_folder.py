@@ -30,16 +30,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.sources.base import Source, slices
-from pipelines.sources.duplicates import find_pairs
-from pipelines.sources.folder_cache import PixelShards, ScanCache, fingerprint, folder_cache_dir, parse, versions
-from pipelines.sources.folder_files import Adapt, FileInfo, Limits, adapt_problem, is_hidden, list_files
-from pipelines.sources.folder_files import split_dirs as find_split_dirs
-from pipelines.sources.stratify import class_range
-from pipelines.ops import plain
-from pipelines.spec import BadExample, DataEvent, ImageSpec, SourceSpec, plan_adapters
+from safetrain.pipelines.sources.base import Source, slices
+from safetrain.pipelines.sources.duplicates import find_pairs
+from safetrain.pipelines.sources.folder_cache import PixelShards, ScanCache, fingerprint, folder_cache_dir, parse, versions
+from safetrain.pipelines.sources.folder_files import Adapt, FileInfo, Limits, adapt_problem, is_hidden, list_files
+from safetrain.pipelines.sources.folder_files import split_dirs as find_split_dirs
+from safetrain.pipelines.sources.stratify import class_range
+from safetrain.pipelines.ops import plain
+from safetrain.pipelines.spec import BadExample, DataEvent, ImageSpec, SourceSpec, plan_adapters
 from safetrain.config.schema import DatasetConfig, OnLeakage
-from safetrain.errors import DataError
+from safetrain.core.errors import DataError
 
 CACHE_FOLDER = "safetrain_image_folders"
 
@@ -222,7 +222,7 @@ def _scan_and_cache(files: list[_File], shards: dict, scan_cache: ScanCache, sto
     class shard."""
     from PIL import Image
 
-    from pipelines.sources.folder_decode import inspect_many
+    from safetrain.pipelines.sources.folder_decode import inspect_many
 
     Image.MAX_IMAGE_PIXELS = None  # Pillow's bomb check off: dataset.max_pixels applies, from the header
     stats = {"files": len(files), "scanned": 0, "reused": 0, "shards_written": 0}

@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from pipelines.sources.base import Source
-from pipelines.sources.digits import SklearnDigits
-from pipelines.sources.idx import find_idx_files, idx_source
-from pipelines.sources.image_folder import image_folder_source
-from pipelines.sources.tfds_source import open_builder, tfds_source
+from safetrain.pipelines.sources.base import Source
+from safetrain.pipelines.sources.digits import SklearnDigits
+from safetrain.pipelines.sources.idx import find_idx_files, idx_source
+from safetrain.pipelines.sources.image_folder import image_folder_source
+from safetrain.pipelines.sources.tfds_source import open_builder, tfds_source
 from safetrain.config.schema import DatasetConfig
-from safetrain.registry import Registry
+from safetrain.core.registry import Registry
 
 SOURCES: Registry[Callable[[DatasetConfig], Source]] = Registry("dataset source", "dataset.source")
 

@@ -23,9 +23,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from pipelines.sources.base import Source, dtype_range
-from pipelines.spec import SourceSpec
-from safetrain.errors import DataError
+from safetrain.pipelines.sources.base import Source, dtype_range
+from safetrain.pipelines.spec import SourceSpec
+from safetrain.core.errors import DataError
 
 # TFDS first looks for a prepared copy on its GCS bucket, then the dataset's own URLs.
 _TFDS_GCS_HOST = "storage.googleapis.com"

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from safetrain.config.schema import Config
-from safetrain.errors import ConfigError
+from safetrain.core.errors import ConfigError
 
 
 def explain(exc: BaseException) -> ConfigError:

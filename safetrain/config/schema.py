@@ -4,7 +4,7 @@ YAML under configs/ only fills values; these dataclasses decide which keys exist
 each has, so `trainer.batch_size=abc` or `trainer.bacth_size=64` fails at composition, before
 TensorFlow is imported. Enums (not Literal: OmegaConf rejects it) list the allowed choices.
 Names that pick from a registry (optimizer, loss, layer types) stay `str` because registries are
-open to user extensions; they are checked in `safetrain.config.validate`.
+open to user extensions; they are checked in `safetrain.experiment.validate`.
 """
 
 from __future__ import annotations
@@ -217,11 +217,11 @@ class ModelConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adam"                   # registry: see safetrain.optimizers (OPTIMIZERS)
+    name: str = "adam"                   # registry: see safetrain.train.optimizers (OPTIMIZERS)
     learning_rate: float = 1e-3          # the peak learning rate; optimizer.schedule shapes it over the run
     clipnorm: Optional[float] = None     # clip each gradient to this norm; null = no clipping
     weight_decay: float = 0.0            # decoupled weight decay; 1-D weights (biases, normalization) excluded
-    schedule: Schedule = Schedule.constant  # the learning rate over the steps (safetrain.schedules)
+    schedule: Schedule = Schedule.constant  # the learning rate over the steps (safetrain.train.schedules)
     warmup_epochs: float = 0.0           # linear warmup from ~0 to learning_rate first (not with one_cycle)
     min_learning_rate: float = 0.0       # where cosine, linear and one_cycle end
     milestones: List[float] = field(default_factory=list)  # schedule=step: epochs where the rate drops
@@ -251,7 +251,7 @@ class TrainerConfig:
     seed: int = 0                        # weights, shuffles and dropout are functions of it
     deterministic: bool = False          # op determinism: reproducible, slower
     jit_compile: bool = False            # XLA; about 2x slower on CPU, so off by default
-    loss: str = "sparse_categorical_crossentropy"  # registry: see safetrain.optimizers (LOSSES)
+    loss: str = "sparse_categorical_crossentropy"  # registry: see safetrain.train.optimizers (LOSSES)
     label_smoothing: float = 0.0         # targets 1 - s + s/K and s/K (sparse and one-hot labels alike)
     early_stopping: Optional[EarlyStoppingConfig] = field(default_factory=EarlyStoppingConfig)  # see its fields
     keep_best: Optional[bool] = None     # test and export the best eval epoch's weights; null = when eval exists
@@ -318,7 +318,7 @@ class Config:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)  # configs/hardware/
     augment: AugmentConfig = field(default_factory=AugmentConfig)    # configs/augment/
     debug: bool = False                  # true: full Python tracebacks
-    isolate_jobs: bool = True            # multirun: each job in its own process (safetrain.sweep)
+    isolate_jobs: bool = True            # multirun: each job in its own process (safetrain.experiment.sweep)
     dry_run: bool = False                # check config, data (the full scan) and model; train nothing
 
 

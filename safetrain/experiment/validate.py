@@ -1,0 +1,446 @@
+"""Checks that need more than one field or a registry, run before TensorFlow is imported.
+
+Hydra and the schema already refused wrong types and unknown keys. Here: value ranges, names
+that must exist in a registry, combinations that cannot work, and the model spec's shapes
+against the declared image spec. Each failure explains why and gives the exact override.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from safetrain.models.backbones import BACKBONES, check_input, parse_backbone
+from safetrain.models.shapes import ModelPlan, infer
+from safetrain.models.parse import parse_layers
+from safetrain.train.cluster import current_task
+from safetrain.config.schema import Config, Mode, Monitor, Normalization, OnOom, Schedule, Source, StrategyKind
+from safetrain.core.errors import ConfigError
+from safetrain.train.throughput import divisors
+from safetrain.train.optimizers import LOSS_ENCODING, LOSSES, OPTIMIZERS
+
+
+def _positive(key: str, value: float | int | None, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value <= 0:
+        raise ConfigError(f"{key}={value} must be greater than 0.", hint=f"set {key} to a positive value",
+                          config_key=key)
+
+
+def _check_steps_per_loop(t) -> None:
+    """trainer.steps_per_loop: `auto` or K >= 1 dividing log_every_steps and checkpoint_every_steps.
+    K steps run in one graph call, and logging and checkpoints happen between calls: a cadence that
+    is not a multiple of K would fall inside a call (Orbit refuses it the same way)."""
+    k = t.steps_per_loop
+    if k == "auto":
+        return
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"trainer.steps_per_loop={k!r} must be a whole number of steps >= 1, or auto.",
+                          hint="set trainer.steps_per_loop=auto (steps per call chosen so a call takes ~100 ms)",
+                          config_key="trainer.steps_per_loop")
+    for key, every in (("trainer.log_every_steps", t.log_every_steps),
+                       ("trainer.checkpoint_every_steps", t.checkpoint_every_steps)):
+        if every % k:
+            common = math.gcd(t.log_every_steps, t.checkpoint_every_steps)
+            fits = max(d for d in divisors(common) if d <= k)
+            raise ConfigError(
+                f"trainer.steps_per_loop={k} does not divide {key}={every}: {k} steps run in one graph call, and "
+                f"logging and checkpoints happen between calls, so step {every} would fall inside one.",
+                hint=f"set trainer.steps_per_loop={fits} (it divides both cadences), or {key}={every + k - every % k}, "
+                     f"or trainer.steps_per_loop=auto", config_key="trainer.steps_per_loop")
+
+
+def validate(cfg: Config) -> ModelPlan:
+    """Raise ConfigError/SpecError on the first problem; return the model's shape plan."""
+    t, d = cfg.trainer, cfg.dataset
+    for key, value in (("trainer.epochs", t.epochs), ("trainer.batch_size", t.batch_size),
+                       ("trainer.checkpoint_every_steps", t.checkpoint_every_steps),
+                       ("trainer.log_every_steps", t.log_every_steps),
+                       ("optimizer.learning_rate", cfg.optimizer.learning_rate),
+                       ("dataset.image.height", d.image.height), ("dataset.image.width", d.image.width),
+                       ("dataset.max_pixels", d.max_pixels), ("dataset.max_file_bytes", d.max_file_bytes),
+                       ("dataset.shuffle_buffer", d.shuffle_buffer)):
+        _positive(key, value)
+    for key, value in (("trainer.max_steps", t.max_steps), ("trainer.eval_batch_size", t.eval_batch_size),
+                       ("dataset.num_classes", d.num_classes), ("dataset.max_examples", d.max_examples),
+                       ("optimizer.clipnorm", cfg.optimizer.clipnorm)):
+        _positive(key, value, allow_none=True)
+    if d.image.channels not in (1, 3, 4):
+        raise ConfigError(f"dataset.image.channels={d.image.channels} must be 1 (gray), 3 (RGB) or 4 (RGBA).",
+                          hint="set dataset.image.channels=1 or 3", config_key="dataset.image.channels")
+    if d.num_classes is not None and d.num_classes < 2:
+        raise ConfigError(f"dataset.num_classes={d.num_classes}: classification needs at least 2 classes.",
+                          hint="set dataset.num_classes=null to take it from the data",
+                          config_key="dataset.num_classes")
+    if d.source in (Source.image_folder, Source.idx) and not d.path:
+        raise ConfigError(
+            f"dataset.source={d.source.value} reads files from dataset.path, which is not set.",
+            hint=f"set dataset.path=/path/to/{'class/folders' if d.source is Source.image_folder else 'idx/files'}",
+            config_key="dataset.path")
+    if d.pixel_range is not None and (len(d.pixel_range) != 2 or not d.pixel_range[0] < d.pixel_range[1]):
+        raise ConfigError(f"dataset.pixel_range={list(d.pixel_range)} must be [min, max] with min < max.",
+                          hint="set dataset.pixel_range=[0,255] (or [0,1] for float images in 0..1)",
+                          config_key="dataset.pixel_range")
+    if not 0.0 < d.suspect_min_probability <= 1.0:
+        raise ConfigError(f"dataset.suspect_min_probability={d.suspect_min_probability} must be in (0, 1]: the "
+                          f"predicted probability above which a misclassified file is listed as a suspect label.",
+                          hint="set dataset.suspect_min_probability=0.8", config_key="dataset.suspect_min_probability")
+    formats = list(t.export_formats)
+    unknown = [f for f in formats if f not in ("saved_model", "keras", "tflite")]
+    if unknown or "saved_model" not in formats or len(set(formats)) != len(formats):
+        raise ConfigError(f"trainer.export_formats={formats} must list saved_model (the self-checked serving "
+                          f"export safetrain.predict uses) and optionally keras and tflite, each once"
+                          + (f"; unknown: {', '.join(map(str, unknown))}" if unknown else "") + ".",
+                          hint="set trainer.export_formats=[saved_model,keras,tflite]",
+                          config_key="trainer.export_formats")
+    _check_paths(cfg)
+    _check_cluster(cfg)
+    if t.on_oom is OnOom.halve_batch and current_task() is not None:
+        raise ConfigError("trainer.on_oom=halve_batch cannot be used in a multi-worker run (TF_CONFIG): every "
+                          "worker would have to agree on the new batch size.",
+                          hint="set trainer.on_oom=error and a trainer.batch_size that fits",
+                          config_key="trainer.on_oom")
+    _check_steps_per_loop(t)
+    if t.checkpoint_every_seconds is not None and t.checkpoint_every_seconds <= 0:
+        raise ConfigError(f"trainer.checkpoint_every_seconds={t.checkpoint_every_seconds} must be > 0 (or null).",
+                          hint="set trainer.checkpoint_every_seconds=600",
+                          config_key="trainer.checkpoint_every_seconds")
+    if t.checkpoint_every_seconds and current_task() is not None:
+        raise ConfigError("trainer.checkpoint_every_seconds cannot be used in a multi-worker run: every worker must "
+                          "save at the same step, and their clocks differ.",
+                          hint="use trainer.checkpoint_every_steps", config_key="trainer.checkpoint_every_seconds")
+    if t.min_batch_size < 1:
+        raise ConfigError(f"trainer.min_batch_size={t.min_batch_size} must be >= 1.",
+                          hint="set trainer.min_batch_size=1", config_key="trainer.min_batch_size")
+    _check_recipe(cfg)
+    OPTIMIZERS.get(cfg.optimizer.name)
+    LOSSES.get(t.loss)
+    wanted = LOSS_ENCODING.get(t.loss)
+    if wanted and wanted != d.label_encoding.value:
+        other = next(loss for loss, enc in LOSS_ENCODING.items() if enc == d.label_encoding.value)
+        raise ConfigError(
+            f"trainer.loss={t.loss} expects {wanted} labels but dataset.label_encoding="
+            f"{d.label_encoding.value}: the loss would read {d.label_encoding.value} labels as "
+            f"{wanted} ones (Keras reports this as a rank mismatch inside the first step).",
+            hint=f"set trainer.loss={other}, or dataset.label_encoding={wanted}",
+            config_key="trainer.loss")
+    backbone = _check_backbone(cfg)
+    layers = parse_layers(cfg.model.layers) if cfg.model.layers or backbone is None else []
+    # The head size does not change whether the body fits; the real count comes from the data.
+    return infer(layers, (d.image.height, d.image.width, d.image.channels), d.num_classes or 2, backbone=backbone)
+
+
+def _check_backbone(cfg: Config):
+    """model.backbone: a registered name, weights that can be read, a fine-tune schedule that fits
+    the run, and the backbone's input contract on dataset.image. `normalization: backbone` is
+    resolved here to what the weights expect, so the pipeline, the export and the run spec all see
+    the concrete normalization."""
+    b, image = cfg.model.backbone, cfg.dataset.image
+
+    def refuse(message: str, hint: str, key: str) -> None:
+        raise ConfigError(message, hint=hint, config_key=key)
+
+    if b.name is None:
+        if image.normalization is Normalization.backbone:
+            refuse("dataset.image.normalization=backbone means \"what the backbone's weights expect\", and "
+                   "model.backbone.name is null (no backbone).",
+                   f"set model=backbone (or model.backbone.name=one of: {', '.join(BACKBONES.names())}), or "
+                   "dataset.image.normalization=scale_0_1", "dataset.image.normalization")
+        for key in ("fine_tune_from_epoch", "fine_tune_learning_rate", "fine_tune_blocks"):
+            if getattr(b, key) is not None:
+                refuse(f"model.backbone.{key} is set, and model.backbone.name is null (no backbone to fine-tune).",
+                       f"set model.backbone.name, or model.backbone.{key}=null", f"model.backbone.{key}")
+        if b.trainable:
+            refuse("model.backbone.trainable=true, and model.backbone.name is null (no backbone).",
+                   "set model.backbone.name, or model.backbone.trainable=false", "model.backbone.trainable")
+        return None
+    entry = BACKBONES.get(b.name)
+    if b.weights not in (None, "imagenet"):
+        path = Path(b.weights).expanduser().resolve()
+        if not path.is_file():
+            refuse(f"model.backbone.weights={b.weights} ({path}) is not a file. It must be imagenet, null (random "
+                   f"initialization) or a weights file for {entry.name} (.h5 or .weights.h5).",
+                   "point model.backbone.weights at the file (e.g. the one Keras caches in ~/.keras/models), or set "
+                   "model.backbone.weights=imagenet", "model.backbone.weights")
+        if not path.name.endswith(".h5"):
+            refuse(f"model.backbone.weights={b.weights}: Keras loads backbone weights from .h5 files (legacy "
+                   f"ImageNet downloads) or .weights.h5 files (model.save_weights); this is neither.",
+                   "convert it with keras: model.save_weights('backbone.weights.h5'), or set "
+                   "model.backbone.weights=imagenet", "model.backbone.weights")
+        b.weights = str(path)
+    check_input(entry, (image.height, image.width, image.channels), declared=True)
+    if image.normalization is Normalization.backbone:
+        image.normalization = Normalization(entry.normalization)
+    elif image.normalization.value != entry.normalization:
+        refuse(f"dataset.image.normalization={image.normalization.value} conflicts with model.backbone.name="
+               f"{entry.name}, which expects {entry.normalization} ({entry.preprocessing}); the run would train, "
+               f"silently worse.",
+               f"set dataset.image.normalization=backbone (or {entry.normalization})", "dataset.image.normalization")
+    epochs = cfg.trainer.epochs
+    if b.fine_tune_from_epoch is not None:
+        if b.trainable:
+            refuse(f"model.backbone.trainable=true trains the backbone from the first step, and "
+                   f"model.backbone.fine_tune_from_epoch={b.fine_tune_from_epoch} says to keep it frozen until then.",
+                   "choose one: model.backbone.trainable=false with fine_tune_from_epoch, or fine_tune_from_epoch=null",
+                   "model.backbone.fine_tune_from_epoch")
+        if not 2 <= b.fine_tune_from_epoch <= epochs:
+            refuse(f"model.backbone.fine_tune_from_epoch={b.fine_tune_from_epoch} must be an epoch of this run after "
+                   f"the first: 2..{epochs} (trainer.epochs={epochs}).",
+                   f"set model.backbone.fine_tune_from_epoch={max(2, epochs // 2)}" +
+                   (", or model.backbone.trainable=true" if b.fine_tune_from_epoch <= 1 else ""),
+                   "model.backbone.fine_tune_from_epoch")
+    if not (b.trainable or b.fine_tune_from_epoch is not None):
+        for key in ("fine_tune_learning_rate", "fine_tune_blocks"):
+            if getattr(b, key) is not None:
+                refuse(f"model.backbone.{key} applies when the backbone trains, and it stays frozen "
+                       f"(model.backbone.trainable=false, fine_tune_from_epoch=null).",
+                       "set model.backbone.fine_tune_from_epoch=N (or trainable=true), or "
+                       f"model.backbone.{key}=null", f"model.backbone.{key}")
+    _positive("model.backbone.fine_tune_learning_rate", b.fine_tune_learning_rate, allow_none=True)
+    _positive("model.backbone.fine_tune_blocks", b.fine_tune_blocks, allow_none=True)
+    return parse_backbone(b)
+
+
+def _check_cluster(cfg: Config) -> None:
+    """multi_worker needs a well-formed TF_CONFIG; TF_CONFIG makes `auto` mean multi_worker."""
+    h = cfg.hardware
+    task = current_task()  # raises ConfigError naming TF_CONFIG when it is malformed
+    if h.strategy is StrategyKind.multi_worker and task is None:
+        raise ConfigError("hardware.strategy=multi_worker needs TF_CONFIG (the cluster and this "
+                          "worker's task), which is not set.",
+                          hint='export TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                               '"task": {"type": "worker", "index": 0}}\' on each worker',
+                          config_key="hardware.strategy")
+    if task is not None and h.strategy in (StrategyKind.one_device, StrategyKind.mirrored):
+        raise ConfigError(f"TF_CONFIG is set (this process is {task.describe()}) but "
+                          f"hardware.strategy={h.strategy.value} trains alone: every worker would "
+                          f"train its own copy.",
+                          hint="set hardware.strategy=multi_worker (or auto), or unset TF_CONFIG",
+                          config_key="hardware.strategy")
+    if task is not None and h.logical_cpus:
+        raise ConfigError("hardware.logical_cpus splits one machine for a mirrored run; it does not "
+                          "combine with a multi-worker cluster (TF_CONFIG).",
+                          hint="set hardware.logical_cpus=null", config_key="hardware.logical_cpus")
+    if h.worker_timeout_s <= 0:
+        raise ConfigError(f"hardware.worker_timeout_s={h.worker_timeout_s} must be > 0.",
+                          hint="set hardware.worker_timeout_s=300", config_key="hardware.worker_timeout_s")
+
+
+def _check_paths(cfg: Config) -> None:
+    """Paths from the config are resolved (~, relative to the working directory) and must be what
+    their key says: a folder to read from, a data dir that is a folder if it exists."""
+    d = cfg.dataset
+    if d.path:
+        resolved = Path(d.path).expanduser().resolve()
+        if not resolved.is_dir():
+            raise ConfigError(f"dataset.path={d.path} ({resolved}) is not an existing folder.",
+                              hint="point dataset.path at the folder that holds the data", config_key="dataset.path")
+        d.path = str(resolved)
+    if d.data_dir:
+        resolved = Path(d.data_dir).expanduser().resolve()
+        if resolved.exists() and not resolved.is_dir():
+            raise ConfigError(f"dataset.data_dir={d.data_dir} ({resolved}) is a file, not a folder.",
+                              hint="point dataset.data_dir at a folder (TFDS prepares datasets in it)",
+                              config_key="dataset.data_dir")
+        d.data_dir = str(resolved)
+
+
+def _check_recipe(cfg: Config) -> None:
+    """Learning-rate schedule, weight decay and label smoothing: ranges and combinations."""
+    o, t = cfg.optimizer, cfg.trainer
+
+    def refuse(message: str, hint: str, key: str) -> None:
+        raise ConfigError(message, hint=hint, config_key=key)
+
+    if o.weight_decay < 0:
+        refuse(f"optimizer.weight_decay={o.weight_decay} must be >= 0.", "set optimizer.weight_decay=0.05 (or 0: off)",
+               "optimizer.weight_decay")
+    if not 0.0 <= t.label_smoothing < 1.0:
+        refuse(f"trainer.label_smoothing={t.label_smoothing} must be in [0, 1).", "set trainer.label_smoothing=0.1",
+               "trainer.label_smoothing")
+    if o.warmup_epochs < 0:
+        refuse(f"optimizer.warmup_epochs={o.warmup_epochs} must be >= 0.", "set optimizer.warmup_epochs=1",
+               "optimizer.warmup_epochs")
+    if o.schedule is Schedule.one_cycle and o.warmup_epochs:
+        refuse("optimizer.schedule=one_cycle warms up by itself (from learning_rate/25 over the first 30% of "
+               f"the steps); optimizer.warmup_epochs={o.warmup_epochs} would add a second warmup.",
+               "set optimizer.warmup_epochs=0, or another optimizer.schedule", "optimizer.warmup_epochs")
+    if not 0.0 <= o.min_learning_rate < o.learning_rate:
+        refuse(f"optimizer.min_learning_rate={o.min_learning_rate} must be >= 0 and below "
+               f"optimizer.learning_rate={o.learning_rate}: it is where the decay ends.",
+               f"set optimizer.min_learning_rate={o.learning_rate / 100:g}", "optimizer.min_learning_rate")
+    if o.schedule is not Schedule.step and o.milestones:
+        refuse(f"optimizer.milestones={list(o.milestones)} only applies to optimizer.schedule=step, not "
+               f"{o.schedule.value}.", "set optimizer.schedule=step, or optimizer.milestones=[]",
+               "optimizer.milestones")
+    if o.schedule is Schedule.step:
+        milestones = list(o.milestones)
+        if not milestones:
+            refuse("optimizer.schedule=step needs optimizer.milestones: the epochs at which the rate drops.",
+                   "set optimizer.milestones=[10,20] (with optimizer.decay_factor=0.1)", "optimizer.milestones")
+        if milestones != sorted(set(milestones)) or milestones[0] <= o.warmup_epochs or milestones[-1] >= t.epochs:
+            refuse(f"optimizer.milestones={milestones} must increase and lie after the warmup "
+                   f"(optimizer.warmup_epochs={o.warmup_epochs}) and before the end (trainer.epochs={t.epochs}).",
+                   f"set optimizer.milestones=[{max(1, t.epochs // 2)}]", "optimizer.milestones")
+    if o.schedule in (Schedule.step, Schedule.plateau) and not 0.0 < o.decay_factor < 1.0:
+        refuse(f"optimizer.decay_factor={o.decay_factor} must be in (0, 1): the rate is multiplied by it.",
+               "set optimizer.decay_factor=0.1", "optimizer.decay_factor")
+    if o.schedule is Schedule.plateau:
+        if not cfg.dataset.splits.eval:
+            refuse("optimizer.schedule=plateau lowers the rate when the eval split stops improving, and "
+                   "dataset.splits.eval is null (the test split is never used to decide anything).",
+                   "set dataset.splits.eval (e.g. 'train[90%:]' with dataset.splits.train='train[:90%]'), or "
+                   "another optimizer.schedule", "dataset.splits.eval")
+        if o.plateau_patience < 1:
+            refuse(f"optimizer.plateau_patience={o.plateau_patience} must be >= 1.",
+                   "set optimizer.plateau_patience=2", "optimizer.plateau_patience")
+
+    if t.ema is not None and not 0.0 < t.ema < 1.0:
+        refuse(f"trainer.ema={t.ema} must be in (0, 1): the decay of the weights' moving average.",
+               "set trainer.ema=0.999 (or null: off)", "trainer.ema")
+    _check_lr_find(cfg, refuse)
+    _check_selection(cfg, refuse)
+    _check_augment(cfg, refuse)
+    _check_class_weights(cfg, refuse)
+    _check_sampling(cfg, refuse)
+
+
+def _check_lr_find(cfg: Config, refuse) -> None:
+    """The range test needs one optimizer whose rate it sets each step, in one process."""
+    t, b = cfg.trainer, cfg.model.backbone
+    if not t.lr_find:
+        return
+    if t.lr_find_steps < 10:
+        refuse(f"trainer.lr_find_steps={t.lr_find_steps}: a range test needs at least 10 steps to show a curve.",
+               "set trainer.lr_find_steps=100", "trainer.lr_find_steps")
+    if not 0 < t.lr_find_start < t.lr_find_end:
+        refuse(f"trainer.lr_find_start={t.lr_find_start} and trainer.lr_find_end={t.lr_find_end} must be "
+               f"0 < start < end.", "set trainer.lr_find_start=1e-7 trainer.lr_find_end=10", "trainer.lr_find_start")
+    if cfg.optimizer.schedule is Schedule.plateau:
+        refuse("trainer.lr_find cannot honour optimizer.schedule=plateau: plateau lowers the rate after epochs "
+               "without an eval gain, and a range test has neither epochs nor evaluation, so its suggestion would "
+               "not say where plateau should start or how it would move.",
+               "run the range test with optimizer.schedule=constant, then train with the suggested "
+               "optimizer.learning_rate and optimizer.schedule=plateau", "optimizer.schedule")
+    if b.name is not None and (b.trainable or b.fine_tune_from_epoch is not None):
+        refuse("trainer.lr_find cannot honour a backbone that trains: it has its own optimizer and rate "
+               "(model.backbone.fine_tune_learning_rate), and one range test cannot set two rates.",
+               "run it with the backbone frozen (model.backbone.trainable=false model.backbone.fine_tune_from_epoch="
+               "null) to choose optimizer.learning_rate for the head", "model.backbone.trainable")
+    if current_task() is not None:
+        refuse("trainer.lr_find runs in one process; this one is part of a multi-worker cluster (TF_CONFIG).",
+               "unset TF_CONFIG and run it on one machine", "trainer.lr_find")
+
+
+def best_mode(metric: Monitor, mode: Mode | None) -> Mode:
+    """The direction in which `metric` improves (trainer.early_stopping.mode, or the metric's own)."""
+    return mode or (Mode.max if metric is Monitor.accuracy else Mode.min)
+
+
+def _check_selection(cfg: Config, refuse) -> None:
+    """Early stopping and the best checkpoint choose on the eval split, never on test."""
+    t, eval_split = cfg.trainer, cfg.dataset.splits.eval
+    stopping = t.early_stopping
+    stops = stopping is not None and stopping.patience is not None
+    for key, wanted in (("trainer.early_stopping", stops), ("trainer.keep_best", t.keep_best)):
+        if wanted and not eval_split:
+            refuse(f"{key} chooses on the eval split, and dataset.splits.eval is null; choosing on the test split "
+                   f"would make the test score an optimistic one.",
+                   f"set dataset.splits.eval (e.g. dataset.splits.eval='train[90%:]' with "
+                   f"dataset.splits.train='train[:90%]'), or {key}={'null' if key.endswith('stopping') else 'false'}",
+                   "dataset.splits.eval")
+    if not stops:
+        return
+    if stopping.patience < 1:
+        refuse(f"trainer.early_stopping.patience={stopping.patience} must be >= 1.",
+               "set trainer.early_stopping.patience=3", "trainer.early_stopping.patience")
+    if stopping.min_delta < 0:
+        refuse(f"trainer.early_stopping.min_delta={stopping.min_delta} must be >= 0.",
+               "set trainer.early_stopping.min_delta=0", "trainer.early_stopping.min_delta")
+    natural = best_mode(stopping.metric, None)
+    if stopping.mode is not None and stopping.mode is not natural:
+        refuse(f"trainer.early_stopping.mode={stopping.mode.value} contradicts trainer.early_stopping.metric="
+               f"{stopping.metric.value}, which improves by going {'up' if natural is Mode.max else 'down'}.",
+               f"set trainer.early_stopping.mode={natural.value} (or null)", "trainer.early_stopping.mode")
+
+
+def _check_augment(cfg: Config, refuse) -> None:
+    """Augmentation strengths in range, and what MixUp/CutMix and RandAugment need."""
+    a = cfg.augment
+    for key, value, top in (("rotation", a.rotation, 0.5), ("zoom", a.zoom, 0.9), ("translate", a.translate, 0.9),
+                            ("brightness", a.brightness, 1.0), ("contrast", a.contrast, 1.0),
+                            ("erasing", a.erasing, 1.0)):
+        if not 0.0 <= value <= top:
+            refuse(f"augment.{key}={value} must be in [0, {top:g}].", f"set augment.{key}=0.1 (or 0: off)",
+                   f"augment.{key}")
+    for key, value in (("mixup", a.mixup), ("cutmix", a.cutmix)):
+        if value < 0:
+            refuse(f"augment.{key}={value} must be >= 0 (0 = off).", f"set augment.{key}=0.2", f"augment.{key}")
+        if value and cfg.dataset.label_encoding.value != "one_hot":
+            refuse(f"augment.{key}={value} mixes two images and their labels into soft labels, but "
+                   f"dataset.label_encoding={cfg.dataset.label_encoding.value} and trainer.loss={cfg.trainer.loss} "
+                   f"take one class id per image.",
+                   "set dataset.label_encoding=one_hot trainer.loss=categorical_crossentropy, or "
+                   f"augment.{key}=0", f"augment.{key}")
+    if a.crop.value == "random_resized":
+        _check_range(a.crop_scale, "augment.crop_scale", "a share of the image's area", top=1.0, refuse=refuse,
+                     example="[0.25, 1.0]")
+        _check_range(a.crop_ratio, "augment.crop_ratio", "a width/height aspect ratio", top=None, refuse=refuse,
+                     example="[0.75, 1.3333]")
+    if a.rand_augment.num_ops < 0:
+        refuse(f"augment.rand_augment.num_ops={a.rand_augment.num_ops} must be >= 0 (0 = off).",
+               "set augment.rand_augment.num_ops=2", "augment.rand_augment.num_ops")
+    if a.rand_augment.num_ops:
+        if cfg.dataset.image.channels != 3:
+            refuse(f"augment.rand_augment draws colour transforms (hue, saturation, ...) that need RGB images, and "
+                   f"dataset.image.channels={cfg.dataset.image.channels}.",
+                   "set augment.rand_augment.num_ops=0 (the geometric augment keys work on any channels), or "
+                   "dataset.image.channels=3 with dataset.channel_policy=convert", "augment.rand_augment")
+        if not 0.0 < a.rand_augment.magnitude <= 1.0:
+            refuse(f"augment.rand_augment.magnitude={a.rand_augment.magnitude} must be in (0, 1].",
+                   "set augment.rand_augment.magnitude=0.5", "augment.rand_augment.magnitude")
+
+
+def _check_range(values, key: str, what: str, top: float | None, refuse, example: str) -> None:
+    """[low, high] with 0 < low <= high (<= top): what augment.crop=random_resized draws from."""
+    pair = list(values) if hasattr(values, "__len__") and not isinstance(values, str) else None
+    ok = pair is not None and len(pair) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      for v in pair)
+    if ok:
+        low, high = pair
+        ok = 0.0 < low <= high and (top is None or high <= top)
+    where = f"(0, {top:g}]" if top is not None else "(0, inf)"
+    if not ok:
+        refuse(f"{key}={values!r} must be [low, high], {what}, with both in {where} and low <= high "
+               f"(augment.crop=random_resized draws from it).",
+               f"set {key}={example}, or augment.crop=none", key)
+
+
+def _check_sampling(cfg: Config, refuse) -> None:
+    """Balanced sampling and class weights both correct the same imbalance: together they over-correct."""
+    d = cfg.dataset
+    weighted = not (isinstance(d.class_weights, str) and d.class_weights == "none")
+    if d.sampling.value == "balanced" and weighted:
+        refuse(f"dataset.sampling=balanced already shows the model every class equally often, and "
+               f"dataset.class_weights={d.class_weights!r} would weight the rare classes up a second time.",
+               "choose one: dataset.class_weights=none (keep the balanced sampling), or dataset.sampling=shuffle",
+               "dataset.sampling")
+
+
+def _check_class_weights(cfg: Config, refuse) -> None:
+    """dataset.class_weights: a name or one positive weight per class (counted again once the data is read)."""
+    weights, d = cfg.dataset.class_weights, cfg.dataset
+    if isinstance(weights, str):
+        if weights not in ("none", "balanced"):
+            refuse(f"dataset.class_weights={weights!r} is not none, balanced or a list of weights.",
+                   "set dataset.class_weights=balanced (or [1.0, 2.0, ...], one per class id)", "dataset.class_weights")
+        return
+    values = list(weights) if isinstance(weights, (list, tuple)) or hasattr(weights, "__len__") else None
+    if not values or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in values):
+        refuse(f"dataset.class_weights={weights!r} must be none, balanced or a list of positive numbers.",
+               "set dataset.class_weights=balanced", "dataset.class_weights")
+    if d.num_classes is not None and len(values) != d.num_classes:
+        refuse(f"dataset.class_weights has {len(values)} weights and dataset.num_classes={d.num_classes}.",
+               f"give one weight per class id 0..{d.num_classes - 1}, or dataset.class_weights=balanced",
+               "dataset.class_weights")

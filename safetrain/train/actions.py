@@ -1,0 +1,289 @@
+"""Periodic work around the train step: small objects the loop calls after each step and epoch.
+
+CommonLoopUtils' `periodic_actions` and Orbit's `Action`s are the model: logging, checkpointing,
+evaluation and the dead-gradient probe each decide for themselves when they are due (every N
+steps, every S seconds on an injectable clock, every epoch) and do one thing. The loop
+(safetrain.train.loop) only trains and calls them in order, so new periodic work (early stopping,
+LR-on-plateau, EMA evaluation) plugs in without touching it. Plain Python: the cadence logic is
+unit-tested with a fake clock and never sleeps.
+
+An action implements either hook or both; an `after_epoch` may return a fragment for the
+epoch's console line ("eval loss 0.1 acc 0.97").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from safetrain.core.run_state import Position
+
+PROBE_STEPS = 3  # steps whose per-variable gradients are checked for being exactly zero
+
+
+class Totals:
+    """Sums of one epoch's (or one evaluation's) step outputs: loss, correct, count."""
+
+    def __init__(self) -> None:
+        self.loss = 0.0
+        self.correct = 0
+        self.count = 0
+
+    def add(self, out: dict) -> None:
+        self.loss += float(out["loss_sum"])
+        self.correct += int(out["correct"])
+        self.count += int(out["count"])
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss / self.count if self.count else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.count if self.count else float("nan")
+
+
+@dataclass(frozen=True)
+class StepEnd:
+    """What an action sees after a train step."""
+
+    at: Position             # after the step: steps done, this epoch, batches of it done
+    outputs: dict[str, Any]  # the step's host values (loss_sum, correct, count, finite, ...)
+    totals: Totals           # this epoch so far (finite steps only)
+    rate: float | None       # this epoch's examples/s so far, first step excluded; None at first
+    finite: bool             # False: the step was non-finite and its update skipped (on_nan=skip_step)
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """What an action sees when an epoch's steps are done (or the step budget ran out)."""
+
+    epoch: int
+    step: int                # steps done
+    totals: Totals
+    next_position: Position  # where a resume continues: the next epoch, or the rest of this one
+
+
+class Action(Protocol):
+    wants_stop: bool
+
+    def after_step(self, end: StepEnd) -> None: ...
+    def after_epoch(self, end: EpochEnd) -> str | None: ...
+
+
+class BaseAction:
+    """No-op hooks to subclass, so each action writes only the one it needs. `wants_stop`: the
+    loop ends training after the epoch in which an action says so (early stopping)."""
+
+    wants_stop = False
+
+    def after_step(self, end: StepEnd) -> None:
+        return None
+
+    def after_epoch(self, end: EpochEnd) -> str | None:
+        return None
+
+
+class EverySteps:
+    """Due at every multiple of `n` steps."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, step: int) -> bool:
+        return step % self.n == 0
+
+
+class EverySeconds:
+    """Due once `seconds` have passed on `clock` since the last `reset` (never when None)."""
+
+    def __init__(self, seconds: float | None, clock: Callable[[], float]) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.last = clock()
+
+    def __call__(self) -> bool:
+        return self.seconds is not None and self.clock() - self.last >= self.seconds
+
+    def reset(self) -> None:
+        self.last = self.clock()
+
+
+class LogScalars(BaseAction):
+    """Every `every` steps: train loss/accuracy, the learning rate and throughput to TensorBoard,
+    and a progress line (a terminal's bar is redrawn at every step, throttled by Progress)."""
+
+    def __init__(self, every: int, record, progress, timer, learning_rate: Callable[[], float]) -> None:
+        self.due = EverySteps(every)
+        self.record = record
+        self.progress = progress
+        self.timer = timer
+        self.learning_rate = learning_rate
+
+    def after_step(self, end: StepEnd) -> None:
+        if not end.finite:
+            return
+        due = self.due(end.at.step)
+        if due:
+            values = {"train/loss": end.totals.mean_loss, "train/accuracy": end.totals.accuracy,
+                      "optimizer/learning_rate": self.learning_rate()}
+            values.update(self.timer.interval())
+            self.record.scalars(end.at.step, values)
+        self.progress.update(end.at.in_epoch, end.totals.mean_loss, end.totals.accuracy, end.rate, force=due)
+
+
+class SaveCheckpoints(BaseAction):
+    """Every `every_steps` steps, every `every_seconds` seconds since the last save, and where
+    each epoch ends (the position a resume continues from)."""
+
+    def __init__(self, checkpoints, every_steps: int, every_seconds: float | None,
+                 clock: Callable[[], float]) -> None:
+        self.checkpoints = checkpoints
+        self.due_steps = EverySteps(every_steps)
+        self.due_seconds = EverySeconds(every_seconds, clock)
+
+    def save(self, at: Position) -> None:
+        self.checkpoints.save(at)
+        self.due_seconds.reset()
+
+    def after_step(self, end: StepEnd) -> None:
+        if self.due_steps(end.at.step) or self.due_seconds():
+            self.save(end.at)
+
+    def after_epoch(self, end: EpochEnd) -> str | None:
+        self.save(end.next_position)
+        return None
+
+
+class Evaluate(BaseAction):
+    """At each epoch end: the eval split's loss and accuracy, to TensorBoard and the epoch line.
+    `results` holds the latest, for the run's report and for actions after this one."""
+
+    def __init__(self, evaluate: Callable[[Any], tuple[float, float]], dataset, record) -> None:
+        self.evaluate = evaluate
+        self.dataset = dataset
+        self.record = record
+        self.loss: float | None = None
+        self.accuracy: float | None = None
+
+    def after_epoch(self, end: EpochEnd) -> str | None:
+        self.loss, self.accuracy = self.evaluate(self.dataset)
+        self.record.scalars(end.step, {"eval/loss": self.loss, "eval/accuracy": self.accuracy})
+        return f"eval loss {self.loss:.4f} acc {self.accuracy:.4f}"
+
+
+class GradientProbe(BaseAction):
+    """Dead-gradient check over the first `steps` steps: a trainable variable whose gradient is
+    exactly 0.0 in each of them never changes. While `active`, the loop runs the probing step
+    (which also returns each variable's largest |gradient|); then `on_dead(paths, step)` is called
+    once with the dead variables, if any, and the step the probe ended at."""
+
+    def __init__(self, variable_paths: list[str], on_dead: Callable[[list[str], int], None],
+                 steps: int = PROBE_STEPS) -> None:
+        self.variable_paths = variable_paths
+        self.on_dead = on_dead
+        self.steps = steps
+        self.left = steps
+        self._largest = None
+
+    @property
+    def active(self) -> bool:
+        return self.left > 0
+
+    def restart(self, variable_paths: list[str]) -> None:
+        """Probe again over new trainable variables (a backbone unfrozen for fine-tuning)."""
+        self.variable_paths, self.left, self._largest = variable_paths, self.steps, None
+
+    def after_step(self, end: StepEnd) -> None:
+        if not self.active:
+            return
+        grads = end.outputs["grad_abs_max"]
+        self._largest = grads if self._largest is None else np.maximum(self._largest, grads)
+        self.left -= 1
+        if not self.left:
+            dead = [path for path, g in zip(self.variable_paths, self._largest) if g == 0.0]
+            if dead:
+                self.on_dead(dead, end.at.step)
+
+
+def _gain(evaluation: "Evaluate", metric: str, best: float, higher_is_better: bool) -> tuple[float, float]:
+    """The eval result for `metric` ("accuracy" | "loss") and how much better than `best` it is."""
+    value = evaluation.accuracy if metric == "accuracy" else evaluation.loss
+    return value, (value - best) if higher_is_better else (best - value)
+
+
+class SelectBest(BaseAction):
+    """At each epoch end, after `Evaluate`: is this the best eval epoch so far? `state` holds the
+    best value, its epoch and step, and the epochs since (the training side keeps them in
+    tf.Variables, so the checkpoint has them and a resume decides exactly as the first run would);
+    `state.capture()` keeps the current weights when they are the best (trainer.keep_best). With
+    `patience`, the loop is asked to stop after that many epochs without an improvement of more
+    than `min_delta` (trainer.early_stopping)."""
+
+    def __init__(self, evaluation: Evaluate, state, metric: str, higher_is_better: bool, min_delta: float = 0.0,
+                 patience: int | None = None) -> None:
+        self.evaluation = evaluation
+        self.state = state
+        self.metric = metric          # "accuracy" | "loss"
+        self.higher_is_better = higher_is_better
+        self.min_delta = min_delta
+        self.patience = patience
+
+    @property
+    def wants_stop(self) -> bool:
+        return self.patience is not None and self.state.bad_epochs >= self.patience
+
+    def after_epoch(self, end: EpochEnd) -> str | None:
+        value, gain = _gain(self.evaluation, self.metric, self.state.value, self.higher_is_better)
+        if self.state.epoch == 0 or gain > self.min_delta:
+            self.state.value, self.state.epoch, self.state.step, self.state.bad_epochs = value, end.epoch, end.step, 0
+            self.state.capture()
+            return f"best eval {self.metric} so far"
+        self.state.bad_epochs += 1
+        text = f"best eval {self.metric} {self.state.value:.4f} at epoch {self.state.epoch}"
+        if self.patience is not None:
+            text += f", {self.state.bad_epochs}/{self.patience} epochs without improvement"
+            if self.wants_stop:
+                text += ": stopping early (trainer.early_stopping)"
+        return text
+
+
+class SwitchWeights(BaseAction):
+    """At each epoch end, switch the model's weights: `switch(True)` before evaluation and selection
+    (to the weights' moving average, trainer.ema), `switch(False)` after them, so training and the
+    checkpoint go on with the trained weights."""
+
+    def __init__(self, switch: Callable[[bool], None], to_average: bool) -> None:
+        self.switch = switch
+        self.to_average = to_average
+
+    def after_epoch(self, end: EpochEnd) -> str | None:
+        self.switch(self.to_average)
+        return None
+
+
+class ReducePlateau(BaseAction):
+    """schedule=plateau, after `Evaluate`: when the eval metric has not improved for `patience`
+    epochs, multiply the learning rate's scale by `factor`, never below `floor` (min_learning_rate /
+    learning_rate) — Keras' ReduceLROnPlateau, on state the checkpoint holds (`state`: scale, best,
+    seen, bad_epochs; safetrain.schedules.PlateauState)."""
+
+    def __init__(self, evaluation: Evaluate, state, metric: str, higher_is_better: bool, patience: int,
+                 factor: float, floor: float, base_rate: float) -> None:
+        self.evaluation, self.state, self.metric = evaluation, state, metric
+        self.higher_is_better, self.patience, self.factor = higher_is_better, patience, factor
+        self.floor, self.base_rate = floor, base_rate
+
+    def after_epoch(self, end: EpochEnd) -> str | None:
+        value, gain = _gain(self.evaluation, self.metric, self.state.best, self.higher_is_better)
+        if not self.state.seen or gain > 0:
+            self.state.best, self.state.bad_epochs, self.state.seen = value, 0, True
+            return None
+        self.state.bad_epochs += 1
+        if self.state.bad_epochs < self.patience or self.state.scale <= self.floor * (1 + 1e-6):  # float32 scale
+            return None
+        self.state.scale, self.state.bad_epochs = max(self.state.scale * self.factor, self.floor), 0
+        return (f"learning rate -> {self.base_rate * self.state.scale:.3g} (no better eval {self.metric} for "
+                f"{self.patience} epochs)")

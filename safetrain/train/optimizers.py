@@ -1,0 +1,84 @@
+"""Optimizer and loss registries. Builders import Keras lazily so config validation stays TF-free.
+
+An optimizer builder takes the learning rate (a float or a schedule: safetrain.train.schedules), the
+gradient clip norm, the weight decay and the EMA decay (Keras' `use_ema`: the optimizer keeps a
+moving average of the trainable weights; safetrain.train.ema swaps it in for evaluation). Keras 3
+applies weight decay decoupled from the gradient (`w -= lr * weight_decay * w`, AdamW's rule) in
+every optimizer; `exclude_one_dimensional` keeps it off biases and normalization scales/offsets,
+as timm does. A loss builder takes the label smoothing."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from safetrain.core.registry import Registry
+
+OPTIMIZERS: Registry[Callable[..., Any]] = Registry("optimizer", "optimizer.name")
+LOSSES: Registry[Callable[[], Any]] = Registry("loss", "trainer.loss")
+
+
+def _kwargs(clipnorm: float | None, weight_decay: float, ema: float | None) -> dict[str, Any]:
+    return {**({"clipnorm": clipnorm} if clipnorm else {}), **({"weight_decay": weight_decay} if weight_decay else {}),
+            **({"use_ema": True, "ema_momentum": ema} if ema is not None else {})}
+
+
+def exclude_one_dimensional(optimizer, variables) -> int:
+    """No weight decay on 1-D weights (biases, batch-norm gamma/beta); returns how many. Call before
+    `optimizer.build`."""
+    flat = [v for v in variables if len(v.shape) <= 1]
+    if flat and optimizer.weight_decay:
+        optimizer.exclude_from_weight_decay(var_list=flat)
+    return len(flat) if optimizer.weight_decay else 0
+
+
+@OPTIMIZERS.register("adam")
+def adam(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.0, ema: float | None = None):
+    import keras
+    return keras.optimizers.Adam(learning_rate=learning_rate, **_kwargs(clipnorm, weight_decay, ema))
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.0, ema: float | None = None):
+    """Keras' AdamW decays by 0.004 unless told: optimizer.weight_decay is passed even when 0."""
+    import keras
+    return keras.optimizers.AdamW(learning_rate=learning_rate, **{**_kwargs(clipnorm, weight_decay, ema),
+                                                                  "weight_decay": weight_decay})
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.0, ema: float | None = None):
+    import keras
+    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, **_kwargs(clipnorm, weight_decay, ema))
+
+
+@OPTIMIZERS.register("rmsprop")
+def rmsprop(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.0, ema: float | None = None):
+    import keras
+    return keras.optimizers.RMSprop(learning_rate=learning_rate, **_kwargs(clipnorm, weight_decay, ema))
+
+
+@LOSSES.register("sparse_categorical_crossentropy")
+def sparse_categorical_crossentropy(label_smoothing: float = 0.0):
+    """Integer labels, logits from the head; per-example losses (the step averages them). Keras'
+    sparse loss has no label smoothing: with it, the ids become one-hot rows for the categorical
+    loss, which has (the same loss, smoothed)."""
+    import keras
+    if not label_smoothing:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
+    smoothed = categorical_crossentropy(label_smoothing)
+
+    def loss(labels, logits):
+        return smoothed(keras.ops.one_hot(keras.ops.cast(labels, "int32"), logits.shape[-1]), logits)
+
+    return loss
+
+
+@LOSSES.register("categorical_crossentropy")
+def categorical_crossentropy(label_smoothing: float = 0.0):
+    """One-hot labels (dataset.label_encoding=one_hot), logits from the head."""
+    import keras
+    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing, reduction="none")
+
+
+# Which label encoding each loss expects: validate() refuses the other one before training.
+LOSS_ENCODING = {"sparse_categorical_crossentropy": "sparse", "categorical_crossentropy": "one_hot"}
