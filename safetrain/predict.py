@@ -23,7 +23,8 @@ import re
 import sys
 from pathlib import Path
 
-from safetrain.core.errors import EXIT_CONFIG, EXIT_DATA
+from safetrain.core.errors import EXIT_CONFIG, EXIT_DATA, Phase
+from safetrain.record import names as run_files
 
 USAGE = "usage: python -m safetrain.predict run_dir=RUN_DIR [top_k=3] [--tflite] FILE [FILE...]"
 
@@ -44,10 +45,10 @@ def parse(args: list[str]) -> tuple[Path, int, list[Path], bool]:
             files.append(Path(arg))
     if run_dir is None or not files:
         raise ValueError("give run_dir=... and at least one image file")
-    if not (run_dir / "export" / "saved_model.pb").exists():
+    if not (run_dir / run_files.EXPORT / run_files.SAVED_MODEL).exists():
         raise ValueError(f"{run_dir} has no export/ (trained with trainer.export=false, or not finished); "
                          f"train with trainer.export=true")
-    if tflite and not (run_dir / "export" / "model.tflite").exists():
+    if tflite and not (run_dir / run_files.EXPORT / run_files.TFLITE_FILE).exists():
         raise ValueError(f"{run_dir}/export has no model.tflite (trainer.export_formats without tflite, or its "
                          f"conversion failed: report.json export.tflite says why); train with "
                          f"trainer.export_formats=[saved_model,keras,tflite]")
@@ -58,7 +59,7 @@ def _reason(err: Exception) -> str:
     from safetrain.diagnose.facts import facts
     from safetrain.core.run_state import Context
 
-    cause = facts(err, Context(phase="data")).cause
+    cause = facts(err, Context(phase=Phase.data)).cause
     refused = re.search(r"assertion failed: \[(.*?)\]", cause)
     if refused:
         return refused.group(1).replace("\\'", "'")
@@ -74,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"safetrain.predict: {err}\n{USAGE}", file=sys.stderr)
         return EXIT_CONFIG
     tf, served = _load(run_dir)
-    signature = json.loads((run_dir / "export" / "signature.json").read_text())
+    signature = json.loads((run_dir / run_files.EXPORT / run_files.SIGNATURE).read_text())
     names, upright = signature["classes"], signature.get("exif_orientation", "ignore") == "apply"
-    flat = (run_dir / "export" / "model.tflite").read_bytes() if tflite else None
+    flat = (run_dir / run_files.EXPORT / run_files.TFLITE_FILE).read_bytes() if tflite else None
     failed = 0
     for path in files:
         try:
@@ -132,13 +133,13 @@ def _load(run_dir: Path):
     from safetrain.core.tf_import import import_tensorflow
 
     tf = import_tensorflow()
-    return tf, tf.saved_model.load(str(run_dir / "export"))
+    return tf, tf.saved_model.load(str(run_dir / run_files.EXPORT))
 
 
 def probabilities_of(run_dir: Path, files: list[Path]) -> list[list[float]]:
     """For tests and scripts: the probability rows for `files` (all must be readable)."""
     tf, served = _load(run_dir)
-    upright = json.loads((run_dir / "export" / "signature.json").read_text()).get("exif_orientation") == "apply"
+    upright = json.loads((run_dir / run_files.EXPORT / run_files.SIGNATURE).read_text()).get("exif_orientation") == "apply"
     return [served.classify(tf.constant([upright_bytes(p.read_bytes()) if upright else p.read_bytes()]))
             ["probabilities"].numpy()[0].tolist() for p in files]
 

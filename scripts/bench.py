@@ -55,14 +55,15 @@ from safetrain.models.shapes import infer  # noqa: E402
 from safetrain.pipelines.build import build_datasets  # noqa: E402
 from safetrain.train.actions import GradientProbe, LogScalars, SaveCheckpoints  # noqa: E402
 from safetrain.train.checkpoints import Checkpoints  # noqa: E402
-from safetrain.config.schema import DatasetConfig, ImageConfig, Precision, ResizePolicy, TrainerConfig  # noqa: E402
+from safetrain.config.schema import (DatasetConfig, ImageConfig, OptimizerConfig, Precision, ResizePolicy,  # noqa: E402
+                                     TrainerConfig)
 from safetrain.train.hardware import choose_precision, detect_devices  # noqa: E402
 from safetrain.train.loop import TrainLoop  # noqa: E402
-from safetrain.train.optimizers import LOSSES, OPTIMIZERS  # noqa: E402
+from safetrain.train.optimizers import OPTIMIZERS  # noqa: E402
+from safetrain.train.task import build_task  # noqa: E402
 from safetrain.train.progress import Progress  # noqa: E402
 from safetrain.record.run_record import RunRecord  # noqa: E402
 from safetrain.core.run_state import Position  # noqa: E402
-from safetrain.train.steps import Steps  # noqa: E402
 from safetrain.train.throughput import StepTimer  # noqa: E402
 
 GOALS = {"auto_vs_fit": (">=", 1.5), "equal_precision_vs_fit": (">=", 1.0), "checks_overhead": ("<=", 0.03),
@@ -148,16 +149,13 @@ class Bench:
 
     def _safetrain(self, checks: bool):
         keras.mixed_precision.set_global_policy(self.policy)
-        model = build_model(self.plan, seed=0)
-        keras.mixed_precision.set_global_policy("float32")
-        optimizer = OPTIMIZERS.get("adam")(1e-3)
-        optimizer.build(model.trainable_variables)
         strategy = tf.distribute.get_strategy()
+        task = build_task(self.plan, optimizer=OptimizerConfig(), trainer=TrainerConfig(), strategy=strategy,
+                          steps_per_epoch=self.spec.steps, policy=self.policy)  # adam 1e-3, as fit's
+        keras.mixed_precision.set_global_policy("float32")
         spec = strategy.experimental_distribute_dataset(self.data.train_epoch(1)).element_spec
-        steps = Steps(strategy=strategy, model=model, optimizer=optimizer,
-                      loss_fn=LOSSES.get("sparse_categorical_crossentropy")(), eval_spec=spec,
-                      time_input=checks, check_finite=checks)
-        return model, optimizer, steps
+        steps = task.steps(eval_spec=spec, time_input=checks, check_finite=checks)
+        return task.model, task.optimizer, steps
 
     def run_fit(self, equal: bool) -> float:
         model = self.fit_equal if equal else self.fit_default

@@ -31,16 +31,14 @@ tf = import_tensorflow()
 import keras  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from safetrain.models.build import build_model  # noqa: E402
 from safetrain.models.parse import parse_layers  # noqa: E402
 from safetrain.models.presets import preset_layers  # noqa: E402
 from safetrain.models.shapes import infer  # noqa: E402
 from safetrain.pipelines.build import build_datasets  # noqa: E402
 from safetrain.config import config_dir  # noqa: E402
-from safetrain.config.schema import AugmentConfig, DatasetConfig, Precision  # noqa: E402
+from safetrain.config.schema import AugmentConfig, DatasetConfig, OptimizerConfig, Precision, TrainerConfig  # noqa: E402
 from safetrain.train.hardware import choose_precision, detect_devices  # noqa: E402
-from safetrain.train.optimizers import LOSSES, OPTIMIZERS  # noqa: E402
-from safetrain.train.steps import Steps  # noqa: E402
+from safetrain.train.task import build_task  # noqa: E402
 
 PRESETS = ("none", "light", "standard", "strong")
 
@@ -83,12 +81,8 @@ def main() -> None:
     keras.mixed_precision.set_global_policy(policy)
     plain = data["none"]
     plan = infer(parse_layers(preset_layers("cnn_small")), plain.spec.shape, plain.source.num_classes)
-    model = build_model(plan, seed=0)
-    optimizer = OPTIMIZERS.get("adam")(1e-3)
-    optimizer.build(model.trainable_variables)
-    strategy = tf.distribute.get_strategy()
-    steps = Steps(strategy=strategy, model=model, optimizer=optimizer,
-                  loss_fn=LOSSES.get("sparse_categorical_crossentropy")(), eval_spec=None)
+    steps = build_task(plan, optimizer=OptimizerConfig(), trainer=TrainerConfig(), strategy=tf.distribute.get_strategy(),
+                       steps_per_epoch=args.batches, policy=policy).steps()
     batch = next(iter(plain.train_epoch(1)))
     fixed = iter(tf.data.Dataset.from_tensors(batch).repeat())
     for _ in range(5):

@@ -26,14 +26,12 @@ tf = import_tensorflow()
 
 import keras  # noqa: E402
 
-from safetrain.models.build import build_model  # noqa: E402
 from safetrain.models.presets import preset_layers  # noqa: E402
 from safetrain.models.shapes import infer  # noqa: E402
 from safetrain.models.parse import parse_layers  # noqa: E402
 from safetrain.pipelines.build import build_datasets  # noqa: E402
-from safetrain.config.schema import DatasetConfig, ResizePolicy  # noqa: E402
-from safetrain.train.optimizers import LOSSES, OPTIMIZERS  # noqa: E402
-from safetrain.train.steps import Steps  # noqa: E402
+from safetrain.config.schema import DatasetConfig, OptimizerConfig, ResizePolicy, TrainerConfig  # noqa: E402
+from safetrain.train.task import build_task  # noqa: E402
 
 
 def main() -> None:
@@ -49,14 +47,9 @@ def main() -> None:
                           args.batch_size, args.batch_size, seed=0)
     stream = iter(data.train_epoch(1).repeat())
     plan = infer(parse_layers(preset_layers("cnn_small")), data.spec.shape, data.source.num_classes)
-    model = build_model(plan, seed=0)
-    optimizer = OPTIMIZERS.get("adam")(1e-3)
-    optimizer.build(model.trainable_variables)
-    strategy = tf.distribute.get_strategy()
-
-    def make() -> Steps:
-        return Steps(strategy=strategy, model=model, optimizer=optimizer,
-                     loss_fn=LOSSES.get("sparse_categorical_crossentropy")(), eval_spec=None)
+    task = build_task(plan, optimizer=OptimizerConfig(), trainer=TrainerConfig(), strategy=tf.distribute.get_strategy(),
+                      steps_per_epoch=args.steps)
+    make = task.steps
 
     plain = make()
     plain.train(stream)  # traced without checks
@@ -67,7 +60,7 @@ def main() -> None:
 
     times: dict[str, list[float]] = {"plain": [], "check_numerics": []}
 
-    def run(name: str, steps: Steps) -> None:
+    def run(name: str, steps) -> None:
         for _ in range(args.steps):
             start = time.perf_counter()
             out = steps.train(stream)

@@ -85,13 +85,11 @@ def measure_wait_floor(name: str, data_dir: str | None, timed_steps: int = 300) 
 
     import keras
 
-    from safetrain.models.build import build_model
     from safetrain.models.shapes import infer
     from safetrain.models.parse import parse_layers
     from safetrain.pipelines.build import build_datasets
     from safetrain.train.hardware import choose_precision, detect_devices
-    from safetrain.train.optimizers import LOSSES, OPTIMIZERS
-    from safetrain.train.steps import Steps
+    from safetrain.train.task import build_task
     from safetrain.core.tf_import import import_tensorflow
 
     tf = import_tensorflow()
@@ -103,11 +101,8 @@ def measure_wait_floor(name: str, data_dir: str | None, timed_steps: int = 300) 
     keras.mixed_precision.set_global_policy(policy)
     data = build_datasets(cfg.dataset, t.batch_size, t.batch_size, t.seed)
     plan = infer(parse_layers(cfg.model.layers), data.spec.shape, data.source.num_classes)
-    model = build_model(plan, seed=0)
-    optimizer = OPTIMIZERS.get(cfg.optimizer.name)(cfg.optimizer.learning_rate)
-    optimizer.build(model.trainable_variables)
-    steps = Steps(strategy=tf.distribute.get_strategy(), model=model, optimizer=optimizer,
-                  loss_fn=LOSSES.get(t.loss)(), eval_spec=None)
+    steps = build_task(plan, optimizer=cfg.optimizer, trainer=t, strategy=tf.distribute.get_strategy(),
+                       steps_per_epoch=data.steps_per_epoch, policy=policy).steps()
     feeds = {"pipeline": iter(data.train_epoch(1).repeat()),
              "floor": iter(data.train_epoch(1).take(1).cache().repeat())}
     timings: dict[str, list[tuple[float, float]]] = {k: [] for k in feeds}

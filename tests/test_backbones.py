@@ -46,11 +46,11 @@ def backbone_node(tfds_dir):
 def _validated(node, *values):
     from omegaconf import OmegaConf
 
-    from safetrain.experiment.validate import validate
+    from safetrain.experiment.validate import resolve, validate
 
     node = copy.deepcopy(node)
     node.merge_with_dotlist(list(values))
-    cfg = OmegaConf.to_object(node)
+    cfg = resolve(OmegaConf.to_object(node))
     return cfg, validate(cfg)
 
 

@@ -172,7 +172,7 @@ def test_an_oversized_image_file_is_a_bad_example_and_never_opened(tmp_path):
 
 def test_config_paths_are_resolved_and_checked_before_tensorflow(tmp_path, monkeypatch):
     from safetrain.config.schema import Config, Source
-    from safetrain.experiment.validate import validate
+    from safetrain.experiment.validate import resolve, validate
     from safetrain.core.errors import ConfigError
 
     monkeypatch.chdir(tmp_path)
@@ -180,9 +180,11 @@ def test_config_paths_are_resolved_and_checked_before_tensorflow(tmp_path, monke
     cfg = Config()
     cfg.model.layers = [{"type": "flatten"}]
     cfg.dataset.source, cfg.dataset.path = Source.image_folder, "images"
-    validate(cfg)
-    assert cfg.dataset.path == str(tmp_path / "images")  # absolute from here on
+    resolved = resolve(cfg)
+    validate(resolved)
+    assert resolved.dataset.path == str(tmp_path / "images")  # absolute from here on
+    assert cfg.dataset.path == "images"  # resolve() returns a new config; validate() changes nothing
     cfg.dataset.path = "missing"
     with pytest.raises(ConfigError, match="is not an existing folder") as info:
-        validate(cfg)
+        validate(resolve(cfg))
     assert info.value.config_key == "dataset.path"

@@ -58,6 +58,25 @@ class ErrorKind(StrEnum):
     error = "error"
 
 
+class Phase(StrEnum):
+    """Where in a run something happened (errors.jsonl `phase`, the diagnosis' wording)."""
+
+    config = "config"  # composing and checking the config, before TensorFlow
+    data = "data"      # reading, scanning and checking the data
+    build = "build"    # building the model, its optimizer, the backbone's weights
+    trace = "trace"    # a Python exception while a step function was being traced
+    train = "train"
+    eval = "eval"
+
+
+class Status(StrEnum):
+    """How a run ended (report.json `status`)."""
+
+    ok = "ok"
+    failed = "failed"
+    interrupted = "interrupted"
+
+
 @dataclass(frozen=True)
 class Explanation:
     """Why something failed, the fix, and the config key to change (None when no key fits)."""
@@ -72,7 +91,7 @@ class SafetrainError(Exception):
 
     exit_code = 1
     kind: ErrorKind = ErrorKind.error
-    phase = "train"
+    phase = Phase.train
 
     def __init__(self, message: str, *, hint: str = "", config_key: str | None = None,
                  kind: ErrorKind | None = None, op: str | None = None,
@@ -103,7 +122,7 @@ class ConfigError(SafetrainError, ValueError):
 
     exit_code = EXIT_CONFIG
     kind = ErrorKind.config
-    phase = "config"
+    phase = Phase.config
 
 
 class SpecError(SafetrainError, ValueError):
@@ -111,7 +130,7 @@ class SpecError(SafetrainError, ValueError):
 
     exit_code = EXIT_CONFIG
     kind = ErrorKind.spec
-    phase = "build"
+    phase = Phase.build
 
 
 class HardwareError(SafetrainError, RuntimeError):
@@ -119,7 +138,7 @@ class HardwareError(SafetrainError, RuntimeError):
 
     exit_code = EXIT_CONFIG
     kind = ErrorKind.hardware
-    phase = "config"
+    phase = Phase.config
 
 
 class DataError(SafetrainError, IOError):
@@ -127,7 +146,7 @@ class DataError(SafetrainError, IOError):
 
     exit_code = EXIT_DATA
     kind = ErrorKind.data
-    phase = "data"
+    phase = Phase.data
 
 
 class GraphError(SafetrainError, RuntimeError):
@@ -135,7 +154,7 @@ class GraphError(SafetrainError, RuntimeError):
 
     exit_code = EXIT_GRAPH
     kind = ErrorKind.graph
-    phase = "train"
+    phase = Phase.train
 
 
 class ClusterError(SafetrainError, RuntimeError):
@@ -143,7 +162,7 @@ class ClusterError(SafetrainError, RuntimeError):
 
     exit_code = EXIT_GRAPH
     kind = ErrorKind.cluster
-    phase = "build"
+    phase = Phase.build
 
 
 class NumericsError(SafetrainError, ArithmeticError):
@@ -151,7 +170,7 @@ class NumericsError(SafetrainError, ArithmeticError):
 
     exit_code = EXIT_NUMERICS
     kind = ErrorKind.non_finite
-    phase = "train"
+    phase = Phase.train
 
 
 class NanStop(NumericsError):

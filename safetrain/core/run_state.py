@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from safetrain.core.errors import Phase
+
 
 @dataclass(frozen=True)
 class Position:
@@ -40,7 +42,7 @@ class LayerRef:
 class Context:
     """What the run knew when the error happened; every field may be unknown."""
 
-    phase: str = "train"                  # build | data | trace | train | eval
+    phase: Phase = Phase.train
     step: int | None = None
     batch_size: int | None = None
     precision: str | None = None

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from safetrain.core.errors import DataError, ErrorKind, Explanation, GraphError, NumericsError, SafetrainError
+from safetrain.core.errors import DataError, ErrorKind, Explanation, GraphError, NumericsError, Phase, SafetrainError
 from safetrain.diagnose.facts import Facts, facts
 from safetrain.core.run_state import Context
 
@@ -191,8 +191,8 @@ RULES: tuple[Rule, ...] = (
          r"is not supported|Could not satisfy device specification|no registered kernel", _kernel),
 )
 
-_PHASE_WORDS = {"build": "building the model", "data": "reading the data", "trace": "tracing the train step",
-                "train": "the train step", "eval": "evaluation"}
+_PHASE_WORDS = {Phase.build: "building the model", Phase.data: "reading the data",
+                Phase.trace: "tracing the train step", Phase.train: "the train step", Phase.eval: "evaluation"}
 
 
 def diagnose(err: BaseException, ctx: Context) -> SafetrainError:
@@ -212,9 +212,9 @@ def _error(cls: type[SafetrainError], kind: ErrorKind, explained: Explanation, f
            ctx: Context) -> SafetrainError:
     phase = ctx.phase
     if cls is DataError or (f.op or "").endswith("IteratorGetNext"):
-        phase = "data"
-    elif phase in ("train", "eval") and not f.runtime:
-        phase = "trace"  # a Python exception while the step function was being traced
+        phase = Phase.data
+    elif phase in (Phase.train, Phase.eval) and not f.runtime:
+        phase = Phase.trace  # a Python exception while the step function was being traced
     when = _PHASE_WORDS.get(phase, phase) + (f", step {ctx.step}" if ctx.step else "")
     located = [x for x in (f"op {f.op}" if f.op else "", f"your code {f.source}" if f.source else "") if x]
     message = (f"{explained.why} ({when}). TensorFlow said ({f.tf_error_class}): {f.cause}"

@@ -29,6 +29,7 @@ import tensorflow as tf
 from safetrain.pipelines.build import Datasets
 from safetrain.pipelines.serving import prepare_encoded
 from safetrain.config.schema import DatasetConfig
+from safetrain.record import names
 
 log = logging.getLogger("safetrain")
 
@@ -89,15 +90,15 @@ def export(model, data: Datasets, cfg: DatasetConfig, directory: Path,
             # the signature decodes as TensorFlow does (no EXIF); safetrain.predict turns photos upright first
             "exif_orientation": cfg.exif_orientation.value}
     if "keras" in formats:
-        info.update(_keras_file(model, directory / "model.keras"))
-    (directory / "signature.json").write_text(json.dumps(info, indent=2) + "\n")
+        info.update(_keras_file(model, directory / names.KERAS_FILE))
+    (directory / names.SIGNATURE).write_text(json.dumps(info, indent=2) + "\n")
     # bfloat16 keeps ~3 significant digits: batch composition alone moves probabilities by ~1e-3.
     tolerance = 1e-2 if model.dtype_policy.compute_dtype != "float32" else 1e-4
     info["self_check_tolerance"] = tolerance
-    info["self_check_max_abs_diff"] = _self_check(serving, model, data, directory / "samples", tolerance)
+    info["self_check_max_abs_diff"] = _self_check(serving, model, data, directory / names.SAMPLES, tolerance)
     if "tflite" in formats:
         info["tflite"] = tflite_export(model, float32_model() if float32_model else model, data,
-                                       directory / "model.tflite", tolerance, layer_of)
+                                       directory / names.TFLITE_FILE, tolerance, layer_of)
     return info
 
 

@@ -16,16 +16,29 @@ everything before training (config, data scan, model, precision) runs as in a re
 The test uses its own optimizer of the configured kind (optimizer.name, clipnorm, weight decay)
 with a plain rate it sets each step; the run's schedule, warmup and EMA do not apply to it.
 Configs it cannot honour are refused before anything is built (safetrain.experiment.validate).
+`run` is the test on a run's own model and batches; the rest is the maths and the picture.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+import tensorflow as tf
+
+from safetrain.config.schema import Config
+from safetrain.core.errors import NumericsError
+from safetrain.experiment.recording import weights_digest
+from safetrain.pipelines.build import Datasets
+from safetrain.record import names
+from safetrain.record.run_record import RunRecord
+from safetrain.train.task import Task, new_optimizer, ready_optimizer
+
+log = logging.getLogger("safetrain")
 
 SMOOTHING = 0.98     # the exponential moving average of the loss (bias-corrected), as fastai
 DIVERGED = 4.0       # stop when the smoothed loss exceeds this many times its best
@@ -103,11 +116,67 @@ def write(run_dir: Path, used: list[float], losses: list[float], points: dict[st
     ax.legend()
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(run_dir / "lr_find.png")
+    fig.savefig(run_dir / names.LR_FIND_PNG)
     plt.close(fig)
     result = {"suggested_learning_rate": points["suggested"], "steepest_descent_learning_rate": points["steepest"],
               "lowest_loss_learning_rate": points["lowest"], "steps": len(used),
               "override": f"optimizer.learning_rate={points['suggested']:.2g}", **meta,
               "learning_rates": used, "losses": losses, "averaged_losses": smoothed.tolist()}
-    (run_dir / "lr_find.json").write_text(json.dumps(result, indent=1) + "\n")
+    (run_dir / names.LR_FIND_JSON).write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def run(cfg: Config, task: Task, data: Datasets, policy: str, record: RunRecord,
+        class_weights: list[float] | None) -> None:
+    """trainer.lr_find: the range test on the run's own batches, from its initial weights, which are
+    put back afterwards; nothing is trained or checkpointed."""
+    t, o = cfg.trainer, cfg.optimizer
+    model, strategy = task.model, task.strategy
+    with strategy.scope():
+        optimizer, _ = ready_optimizer(new_optimizer(o, t.lr_find_start), model.trainable_variables, policy)
+    # Every trainable weight follows the test's rate (a fine-tuned backbone's own optimizer too).
+    steps = task.steps(optimizer=optimizer, class_weights=class_weights, time_input=False, guard_updates=False,
+                       jit_compile=False, fine_tune=None)
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    initial = [tf.identity(v.value) for v in model.variables]
+    before = weights_digest(model)
+    feed = {"epoch": 1, "batches": iter(strategy.experimental_distribute_dataset(data.train_epoch(1)))}
+
+    def step(rate: float) -> float | None:
+        inner.learning_rate.assign(rate)
+        while True:
+            try:
+                out = steps.train(feed["batches"])
+                break
+            except tf.errors.OutOfRangeError:  # the next epoch's batches, in their own order
+                feed["epoch"] += 1
+                feed["batches"] = iter(strategy.experimental_distribute_dataset(data.train_epoch(feed["epoch"])))
+        return float(out["loss_sum"]) / int(out["count"]) if bool(out["finite"]) else None
+
+    try:
+        used, losses = range_test(step, rates(t.lr_find_start, t.lr_find_end, t.lr_find_steps))
+    finally:
+        for variable, value in zip(model.variables, initial):
+            variable.assign(value)
+    restored = weights_digest(model) == before
+    if len(used) < 5:
+        raise NumericsError(f"the range test's loss diverged after {len(used)} steps, from the first rates "
+                            f"(trainer.lr_find_start={t.lr_find_start:g}): no curve to read",
+                            hint="lower trainer.lr_find_start (e.g. 1e-9), or check the input normalization",
+                            config_key="trainer.lr_find_start")
+    _report(record, used, losses, restored, meta={
+        "optimizer": o.name, "batch_size": t.batch_size, "model": cfg.model.name, "precision": policy,
+        "start": t.lr_find_start, "end": t.lr_find_end, "epochs_read": feed["epoch"]})
+
+
+def _report(record: RunRecord, used: list[float], losses: list[float], restored: bool, meta: dict) -> None:
+    points = suggest(np.array(used), losses)
+    result = write(record.run_dir, used, losses, points, meta=meta)
+    record.report.lr_find = {k: result[k] for k in ("suggested_learning_rate", "steepest_descent_learning_rate",
+                                                    "lowest_loss_learning_rate", "steps", "override")}
+    record.report.lr_find.update(png=str(record.run_dir / names.LR_FIND_PNG),
+                                 json=str(record.run_dir / names.LR_FIND_JSON), initial_weights_restored=restored)
+    log.info("lr_find: %d steps from %.1e to %.1e; the loss was lowest at %.2e (too high to train at: it diverges "
+             "next) and fell fastest at %.2e (aggressive). Suggested, a tenth of the lowest:\n  %s   (curve: %s)",
+             len(used), used[0], used[-1], points["lowest"], points["steepest"], result["override"],
+             record.run_dir / names.LR_FIND_PNG)

@@ -17,17 +17,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from safetrain.train.cluster import output_dir
 from safetrain.config.hydra_errors import check_keys
-from safetrain.experiment.validate import validate
-from safetrain.core.errors import EXIT_SIGINT, ConfigError, ErrorKind, SafetrainError
+from safetrain.experiment.validate import resolve, validate
+from safetrain.core.errors import EXIT_SIGINT, ConfigError, ErrorKind, Phase, SafetrainError, Status
 from safetrain.record.run_record import RunRecord
 from safetrain.record.rundir import check_free_space, check_writable
 from safetrain.train.signals import Interrupted, SignalGuard
+from safetrain.record import names
 
 log = logging.getLogger("safetrain")
 
 
 def execute(node: DictConfig, run_dir: Path) -> int:
-    checkpoint_dir = run_dir / "checkpoints"   # the chief's, which every worker restores from
+    checkpoint_dir = run_dir / names.CHECKPOINTS   # the chief's, which every worker restores from
     run_dir = output_dir(run_dir)              # a non-chief worker writes under worker-<i>/
     try:
         check_writable(run_dir)
@@ -43,7 +44,7 @@ def execute(node: DictConfig, run_dir: Path) -> int:
 
     try:
         check_keys(node)
-        cfg = OmegaConf.to_object(node)
+        cfg = resolve(OmegaConf.to_object(node))
         plan = validate(cfg)
         check_free_space(run_dir, plan.total_params)
         from safetrain.core.tf_import import import_tensorflow
@@ -52,19 +53,19 @@ def execute(node: DictConfig, run_dir: Path) -> int:
         from safetrain.experiment.train import train
 
         train(cfg, plan, record, guard, checkpoint_dir=checkpoint_dir)
-        report.status, code = "ok", 0
+        report.status, code = Status.ok, 0
     except SafetrainError as err:
         code = _failed(err, record, debug)
     except (KeyboardInterrupt, Interrupted) as err:
         code = getattr(err, "exit_code", EXIT_SIGINT)
-        report.status = "interrupted"
+        report.status = Status.interrupted
         report.error = _interrupted(err, code, report.steps, run_dir)
         log.error("safetrain: interrupted (exit %d): %s; %s", code, report.error["message"], report.error["hint"])
     except Exception as err:  # a bug in safetrain or an unclassified failure: keep the traceback
         report.error = {"kind": ErrorKind.internal, "message": f"{err.__class__.__name__}: {err}",
                         "hint": "this looks like a safetrain bug; rerun with debug=true and report it",
                         "config_key": None}
-        record.event(phase="train", kind=ErrorKind.internal, message=report.error["message"],
+        record.event(phase=Phase.train, kind=ErrorKind.internal, message=report.error["message"],
                      hint=report.error["hint"], step=report.steps or None)
         traceback.print_exc(file=sys.stderr)
         code = 1

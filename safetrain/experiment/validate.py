@@ -3,10 +3,15 @@
 Hydra and the schema already refused wrong types and unknown keys. Here: value ranges, names
 that must exist in a registry, combinations that cannot work, and the model spec's shapes
 against the declared image spec. Each failure explains why and gives the exact override.
+
+Two steps, neither changing its argument: `resolve(cfg)` returns the concrete config a run uses
+(absolute paths, the backbone's normalization), and `validate(cfg)` only checks it and returns the
+model's shape plan.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -51,8 +56,29 @@ def _check_steps_per_loop(t) -> None:
                      f"or trainer.steps_per_loop=auto", config_key="trainer.steps_per_loop")
 
 
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else path
+
+
+def resolve(cfg: Config) -> Config:
+    """The concrete config a run uses, as a new Config (`cfg` is not changed): dataset.path,
+    dataset.data_dir and a model.backbone.weights file made absolute (~ and the working directory
+    resolved), and dataset.image.normalization=backbone replaced by what the backbone's weights
+    expect, so the pipeline, the export and the run spec all see the concrete normalization. An
+    unknown backbone name is left for validate() to refuse."""
+    d, b = cfg.dataset, cfg.model.backbone
+    image = d.image
+    if image.normalization is Normalization.backbone and b.name in BACKBONES.names():
+        image = dataclasses.replace(image, normalization=Normalization(BACKBONES.get(b.name).normalization))
+    dataset = dataclasses.replace(d, path=_absolute(d.path), data_dir=_absolute(d.data_dir), image=image)
+    weights = b.weights if b.weights in (None, "imagenet") else _absolute(b.weights)
+    model = dataclasses.replace(cfg.model, backbone=dataclasses.replace(b, weights=weights))
+    return dataclasses.replace(cfg, dataset=dataset, model=model)
+
+
 def validate(cfg: Config) -> ModelPlan:
-    """Raise ConfigError/SpecError on the first problem; return the model's shape plan."""
+    """Raise ConfigError/SpecError on the first problem; return the model's shape plan. Checks
+    only: give it `resolve(cfg)`, the config the run will use."""
     t, d = cfg.trainer, cfg.dataset
     for key, value in (("trainer.epochs", t.epochs), ("trainer.batch_size", t.batch_size),
                        ("trainer.checkpoint_every_steps", t.checkpoint_every_steps),
@@ -133,9 +159,8 @@ def validate(cfg: Config) -> ModelPlan:
 
 def _check_backbone(cfg: Config):
     """model.backbone: a registered name, weights that can be read, a fine-tune schedule that fits
-    the run, and the backbone's input contract on dataset.image. `normalization: backbone` is
-    resolved here to what the weights expect, so the pipeline, the export and the run spec all see
-    the concrete normalization."""
+    the run, and the backbone's input contract on dataset.image (resolve() has made
+    `normalization: backbone` concrete where the name is known)."""
     b, image = cfg.model.backbone, cfg.dataset.image
 
     def refuse(message: str, hint: str, key: str) -> None:
@@ -157,9 +182,9 @@ def _check_backbone(cfg: Config):
         return None
     entry = BACKBONES.get(b.name)
     if b.weights not in (None, "imagenet"):
-        path = Path(b.weights).expanduser().resolve()
+        path = Path(b.weights)
         if not path.is_file():
-            refuse(f"model.backbone.weights={b.weights} ({path}) is not a file. It must be imagenet, null (random "
+            refuse(f"model.backbone.weights={b.weights} is not a file. It must be imagenet, null (random "
                    f"initialization) or a weights file for {entry.name} (.h5 or .weights.h5).",
                    "point model.backbone.weights at the file (e.g. the one Keras caches in ~/.keras/models), or set "
                    "model.backbone.weights=imagenet", "model.backbone.weights")
@@ -168,11 +193,8 @@ def _check_backbone(cfg: Config):
                    f"ImageNet downloads) or .weights.h5 files (model.save_weights); this is neither.",
                    "convert it with keras: model.save_weights('backbone.weights.h5'), or set "
                    "model.backbone.weights=imagenet", "model.backbone.weights")
-        b.weights = str(path)
     check_input(entry, (image.height, image.width, image.channels), declared=True)
-    if image.normalization is Normalization.backbone:
-        image.normalization = Normalization(entry.normalization)
-    elif image.normalization.value != entry.normalization:
+    if image.normalization.value != entry.normalization:
         refuse(f"dataset.image.normalization={image.normalization.value} conflicts with model.backbone.name="
                f"{entry.name}, which expects {entry.normalization} ({entry.preprocessing}); the run would train, "
                f"silently worse.",
@@ -228,22 +250,16 @@ def _check_cluster(cfg: Config) -> None:
 
 
 def _check_paths(cfg: Config) -> None:
-    """Paths from the config are resolved (~, relative to the working directory) and must be what
-    their key says: a folder to read from, a data dir that is a folder if it exists."""
+    """Paths from the config (resolve() made them absolute) must be what their key says: a folder
+    to read from, a data dir that is a folder if it exists."""
     d = cfg.dataset
-    if d.path:
-        resolved = Path(d.path).expanduser().resolve()
-        if not resolved.is_dir():
-            raise ConfigError(f"dataset.path={d.path} ({resolved}) is not an existing folder.",
-                              hint="point dataset.path at the folder that holds the data", config_key="dataset.path")
-        d.path = str(resolved)
-    if d.data_dir:
-        resolved = Path(d.data_dir).expanduser().resolve()
-        if resolved.exists() and not resolved.is_dir():
-            raise ConfigError(f"dataset.data_dir={d.data_dir} ({resolved}) is a file, not a folder.",
-                              hint="point dataset.data_dir at a folder (TFDS prepares datasets in it)",
-                              config_key="dataset.data_dir")
-        d.data_dir = str(resolved)
+    if d.path and not Path(d.path).is_dir():
+        raise ConfigError(f"dataset.path={d.path} is not an existing folder.",
+                          hint="point dataset.path at the folder that holds the data", config_key="dataset.path")
+    if d.data_dir and Path(d.data_dir).exists() and not Path(d.data_dir).is_dir():
+        raise ConfigError(f"dataset.data_dir={d.data_dir} is a file, not a folder.",
+                          hint="point dataset.data_dir at a folder (TFDS prepares datasets in it)",
+                          config_key="dataset.data_dir")
 
 
 def _check_recipe(cfg: Config) -> None:

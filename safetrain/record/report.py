@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetrain.core.errors import Status
+from safetrain.record import names
 
 
 def _clean(value: Any) -> Any:
@@ -43,7 +45,7 @@ class RunReport:
     """The fields of report.json (SPEC "Run directory"); filled in as the run goes."""
 
     name: str = ""
-    status: str = "failed"            # ok | failed | interrupted
+    status: Status = Status.failed     # ok | failed | interrupted
     exit_code: int = 1
     error: dict | None = None
     metrics: dict = field(default_factory=lambda: {
@@ -66,7 +68,7 @@ class RunReport:
     run_dir: str = ""
 
     def write(self, run_dir: Path) -> Path:
-        path = run_dir / "report.json"
+        path = run_dir / names.REPORT
         write_json_atomic(path, asdict(self))
         return path
 

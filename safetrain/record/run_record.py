@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safetrain.core.errors import ErrorKind, SafetrainError
+from safetrain.core.errors import ErrorKind, SafetrainError, Status
 from safetrain.record.report import ErrorLog, RunReport
 from safetrain.record.summaries import Summaries
+from safetrain.record import names
 
 
 def graph_text(error: SafetrainError, note: str = "") -> str:
@@ -27,7 +28,7 @@ class RunRecord:
     def __init__(self, run_dir: Path, name: str = "") -> None:
         self.run_dir = run_dir
         self.report = RunReport(name=name, run_dir=str(run_dir))
-        self.errors = ErrorLog(run_dir / "errors.jsonl")
+        self.errors = ErrorLog(run_dir / names.ERRORS)
         self.errors.path.touch()
         self._board: Summaries | None = None
 
@@ -35,7 +36,7 @@ class RunRecord:
     def open_tensorboard(self) -> None:
         """From here on errors also go to TensorBoard (called once TensorFlow is imported)."""
         if self._board is None:
-            self._board = Summaries(self.run_dir / "tb")
+            self._board = Summaries(self.run_dir / names.TENSORBOARD)
 
     @property
     def board(self) -> Summaries:
@@ -77,7 +78,7 @@ class RunRecord:
 
     def fail(self, error: SafetrainError) -> None:
         """The error that ends the run: report.json `error` too."""
-        self.report.status = "failed"
+        self.report.status = Status.failed
         self.report.error = error.as_record()
         self.failure(error, step=self.report.steps or None)
 

@@ -8,7 +8,10 @@ LR-on-plateau, EMA evaluation) plugs in without touching it. Plain Python: the c
 unit-tested with a fake clock and never sleeps.
 
 An action implements either hook or both; an `after_epoch` may return a fragment for the
-epoch's console line ("eval loss 0.1 acc 0.97").
+epoch's console line ("eval loss 0.1 acc 0.97"). An action whose decisions depend on what it saw
+in earlier epochs keeps that in tf.Variables and returns them from `checkpointed()`, so a resumed
+run decides exactly as an uninterrupted one. Which actions a run has, and in which order, is
+declared in one list: safetrain/experiment/assemble.py.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class Action(Protocol):
 
     def after_step(self, end: StepEnd) -> None: ...
     def after_epoch(self, end: EpochEnd) -> str | None: ...
+    def checkpointed(self) -> dict: ...
 
 
 class BaseAction:
@@ -84,6 +88,11 @@ class BaseAction:
 
     def after_epoch(self, end: EpochEnd) -> str | None:
         return None
+
+    def checkpointed(self) -> dict:
+        """{name: trackable} the checkpoint keeps for this action (names are part of the checkpoint
+        format: keep them stable)."""
+        return {}
 
 
 class EverySteps:
@@ -235,6 +244,9 @@ class SelectBest(BaseAction):
     def wants_stop(self) -> bool:
         return self.patience is not None and self.state.bad_epochs >= self.patience
 
+    def checkpointed(self) -> dict:
+        return self.state.trackables()
+
     def after_epoch(self, end: EpochEnd) -> str | None:
         value, gain = _gain(self.evaluation, self.metric, self.state.value, self.higher_is_better)
         if self.state.epoch == 0 or gain > self.min_delta:
@@ -275,6 +287,9 @@ class ReducePlateau(BaseAction):
         self.evaluation, self.state, self.metric = evaluation, state, metric
         self.higher_is_better, self.patience, self.factor = higher_is_better, patience, factor
         self.floor, self.base_rate = floor, base_rate
+
+    def checkpointed(self) -> dict:
+        return self.state.trackables()
 
     def after_epoch(self, end: EpochEnd) -> str | None:
         value, gain = _gain(self.evaluation, self.metric, self.state.best, self.higher_is_better)

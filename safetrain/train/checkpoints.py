@@ -40,8 +40,8 @@ class Checkpoints:
         """`batch_size`: the global batch this run uses. A checkpoint saved with another one (a
         rerun with a new trainer.batch_size, or on_oom=halve_batch) resumes at the same example:
         batches done are converted, rounding down. `run_spec`: {config key: value} of the
-        settings a resume must not change. `extra`: more state to save and restore by name (the
-        best epoch's record and weights: safetrain.train.best)."""
+        settings a resume must not change. `extra`: more state to save and restore by name (a
+        fine-tuned backbone's optimizer; the actions' state comes through `track`)."""
         self.directory = Path(directory)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.epoch = tf.Variable(1, dtype=tf.int64, trainable=False, name="epoch")
@@ -56,6 +56,12 @@ class Checkpoints:
         self.run_spec = run_spec or {}
         self.last_saved_step: int | None = None
         self.warnings: list[str] = []  # skipped unreadable checkpoints, for errors.jsonl
+
+    def track(self, state: dict) -> None:
+        """More state to save and restore by name — a periodic action's (safetrain.train.actions:
+        `checkpointed()`); call before the first restore."""
+        for name, value in state.items():
+            setattr(self.checkpoint, name, value)
 
     def _manager(self, max_to_keep: int) -> tf.train.CheckpointManager:
         try:

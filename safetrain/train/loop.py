@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from safetrain.train.actions import Action, EpochEnd, GradientProbe, StepEnd, Totals
 from safetrain.config.schema import OnNan, TrainerConfig
-from safetrain.core.errors import ErrorKind, NanStop
+from safetrain.core.errors import ErrorKind, NanStop, Phase
 from safetrain.train.progress import Progress
 from safetrain.core.run_state import Context, Position
 from safetrain.train.signals import SignalGuard
@@ -112,7 +112,7 @@ class TrainLoop:
         cfg, result = self.cfg, self.result
         start = self.checkpoints.restore()
         for warning in self.checkpoints.warnings:
-            self.record.event(phase="train", kind=ErrorKind.checkpoint_fallback, message=warning, step=start.step,
+            self.record.event(phase=Phase.train, kind=ErrorKind.checkpoint_fallback, message=warning, step=start.step,
                               hint="the run resumed from an older checkpoint; steps after it are trained again")
         if start.step:
             log.info("resuming from checkpoint at step %d (epoch %d)", start.step, start.epoch)
@@ -174,7 +174,7 @@ class TrainLoop:
             if left is not None and left <= 0:
                 return totals, in_epoch, True
             name, call, asked = self._next_call(left)
-            self.context.phase, self.context.step = "train", result.steps + 1
+            self.context.phase, self.context.step = Phase.train, result.steps + 1
             t0 = self.clock()
             try:
                 out = {k: np.asarray(v) for k, v in call(iterator).items()}
@@ -262,12 +262,12 @@ class TrainLoop:
             raise NanStop(message + "; training stopped and no checkpoint was saved after it", step=step,
                           hint=_NAN_HINT)
         self.result.skipped_steps += 1
-        self.record.event(phase="train", kind=ErrorKind.non_finite,
+        self.record.event(phase=Phase.train, kind=ErrorKind.non_finite,
                           message=message + "; its update was not applied (trainer.on_nan=skip_step)",
                           hint=_NAN_HINT, step=step, config_key="trainer.on_nan")
 
     def evaluate(self, dataset) -> tuple[float, float]:
-        self.context.phase, self.context.step = "eval", self.result.steps
+        self.context.phase, self.context.step = Phase.eval, self.result.steps
         totals = Totals()
         for images, labels in self.distribute(dataset):
             totals.add({k: np.asarray(v) for k, v in self.steps.eval(images, labels).items()})

@@ -1,0 +1,88 @@
+"""What the test split shows about the model's mistakes, after training: the labelled confusion
+matrix, the top losses, precision/recall/F1 per class, and for image folders the suspect labels.
+The maths and pictures are in safetrain.experiment.results; this runs the model over the splits
+and records what they give."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from safetrain.config.schema import Config
+from safetrain.experiment import results, visuals
+from safetrain.pipelines.build import Datasets
+from safetrain.record import names as run_files
+from safetrain.record.run_record import RunRecord
+from safetrain.train.steps import Steps
+
+log = logging.getLogger("safetrain")
+
+TOP_LOSSES = 15  # examples in the top-losses grid
+
+
+def predictions(steps: Steps, data: Datasets, split: str, keep: int = 0):
+    """Every example of `split` through the model: class ids, probabilities, keys (file paths);
+    with `keep`, also {index: model input} of the `keep` highest-loss examples, picked as the batches
+    go (one pass; never more than `keep` plus one batch of images held)."""
+    ds = data.with_keys(split)
+    if ds is None:
+        return None, {}
+    labels, probabilities, keys = [], [], []
+    kept: dict[int, tuple[float, np.ndarray]] = {}  # index -> (loss, image)
+    for images, y, key in ds:
+        start = len(keys)
+        probabilities.append(steps.probabilities(images).numpy())
+        labels.append(y.numpy().astype(np.int64))
+        keys += [k.decode() for k in key.numpy()]
+        if keep:
+            batch = results.Predictions(split, labels[-1], probabilities[-1], keys[start:])
+            for i in results.top_loss_indices(batch, keep):
+                kept[start + int(i)] = (float(batch.losses[i]), images[int(i)].numpy().astype(np.float32))
+            # the same order as results.top_loss_indices: highest loss first, the earlier example on ties
+            kept = dict(sorted(kept.items(), key=lambda item: (-item[1][0], item[0]))[:keep])
+    if not keys:
+        return results.Predictions(split, np.zeros(0, np.int64), np.zeros((0, 1)), []), {}
+    pred = results.Predictions(split, np.concatenate(labels), np.concatenate(probabilities), keys)
+    return pred, {i: image for i, (_, image) in kept.items()}
+
+
+def analyse_test(cfg: Config, steps: Steps, data: Datasets, record: RunRecord, step: int) -> None:
+    """The test split's mistakes in TensorBoard, report.json and results/*.png, and for image
+    folders the suspect labels of eval and test (suspect_labels.csv)."""
+    test, images = predictions(steps, data, "test", keep=TOP_LOSSES)
+    if test is None or not len(test.labels):
+        return
+    names, out = data.source.names(), record.run_dir / run_files.RESULTS
+    matrix = results.confusion(test, len(names))
+    accuracy = visuals.per_class_accuracy(matrix)
+    record.image("test/confusion_matrix",
+                 results.confusion_figure(matrix, names, out / run_files.CONFUSION_MATRIX), step=step)
+    record.text("test/confusion_table", visuals.matrix_text(matrix, names), step=step, code=False)
+    record.scalars(step, {f"test_class_accuracy/{name}": float(a) for name, a in zip(names, accuracy)
+                          if np.isfinite(a)})
+    metrics = record.report.metrics
+    metrics["test_class_accuracy"] = {name: (float(a) if np.isfinite(a) else None) for name, a in zip(names, accuracy)}
+    metrics["per_class"] = results.per_class_report(test, names)
+    record.text("test/per_class", results.report_text(metrics["per_class"]), step=step, code=False)
+
+    chosen = results.top_loss_indices(test, TOP_LOSSES)
+    grid = results.top_losses_figure(np.stack([images[int(i)] for i in chosen]), test, chosen, names,
+                                     out / run_files.TOP_LOSSES)
+    record.image("test/top_losses", grid, step=step)
+    if cfg.dataset.source.value == "image_folder":
+        _suspect_labels(cfg, steps, data, record, test)
+
+
+def _suspect_labels(cfg: Config, steps: Steps, data: Datasets, record: RunRecord, test) -> None:
+    evaluated = [p for p in (predictions(steps, data, "eval")[0], test) if p is not None]
+    suspect = results.suspects(evaluated, data.source.names(), cfg.dataset.suspect_min_probability)
+    results.write_suspects(record.run_dir / run_files.SUSPECTS, suspect)
+    record.report.metrics["suspect_labels"] = {"count": len(suspect), "file": run_files.SUSPECTS,
+                                               "min_probability": cfg.dataset.suspect_min_probability}
+    if suspect:
+        first = suspect[0]
+        log.info("suspect labels: %d eval/test files the model puts in another class with p >= %g "
+                 "(suspect_labels.csv); most confident: %s labelled %s, predicted %s %.2f", len(suspect),
+                 cfg.dataset.suspect_min_probability, first["path"], first["given_label"],
+                 first["predicted_label"], first["probability"])

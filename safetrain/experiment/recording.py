@@ -1,0 +1,242 @@
+"""Each setup result and the training's outcome, written once: report.json, TensorBoard, the log,
+and the diagnosis context (safetrain.core.run_state) kept current for errors that come later."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+
+import keras
+import numpy as np
+
+from safetrain.config.schema import BadExamplePolicy, Config
+from safetrain.core.errors import ErrorKind, Phase
+from safetrain.core.run_state import Context, LayerRef
+from safetrain.experiment import results, visuals
+from safetrain.experiment.setup import Hardware
+from safetrain.models.build import layer_name
+from safetrain.models.shapes import ModelPlan
+from safetrain.pipelines.build import Datasets
+from safetrain.record import names
+from safetrain.record.run_record import RunRecord
+from safetrain.train.env_report import env_text
+from safetrain.train.loop import TrainLoop
+from safetrain.train.task import Task
+from safetrain.train.throughput import WallTime
+
+log = logging.getLogger("safetrain")
+
+
+def record_hardware(record: RunRecord, cfg: Config, hw: Hardware, context: Context) -> None:
+    batch = cfg.trainer.batch_size
+    devices = [d.describe() for d in hw.devices]
+    record.report.hardware = {
+        "devices": devices, "precision_policy": hw.policy, "precision_reason": hw.reason,
+        "strategy": _strategy_name(hw.strategy), "replicas": hw.replicas, "global_batch_size": batch,
+        "per_replica_batch_size": batch // hw.replicas, "cluster": hw.cluster.describe() if hw.cluster else None}
+    log.info("hardware: %s | precision %s (%s) | %s x%d | batch %d global, %d per replica",
+             ", ".join(devices), hw.policy, hw.reason, record.report.hardware["strategy"], hw.replicas,
+             batch, batch // hw.replicas)
+    record.text("env/report", env_text(record.report.versions, hw.devices, record.report.hardware))
+    record.hparams(_hparams(cfg, hw.policy, hw.replicas))
+    context.precision, context.batch_size = hw.policy, batch
+    context.device = devices[-1] if devices else None
+
+
+def record_data(record: RunRecord, cfg: Config, data: Datasets) -> None:
+    skip = cfg.dataset.on_bad_example is BadExamplePolicy.skip
+    record.report.data["counts"] = data.counts
+    record.report.data["skipped"] = len(data.bad) if skip else 0  # with error, bad examples stop the run
+    record.report.data["sampling"] = data.sampling
+    log.info("pipeline:\n  %s", "\n  ".join(data.describe().splitlines()))
+    record.text("pipeline/spec", data.describe())
+    first_images, _ = next(iter(data.train_plain(1).take(1)))
+    record.image("inputs/after_enforcement", visuals.mosaic(first_images.numpy()[:32].astype("float32")))
+    if data.augmentation != "none":  # the same batch as the model sees it in training
+        augmented, _ = next(iter(data.train_epoch(1).take(1)))
+        record.image("inputs/after_augmentation", visuals.mosaic(augmented.numpy()[:32].astype("float32")))
+    for bad in data.bad:
+        record.event(phase=Phase.data, kind=ErrorKind.bad_example, message=bad.reason, example=bad.key,
+                     config_key="dataset.on_bad_example",
+                     hint="skipped" if skip else "")
+    _record_findings(record, cfg, data)
+
+
+def record_class_weights(record: RunRecord, cfg: Config, data: Datasets, weights: list[float] | None) -> None:
+    if not weights:
+        return
+    names_ = data.source.names()
+    record.report.data["class_weights"] = dict(zip(names_, weights))
+    how = cfg.dataset.class_weights if isinstance(cfg.dataset.class_weights, str) else "a list"
+    log.info("class weights (dataset.class_weights: %s): %s", how,
+             ", ".join(f"{name} {w:.3g}" for name, w in zip(names_, weights)))
+
+
+_FINDING_KEYS = {ErrorKind.duplicate: "dataset.near_duplicate_radius", ErrorKind.leakage: "dataset.on_leakage",
+                 ErrorKind.missing_class: "dataset.allow_missing_classes"}
+
+
+def _record_findings(record: RunRecord, cfg: Config, data: Datasets) -> None:
+    """What an image folder's scan found beyond bad examples: the scan's work, duplicates, leakage."""
+    for key in ("scan", "duplicates", "selected"):
+        if key in data.report:
+            record.report.data[key] = data.report[key]
+    for i, event in enumerate(data.events):
+        kind = ErrorKind(event.kind)
+        record.event(phase=Phase.data, kind=kind, message=event.message, example=event.key, other_example=event.other,
+                     config_key=_FINDING_KEYS[kind], sync=i == len(data.events) - 1)
+    dup = data.report.get("duplicates")
+    if dup and dup["cross_split"]:
+        first = next(e.message for e in data.events if e.kind == ErrorKind.leakage)
+        action = ("dropped from eval/test" if cfg.dataset.on_leakage.value == "drop_from_eval"
+                  else "kept (dataset.on_leakage=warn: set drop_from_eval or error)")
+        log.warning("warning: %d image(s) appear in two splits (leakage), %s; all in errors.jsonl; first: %s",
+                    dup["cross_split"], action, first)
+    if dup and dup["exact"] + dup["near"] - dup["cross_split"] - dup["conflicting_labels"] > 0:
+        log.info("duplicates within a split: %d exact, %d near (pHash radius %s), listed in errors.jsonl",
+                 dup["exact"] - dup["conflicting_labels"], dup["near"], dup["near_radius"])
+
+
+def record_plan(record: RunRecord, cfg: Config, plan: ModelPlan) -> None:
+    log.info("model %s:\n%s", cfg.model.name, plan.table())
+    record.text("model/summary", plan.table())
+
+
+def record_model(record: RunRecord, cfg: Config, task: Task, policy: str, context: Context) -> None:
+    params = task.model.count_params()  # counted on the built model: custom layers' are unknown to the plan
+    record.report.model = {"name": cfg.model.name, "params": params, "flops_per_example": task.plan.total_flops}
+    if task.plan.backbone is not None:
+        b = task.plan.backbone
+        record.report.model["backbone"] = {
+            "name": b.entry.name, "weights": b.weights, "pooling": b.pooling, "state": b.state(),
+            "preprocessing": b.entry.preprocessing, "normalization": cfg.dataset.image.normalization.value,
+            "flops_note": "recorded at 224x224 (TensorFlow profiler), scaled by the input's area"}
+    log.info("optimizer: %s", task.recipe)
+    record.text("optimizer/recipe", task.recipe)
+    context.params = params
+    context.activation_bytes_per_example = _activation_bytes(task.plan, policy)
+    context.layers = _layer_refs(task.plan, task.model)
+
+
+def record_loop(record: RunRecord, loop: TrainLoop, evaluation, model, wall: WallTime) -> None:
+    """What training ended with, stopped or not: position, metrics, throughput, the final weights."""
+    report, r = record.report, loop.result
+    report.model["weights_sha256"] = weights_digest(model)
+    report.steps, report.epochs = r.steps, r.epochs
+    report.time_to_first_step_s = r.time_to_first_step_s
+    report.metrics.update(train_loss=r.train_loss, train_accuracy=r.train_accuracy,
+                          eval_loss=evaluation.loss if evaluation else None,
+                          eval_accuracy=evaluation.accuracy if evaluation else None)
+    report.throughput = loop.timer.summary()
+    # What the user got: every example trained over the seconds of the training epochs (each epoch's
+    # start, tracing, logging and periodic checkpoints included; evaluation and epoch-end saves not).
+    report.throughput["effective_examples_per_sec"] = (
+        round(r.examples / r.train_seconds, 1) if r.examples and r.train_seconds > 0 else None)
+    parts = {"epoch_setup": r.epoch_setup_seconds, "first_calls": r.first_call_seconds,
+             "steady_calls": r.steady_call_seconds, "actions": r.action_seconds}
+    report.throughput["train_seconds"] = {**{k: round(v, 3) for k, v in parts.items()},
+                                          "other": round(max(0.0, r.train_seconds - sum(parts.values())), 3)}
+    report.throughput["steps_per_loop"] = r.steps_per_loop
+    report.throughput["steps_per_loop_reason"] = r.steps_per_loop_reason
+    wall.add("train", r.train_seconds)
+    record_wall(record, wall)
+    rate = report.throughput["examples_per_sec"]
+    # Training costs about 3x the forward pass (forward + two backward matmuls per layer): an
+    # estimate for comparing machines, not a measurement of the kernels.
+    report.throughput["train_flops_per_sec"] = (
+        round(3 * report.model["flops_per_example"] * rate) if rate and report.model else None)
+    report.data["skipped_steps"] = r.skipped_steps
+
+
+def record_wall(record: RunRecord, wall: WallTime) -> None:
+    """report.json throughput.wall_seconds: where the run's time went so far. start_up is from the
+    run's start to the first train call (scan included, which is also given alone); `other` is
+    what the named phases leave (epoch-end checkpoints, TensorBoard writes, restoring)."""
+    seconds = dict(wall.seconds)
+    total = wall.since_start()
+    named = sum(v for k, v in seconds.items() if k != "scan")
+    out = {k: round(seconds.get(k, 0.0), 3) for k in ("start_up", "scan", "train", "eval", "test", "results", "export")}
+    out.update(other=round(max(0.0, total - named), 3), total=round(total, 3))
+    record.report.throughput["wall_seconds"] = out
+
+
+def record_export(record: RunRecord, info: dict) -> None:
+    record.report.export = info
+    log.info("exported: %s (self-check on test images: max |diff| %s)%s", info["path"],
+             info["self_check_max_abs_diff"], _tflite_note(info.get("tflite")))
+
+
+def final_summary(record: RunRecord) -> None:
+    report = record.report
+    m, tp = report.metrics, report.throughput
+    acc = f"{m['test_accuracy']:.4f}" if m["test_accuracy"] is not None else "n/a"
+    effective = tp.get("effective_examples_per_sec")
+    rate = f"{effective:,.0f} examples/s" if effective else "n/a examples/s"
+    if tp["examples_per_sec"]:
+        rate += f" (training epochs; {tp['examples_per_sec']:,.0f} median steady-state step)"
+    skipped = report.data.get("skipped", 0)
+    log.info("done: test accuracy %s | %s | %d steps, %d epochs%s",
+             acc, rate, report.steps, report.epochs,
+             f" | {skipped} bad examples skipped (errors.jsonl)" if skipped else "")
+    if m.get("per_class"):
+        worst = results.worst_classes(m["per_class"])
+        log.info("worst classes (test F1): %s", ", ".join(
+            f"{name} {r['f1']:.3f} (precision {r['precision']:.3f}, recall {r['recall']:.3f}, {r['support']} examples)"
+            for name, r in worst))
+    log.info("tensorboard --logdir %s", record.run_dir / names.TENSORBOARD)
+
+
+def weights_digest(model) -> str:
+    """SHA-256 of every model variable's bytes, in order: equal digests mean identical weights
+    (compares workers of one run, or an interrupted-and-resumed run with an uninterrupted one)."""
+    digest = hashlib.sha256()
+    for variable in model.variables:
+        digest.update(variable.path.encode())
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable.value)).tobytes())
+    return digest.hexdigest()
+
+
+def _layer_refs(plan: ModelPlan, model) -> dict[str, LayerRef]:
+    """Keras layer name -> the config entry it came from, for naming layers in diagnoses."""
+    refs = {}
+    specs = {layer_name(spec): spec for spec in plan.layers}
+    for layer in model.layers[1:-1]:
+        spec = specs.get(layer.name)
+        if spec is not None:
+            refs[layer.name] = LayerRef(spec.index, spec.label(), spec.key, type(layer).__name__)
+        elif plan.backbone is not None:  # the one nested model: the backbone
+            refs[layer.name] = LayerRef(-1, plan.backbone.label(), "model.backbone.name", type(layer).__name__)
+    head = model.layers[-1]
+    refs[head.name] = LayerRef(len(plan.layers), f"head dense {plan.num_classes}", "dataset.num_classes", "Dense")
+    return refs
+
+
+def _activation_bytes(plan: ModelPlan, policy: str) -> int:
+    """Forward activations of one example, all kept for the backward pass (an estimate for OOM hints)."""
+    width = 2 if policy.startswith("mixed") else 4
+    return width * sum(math.prod(d for d in row.shape if d) for row in plan.rows)
+
+
+def _tflite_note(tflite: dict | None) -> str:
+    if tflite is None:
+        return ""
+    if tflite.get("path") is None:
+        return "; no model.tflite (report.json export.tflite says why)"
+    return f"; model.tflite {tflite['bytes'] / 1e6:.1f} MB, max |diff| {tflite['max_abs_diff']} vs the training model"
+
+
+def _hparams(cfg: Config, policy: str, replicas: int) -> dict:
+    t, o = cfg.trainer, cfg.optimizer
+    return {"experiment": cfg.name, "dataset": cfg.dataset.name, "model": cfg.model.name,
+            "optimizer": o.name, "learning_rate": o.learning_rate, "schedule": o.schedule.value,
+            "weight_decay": o.weight_decay, "label_smoothing": t.label_smoothing, "batch_size": t.batch_size,
+            "epochs": t.epochs, "seed": t.seed, "precision": policy, "replicas": replicas,
+            "jit_compile": t.jit_compile, "backbone": cfg.model.backbone.name or "none"}
+
+
+def _strategy_name(strategy) -> str:
+    name = type(strategy).__name__
+    if name == "CollectiveAllReduceStrategy":  # the class behind tf.distribute.MultiWorkerMirroredStrategy
+        return "MultiWorkerMirroredStrategy"
+    return "default (one device)" if name.startswith("_Default") else name
