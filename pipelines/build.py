@@ -99,15 +99,89 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
     source = source or open_source(cfg)
     spec = declared_spec(cfg)
     plan = plan_adapters(source.spec, spec, cfg.resize.value, cfg.channel_policy.value, channels_why)
-    check_args = dict(value_range=source.spec.value_range, num_classes=source.spec.num_classes,
-                      size=(spec.height, spec.width) if plan.check_size else None,
-                      channels=spec.channels if plan.check_channels else None)
-    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    keep_uint8 = source.spec.dtype == "uint8" and plan.resize is None and plan.channels is None and \
-        (source.spec.height, source.spec.width, source.spec.channels) == spec.shape
+    names = {"train": cfg.splits.train, "eval": cfg.splits.eval, "test": cfg.splits.test}
+    pipe = _Pipeline(cfg, source, spec, plan, seed)
+    bases, scanned = _scan_splits(pipe, names)
+    if not scanned.counts.get("train"):
+        bad = scanned.bad
+        raise DataError(f"the training split {cfg.splits.train!r} of dataset {source.spec.name} has no usable "
+                        f"examples" + (f" ({len(bad)} bad)" if bad else ""),
+                        hint="check dataset.splits.train and the data", config_key="dataset.splits.train")
+    pipe.scanned(scanned, augment)
+    counts = scanned.counts
 
-    def checked(split: str) -> tf.data.Dataset:
-        ds = source.read(split)
+    def finish(name: str, batch: int, epoch: int = 1, augmented: bool = False, keys: bool = False):
+        return pipe.finish(bases[name], name, names[name], batch, epoch, augmented, keys)
+
+    return Datasets(
+        train_epoch=lambda epoch: finish("train", batch_size, epoch, augmented=True),
+        train_plain=lambda epoch: finish("train", batch_size, epoch),
+        augmentation=pipe.augmenter.describe if pipe.augmenter else "none", class_counts=scanned.class_counts,
+        sampling=cfg.sampling.value, report=source.report, events=source.events,
+        eval=finish("eval", eval_batch_size) if "eval" in bases else None,
+        test=finish("test", eval_batch_size) if "test" in bases else None,
+        source=source.spec, spec=spec, plan=plan, counts=counts,
+        steps_per_epoch=counts["train"] // batch_size, bad=scanned.bad, notes=source.notes,
+        normalization_stats=scanned.stats,
+        raw_test=(lambda: source.read(names["test"])) if names.get("test") else None,
+        with_keys=lambda name: finish(name, eval_batch_size, keys=True) if name in bases and name != "train" else None,
+    )
+
+
+@dataclass
+class _Scanned:
+    """What reading every split once found."""
+
+    counts: dict[str, int] = field(default_factory=dict)             # good examples per split
+    class_counts: dict[str, list[int]] = field(default_factory=dict)  # good examples per class id, per split
+    bad: list[BadExample] = field(default_factory=list)
+    stats: tuple[list[float], list[float]] | None = None              # standardize: per-channel mean, std
+
+
+def _scan_splits(pipe: "_Pipeline", names: dict[str, str]) -> tuple[dict[str, tf.data.Dataset], _Scanned]:
+    """Each split's checked examples, read once (filling the cache): counts, bad examples,
+    standardize's statistics."""
+    cfg, source, spec = pipe.cfg, pipe.source, pipe.spec
+    bases, found, stats_sums = {}, _Scanned(bad=list(source.bad)), None
+    for name, split in names.items():
+        if not split:
+            continue
+        base = bases[name] = pipe.checked(split)
+        want_stats = name == "train" and spec.normalization == "standardize"
+        if source.class_counts and pipe.keep_uint8 and not want_stats and not cfg.max_examples:
+            # Every example was checked at the source's own scan: no second pass (it would cost a
+            # read of the whole split before the first step and find nothing new).
+            found.class_counts[name] = [int(n) for n in source.class_counts(split)]
+            found.counts[name] = sum(found.class_counts[name])
+            continue
+        scanned = scan(base, split, pipe.check_args, want_stats=want_stats)
+        found.counts[name] = scanned.good
+        found.bad += scanned.bad
+        stats_sums = scanned.sums if scanned.sums is not None else stats_sums
+        found.class_counts[name] = [int(n) for n in scanned.class_counts]
+    found.stats = mean_std(stats_sums) if stats_sums is not None else None
+    return bases, found
+
+
+class _Pipeline:
+    """One dataset's two halves: per example (read, check, adapt, cache: `checked`) and, once the
+    splits are scanned, per batch (filter, shuffle or balance, batch, augment, normalize, encode:
+    `finish`)."""
+
+    def __init__(self, cfg: DatasetConfig, source: Source, spec: ImageSpec, plan: AdapterPlan, seed: int) -> None:
+        self.cfg, self.source, self.spec, self.plan, self.seed = cfg, source, spec, plan, seed
+        self.check_args = dict(value_range=source.spec.value_range, num_classes=source.spec.num_classes,
+                               size=(spec.height, spec.width) if plan.check_size else None,
+                               channels=spec.channels if plan.check_channels else None)
+        self.parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        self.keep_uint8 = source.spec.dtype == "uint8" and plan.resize is None and plan.channels is None and \
+            (source.spec.height, source.spec.width, source.spec.channels) == spec.shape
+        self.found = _Scanned()
+        self.augmenter: Augmenter | None = None
+
+    def checked(self, split: str) -> tf.data.Dataset:
+        cfg, spec, plan, check_args, keep_uint8 = self.cfg, self.spec, self.plan, self.check_args, self.keep_uint8
+        ds = self.source.read(split)
         if cfg.max_examples:
             ds = ds.take(cfg.max_examples)
 
@@ -124,83 +198,50 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
                               lambda: tf.zeros(spec.shape, tf.float32))
             return adapted, tf.cast(label, tf.int32), status, key
 
-        ds = ds.map(prepare, **parallel)
-        expected = source.count(split)
+        ds = ds.map(prepare, **self.parallel)
+        expected = self.source.count(split)
         if cfg.cache and (expected or 0) * example_bytes(spec, 1 if keep_uint8 else 4) <= _CACHE_LIMIT_BYTES:
             ds = ds.cache()
         return ds
 
-    names = {"train": cfg.splits.train, "eval": cfg.splits.eval, "test": cfg.splits.test}
-    bases, counts, bad, class_counts = {}, {}, list(source.bad), {}
-    stats_sums = None
-    for name, split in names.items():
-        if not split:
-            continue
-        bases[name] = checked(split)
-        want_stats = name == "train" and spec.normalization == "standardize"
-        if source.class_counts and keep_uint8 and not want_stats and not cfg.max_examples:
-            # Every example was checked at the source's own scan: no second pass (it would cost a
-            # read of the whole split before the first step and find nothing new).
-            class_counts[name] = [int(n) for n in source.class_counts(split)]
-            counts[name] = sum(class_counts[name])
-            continue
-        scanned = scan(bases[name], split, check_args, want_stats=want_stats)
-        counts[name] = scanned.good
-        bad += scanned.bad
-        stats_sums = scanned.sums if scanned.sums is not None else stats_sums
-        class_counts[name] = [int(n) for n in scanned.class_counts]
-    stats = mean_std(stats_sums) if stats_sums is not None else None
-    if not counts.get("train"):
-        raise DataError(f"the training split {cfg.splits.train!r} of dataset {source.spec.name} has no usable "
-                        f"examples" + (f" ({len(bad)} bad)" if bad else ""),
-                        hint="check dataset.splits.train and the data", config_key="dataset.splits.train")
+    def scanned(self, found: _Scanned, augment: AugmentConfig | None) -> None:
+        """What the scan found, for `finish`; the augmenter, which needs the final spec."""
+        self.found = found
+        if augment and is_on(augment):
+            self.augmenter = Augmenter(augment, self.spec, self.source.spec.value_range, self.seed)
 
-    bad_splits = {b.split for b in bad}
-
-    augmenter = Augmenter(augment, spec, source.spec.value_range, seed) if augment and is_on(augment) else None
-
-    def finish(name: str, batch: int, epoch: int = 1, augmented: bool = False, keys: bool = False) -> tf.data.Dataset:
-        ds = bases[name]
-        if names[name] in bad_splits:  # per-example filtering costs; only where the scan found bad ones
+    def finish(self, base: tf.data.Dataset, name: str, split: str, batch: int, epoch: int = 1,
+               augmented: bool = False, keys: bool = False) -> tf.data.Dataset:
+        cfg, spec, source, parallel, found = self.cfg, self.spec, self.source.spec, self.parallel, self.found
+        ds = base
+        if split in {b.split for b in found.bad}:  # per-example filtering costs; only where the scan found bad ones
             ds = ds.filter(is_ok)
         if name == "train" and cfg.sampling is Sampling.balanced:
-            ds = _balanced(ds, class_counts["train"], counts["train"], cfg.shuffle_buffer, epoch_seed(seed, epoch))
+            ds = _balanced(ds, found.class_counts["train"], found.counts["train"], cfg.shuffle_buffer,
+                           epoch_seed(self.seed, epoch))
         elif name == "train":
             # Each epoch's order is a function of (seed, epoch) alone, so a resumed run (or the NaN
             # replay) sees exactly the batches the first run saw at the same position; the
             # iterator's whole state is then (epoch, batches done), which the checkpoint holds.
-            ds = ds.shuffle(cfg.shuffle_buffer, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+            ds = ds.shuffle(cfg.shuffle_buffer, seed=epoch_seed(self.seed, epoch), reshuffle_each_iteration=False)
         ds = ds.batch(batch, drop_remainder=name == "train")
         # Normalize and encode whole batches: vectorized, ~10x cheaper than per example.
-        norm = lambda x: normalize(tf.cast(x, tf.float32), spec, source.spec.value_range, stats)  # noqa: E731
-        if augmented and augmenter is not None:
+        norm = lambda x: normalize(tf.cast(x, tf.float32), spec, source.value_range, found.stats)  # noqa: E731
+        label = lambda y: encode(y, cfg, source.num_classes)  # noqa: E731
+        if augmented and self.augmenter is not None:
             # Batch index from the epoch's start: with the epoch, it seeds the batch's augmentation
             # (a resume's skip() comes after this). Sequential: the layers' seed state is shared.
-            ds = ds.map(plain(lambda x, y, status, key: (x, encode(y, cfg, source.spec.num_classes))), **parallel)
+            augmenter = self.augmenter
+            ds = ds.map(plain(lambda x, y, status, key: (x, label(y))), **parallel)
             ds = ds.enumerate().map(lambda i, xy: augmenter(xy[0], xy[1], epoch, i))
             ds = ds.map(plain(lambda x, y: (norm(x), y)), **parallel)
         elif keys:
             ds = ds.map(plain(lambda x, y, status, key: (norm(x), y, key)), **parallel)
         else:
-            ds = ds.map(plain(lambda x, y, status, key: (norm(x), encode(y, cfg, source.spec.num_classes))),
-                        **parallel)
+            ds = ds.map(plain(lambda x, y, status, key: (norm(x), label(y))), **parallel)
         options = tf.data.Options()
         options.deterministic = True
         return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
-
-    return Datasets(
-        train_epoch=lambda epoch: finish("train", batch_size, epoch, augmented=True),
-        train_plain=lambda epoch: finish("train", batch_size, epoch),
-        augmentation=augmenter.describe if augmenter else "none", class_counts=class_counts,
-        sampling=cfg.sampling.value, report=source.report, events=source.events,
-        eval=finish("eval", eval_batch_size) if "eval" in bases else None,
-        test=finish("test", eval_batch_size) if "test" in bases else None,
-        source=source.spec, spec=spec, plan=plan, counts=counts,
-        steps_per_epoch=counts["train"] // batch_size, bad=bad, notes=source.notes,
-        normalization_stats=stats,
-        raw_test=(lambda: source.read(names["test"])) if names.get("test") else None,
-        with_keys=lambda name: finish(name, eval_batch_size, keys=True) if name in bases and name != "train" else None,
-    )
 
 
 def _balanced(ds: tf.data.Dataset, class_counts: list[int], size: int, buffer: int, seed: int) -> tf.data.Dataset:

@@ -1,3 +1,5 @@
-from safetrain.cli import main
+"""`python -m safetrain`: see safetrain/cli.py."""
+
+from safetrain.experiment.app import main
 
 main()

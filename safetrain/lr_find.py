@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sys
 
-from safetrain.cli import main as cli
+from safetrain.experiment.app import main as app
 
 
 def main(argv: list[str] | None = None) -> None:
-    cli(["trainer.lr_find=true", *(sys.argv[1:] if argv is None else argv)])
+    app(["trainer.lr_find=true", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def tiny_config(tfds_dir):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from safetrain.cli import DEFAULT_EXPERIMENT
+    from safetrain.experiment.app import DEFAULT_EXPERIMENT
     from safetrain.config import config_dir
     from safetrain.config.schema import register
 
@@ -126,7 +126,7 @@ def run_main(tmp_path, tfds_dir):
 
     from hydra.core.global_hydra import GlobalHydra
 
-    from safetrain.cli import main
+    from safetrain.experiment.app import main
 
     def run(*overrides: str, data_dir: Path | None = None, name: str = "run") -> CliResult:
         run_dir = tmp_path / name

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from conftest import ROOT
-from safetrain.cli import DEFAULT_EXPERIMENT, with_default_experiment
+from safetrain.experiment.app import DEFAULT_EXPERIMENT, with_default_experiment
 
 SCHEMA = ROOT / "safetrain" / "config" / "schema.py"
 

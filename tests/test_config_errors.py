@@ -13,7 +13,7 @@ from conftest import ROOT
 # Runs the real CLI and reports, on its last line, whether TensorFlow was ever imported.
 _PROBE = (
     "import sys\n"
-    "from safetrain.cli import main\n"
+    "from safetrain.experiment.app import main\n"
     "try:\n"
     "    main(sys.argv[1:])\n"
     "finally:\n"

@@ -76,8 +76,8 @@ def cache_root(cfg: DatasetConfig) -> Path:
     return Path(data_dir).expanduser() / CACHE_FOLDER
 
 
-def image_folder_source(cfg: DatasetConfig) -> Source:
-    started = time.perf_counter()
+def _root_and_cache(cfg: DatasetConfig) -> tuple[Path, Path]:
+    """dataset.path, and the cache folder, which must lie outside it (user files are never written)."""
     root = Path(cfg.path).expanduser()
     if not root.is_dir():
         raise DataError(f"dataset.path={cfg.path} is not a folder", hint="point dataset.path at a folder of "
@@ -87,17 +87,30 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
         raise DataError(f"the image cache {caches} is inside dataset.path={root}: safetrain never writes into "
                         f"a user's data folder", hint="set dataset.cache_dir to a folder outside the images",
                         config_key="dataset.cache_dir")
-    split_dirs, hidden = find_split_dirs(root)
-    classes = sorted(p.name for p in split_dirs["train"].iterdir() if p.is_dir() and not is_hidden(p.name))
-    hidden += [p for p in sorted(split_dirs["train"].iterdir()) if is_hidden(p.name)]
+    return root, caches
+
+
+def _class_names(cfg: DatasetConfig, train_dir: Path, hidden: list[Path]) -> list[str]:
+    """The class sub-folders of the training folder, sorted (class id = position); hidden ones
+    are added to `hidden`."""
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not is_hidden(p.name))
+    hidden += [p for p in sorted(train_dir.iterdir()) if is_hidden(p.name)]
     if len(classes) < 2:
-        raise DataError(f"{split_dirs['train']} has {len(classes)} class sub-folders; classification needs "
+        raise DataError(f"{train_dir} has {len(classes)} class sub-folders; classification needs "
                         f"at least 2 (one sub-folder per class)", config_key="dataset.path",
                         hint="arrange the images as DIR/<class name>/<image file>")
     if cfg.num_classes is not None and cfg.num_classes != len(classes):
-        raise DataError(f"dataset.num_classes={cfg.num_classes} but {split_dirs['train']} has {len(classes)} "
+        raise DataError(f"dataset.num_classes={cfg.num_classes} but {train_dir} has {len(classes)} "
                         f"class folders: {', '.join(classes)}", hint="set dataset.num_classes=null",
                         config_key="dataset.num_classes")
+    return classes
+
+
+def image_folder_source(cfg: DatasetConfig) -> Source:
+    started = time.perf_counter()
+    root, caches = _root_and_cache(cfg)
+    split_dirs, hidden = find_split_dirs(root)
+    classes = _class_names(cfg, split_dirs["train"], hidden)
 
     files, ignored, shards_in = _list(root, split_dirs, classes, hidden)
     limits = Limits(cfg.max_pixels, cfg.max_file_bytes, cfg.min_pixels, cfg.exif_orientation.value)
@@ -165,27 +178,32 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
         return [per_class[label] for label in range(len(classes))]
 
     def read(split: str):
-        import tensorflow as tf
-
-        chosen = delivered(split)
         names = sorted({name_ for name_, _, _ in slices(split, sizes, cfg.name)})
         paths = [str(p) for name_ in names for p in shard_paths[name_] if p.exists()]
-        ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths or [""], tf.string))
-        if not paths or not chosen:
-            return ds.take(0).map(lambda p: (tf.zeros(declared.shape, tf.uint8), tf.constant(0, tf.int64), p))
-        # Round robin over the class shards: the classes come mixed, not one after another.
-        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=len(paths), block_length=1)
-        ds = ds.map(plain(parse(declared.shape)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if len(chosen) == sum(shard_sizes[name_] for name_ in names):
-            return ds  # every record of these shards is selected: no per-example lookup
-        keys = tf.constant([f.key for f in chosen], tf.string)
-        table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-            keys, tf.constant([1] * len(chosen), tf.int32)), default_value=0)
-        return ds.filter(plain(lambda image, label, key: table.lookup(key) > 0))
+        return _read_shards(paths, delivered(split), sum(shard_sizes[name_] for name_ in names), declared.shape)
 
     counts = {role: len([f for f in chosen if f.key not in found.dropped]) for role, chosen in membership.items()}
     return Source(spec=spec, read=read, bad=bad, notes=notes, sizes=sizes, class_counts=class_counts,
                   report={**found.report, "selected": counts}, events=found.events)
+
+
+def _read_shards(paths: list[str], chosen: list[_File], records: int, shape: tuple[int, int, int]):
+    """The chosen files' cached pixels from the split folders' shards (`records` in all), as
+    (uint8 image, label, key)."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths or [""], tf.string))
+    if not paths or not chosen:
+        return ds.take(0).map(lambda p: (tf.zeros(shape, tf.uint8), tf.constant(0, tf.int64), p))
+    # Round robin over the class shards: the classes come mixed, not one after another.
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=len(paths), block_length=1)
+    ds = ds.map(plain(parse(shape)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if len(chosen) == records:
+        return ds  # every record of these shards is selected: no per-example lookup
+    keys = tf.constant([f.key for f in chosen], tf.string)
+    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        keys, tf.constant([1] * len(chosen), tf.int32)), default_value=0)
+    return ds.filter(plain(lambda image, label, key: table.lookup(key) > 0))
 
 
 def _list(root: Path, split_dirs: dict[str, Path], classes: list[str], hidden: list[Path]):

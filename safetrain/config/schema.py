@@ -10,7 +10,7 @@ open to user extensions; they are checked in `safetrain.experiment.validate`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -128,6 +128,16 @@ class Sampling(Enum):
     balanced = "balanced"  # every class equally often (minority classes repeated, majority ones thinned)
 
 
+class ClassWeights(StrEnum):
+    """dataset.class_weights by name (it may also be a list of weights, so the field stays `Any`)."""
+
+    none = "none"
+    balanced = "balanced"
+
+
+AUTO = "auto"  # trainer.steps_per_loop chosen from the measured step time (or a whole number of steps)
+
+
 class StrategyKind(Enum):
     auto = "auto"
     one_device = "one_device"
@@ -174,7 +184,7 @@ class DatasetConfig:
     num_classes: Optional[int] = None    # from the source when null
     label_encoding: LabelEncoding = LabelEncoding.sparse  # must agree with trainer.loss
     shuffle_buffer: int = 10_000         # examples in the shuffle buffer (the order is seeded per epoch)
-    class_weights: Any = "none"          # loss weight per class: none | balanced | [w0, w1, ...] by class id
+    class_weights: Any = ClassWeights.none.value  # loss weight per class: none | balanced | [w0, w1, ...] by class id
     sampling: Sampling = Sampling.shuffle  # balanced: draw every class equally often (not with class_weights)
     cache: bool = True                   # cache decoded examples in memory when they fit
     cache_dir: Optional[str] = None      # image_folder: scan and pixel cache; null = <data_dir>/safetrain_image_folders
@@ -259,7 +269,7 @@ class TrainerConfig:
     checkpoint_every_steps: int = 200    # also at every epoch end and on SIGTERM/SIGINT
     checkpoint_every_seconds: Optional[float] = None  # also save when this long has passed since the last save
     log_every_steps: int = 10            # TensorBoard scalars and log lines
-    steps_per_loop: Any = "auto"         # train steps per graph call (int dividing log/checkpoint_every_steps) | auto
+    steps_per_loop: Any = AUTO           # train steps per graph call (int dividing log/checkpoint_every_steps) | auto
     on_nan: OnNan = OnNan.stop           # a non-finite loss or gradient: stop (exit 5) or skip the step
     on_oom: OnOom = OnOom.error          # out of memory: stop (exit 4) or retry with half the batch
     min_batch_size: int = 1              # on_oom=halve_batch stops halving below this

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from safetrain.config.schema import Config, Mode
-from safetrain.experiment.validate import best_mode
+from safetrain.experiment.validate_recipe import best_mode
 from safetrain.pipelines.build import Datasets
 from safetrain.record.run_record import RunRecord
 from safetrain.train import schedules

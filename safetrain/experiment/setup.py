@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from safetrain.config.schema import Config
+from safetrain.config.schema import ClassWeights, Config
 from safetrain.core.errors import SpecError
 from safetrain.models.shapes import ModelPlan
 from safetrain.pipelines.build import Datasets, build_datasets
@@ -110,9 +110,9 @@ def class_weights(cfg: Config, data: Datasets) -> list[float] | None:
     """dataset.class_weights for this data: balanced (scikit-learn's n / (K * n_class) over the
     training split's counts) or the given list, checked against the classes found."""
     weights, names = cfg.dataset.class_weights, data.source.names()
-    if isinstance(weights, str) and weights == "none":
+    if weights == ClassWeights.none:
         return None
-    if isinstance(weights, str):  # balanced
+    if weights == ClassWeights.balanced:
         counts = data.class_counts["train"]
         empty = [name for name, n in zip(names, counts) if not n]
         if empty:

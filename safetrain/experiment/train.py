@@ -22,7 +22,7 @@ import keras
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from safetrain.config.schema import Config, OnDeadGradient, OnOom
+from safetrain.config.schema import AUTO, Config, OnDeadGradient, OnOom
 from safetrain.core.errors import ErrorKind, GraphError, NanStop, NumericsError, Phase, SafetrainError
 from safetrain.core.run_state import Context
 from safetrain.diagnose.diagnosis import diagnose
@@ -149,7 +149,7 @@ def _fit(cfg: Config, task: Task, data: Datasets, hardware: Hardware, record: Ru
                      probe=probe, timer=StepTimer(warmup_steps=probe.steps + 1),  # after the last traced step
                      started=wall.started, guard=guard, context=context,
                      steps_for_epoch=(lambda epoch: tuned.steps_for(epoch, make_steps, restart_probe)) if tuned else None,
-                     steps_per_loop=None if t.steps_per_loop == "auto" else int(t.steps_per_loop))
+                     steps_per_loop=None if t.steps_per_loop == AUTO else int(t.steps_per_loop))
     parts = assemble(cfg, task, data, record, loop, probe, checkpoints, chosen, wall)
     loop.actions = parts.actions
     wall.add("start_up", wall.since_start())
