@@ -75,7 +75,7 @@ class DataEvent:
     """Something the data checks found that is not a bad example (a duplicate, leakage, a missing
     class): one errors.jsonl record; `other` is the second file of a pair."""
 
-    kind: str       # duplicate | leakage | missing_class (safetrain.errors.ErrorKind)
+    kind: str       # duplicate | leakage | missing_class (safetrain.core.errors.ErrorKind)
     split: str
     key: str
     other: str | None

@@ -4,7 +4,7 @@
     python scripts/bench_check_numerics.py --steps 100 --repeats 5
 
 safetrain keeps it off while training and turns it on only to replay the steps up to a NaN/Inf
-stop (safetrain/replay.py). This measures why: the same train step traced twice, once plain and
+stop (safetrain/diagnose/replay.py). This measures why: the same train step traced twice, once plain and
 once instrumented (a CheckNumerics op on every float output, forward and backward), timed in
 alternating repeats in one process. Prints the median step times and their ratio.
 """

@@ -255,7 +255,10 @@ def test_a_slip_in_safetrain_itself_is_not_dressed_up_as_a_diagnosis():
     from safetrain.diagnose import facts
 
     def buggy():
-        return facts.facts(None, None)  # AttributeError inside safetrain/facts.py
+        return facts.facts(None, None)  # AttributeError inside safetrain/diagnose/facts.py
 
     assert is_safetrain_bug(_raised(buggy))
+    # pipelines/ and models/ are safetrain's own too (they install as safetrain.pipelines/.models)
+    from safetrain.pipelines.spec import plan_adapters
+    assert is_safetrain_bug(_raised(lambda: plan_adapters(None, None, "error", "error")))
     assert not is_safetrain_bug(_raised(lambda: tf.reshape(tf.zeros([3]), [2])))

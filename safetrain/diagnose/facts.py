@@ -13,13 +13,17 @@ Pure Python on the exception's class name, message and traceback: importable wit
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from safetrain.core.run_state import Context, LayerRef
 
-_PACKAGE_DIRS = tuple(str(Path(__file__).resolve().parent.parent / d) for d in ("safetrain", "pipelines", "models"))
+_SAFETRAIN = Path(__file__).resolve().parents[1]
+# pipelines/ and models/ (safetrain.pipelines, safetrain.models): inside safetrain/ when installed
+# from a wheel, beside it in a checkout.
+_PACKAGE_DIRS = tuple(str(d) + os.sep for d in (_SAFETRAIN, _SAFETRAIN.parent / "pipelines", _SAFETRAIN.parent / "models"))
 
 
 def _is_ours(path: str) -> bool:

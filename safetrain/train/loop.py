@@ -72,7 +72,7 @@ class TrainLoop:
                  steps_for_epoch: Callable[[int], Any] | None = None, steps_per_loop: int | None = 1) -> None:
         """`steps`: `train_steps(iterator, n)` (up to n steps in one call; n an int32 tensor),
         `train_probe(iterator)`, `eval(images, labels)` and `missing_gradients_error()`
-        (safetrain.steps.Steps). `train_batches(epoch, skip)`: the epoch's training batches after
+        (safetrain.train.steps.Steps). `train_batches(epoch, skip)`: the epoch's training batches after
         the first `skip`, ready for the step functions.
         `actions` run in order after each step and epoch; put checkpointing last, so it saves what
         the others decided. `probe`, when given, is one of the actions: while it is active the
@@ -82,7 +82,7 @@ class TrainLoop:
         fine-tuned from a later one trains different variables); it is asked before each epoch,
         also the one a resume starts in. `steps_per_loop`: steps per train call (the probe's steps
         are single calls); None = auto, chosen from the first untraced single steps so a call
-        lasts about 100 ms (safetrain.throughput.choose_steps_per_loop)."""
+        lasts about 100 ms (safetrain.train.throughput.choose_steps_per_loop)."""
         self.steps = steps
         self.train_batches = train_batches
         self.distribute = distribute
