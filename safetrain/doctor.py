@@ -65,6 +65,24 @@ def _cpu_lines() -> list[str]:
     return describe_cpu(read_cpuinfo(), cores, dict(os.environ))
 
 
+def _cached_decisions(devices) -> list[str]:
+    """The precision trials recorded for these devices (beside the default TFDS data dir)."""
+    from safetrain.train.hardware import device_key, read_cpuinfo
+    from safetrain.train.precision_cache import PrecisionCache, cache_path
+
+    path = cache_path(None)
+    entries = PrecisionCache(path).for_device(device_key(devices, read_cpuinfo()))
+    lines = [f"precision trials cached for this machine: {len(entries)} ({path})"]
+    for entry in sorted(entries, key=lambda e: e.get("saved", "")):
+        key, trial = entry["key"], entry["trial"]
+        model = key["model"]
+        what = (f"backbone {model['backbone']['name']}" if model.get("backbone") else f"{len(model['layers'])} layers")
+        rates = ", ".join(f"{name} {rate:,.0f}" for name, rate in trial["candidates"].items() if rate)
+        lines.append(f"  {what}, input {'x'.join(str(v) for v in key['input'][:3])}, batch {key['per_replica_batch']}, "
+                     f"TensorFlow {key['tensorflow']}: {trial['chosen']} (examples/s: {rates}; {entry.get('saved')})")
+    return lines
+
+
 def main() -> int:
     from safetrain.core.tf_import import import_tensorflow
 
@@ -96,6 +114,8 @@ def main() -> int:
                 print(f"hardware.precision={requested.value}: {policy} ({reason})")
             except Exception as err:  # HardwareError: what a run would refuse
                 print(f"hardware.precision={requested.value}: refused ({getattr(err, 'message', err)})")
+        for line in _cached_decisions(devices):
+            print(line)
     for finding in findings:
         print(f"{'FATAL' if finding.fatal else 'warning'}: {finding.text}")
     fatal = any(f.fatal for f in findings)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -57,7 +58,8 @@ from safetrain.train.actions import GradientProbe, LogScalars, SaveCheckpoints  
 from safetrain.train.checkpoints import Checkpoints  # noqa: E402
 from safetrain.config.schema import (DatasetConfig, ImageConfig, OptimizerConfig, Precision, ResizePolicy,  # noqa: E402
                                      TrainerConfig)
-from safetrain.train.hardware import choose_precision, detect_devices  # noqa: E402
+from safetrain.train import precision_trial  # noqa: E402
+from safetrain.train.hardware import choose_precision, describe_cpu, detect_devices, read_cpuinfo  # noqa: E402
 from safetrain.train.loop import TrainLoop  # noqa: E402
 from safetrain.train.optimizers import OPTIMIZERS  # noqa: E402
 from safetrain.train.task import build_task  # noqa: E402
@@ -234,9 +236,42 @@ class _NoCheckpoints:
         return None
 
 
+def auto_precision(spec: Model, devices, data_dir: str | None) -> tuple[str, str, dict | None]:
+    """What hardware.precision=auto trains this model in: the precision trial (as a run of 10,000
+    steps would afford it; a run applies oneDNN's math mode from its next start, which this one
+    process cannot, so a win for it is reported and the best in-process candidate used)."""
+    names = precision_trial.candidates(devices)
+    if len(names) < 2:
+        return (*choose_precision(devices, Precision.auto), None)
+    cfg = DatasetConfig(image=ImageConfig(height=spec.size, width=spec.size), resize=ResizePolicy.bilinear,
+                        data_dir=data_dir)
+    data = build_datasets(cfg, spec.batch_size, spec.batch_size, seed=0)
+    plan = infer(parse_layers(preset_layers(spec.preset)), data.spec.shape, data.source.num_classes)
+    batches = list(data.train_plain(1).take(8))
+    strategy = tf.distribute.get_strategy()
+
+    def build(policy: str):
+        return build_task(plan, optimizer=OptimizerConfig(), trainer=TrainerConfig(), strategy=strategy,
+                          steps_per_epoch=1, policy=policy, warn=False)
+
+    worker = {"optimizer": {"name": "adam", "learning_rate": 1e-3, "clipnorm": None, "weight_decay": 0.0},
+              "trainer": {"loss": "sparse_categorical_crossentropy", "label_smoothing": 0.0, "seed": 0, "ema": None,
+                          "jit_compile": False},
+              "layers": preset_layers(spec.preset), "input_shape": list(data.spec.shape),
+              "num_classes": data.source.num_classes, "input_dtype": data.spec.dtype}
+    trial = precision_trial.run_trial(names, precision_trial.TrialInputs(
+        images=np.stack([b[0].numpy() for b in batches]), labels=np.stack([b[1].numpy() for b in batches]),
+        build=build, strategy=strategy, planned_steps=10_000, worker_spec=worker))
+    in_process = {n: r for n, r in trial.candidates.items()
+                  if r and n not in trial.rejected and n != precision_trial.ONEDNN_BF16}
+    chosen = trial.chosen if trial.chosen != precision_trial.ONEDNN_BF16 else max(in_process, key=in_process.get)
+    print(f"  {spec.name} precision trial ({trial.seconds:.1f} s):\n{trial.table()}", flush=True)
+    return precision_trial.POLICY[chosen], f"auto (trial): {chosen}", trial.record()
+
+
 def measure(spec: Model, args, work: Path) -> dict:
     devices = detect_devices()
-    policy, reason = choose_precision(devices, Precision.auto)
+    policy, reason, trial = auto_precision(spec, devices, args.data_dir)
     bench = Bench(spec, policy, work, args.data_dir)
     sides = bench.sides()
     peak_dtype = "bfloat16" if policy == "mixed_bfloat16" else "float32"
@@ -273,7 +308,9 @@ def measure(spec: Model, args, work: Path) -> dict:
         "model": f"{spec.preset} at {spec.size}x{spec.size}x1 ({bench.plan.total_params:,} params, "
                  f"{bench.plan.total_flops / 1e6:.1f} MFLOP forward per example)",
         "batch_size": spec.batch_size, "steps_per_run": spec.steps, "repeats": args.repeats,
-        "precision_auto": policy, "precision_reason": reason, "steps_per_loop_auto": bench.steps_per_loop,
+        "precision_auto": policy, "precision_reason": reason, "precision_trial": trial,
+        "cpu": describe_cpu(read_cpuinfo(), os.cpu_count() or 1, {})[0],
+        "steps_per_loop_auto": bench.steps_per_loop,
         "steady_state_examples_per_sec": {k: round(statistics.median(v), 1) for k, v in steady_runs.items()},
         "whole_run_examples_per_sec": {k: round(statistics.median(v), 1) for k, v in bench.rates.items() if v},
         "whole_run_ratios_median": {k: round(statistics.median(v), 3) for k, v in wall.items()},

@@ -288,7 +288,7 @@ def test_auto_precision_follows_each_backbones_measured_bf16_speed_and_float16_i
     from safetrain.core.errors import HardwareError
     from safetrain.train.hardware import Device, choose_precision
 
-    cpu = [Device("CPU", "cpu:0", features=frozenset({"avx512_bf16"}))]  # a fake only for the flags
+    cpu = [Device("CPU", "cpu:0", features=frozenset({"avx512_bf16", "amx_bf16"}))]  # a fake only for the flags
     v100 = [Device("GPU", "Tesla V100", (7, 0))]
     small, resnet = _mobilenet(), parse_backbone(BackboneConfig(name="resnet50_v2", weights=None))
     policy, reason = choose_precision(cpu, Precision.auto, backbone=small)

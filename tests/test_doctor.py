@@ -44,6 +44,7 @@ def test_doctor_tells_the_truth_about_this_machine():
 
 SAPPHIRE = "model name\t: Intel(R) Xeon(R) Platinum 8480C\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n"
 EPYC = "model name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2 fma\n"
+ZEN4 = "model name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
 
 
 def test_the_cpu_lines_name_the_math_extensions_and_the_settings_that_change_the_math():
@@ -51,8 +52,10 @@ def test_the_cpu_lines_name_the_math_extensions_and_the_settings_that_change_the
 
     spr = describe_cpu(SAPPHIRE, 2, {"TF_SET_ONEDNN_FPMATH_MODE": "BF16", "HOME": "/root"})
     assert spr[0] == ("cpu: Intel(R) Xeon(R) Platinum 8480C, 2 cores usable; math extensions: avx2, avx512f, "
-                      "avx512_bf16, amx_tile, amx_bf16 (native bfloat16)")
+                      "avx512_bf16, amx_tile, amx_bf16 (bfloat16 on AMX tiles (amx_bf16, amx_tile) and AVX512_BF16)")
     assert spr[1] == "cpu settings: TF_SET_ONEDNN_FPMATH_MODE=BF16"
     epyc = describe_cpu(EPYC, 16, {})
     assert "math extensions: avx2 (no native bfloat16: bfloat16 would be emulated" in epyc[0]
+    zen4 = describe_cpu(ZEN4, 2, {})  # AVX512_BF16 without AMX: said apart, not called AMX
+    assert "avx512_bf16 (bfloat16 dot products on AVX-512 (AVX512_BF16) but no AMX tiles" in zen4[0]
     assert epyc[1].startswith("cpu settings: TensorFlow's defaults")

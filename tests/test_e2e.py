@@ -32,9 +32,15 @@ def test_default_run_trains_digits_to_95_percent_and_writes_the_run_dir(run_cli)
     assert 0 < tp["step_time_ms_p50"] <= tp["step_time_ms_p90"]
     from safetrain.train.hardware import cpu_features
 
-    # auto: mixed_bfloat16 where the CPU has native bfloat16 (this project's machines do), else float32
-    assert report["hardware"]["precision_policy"] == ("mixed_bfloat16" if cpu_features() else "float32")
-    assert report["hardware"]["precision_reason"].startswith("auto: no GPU")
+    # auto: measured by a trial where the CPU has native bfloat16, float32 without it
+    hardware = report["hardware"]
+    if cpu_features():
+        trial = hardware["precision_trial"]
+        assert trial["chosen"] in trial["candidates"] and hardware["precision_reason"].startswith("auto (")
+        assert hardware["precision_policy"] in ("float32", "mixed_bfloat16")
+    else:
+        assert hardware["precision_policy"] == "float32" and hardware["precision_trial"] is None
+        assert hardware["precision_reason"].startswith("auto: no GPU")
     assert report["hardware"]["replicas"] == 1
     assert report["versions"]["tensorflow"].startswith("2.21")
     digest = report["model"].pop("weights_sha256")
@@ -211,9 +217,11 @@ def test_multirun_runs_every_job_and_exits_with_the_worst_code(tmp_path, tfds_di
     reports = [json.loads((sweep / str(i) / "report.json").read_text()) for i in range(4)]
     assert [r["exit_code"] for r in reports] == [0, 2, 0, 2]
     # Each job ran in its own process (isolate_jobs=true) with its own precision policy.
-    from safetrain.train.hardware import cpu_features
+    from safetrain.config.schema import Precision
+    from safetrain.train.hardware import Device, choose_precision, cpu_features
 
-    auto = "mixed_bfloat16" if cpu_features() else "float32"
+    # +debug=tiny: no precision trial (too short to pay back): the table decides
+    auto, _ = choose_precision([Device("CPU", "cpu", features=cpu_features())], Precision.auto)
     assert [r["hardware"]["precision_policy"] for r in reports[::2]] == [auto, "float32"]
 
     # The sweep report: one row per job, failed jobs included, non-zero exit when any failed.

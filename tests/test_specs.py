@@ -85,7 +85,8 @@ def test_adapter_plan_refuses_size_and_channel_mismatch_unless_allowed():
 
 # Fake device records (this machine has no GPU): the names say what each stands for.
 CPU = Device("CPU", "cpu:0")
-CPU_BF16 = Device("CPU", "cpu:0", features=frozenset({"avx512_bf16"}))
+CPU_BF16 = Device("CPU", "cpu:0", features=frozenset({"avx512_bf16", "amx_bf16"}))  # Sapphire Rapids: AMX tiles
+CPU_AVX512_BF16 = Device("CPU", "cpu:0", features=frozenset({"avx512_bf16"}))      # AVX512_BF16 without AMX
 P100 = Device("GPU", "Tesla P100", (6, 0))
 GTX1080 = Device("GPU", "GeForce GTX 1080", (6, 1))
 V100 = Device("GPU", "Tesla V100", (7, 0))
@@ -99,6 +100,8 @@ TPU = Device("TPU", "TPU v4")
 @pytest.mark.parametrize("devices, requested, policy", [
     ([CPU], Precision.auto, "float32"),
     ([CPU_BF16], Precision.auto, "mixed_bfloat16"),
+    ([CPU_AVX512_BF16], Precision.auto, "float32"),  # the table's fallback; the trial measures
+    ([CPU_AVX512_BF16], Precision.mixed_bfloat16, "mixed_bfloat16"),  # requested: it runs natively
     ([CPU, P100], Precision.auto, "float32"),
     ([CPU, V100], Precision.auto, "mixed_float16"),
     ([CPU, T4], Precision.auto, "mixed_float16"),

@@ -29,19 +29,31 @@ log = logging.getLogger("safetrain")
 
 
 def record_hardware(record: RunRecord, cfg: Config, hw: Hardware, context: Context) -> None:
+    """The devices and strategy (and the table's precision until `record_precision` settles it)."""
     batch = cfg.trainer.batch_size
     devices = [d.describe() for d in hw.devices]
     record.report.hardware = {
         "devices": devices, "precision_policy": hw.policy, "precision_reason": hw.reason,
         "strategy": _strategy_name(hw.strategy), "replicas": hw.replicas, "global_batch_size": batch,
         "per_replica_batch_size": batch // hw.replicas, "cluster": hw.cluster.describe() if hw.cluster else None}
-    log.info("hardware: %s | precision %s (%s) | %s x%d | batch %d global, %d per replica",
-             ", ".join(devices), hw.policy, hw.reason, record.report.hardware["strategy"], hw.replicas,
-             batch, batch // hw.replicas)
-    record.text("env/report", env_text(record.report.versions, hw.devices, record.report.hardware))
-    record.hparams(_hparams(cfg, hw.policy, hw.replicas))
     context.precision, context.batch_size = hw.policy, batch
     context.device = devices[-1] if devices else None
+
+
+def record_precision(record: RunRecord, cfg: Config, hw: Hardware, trial, context: Context) -> None:
+    """The precision the run trains in, why, and the trial that measured it (if any)."""
+    hardware, batch = record.report.hardware, cfg.trainer.batch_size
+    hardware.update(precision_policy=hw.policy, precision_reason=hw.reason,
+                    precision_trial=trial.record() if trial is not None else None)
+    if trial is not None:
+        log.info("precision trial (%s): %d steps of this model and batch per candidate\n%s",
+                 "cached" if trial.cached else f"{trial.seconds:.1f} s", trial.steps, trial.table())
+    log.info("hardware: %s | precision %s (%s) | %s x%d | batch %d global, %d per replica",
+             ", ".join(hardware["devices"]), hw.policy, hw.reason, hardware["strategy"], hw.replicas,
+             batch, batch // hw.replicas)
+    record.text("env/report", env_text(record.report.versions, hw.devices, hardware))
+    record.hparams(_hparams(cfg, hw.policy, hw.replicas))
+    context.precision = hw.policy
 
 
 def record_data(record: RunRecord, cfg: Config, data: Datasets) -> None:

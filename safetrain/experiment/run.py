@@ -8,6 +8,7 @@ Order: typed config -> validation (no TensorFlow yet; config errors exit 2 in ab
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import traceback
@@ -17,7 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from safetrain.train.cluster import output_dir
 from safetrain.config.hydra_errors import check_keys
+from safetrain.experiment.precision import math_mode_before_tensorflow
 from safetrain.experiment.validate import resolve, validate
+from safetrain.train.precision_cache import ONEDNN_MATH_ENV
 from safetrain.core.errors import EXIT_SIGINT, ConfigError, ErrorKind, Phase, SafetrainError, Status
 from safetrain.record.run_record import RunRecord
 from safetrain.record.rundir import check_free_space, check_writable
@@ -47,12 +50,13 @@ def execute(node: DictConfig, run_dir: Path) -> int:
         cfg = resolve(OmegaConf.to_object(node))
         plan = validate(cfg)
         check_free_space(run_dir, plan.total_params)
+        math_mode = _math_mode(cfg)
         from safetrain.core.tf_import import import_tensorflow
 
         import_tensorflow(verbose=debug)  # the first TensorFlow import of the run
         from safetrain.experiment.train import train
 
-        train(cfg, plan, record, guard, checkpoint_dir=checkpoint_dir)
+        train(cfg, plan, record, guard, checkpoint_dir=checkpoint_dir, math_mode=math_mode)
         report.status, code = Status.ok, 0
     except SafetrainError as err:
         code = _failed(err, record, debug)
@@ -74,6 +78,16 @@ def execute(node: DictConfig, run_dir: Path) -> int:
         record.close(code, round(time.monotonic() - started, 3))
     log.info("run directory: %s", run_dir)
     return code
+
+
+def _math_mode(cfg) -> str | None:
+    """oneDNN's math mode TensorFlow will start with: a cached precision trial may set it (it is
+    read only at start-up); None when TensorFlow already runs in this process (what it started
+    with is then unknown here) or nothing sets it."""
+    if "tensorflow" in sys.modules:
+        return None
+    math_mode_before_tensorflow(cfg)
+    return os.environ.get(ONEDNN_MATH_ENV) or None
 
 
 def _interrupted(err: BaseException, code: int, steps: int, run_dir: Path) -> dict:

@@ -35,6 +35,7 @@ class Hardware:
     reason: str
     strategy: Any
     cluster: ClusterTask | None
+    trial: Any = None  # safetrain.train.precision_trial.Trial: how auto measured the precision
 
     @property
     def replicas(self) -> int:

@@ -28,7 +28,7 @@ from safetrain.core.run_state import Context
 from safetrain.diagnose.diagnosis import diagnose
 from safetrain.diagnose.facts import is_safetrain_bug, layer_from_op
 from safetrain.diagnose.replay import locate_non_finite
-from safetrain.experiment import lr_find, recording, setup
+from safetrain.experiment import lr_find, precision, recording, setup
 from safetrain.experiment.analysis import analyse_test
 from safetrain.experiment.assemble import Assembly, assemble, record_best, run_spec, selection
 from safetrain.experiment.export import export
@@ -53,8 +53,9 @@ tfds.disable_progress_bar()
 
 
 def train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard | None = None,
-          checkpoint_dir: Path | None = None) -> None:
+          checkpoint_dir: Path | None = None, math_mode: str | None = None) -> None:
     """Run the job. `checkpoint_dir`: the chief's checkpoints (default <run dir>/checkpoints).
+    `math_mode`: oneDNN's math mode TensorFlow started with (safetrain.experiment.precision).
     Under trainer.on_oom=halve_batch an out-of-memory attempt is recorded and the job runs again
     from the last checkpoint with half the batch."""
     record.open_tensorboard()
@@ -62,7 +63,7 @@ def train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard | 
     while True:
         context = Context(phase=Phase.data)
         try:
-            _run(cfg, plan, record, guard, checkpoint_dir, context)
+            _run(cfg, plan, record, guard, checkpoint_dir, context, math_mode)
             return
         except SafetrainError:
             raise
@@ -82,7 +83,7 @@ def train(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard | 
 
 
 def _run(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard | None, checkpoint_dir: Path,
-         context: Context) -> None:
+         context: Context, math_mode: str | None) -> None:
     """The phases, in order."""
     wall, t = WallTime(), cfg.trainer
     record.report.versions = versions()
@@ -107,6 +108,8 @@ def _run(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard | N
     plan = infer(list(plan.layers), data.spec.shape, data.source.num_classes, backbone=plan.backbone)  # real input
     recording.record_plan(record, cfg, plan)
     context.phase, context.input_spec = Phase.build, data.spec.describe()
+    hardware = _precision(cfg, plan, data, hardware, math_mode)
+    recording.record_precision(record, cfg, hardware, hardware.trial, context)
     task = build_task(plan, optimizer=cfg.optimizer, trainer=t, strategy=hardware.strategy,
                       steps_per_epoch=data.steps_per_epoch, policy=hardware.policy, input_dtype=data.spec.dtype)
     recording.record_model(record, cfg, task, hardware.policy, context)
@@ -121,6 +124,13 @@ def _run(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard | N
     _fit(cfg, task, data, hardware, record, guard, checkpoint_dir, context, wall, class_weights)
     recording.record_wall(record, wall)
     recording.final_summary(record)
+
+
+def _precision(cfg: Config, plan: ModelPlan, data: Datasets, hardware: Hardware, math_mode: str | None) -> Hardware:
+    """The precision the model is built in: auto's trial (or its cached decision), else as chosen."""
+    policy, reason, trial = precision.decide(cfg, plan, data, hardware, math_mode)
+    keras.mixed_precision.set_global_policy(policy)
+    return dataclasses.replace(hardware, policy=policy, reason=reason, trial=trial)
 
 
 def _fit(cfg: Config, task: Task, data: Datasets, hardware: Hardware, record: RunRecord, guard: SignalGuard | None,

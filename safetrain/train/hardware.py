@@ -2,6 +2,8 @@
 
 `choose_precision` is a pure function of device records so every branch is unit-tested with
 fake device sets; `detect_devices` and `cpu_features` are the only parts that ask the machine.
+For `auto` it is the table the precision trial (safetrain.train.precision_trial) falls back on
+(hardware.precision_trial=false, a multi-worker run, a smoke run, a TPU); the trial measures.
 """
 
 from __future__ import annotations
@@ -68,9 +70,14 @@ def describe_cpu(cpuinfo: str, cores: int, env: dict[str, str]) -> list[str]:
     model = _field(cpuinfo, "model name") or "unknown model"
     flags = set((_field(cpuinfo, "flags") or "").split())
     math = [flag for flag in _CPU_MATH_FLAGS if flag in flags]
-    bf16 = bool(parse_cpu_flags(cpuinfo))
     extensions = ", ".join(math) or "none of " + "/".join(_CPU_MATH_FLAGS)
-    native = "native bfloat16" if bf16 else "no native bfloat16: bfloat16 would be emulated, slower than float32"
+    if "amx_bf16" in flags:
+        native = "bfloat16 on AMX tiles (amx_bf16, amx_tile) and AVX512_BF16"
+    elif "avx512_bf16" in flags:
+        native = ("bfloat16 dot products on AVX-512 (AVX512_BF16) but no AMX tiles: bfloat16 is often no faster "
+                  "than float32 here, so auto measures it")
+    else:
+        native = "no native bfloat16: bfloat16 would be emulated, slower than float32"
     lines = [f"cpu: {model}, {cores} cores usable; math extensions: {extensions} ({native})"]
     settings = [f"{key}={env[key]}" for key in _CPU_ENV if key in env]
     lines.append("cpu settings: " + (", ".join(settings) if settings else
@@ -80,6 +87,21 @@ def describe_cpu(cpuinfo: str, cores: int, env: dict[str, str]) -> list[str]:
 
 def cpu_features() -> frozenset[str]:
     return parse_cpu_flags(read_cpuinfo())
+
+
+def cpu_device_key(cpuinfo: str) -> str:
+    """The CPU as precision decisions are keyed (safetrain.train.precision_cache): model and the
+    math extensions oneDNN can use. Read from /proc/cpuinfo, so the run can look a decision up
+    before TensorFlow starts."""
+    flags = set((_field(cpuinfo, "flags") or "").split())
+    return f"CPU {_field(cpuinfo, 'model name') or 'unknown'} [{', '.join(f for f in _CPU_MATH_FLAGS if f in flags)}]"
+
+
+def device_key(devices: list[Device], cpuinfo: str) -> str:
+    """The devices a run trains on, as precision decisions are keyed: the GPUs (name and compute
+    capability) when there are any, else the CPU."""
+    gpus = [d for d in devices if d.kind in ("GPU", "TPU")]
+    return " + ".join(d.describe() for d in gpus) if gpus else cpu_device_key(cpuinfo)
 
 
 def parse_gpu_memory(csv: str) -> list[int]:
@@ -175,6 +197,11 @@ def choose_precision(devices: list[Device], requested: Precision, recurrent: boo
     if gpus:
         slow = next(d for d in gpus if not d.tensor_cores)
         return "float32", f"auto: {slow.describe()} has no float16 tensor cores, where mixed precision is slower"
+    amx = any("amx_bf16" in d.features for d in devices if d.kind == "CPU")
+    if cpu_bf16 and not amx:
+        return "float32", ("auto: no GPU; the CPU has AVX512_BF16 but no AMX, where mixed_bfloat16 measured "
+                           "0.68-0.79x float32's examples/s (Intel Xeon, cpu family 6 model 207; "
+                           "hardware.precision_trial=true measures your model)")
     if cpu_bf16 and recurrent:
         return "float32", ("auto: no GPU; the CPU has native bfloat16, but recurrent layers measured no "
                            "faster and less accurate in mixed_bfloat16 (request it to try)")
@@ -183,12 +210,13 @@ def choose_precision(devices: list[Device], requested: Precision, recurrent: boo
         measured = (f"mixed_bfloat16 measured {speedup:.2f}x float32's training examples/s for {name} at batch 32, "
                     f"128x128 (scripts/bench_backbones.py)")
         if speedup >= 1.1:
-            return "mixed_bfloat16", f"auto: no GPU; the CPU has native bfloat16 (AVX512_BF16/AMX), and {measured}"
+            return "mixed_bfloat16", f"auto: no GPU; the CPU has AMX bfloat16 tiles, and {measured}"
         return "float32", f"auto: no GPU; the CPU has native bfloat16, but {measured} (request it to try)"
     if cpu_bf16:
-        # Measured (README, "Precision"): 1.69x the float32 examples/s on fashion_mnist_cnn, same accuracy.
-        return "mixed_bfloat16", ("auto: no GPU; the CPU has native bfloat16 (AVX512_BF16/AMX), where "
-                                  "mixed_bfloat16 measured 1.7x faster than float32 at the same accuracy")
+        # Measured (docs/precision-and-devices.md) on a Sapphire Rapids Xeon: 1.69x the float32
+        # examples/s on fashion_mnist_cnn, same accuracy.
+        return "mixed_bfloat16", ("auto: no GPU; the CPU has AMX bfloat16 tiles, where mixed_bfloat16 measured "
+                                  "1.7x faster than float32 at the same accuracy (Sapphire Rapids)")
     return "float32", "auto: no GPU and no native bfloat16 on the CPU"
 
 
