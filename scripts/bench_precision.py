@@ -9,6 +9,8 @@ and TensorFlow its thread pools once, at start-up, so they cannot change inside 
   fpmath_bf16     float32 weights and tensors, oneDNN computing matmuls/convolutions in bfloat16
                   (TF_SET_ONEDNN_FPMATH_MODE=BF16)
   mixed_bfloat16  Keras' mixed_bfloat16 policy (bfloat16 activations, float32 weights)
+  auto            hardware.precision=auto: the precision trial's choice (measured in the first
+                  round, then taken from its cache; the trial's own seconds are not in the rate)
 and, in float32, the thread pools: TensorFlow's defaults vs TF_NUM_INTRAOP_THREADS=<cores>
 with TF_NUM_INTEROP_THREADS=1 or 2. Models: cnn_small at 28x28 and cnn_residual at 96x96 (the
 embedded digits, upsampled), a fixed number of steps each, steps_per_loop=1 so only the math
@@ -37,6 +39,7 @@ MODELS = {
 }
 CORES = len(os.sched_getaffinity(0))
 VARIANTS = {
+    "auto": ({}, "auto"),  # the precision trial (its decision cached after the first round)
     "float32": ({}, "float32"),
     "fpmath_bf16": ({"TF_SET_ONEDNN_FPMATH_MODE": "BF16"}, "float32"),
     "mixed_bfloat16": ({}, "mixed_bfloat16"),

@@ -218,3 +218,19 @@ def test_auto_measures_once_then_reuses_the_decision(train):
     assert second["precision_trial"]["cached"] and second["precision_trial"]["chosen"] == trial["chosen"]
     assert second["precision_policy"] == hardware["precision_policy"]
     assert second["precision_reason"].startswith("auto (cached trial)")
+
+
+def test_a_cached_trial_that_left_a_candidate_out_is_measured_again_by_a_longer_run(tmp_path):
+    from types import SimpleNamespace
+
+    from safetrain.experiment.precision import _worth_measuring_again
+
+    trial = pt.Trial(candidates={"float32": 1000.0, "mixed_bfloat16": None}, chosen="float32", budget_s=10.0,
+                     rejected={"mixed_bfloat16": "not measured: over the trial's budget (10 s)"})
+    data = SimpleNamespace(steps_per_epoch=100)
+    short = _config(tmp_path, epochs=1, batch_size=32)   # 3.2 s of training: the same 10 s budget
+    long = _config(tmp_path, epochs=200, batch_size=32)  # 640 s: a 19 s budget
+    assert not _worth_measuring_again(trial, short, data)
+    assert _worth_measuring_again(trial, long, data)
+    complete = pt.Trial(candidates={"float32": 1000.0, "mixed_bfloat16": 900.0}, chosen="float32", budget_s=10.0)
+    assert not _worth_measuring_again(complete, long, data)

@@ -20,7 +20,8 @@ import pytest
 from conftest import ROOT
 
 # The parts of safetrain, by floor; a part may import its own modules and the parts listed for it.
-ENTRY_POINTS = {"safetrain.cli", "safetrain.__main__", "safetrain.predict", "safetrain.doctor", "safetrain.lr_find"}
+ENTRY_POINTS = {"safetrain.cli", "safetrain.__main__", "safetrain.predict", "safetrain.doctor", "safetrain.lr_find",
+                "safetrain.trial_worker"}
 MAY_IMPORT = {
     "core": set(),                                                     # floor 1
     "config": {"core"},                                                # floor 2

@@ -206,7 +206,7 @@ def run_trial(names: list[str], inputs: TrialInputs) -> Trial:
         rounds_s = ROUNDS * steps * reference.step_s  # one candidate's timed calls, at float32's speed
         committed = time.perf_counter() - started + rounds_s
         for name in (n for n in names[1:] if n != ONEDNN_BF16):
-            cost = 1.5 * reference.seconds + rounds_s
+            cost = reference.seconds + rounds_s
             if committed + cost > limit:
                 measured[name] = Measured(why=f"{OVER_BUDGET} ({limit:.0f} s)")
                 continue
