@@ -88,7 +88,8 @@ def main() -> None:
                     f"{got['examples_per_sec']:8,.0f} ex/s  eval acc {got['eval_accuracy']:.4f}"), flush=True)
     table = {}
     for model, variants in results.items():
-        base = None
+        plain = [x["examples_per_sec"] for x in variants["float32"] if "refused" not in x]
+        base = statistics.median(plain) if plain else None
         print(f"\n{model}")
         for variant, runs in variants.items():
             ok = [x for x in runs if "refused" not in x]
@@ -98,7 +99,7 @@ def main() -> None:
                 continue
             rate = statistics.median(x["examples_per_sec"] for x in ok)
             accuracy = statistics.median(x["eval_accuracy"] for x in ok)
-            base = base or rate
+            base = base or rate  # no float32 run: the first variant's
             table.setdefault(model, {})[variant] = {"examples_per_sec": round(rate, 1),
                                                     "vs_float32": round(rate / base, 3),
                                                     "eval_accuracy": round(accuracy, 4), "runs": len(ok)}

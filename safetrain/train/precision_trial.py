@@ -82,6 +82,10 @@ def candidates(devices: list[Device], trains_backbone: bool = False) -> list[str
     return [FLOAT32]  # no native bfloat16: emulated, slower than float32 (nothing to measure)
 
 
+class TrialFailed(RuntimeError):
+    """float32, the reference, could not be measured: there is nothing to compare with."""
+
+
 @dataclass
 class Measured:
     examples_per_sec: float | None = None
@@ -200,7 +204,7 @@ def run_trial(names: list[str], inputs: TrialInputs) -> Trial:
         ready = {FLOAT32: prepare(FLOAT32, inputs)}
         reference = ready[FLOAT32]
         if isinstance(reference, Measured):  # the reference itself failed: nothing to compare with
-            raise RuntimeError(reference.why)
+            raise TrialFailed(reference.why)
         steps = int(min(40, max(3, TIMED_SECONDS / max(reference.step_s, 1e-6))))
         limit = budget(inputs.planned_steps * reference.step_s)
         rounds_s = ROUNDS * steps * reference.step_s  # one candidate's timed calls, at float32's speed
