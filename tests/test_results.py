@@ -130,6 +130,11 @@ def test_per_class_report_suspects_and_top_losses_from_known_predictions():
     assert results.top_loss_indices(pred, 2).tolist() == [4, 1]  # -log 0.05 > -log 0.1
     picture = results.confusion_figure(results.confusion(pred, 3), names)
     assert picture.shape[2] == 3 and 0.0 <= picture.min() and picture.max() <= 1.0 and picture.std() > 0.05
+    # A model whose weights overflowed predicts NaN: those examples are the worst, in one order
+    # (the top-losses grid picks its images by that same order as the batches go).
+    broken = results.Predictions("test", np.array([0, 1, 2]), np.array([[0.9, 0.05, 0.05], [np.nan] * 3,
+                                                                        [0.2, 0.2, 0.6]]), ["a", "b", "c"])
+    assert np.isfinite(broken.losses).all() and results.top_loss_indices(broken, 3).tolist() == [1, 2, 0]
 
 
 def test_the_range_test_reads_a_known_curve_without_lag_and_stops_when_the_loss_blows_up():

@@ -39,9 +39,11 @@ class Predictions:
 
     @property
     def losses(self) -> np.ndarray:
-        """Cross-entropy of each example (-log p(true class)), for the top losses."""
+        """Cross-entropy of each example (-log p(true class)), for the top losses. A non-finite
+        probability (a model whose weights overflowed) counts as p = 0, the worst loss: NaN would
+        make every ordering of the examples arbitrary."""
         p = self.probabilities[np.arange(len(self.labels)), self.labels]
-        return -np.log(np.clip(p, 1e-12, 1.0))
+        return -np.log(np.clip(np.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0), 1e-12, 1.0))
 
 
 def confusion(pred: Predictions, num_classes: int) -> np.ndarray:
