@@ -35,7 +35,7 @@ def main(folder: str) -> int:
     def build(policy: str):
         return build_task(plan, optimizer=OptimizerConfig(**spec["optimizer"]),
                           trainer=TrainerConfig(**spec["trainer"]), strategy=tf.distribute.get_strategy(),
-                          steps_per_epoch=1, policy=policy, input_dtype=spec["input_dtype"], warn=False)
+                          steps_per_epoch=1, policy=policy, input_dtype=spec["input_dtype"])
 
     inputs = precision_trial.TrialInputs(images=arrays["images"], labels=arrays["labels"], build=build,
                                          strategy=tf.distribute.get_strategy(), planned_steps=0)

@@ -252,7 +252,7 @@ def auto_precision(spec: Model, devices, data_dir: str | None) -> tuple[str, str
 
     def build(policy: str):
         return build_task(plan, optimizer=OptimizerConfig(), trainer=TrainerConfig(), strategy=strategy,
-                          steps_per_epoch=1, policy=policy, warn=False)
+                          steps_per_epoch=1, policy=policy)
 
     worker = {"optimizer": {"name": "adam", "learning_rate": 1e-3, "clipnorm": None, "weight_decay": 0.0},
               "trainer": {"loss": "sparse_categorical_crossentropy", "label_smoothing": 0.0, "seed": 0, "ema": None,

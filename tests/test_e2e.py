@@ -445,7 +445,8 @@ def test_the_moving_average_is_what_eval_and_test_see_and_training_is_untouched_
     a, b = plain.report()["metrics"], averaged.report()["metrics"]
     assert a["train_loss"] == b["train_loss"]  # the swaps are exact: training never sees the average
     assert a["eval_loss"] != b["eval_loss"] and a["test_loss"] != b["test_loss"]
-    assert "weights' moving average (decay 0.9) for eval, test and export" in averaged.err
+    assert "weights' moving average (decay 0.9, warmed up as min(decay, (1 + t) / (10 + t))) for eval, test and " \
+           "export" in averaged.err
 
 
 def test_plateau_lowers_the_rate_after_flat_epochs_and_a_resume_keeps_counting(train):

@@ -111,7 +111,7 @@ def tiny_trial():
 
     def build(policy):
         return build_task(plan, optimizer=OptimizerConfig(), trainer=TrainerConfig(seed=3),
-                          strategy=tf.distribute.get_strategy(), steps_per_epoch=1, policy=policy, warn=False)
+                          strategy=tf.distribute.get_strategy(), steps_per_epoch=1, policy=policy)
 
     return pt.TrialInputs(images=images, labels=labels, build=build, strategy=tf.distribute.get_strategy(),
                           planned_steps=100), build

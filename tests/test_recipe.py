@@ -97,3 +97,28 @@ def test_the_moving_average_swaps_in_and_out_exactly():
     ema.use(False)
     assert all(np.array_equal(np.array(v), t) for v, t in zip(model.trainable_variables, trained))
     assert all(np.array_equal(np.array(v), a) for v, a in zip(optimizer._model_variables_moving_average, average))
+
+
+def test_the_weights_moving_average_warms_its_decay_up_so_short_runs_do_not_average_the_initial_weights():
+    """trainer.ema: min(decay, (1 + t) / (10 + t)) at step t (timm's and TF Model Garden's rule), in
+    Keras' own EMA update. Without it, 0.999 would keep 0.999**t of the random initial weights."""
+    import keras
+
+    from safetrain.train.optimizers import OPTIMIZERS, ema_decay_at
+
+    assert float(ema_decay_at(0.999, 0)) == pytest.approx(0.1) and float(ema_decay_at(0.999, 90)) == pytest.approx(0.91)
+    assert float(ema_decay_at(0.999, 100_000)) == pytest.approx(0.999)
+    keras.utils.set_random_seed(0)
+    variable = keras.Variable(np.ones(3, np.float32))
+    optimizer = OPTIMIZERS.get("sgd")(0.1, None, 0.0, 0.999)
+    optimizer.build([variable])
+    average, seen = None, []
+    for t in range(60):
+        optimizer.apply([keras.ops.convert_to_tensor(np.full(3, 1.0 + t % 3, np.float32))], [variable])
+        value = variable.numpy().copy()
+        decay = 0.0 if t == 0 else min(0.999, (1 + t) / (10 + t))  # Keras: the first step copies the weights
+        average = value if average is None else decay * average + (1 - decay) * value
+        seen.append(value)
+    np.testing.assert_allclose(optimizer._model_variables_moving_average[0].numpy(), average, rtol=1e-5)
+    # the average sits among the recent weights, far from where training started
+    assert abs(average[0] - seen[-1][0]) < abs(average[0] - 1.0) / 5

@@ -147,7 +147,7 @@ def _inputs(cfg: Config, plan: ModelPlan, data, hardware):
     def build(policy: str):
         return build_task(plan, optimizer=OptimizerConfig(**spec["optimizer"]), trainer=TrainerConfig(**spec["trainer"]),
                           strategy=hardware.strategy, steps_per_epoch=1, policy=policy,
-                          input_dtype=data.spec.dtype, warn=False)
+                          input_dtype=data.spec.dtype)
 
     worker = None
     if plan.backbone is None and hardware.replicas == 1:

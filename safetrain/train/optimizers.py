@@ -9,6 +9,7 @@ as timm does. A loss builder takes the label smoothing."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 from safetrain.core.registry import Registry
@@ -20,6 +21,37 @@ LOSSES: Registry[Callable[[], Any]] = Registry("loss", "trainer.loss")
 def _kwargs(clipnorm: float | None, weight_decay: float, ema: float | None) -> dict[str, Any]:
     return {**({"clipnorm": clipnorm} if clipnorm else {}), **({"weight_decay": weight_decay} if weight_decay else {}),
             **({"use_ema": True, "ema_momentum": ema} if ema is not None else {})}
+
+
+def ema_decay_at(decay: float, step):
+    """The moving average's decay at optimizer step `step` (0-based): min(decay, (1 + t) / (10 + t)),
+    timm's and TF Model Garden's warm-up. Keras applies `decay` from the second step, so after t
+    steps the average still holds decay**t of the random initial weights (0.999**690 = 50%: a
+    short run's EMA evaluated near chance); warmed up, it covers about the last tenth of the
+    steps until that reaches 1 / (1 - decay)."""
+    import keras
+
+    t = keras.ops.cast(step, "float32")
+    return keras.ops.minimum(decay, (1.0 + t) / (10.0 + t))
+
+
+@functools.cache
+def _warmed(cls):
+    """`cls` with the EMA decay warmed up (ema_decay_at). Keras reads `ema_momentum` as a constant
+    inside its update, with no schedule hook, so the update reads a warmed-up value from the step
+    counter (a function of the checkpointed `iterations`: resume stays exact) for the one call."""
+
+    class WarmedEma(cls):
+        def _update_model_variables_moving_average(self, trainable_variables):
+            decay = self.ema_momentum
+            self.ema_momentum = ema_decay_at(decay, self.iterations)
+            try:
+                super()._update_model_variables_moving_average(trainable_variables)
+            finally:
+                self.ema_momentum = decay
+
+    WarmedEma.__name__ = WarmedEma.__qualname__ = cls.__name__
+    return WarmedEma
 
 
 def exclude_one_dimensional(optimizer, variables) -> int:
@@ -34,27 +66,27 @@ def exclude_one_dimensional(optimizer, variables) -> int:
 @OPTIMIZERS.register("adam")
 def adam(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.0, ema: float | None = None):
     import keras
-    return keras.optimizers.Adam(learning_rate=learning_rate, **_kwargs(clipnorm, weight_decay, ema))
+    return _warmed(keras.optimizers.Adam)(learning_rate=learning_rate, **_kwargs(clipnorm, weight_decay, ema))
 
 
 @OPTIMIZERS.register("adamw")
 def adamw(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.0, ema: float | None = None):
     """Keras' AdamW decays by 0.004 unless told: optimizer.weight_decay is passed even when 0."""
     import keras
-    return keras.optimizers.AdamW(learning_rate=learning_rate, **{**_kwargs(clipnorm, weight_decay, ema),
+    return _warmed(keras.optimizers.AdamW)(learning_rate=learning_rate, **{**_kwargs(clipnorm, weight_decay, ema),
                                                                   "weight_decay": weight_decay})
 
 
 @OPTIMIZERS.register("sgd")
 def sgd(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.0, ema: float | None = None):
     import keras
-    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9, **_kwargs(clipnorm, weight_decay, ema))
+    return _warmed(keras.optimizers.SGD)(learning_rate=learning_rate, momentum=0.9, **_kwargs(clipnorm, weight_decay, ema))
 
 
 @OPTIMIZERS.register("rmsprop")
 def rmsprop(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.0, ema: float | None = None):
     import keras
-    return keras.optimizers.RMSprop(learning_rate=learning_rate, **_kwargs(clipnorm, weight_decay, ema))
+    return _warmed(keras.optimizers.RMSprop)(learning_rate=learning_rate, **_kwargs(clipnorm, weight_decay, ema))
 
 
 @LOSSES.register("sparse_categorical_crossentropy")

@@ -75,9 +75,8 @@ class Task:
 
 
 def build_task(plan: ModelPlan, *, optimizer: OptimizerConfig, trainer: TrainerConfig, strategy,
-               steps_per_epoch: int, policy: str = "float32", input_dtype: str = "float32", warn: bool = True) -> Task:
-    """Model and optimizer in `strategy`'s scope; the schedule planned over the run's steps.
-    `warn=False`: no recipe warnings (the precision trial builds throwaway copies)."""
+               steps_per_epoch: int, policy: str = "float32", input_dtype: str = "float32") -> Task:
+    """Model and optimizer in `strategy`'s scope; the schedule planned over the run's steps."""
     t, o = trainer, optimizer
     # Seeded again right before the weights are drawn: preparing a TFDS dataset (first run on a
     # data dir only) consumes Python's global RNG, which Keras' unseeded initializers draw from.
@@ -94,15 +93,14 @@ def build_task(plan: ModelPlan, *, optimizer: OptimizerConfig, trainer: TrainerC
         tuned_ids = {id(v) for v in tuned.variables} if tuned else set()
         own = [v for v in model.trainable_variables if id(v) not in tuned_ids]  # the head's optimizer's
         head_optimizer, undecayed = ready_optimizer(new_optimizer(o, schedule.learning_rate, t.ema), own, policy)
-    recipe = _recipe(o, t, plan, schedule, tuned, undecayed, total_steps, warn)
+    recipe = _recipe(o, t, plan, schedule, tuned, undecayed)
     return Task(plan=plan, model=model, optimizer=head_optimizer, strategy=strategy, trainer=t, schedule=schedule,
                 recipe=recipe, fine_tune=tuned)
 
 
 def _recipe(o: OptimizerConfig, t: TrainerConfig, plan: ModelPlan, schedule: schedules.Plan, tuned: FineTune | None,
-            undecayed: int, total_steps: int, warn: bool) -> str:
-    """The optimizer recipe in words (logged, and in TensorBoard's optimizer/recipe); warns when the
-    weights' moving average would mostly hold the early weights."""
+            undecayed: int) -> str:
+    """The optimizer recipe in words (logged, and in TensorBoard's optimizer/recipe)."""
     recipe = f"{o.name}, learning rate {schedule.describe}"
     if plan.backbone is not None:
         recipe += f"; {tuned.describe()}" if tuned else (f"; backbone {plan.backbone.entry.name} frozen (its weights "
@@ -113,10 +111,6 @@ def _recipe(o: OptimizerConfig, t: TrainerConfig, plan: ModelPlan, schedule: sch
     if t.label_smoothing:
         recipe += f", label smoothing {t.label_smoothing:g}"
     if t.ema is not None:
-        recipe += f", weights' moving average (decay {t.ema:g}) for eval, test and export"
-        horizon = 1 / (1 - t.ema)
-        if warn and horizon > total_steps / 2:
-            log.warning("warning: trainer.ema=%g averages over about %d steps, and the run has %d: the average is "
-                        "mostly the early weights; lower trainer.ema (e.g. %g)", t.ema, round(horizon), total_steps,
-                        max(0.5, round(1 - 10 / total_steps, 4)))
+        recipe += (f", weights' moving average (decay {t.ema:g}, warmed up as min(decay, (1 + t) / (10 + t))) "
+                   f"for eval, test and export")
     return recipe
