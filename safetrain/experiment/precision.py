@@ -45,13 +45,12 @@ def math_mode_before_tensorflow(cfg: Config) -> str | None:
     """Set TF_SET_ONEDNN_FPMATH_MODE=BF16 when a cached trial of this model on this CPU chose
     oneDNN's bfloat16 math (it must be in the environment before TensorFlow starts); returns what
     was set, or None. Never overrides a value you set yourself; not on GPU machines or clusters."""
-    if (not _trials_apply(cfg) or ONEDNN_MATH_ENV in os.environ or os.environ.get("TF_CONFIG")
-            or gpu_memory_mib()):
+    if not _trials_apply(cfg) or ONEDNN_MATH_ENV in os.environ or os.environ.get("TF_CONFIG"):
         return None
     mirrored = cfg.hardware.strategy is StrategyKind.mirrored and cfg.hardware.logical_cpus
     replicas = cfg.hardware.logical_cpus if mirrored else 1
     found = PrecisionCache(cache_path(cfg.dataset.data_dir)).get(_key(cfg, cpu_device_key(read_cpuinfo()), replicas))
-    if found and found.get("chosen") == "onednn_bf16":
+    if found and found.get("chosen") == "onednn_bf16" and not gpu_memory_mib():  # a GPU run has its own key
         os.environ[ONEDNN_MATH_ENV] = "BF16"
         return "BF16"
     return None
