@@ -87,7 +87,8 @@ def main() -> int:
     from safetrain.core.tf_import import import_tensorflow
 
     names = ("tensorflow", "keras", "tensorflow-datasets", "tensorboard", "hydra-core", "omegaconf",
-             "numpy", "protobuf", "scikit-learn", "tf-keras", "importlib-resources")
+             "numpy", "protobuf", "scikit-learn", "pillow", "matplotlib", "imagehash", "tf-keras",
+             "importlib-resources")
     found = {name: _version(name) for name in names}
     findings = check_versions(found)
     print(f"python {sys.version.split()[0]}")

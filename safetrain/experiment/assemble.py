@@ -121,7 +121,7 @@ def assemble(cfg: Config, task: Task, data: Datasets, record: RunRecord, loop: T
     return Assembly(actions=actions, evaluation=evaluation, best=best, ema=ema)
 
 
-def record_best(record: RunRecord, best: BestState, chosen: Selection) -> bool:
+def record_best(record: RunRecord, best: BestState, chosen: Selection, exported: bool = True) -> bool:
     """The chosen epoch in report.json, and (keep_best) its weights back in the model for testing;
     True when they were restored."""
     if not best.epoch:
@@ -130,6 +130,6 @@ def record_best(record: RunRecord, best: BestState, chosen: Selection) -> bool:
     record.report.best = {"epoch": best.epoch, "step": best.step, "metric": f"eval_{chosen.metric}",
                           "value": best.value, "weights_restored": restored}
     if restored:
-        log.info("best eval %s %.4f at epoch %d (step %d): its weights are tested and exported (trainer.keep_best)",
-                 chosen.metric, best.value, best.epoch, best.step)
+        log.info("best eval %s %.4f at epoch %d (step %d): its weights are tested%s (trainer.keep_best)",
+                 chosen.metric, best.value, best.epoch, best.step, " and exported" if exported else "")
     return restored

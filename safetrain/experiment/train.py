@@ -165,7 +165,7 @@ def _fit(cfg: Config, task: Task, data: Datasets, hardware: Hardware, record: Ru
     wall.add("start_up", wall.since_start())
     try:
         result = _train_loop(loop, hardware, make_steps, checkpoints, train_batches, data, model, context)
-        _choose_weights(record, parts, chosen)
+        _choose_weights(record, parts, chosen, exported=t.export)
         with wall.phase("test"):
             test = loop.evaluate(data.test) if data.test is not None else (None, None)
     finally:
@@ -196,10 +196,10 @@ def _train_loop(loop: TrainLoop, hardware: Hardware, make_steps, checkpoints: Ch
                             config_key=found.config_key or stop.config_key, op=found.op) from None
 
 
-def _choose_weights(record: RunRecord, parts: Assembly, chosen) -> None:
+def _choose_weights(record: RunRecord, parts: Assembly, chosen, exported: bool) -> None:
     """The weights tested and exported: the best eval epoch's (trainer.keep_best), else the
     moving average's (trainer.ema), else the last."""
-    restored = record_best(record, parts.best, chosen) if parts.best is not None else False
+    restored = record_best(record, parts.best, chosen, exported) if parts.best is not None else False
     if parts.ema is not None and not restored:  # the best epoch's copy, if restored, is of the average already
         parts.ema.use(True)
 
