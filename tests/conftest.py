@@ -3,7 +3,7 @@
 Three ways to run a job, fastest first:
 - `train(*values)`: the real config, composed once per session (`+debug=tiny`, this session's
   TFDS dir, as lightning-hydra-template's conftest does), copied, changed by `key=value` values
-  and run in this process through `safetrain.run.execute` — what most end-to-end tests need;
+  and run in this process through `safetrain.experiment.run.execute` — what most end-to-end tests need;
 - `run_main(*overrides)`: the real Hydra app in this process, for overrides that change the
   defaults list (`+experiment=...`, `optimizer=sgd`) or in-process patches (tfds mock_data);
 - `run_cli(*overrides)`: a subprocess, exactly what a user types — for what only a process shows:

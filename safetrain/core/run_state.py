@@ -1,6 +1,6 @@
 """Where a run is: its position in the data, and what a diagnosis needs to know about it.
 
-The loop and the assembler write `Context` (phase, step, the model's layers, the batch); the
+The loop and the run (safetrain.experiment) write `Context` (phase, step, the model's layers, the batch); the
 diagnosis reads it. Keeping it here, apart from the error classifier, lets the loop depend only
 on plain state. TensorFlow-free.
 """

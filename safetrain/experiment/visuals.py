@@ -4,7 +4,7 @@ What the model actually sees after the pipeline's enforcement (resized, channel-
 normalized): a mosaic of the first training batch, each image rescaled to its own min..max for
 display — a plain array paste, no plotting needed. The confusion matrix's counts as a Markdown
 table with per-class accuracy. The drawn pictures (the labelled confusion matrix, top losses) are
-matplotlib's, in safetrain.results. TensorFlow-free so it is tested directly.
+matplotlib's, in safetrain.experiment.results. TensorFlow-free so it is tested directly.
 """
 
 from __future__ import annotations

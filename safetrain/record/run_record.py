@@ -1,7 +1,7 @@
 """The run's record: report.json, errors.jsonl and TensorBoard behind one small interface.
 
-Everything a run writes about itself goes through one `RunRecord`: the assembler records each
-setup result once, the loop and the actions log scalars and events, and `fail` records an
+Everything a run writes about itself goes through one `RunRecord`: the run (safetrain.experiment)
+records each setup result once, the loop and the actions log scalars and events, and `fail` records an
 expected error everywhere it belongs (report.json `error`, an errors.jsonl line, TensorBoard's
 `errors/graph` once TensorBoard is open). `close` flushes TensorBoard and writes report.json,
 whatever happened. TensorFlow-free until TensorBoard is opened (config errors never import it).

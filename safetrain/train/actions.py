@@ -280,7 +280,7 @@ class ReducePlateau(BaseAction):
     """schedule=plateau, after `Evaluate`: when the eval metric has not improved for `patience`
     epochs, multiply the learning rate's scale by `factor`, never below `floor` (min_learning_rate /
     learning_rate) — Keras' ReduceLROnPlateau, on state the checkpoint holds (`state`: scale, best,
-    seen, bad_epochs; safetrain.schedules.PlateauState)."""
+    seen, bad_epochs; safetrain.train.schedules.PlateauState)."""
 
     def __init__(self, evaluation: Evaluate, state, metric: str, higher_is_better: bool, patience: int,
                  factor: float, floor: float, base_rate: float) -> None:
