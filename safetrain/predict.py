@@ -139,7 +139,8 @@ def _load(run_dir: Path):
 def probabilities_of(run_dir: Path, files: list[Path]) -> list[list[float]]:
     """For tests and scripts: the probability rows for `files` (all must be readable)."""
     tf, served = _load(run_dir)
-    upright = json.loads((run_dir / run_files.EXPORT / run_files.SIGNATURE).read_text()).get("exif_orientation") == "apply"
+    signature = json.loads((run_dir / run_files.EXPORT / run_files.SIGNATURE).read_text())
+    upright = signature.get("exif_orientation") == "apply"
     return [served.classify(tf.constant([upright_bytes(p.read_bytes()) if upright else p.read_bytes()]))
             ["probabilities"].numpy()[0].tolist() for p in files]
 

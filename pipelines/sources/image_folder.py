@@ -32,7 +32,8 @@ from pathlib import Path
 
 from safetrain.pipelines.sources.base import Source, slices
 from safetrain.pipelines.sources.duplicates import find_pairs
-from safetrain.pipelines.sources.folder_cache import PixelShards, ScanCache, fingerprint, folder_cache_dir, parse, versions
+from safetrain.pipelines.sources.folder_cache import (PixelShards, ScanCache, fingerprint, folder_cache_dir, parse,
+                                                     versions)
 from safetrain.pipelines.sources.folder_files import Adapt, FileInfo, Limits, adapt_problem, is_hidden, list_files
 from safetrain.pipelines.sources.folder_files import split_dirs as find_split_dirs
 from safetrain.pipelines.sources.stratify import class_range

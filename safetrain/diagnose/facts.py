@@ -23,7 +23,8 @@ from safetrain.core.run_state import Context, LayerRef
 _SAFETRAIN = Path(__file__).resolve().parents[1]
 # pipelines/ and models/ (safetrain.pipelines, safetrain.models): inside safetrain/ when installed
 # from a wheel, beside it in a checkout.
-_PACKAGE_DIRS = tuple(str(d) + os.sep for d in (_SAFETRAIN, _SAFETRAIN.parent / "pipelines", _SAFETRAIN.parent / "models"))
+_PACKAGE_DIRS = tuple(str(d) + os.sep for d in (_SAFETRAIN, _SAFETRAIN.parent / "pipelines",
+                                                _SAFETRAIN.parent / "models"))
 
 
 def _is_ours(path: str) -> bool:

@@ -144,7 +144,8 @@ def _inputs(cfg: Config, plan: ModelPlan, data, hardware):
                         "jit_compile": t.jit_compile}}
 
     def build(policy: str):
-        return build_task(plan, optimizer=OptimizerConfig(**spec["optimizer"]), trainer=TrainerConfig(**spec["trainer"]),
+        return build_task(plan, optimizer=OptimizerConfig(**spec["optimizer"]),
+                          trainer=TrainerConfig(**spec["trainer"]),
                           strategy=hardware.strategy, steps_per_epoch=1, policy=policy,
                           input_dtype=data.spec.dtype)
 

@@ -189,7 +189,8 @@ def final_summary(record: RunRecord) -> None:
         rate += f" (training epochs; {tp['examples_per_sec']:,.0f} median steady-state step)"
     skipped = report.data.get("skipped", 0)
     log.info("done: test accuracy %s | %s | %d step%s, %d epoch%s%s",
-             acc, rate, report.steps, "" if report.steps == 1 else "s", report.epochs, "" if report.epochs == 1 else "s",
+             acc, rate, report.steps, "" if report.steps == 1 else "s", report.epochs,
+             "" if report.epochs == 1 else "s",
              f" | {skipped} bad examples skipped (errors.jsonl)" if skipped else "")
     if m.get("per_class"):
         worst = results.worst_classes(m["per_class"])

@@ -158,7 +158,8 @@ def _fit(cfg: Config, task: Task, data: Datasets, hardware: Hardware, record: Ru
                      cfg=t, record=record, checkpoints=checkpoints, steps_per_epoch=data.steps_per_epoch,
                      probe=probe, timer=StepTimer(warmup_steps=probe.steps + 1),  # after the last traced step
                      started=wall.started, guard=guard, context=context,
-                     steps_for_epoch=(lambda epoch: tuned.steps_for(epoch, make_steps, restart_probe)) if tuned else None,
+                     steps_for_epoch=((lambda epoch: tuned.steps_for(epoch, make_steps, restart_probe))
+                                      if tuned else None),
                      steps_per_loop=None if t.steps_per_loop == AUTO else int(t.steps_per_loop))
     parts = assemble(cfg, task, data, record, loop, probe, checkpoints, chosen, wall)
     loop.actions = parts.actions

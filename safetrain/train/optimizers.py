@@ -80,7 +80,8 @@ def adamw(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.
 @OPTIMIZERS.register("sgd")
 def sgd(learning_rate, clipnorm: float | None = None, weight_decay: float = 0.0, ema: float | None = None):
     import keras
-    return _warmed(keras.optimizers.SGD)(learning_rate=learning_rate, momentum=0.9, **_kwargs(clipnorm, weight_decay, ema))
+    return _warmed(keras.optimizers.SGD)(learning_rate=learning_rate, momentum=0.9,
+                                         **_kwargs(clipnorm, weight_decay, ema))
 
 
 @OPTIMIZERS.register("rmsprop")

@@ -134,7 +134,8 @@ class Trial:
             ratio = self.speedup(name)
             said = (f"{rate:>10,.0f} ex/s  {ratio:4.2f}x" if rate else f"{'-':>10}      ") + \
                    (f"  loss {self.losses[name]:.4f}" if self.losses.get(name) is not None else "")
-            note = "  <- chosen" if name == self.chosen else f"  ({self.rejected[name]})" if name in self.rejected else ""
+            note = ("  <- chosen" if name == self.chosen else
+                    f"  ({self.rejected[name]})" if name in self.rejected else "")
             rows.append(f"  {name:<15}{said}{note}")
         return "\n".join(rows)
 
