@@ -313,7 +313,7 @@ class AugmentConfig:
 @dataclass
 class HardwareConfig:
     precision: Precision = Precision.auto  # auto: measured on your model (a trial), and why is recorded
-    precision_trial: bool = True         # auto: time each native precision on your model's steps (cached); false: a table
+    precision_trial: bool = True         # auto: time each native precision on your model (cached); false: a table
     strategy: StrategyKind = StrategyKind.auto  # auto: multi_worker with TF_CONFIG, mirrored on several GPUs
     logical_cpus: Optional[int] = None   # split the CPU into N logical devices (rehearse mirrored runs)
     worker_timeout_s: float = 300.0      # multi_worker: how long to wait for every worker to join
