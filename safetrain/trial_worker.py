@@ -43,7 +43,7 @@ def main(folder: str) -> int:
     if isinstance(ready, precision_trial.Measured):
         print(ready.why, file=sys.stderr)
         return 1
-    measured = precision_trial.timed_rounds({"worker": ready}, spec["steps"], inputs.images.shape[1])["worker"]
+    measured = precision_trial.timed_rounds({"worker": ready}, spec["steps"])["worker"]
     (where / "result.json").write_text(json.dumps({"examples_per_sec": measured.examples_per_sec,
                                                    "loss": measured.loss}))
     return 0

@@ -219,7 +219,7 @@ def run_trial(names: list[str], inputs: TrialInputs) -> Trial:
             committed += cost
         timed = {n: r for n, r in ready.items() if isinstance(r, _Ready)}
         measured.update({n: r for n, r in ready.items() if isinstance(r, Measured)})
-        measured.update(timed_rounds(timed, steps, inputs.images.shape[1]))
+        measured.update(timed_rounds(timed, steps))
         if ONEDNN_BF16 in names:
             spent = time.perf_counter() - started
             if spent + WORKER_START_S + 2 * reference.seconds + rounds_s > limit:
@@ -267,7 +267,7 @@ def prepare(name: str, inputs: TrialInputs) -> "_Ready | Measured":
     return _Ready(fn, iterator, step_s, time.perf_counter() - began)
 
 
-def timed_rounds(ready: dict[str, _Ready], steps: int, batch: int) -> dict[str, Measured]:
+def timed_rounds(ready: dict[str, _Ready], steps: int) -> dict[str, Measured]:
     """ROUNDS alternating rounds of one timed call per candidate; the loss is the first round's
     (every candidate has then trained the same steps on the same batches)."""
     best: dict[str, Measured] = {}
