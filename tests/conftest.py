@@ -52,6 +52,19 @@ class CliResult:
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def hand_drawn() -> Path:
+    """../shared/data/hand_drawn_shapes: 545 real drawings by many people (CC BY 4.0; its README).
+    CI places ../shared beside the checkout; a missing copy fails (it would hide what it tests)."""
+    path = SHARED_DATA / "hand_drawn_shapes"
+    if not path.is_dir():
+        pytest.fail(f"{path} is missing: the real-data tests need ../shared/data beside the checkout")
+    return path
+
+
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory) -> Path:
     """A TFDS data dir shared by the session: the digits set is prepared into it once."""

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from safetrain.pipelines.sources.folder_files import FileInfo
 
-SCAN_FORMAT = 2  # bump when FileInfo's meaning changes
+SCAN_FORMAT = 3  # bump when FileInfo's meaning changes
 
 
 def versions() -> dict[str, str]:

@@ -55,7 +55,7 @@ class FileInfo:
     note: str | None = None        # e.g. "16-bit PNG (scaled to 8 bits)"; "PNG file named .jpg"
     problem: str | None = None     # set: a bad example
     sha256: str | None = None
-    phash: str | None = None       # 16 hex digits
+    phash: str | None = None       # 64 hex digits (256-bit pHash)
 
     def to_json(self) -> dict:
         return dict(vars(self))  # flat fields: 10x cheaper than dataclasses.asdict, per file

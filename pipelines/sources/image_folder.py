@@ -27,19 +27,19 @@ import collections
 import hashlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from safetrain.pipelines.sources.base import Source, slices
-from safetrain.pipelines.sources.duplicates import find_pairs
 from safetrain.pipelines.sources.folder_cache import (PixelShards, ScanCache, fingerprint, folder_cache_dir, parse,
                                                      versions)
 from safetrain.pipelines.sources.folder_files import Adapt, FileInfo, Limits, adapt_problem, is_hidden, list_files
 from safetrain.pipelines.sources.folder_files import split_dirs as find_split_dirs
+from safetrain.pipelines.sources.folder_duplicates import Found, find_duplicates, leakage
 from safetrain.pipelines.sources.stratify import class_range
 from safetrain.pipelines.ops import plain
 from safetrain.pipelines.spec import BadExample, DataEvent, ImageSpec, SourceSpec, plan_adapters
-from safetrain.config.schema import DatasetConfig, OnLeakage
+from safetrain.config.schema import DatasetConfig
 from safetrain.core.errors import DataError
 
 CACHE_FOLDER = "safetrain_image_folders"
@@ -57,16 +57,6 @@ class _File:
     @property
     def key(self) -> str:
         return str(self.path)
-
-
-@dataclass
-class _Found:
-    """Duplicate pairs sorted into what they mean."""
-
-    report: dict = field(default_factory=dict)
-    events: list[DataEvent] = field(default_factory=list)
-    dropped: set[str] = field(default_factory=set)    # keys dropped from eval/test (drop_from_eval)
-    pairs: list = field(default_factory=list)         # (file, file, Pair) of one label, to sort by split
 
 
 def cache_root(cfg: DatasetConfig) -> Path:
@@ -132,7 +122,7 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
     plan = plan_adapters(spec_found, declared, cfg.resize.value, cfg.channel_policy.value)  # refuses by name
 
     good = [f for f in files if f.problem is None]
-    found = _duplicates(good, classes, cfg.near_duplicate_radius)
+    found = find_duplicates(good, classes, cfg)
     good = [f for f in good if f.problem is None]  # conflicting labels are bad examples now
     by_split: dict[str, dict[int, list[_File]]] = collections.defaultdict(lambda: collections.defaultdict(list))
     for f in sorted(good, key=lambda f: hashlib.sha256(f.rel.encode()).digest()):  # stable under additions
@@ -156,7 +146,7 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
         membership = {role: select(s) for role, s in roles.items()}
     except DataError:
         membership = {}  # an unknown split name: the pipeline's own read() names it
-    _leakage(found, membership, cfg.on_leakage)
+    leakage(found, membership, cfg.on_leakage)
     notes = _summary(root, classes, files, good, ignored, hidden)
     notes += _missing_classes(found, membership, roles, classes, cfg.allow_missing_classes)
     notes.append(_scan_note(stats, home))
@@ -292,61 +282,7 @@ def _scan_and_cache(files: list[_File], shards: dict, scan_cache: ScanCache, sto
     return stats
 
 
-def _duplicates(good: list[_File], classes: list[str], radius: int | None) -> _Found:
-    """Exact and near pairs; the same bytes under two class names makes both files bad examples."""
-    pairs = find_pairs([f.info.sha256 for f in good], [f.info.phash for f in good], radius)
-    found = _Found()
-    found.report["duplicates"] = {"exact": 0, "near": 0, "cross_split": 0, "conflicting_labels": 0,
-                                  "dropped_from_eval": 0, "near_radius": radius}
-    for pair in pairs:
-        a, b = good[pair.a], good[pair.b]
-        found.report["duplicates"]["exact" if pair.exact else "near"] += 1
-        if pair.exact and a.label != b.label:
-            found.report["duplicates"]["conflicting_labels"] += 1
-            a.problem = f"the same image (identical bytes) as {b.key}, which is in class {classes[b.label]!r}"
-            b.problem = f"the same image (identical bytes) as {a.key}, which is in class {classes[a.label]!r}"
-            continue
-        found.pairs.append((a, b, pair))
-    return found
-
-
-def _leakage(found: _Found, membership: dict[str, list[_File]], policy: OnLeakage) -> None:
-    """Pairs within one configured split are duplicates; across splits, leakage."""
-    roles = {}
-    order = {"train": 0, "eval": 1, "test": 2}
-    for role, chosen in membership.items():
-        for f in chosen:
-            roles.setdefault(f.key, role)
-    leaks = []
-    for a, b, pair in found.pairs:
-        ra, rb = roles.get(a.key), roles.get(b.key)
-        what = "identical bytes" if pair.exact else f"pHash distance {pair.distance}"
-        if ra and rb and ra != rb:
-            keep, other = (a, b) if order[ra] < order[rb] else (b, a)
-            leaks.append((keep, other, roles[keep.key], roles[other.key], what))
-        else:
-            found.events.append(DataEvent(kind="duplicate", split=ra or rb or a.split_dir, key=b.key, other=a.key,
-                                          message=f"{b.key} duplicates {a.key} ({what})"))
-    found.report["duplicates"]["cross_split"] = len(leaks)
-    for keep, other, rk, ro, what in leaks:
-        dropped = policy is OnLeakage.drop_from_eval
-        if dropped:
-            found.dropped.add(other.key)
-        found.events.append(DataEvent(
-            kind="leakage", split=ro, key=other.key, other=keep.key,
-            message=f"{other.key} ({ro}) is the same image as {keep.key} ({rk}) ({what})"
-                    + ("; dropped from " + ro if dropped else "")))
-    found.report["duplicates"]["dropped_from_eval"] = len(found.dropped)
-    if leaks and policy is OnLeakage.error:
-        shown = "; ".join(f"{o.key} ({ro}) = {k.key} ({rk})" for k, o, rk, ro, _ in leaks[:3])
-        raise DataError(f"{len(leaks)} image{'s' if len(leaks) > 1 else ''} appear in two splits (leakage: the "
-                        f"eval/test score would count images the model trained on): {shown}"
-                        + (f"; and {len(leaks) - 3} more" if len(leaks) > 3 else ""),
-                        hint="remove the copies, or set dataset.on_leakage=drop_from_eval to keep only the "
-                             "training copy (or warn to train anyway)", config_key="dataset.on_leakage")
-
-
-def _missing_classes(found: _Found, membership: dict, roles: dict, classes: list[str], allow: bool) -> list[str]:
+def _missing_classes(found: Found, membership: dict, roles: dict, classes: list[str], allow: bool) -> list[str]:
     notes = []
     for role, chosen in membership.items():
         have = {f.label for f in chosen if f.key not in found.dropped}

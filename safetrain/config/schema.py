@@ -189,7 +189,8 @@ class DatasetConfig:
     cache: bool = True                   # cache decoded examples in memory when they fit
     cache_dir: Optional[str] = None      # image_folder: scan and pixel cache; null = <data_dir>/safetrain_image_folders
     on_leakage: OnLeakage = OnLeakage.warn  # image_folder: the same image in two splits
-    near_duplicate_radius: Optional[int] = 4  # pHash bits that may differ for "near duplicate"; null = exact only
+    near_duplicate_radius: Any = AUTO     # auto (calibrated on the folder) | bits of the 256-bit pHash | null = exact only
+    near_duplicate_similarity: float = 0.98  # a near candidate counts when its 32x32 thumbnails correlate this much
     allow_missing_classes: bool = False  # image_folder: a split lacking a class warns instead of stopping
     exif_orientation: ExifOrientation = ExifOrientation.apply  # image_folder: camera rotation tags
     min_pixels: Optional[int] = None     # image_folder: images with fewer pixels are bad examples; null = no floor

@@ -123,6 +123,7 @@ def validate(cfg: Config) -> ModelPlan:
                           config_key="trainer.export_formats")
     _check_paths(cfg)
     _check_cluster(cfg)
+    _check_duplicates(d)
     if t.on_oom is OnOom.halve_batch and current_task() is not None:
         raise ConfigError("trainer.on_oom=halve_batch cannot be used in a multi-worker run (TF_CONFIG): every "
                           "worker would have to agree on the new batch size.",
@@ -223,6 +224,20 @@ def _check_backbone(cfg: Config):
     _positive("model.backbone.fine_tune_learning_rate", b.fine_tune_learning_rate, allow_none=True)
     _positive("model.backbone.fine_tune_blocks", b.fine_tune_blocks, allow_none=True)
     return parse_backbone(b)
+
+
+def _check_duplicates(d) -> None:
+    """dataset.near_duplicate_radius: auto | bits of the 256-bit pHash | null; the similarity in (0, 1]."""
+    r = d.near_duplicate_radius
+    if not (r is None or r == AUTO or (isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= 128)):
+        raise ConfigError(f"dataset.near_duplicate_radius={r!r} must be auto (calibrated on the folder), a number of "
+                          f"bits of the 256-bit perceptual hash from 0 to 128, or null (exact duplicates only).",
+                          hint="set dataset.near_duplicate_radius=auto", config_key="dataset.near_duplicate_radius")
+    if not 0.0 < d.near_duplicate_similarity <= 1.0:
+        raise ConfigError(f"dataset.near_duplicate_similarity={d.near_duplicate_similarity} must be in (0, 1]: the "
+                          f"correlation of two files' thumbnails at which a near-duplicate candidate counts.",
+                          hint="set dataset.near_duplicate_similarity=0.98",
+                          config_key="dataset.near_duplicate_similarity")
 
 
 def _check_cluster(cfg: Config) -> None:
