@@ -50,6 +50,7 @@ class Datasets:
     train_plain: Callable[[int], tf.data.Dataset] | None = None  # the same batches without augmentation
     augmentation: str = "none"      # what augments the training batches (pipelines.augment)
     class_counts: dict[str, list[int]] = field(default_factory=dict)  # good examples per class id, per split
+    splits: dict[str, str | None] = field(default_factory=dict)  # the split string each role read
     sampling: str = "shuffle"       # dataset.sampling: how training examples are drawn
     report: dict = field(default_factory=dict)   # the source's findings for report.json `data`
     events: list[DataEvent] = field(default_factory=list)  # and for errors.jsonl
@@ -99,12 +100,12 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
     source = source or open_source(cfg)
     spec = declared_spec(cfg)
     plan = plan_adapters(source.spec, spec, cfg.resize.value, cfg.channel_policy.value, channels_why)
-    names = {"train": cfg.splits.train, "eval": cfg.splits.eval, "test": cfg.splits.test}
+    names = source.splits or {"train": cfg.splits.train, "eval": cfg.splits.eval, "test": cfg.splits.test}
     pipe = _Pipeline(cfg, source, spec, plan, seed)
     bases, scanned = _scan_splits(pipe, names)
     if not scanned.counts.get("train"):
         bad = scanned.bad
-        raise DataError(f"the training split {cfg.splits.train!r} of dataset {source.spec.name} has no usable "
+        raise DataError(f"the training split {names['train']!r} of dataset {source.spec.name} has no usable "
                         f"examples" + (f" ({len(bad)} bad)" if bad else ""),
                         hint="check dataset.splits.train and the data", config_key="dataset.splits.train")
     pipe.scanned(scanned, augment)
@@ -120,7 +121,7 @@ def build_datasets(cfg: DatasetConfig, batch_size: int, eval_batch_size: int, se
         sampling=cfg.sampling.value, report=source.report, events=source.events,
         eval=finish("eval", eval_batch_size) if "eval" in bases else None,
         test=finish("test", eval_batch_size) if "test" in bases else None,
-        source=source.spec, spec=spec, plan=plan, counts=counts,
+        source=source.spec, spec=spec, plan=plan, counts=counts, splits=names,
         steps_per_epoch=counts["train"] // batch_size, bad=scanned.bad, notes=source.notes,
         normalization_stats=scanned.stats,
         raw_test=(lambda: source.read(names["test"])) if names.get("test") else None,

@@ -32,6 +32,9 @@ class Source:
     # delivers (an image-folder cache: decoded, adapted and verified at its scan). The pipeline
     # then skips its own pass over that split (pipelines.scan), which would find nothing new.
     class_counts: Callable[[str], list[int]] | None = None
+    # The split string per role (train, eval, test) when the source decides them (an image
+    # folder's own train/, val/, test/ under dataset.splits.*=auto); None: dataset.splits as given.
+    splits: dict[str, str | None] | None = None
 
     def count(self, split: str) -> int | None:
         """Examples a split string selects, before bad ones are dropped; None when unknown."""

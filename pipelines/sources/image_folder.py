@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetrain.pipelines.sources import folder_splits
 from safetrain.pipelines.sources.base import Source, slices
 from safetrain.pipelines.sources.folder_cache import (PixelShards, ScanCache, fingerprint, folder_cache_dir, parse,
                                                      versions)
@@ -114,40 +115,23 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
     scan_cache.save({f.rel for f in files})
 
     declared = ImageSpec(cfg.image.height, cfg.image.width, cfg.image.channels)
-    scanned_ok = [f for f in files if f.info.problem is None]
-    spec_found = SourceSpec(name=cfg.name, height=_single({f.info.height for f in scanned_ok}),
-                            width=_single({f.info.width for f in scanned_ok}),
-                            channels=_single({f.info.channels for f in scanned_ok}), dtype="uint8",
-                            num_classes=len(classes), value_range=(0.0, 255.0), class_names=tuple(classes))
+    spec_found = _found_spec(cfg.name, [f for f in files if f.info.problem is None], classes)
     plan = plan_adapters(spec_found, declared, cfg.resize.value, cfg.channel_policy.value)  # refuses by name
 
     good = [f for f in files if f.problem is None]
     found = find_duplicates(good, classes, cfg)
     good = [f for f in good if f.problem is None]  # conflicting labels are bad examples now
-    by_split: dict[str, dict[int, list[_File]]] = collections.defaultdict(lambda: collections.defaultdict(list))
-    for f in sorted(good, key=lambda f: hashlib.sha256(f.rel.encode()).digest()):  # stable under additions
-        by_split[f.split_dir][f.label].append(f)
-    sizes = {name: sum(len(v) for v in by_split[name].values()) for name in split_dirs if name in by_split}
-
-    def select(split: str) -> list[_File]:
-        """A split string, sliced per class (stratified): each class keeps its share."""
-        chosen = []
-        for name_, start, end in slices(split, sizes, cfg.name):
-            size = sizes[name_]
-            for label in sorted(by_split[name_]):
-                members = by_split[name_][label]
-                lo, hi = class_range(len(members), start, end, size)
-                chosen += members[lo:hi]
-        return chosen
-
-    roles = {role: s for role, s in (("train", cfg.splits.train), ("eval", cfg.splits.eval),
-                                     ("test", cfg.splits.test)) if s}
+    configured = {"train": cfg.splits.train, "eval": cfg.splits.eval, "test": cfg.splits.test}
+    split_plan = folder_splits.plan(configured, list(split_dirs), layout=split_dirs["train"] != root)
+    selection = _Selection(good, split_plan, cfg.name)
+    select, sizes = selection.select, selection.sizes
+    roles = {role: s for role, s in split_plan.roles.items() if s}
     try:
         membership = {role: select(s) for role, s in roles.items()}
     except DataError:
         membership = {}  # an unknown split name: the pipeline's own read() names it
     leakage(found, membership, cfg.on_leakage)
-    notes = _summary(root, classes, files, good, ignored, hidden)
+    notes = _summary(root, classes, files, good, ignored, hidden) + split_plan.notes
     notes += _missing_classes(found, membership, roles, classes, cfg.allow_missing_classes)
     notes.append(_scan_note(stats, home))
     adapters = plan.steps[2:-2]  # between the source/check lines and normalize/model input (done per batch)
@@ -175,7 +159,44 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
 
     counts = {role: len([f for f in chosen if f.key not in found.dropped]) for role, chosen in membership.items()}
     return Source(spec=spec, read=read, bad=bad, notes=notes, sizes=sizes, class_counts=class_counts,
-                  report={**found.report, "selected": counts}, events=found.events)
+                  splits=split_plan.roles, report={**found.report, "selected": counts}, events=found.events)
+
+
+def _found_spec(name: str, scanned_ok: list[_File], classes: list[str]) -> SourceSpec:
+    """What the files are (one size and channel count, or None where they vary)."""
+    return SourceSpec(name=name, height=_single({f.info.height for f in scanned_ok}),
+                      width=_single({f.info.width for f in scanned_ok}),
+                      channels=_single({f.info.channels for f in scanned_ok}), dtype="uint8",
+                      num_classes=len(classes), value_range=(0.0, 255.0), class_names=tuple(classes))
+
+
+class _Selection:
+    """Which good files a split string selects: per class, in an order stable under additions."""
+
+    def __init__(self, good: list[_File], split_plan: folder_splits.SplitPlan, name: str) -> None:
+        self.by_split: dict[str, dict[int, list[_File]]] = collections.defaultdict(
+            lambda: collections.defaultdict(list))
+        for f in sorted(good, key=lambda f: hashlib.sha256(f.rel.encode()).digest()):
+            self.by_split[f.split_dir][f.label].append(f)
+        self.sizes = {split: sum(len(v) for v in per_class.values()) for split, per_class in self.by_split.items()}
+        self.plan, self.name = split_plan, name
+        self.bounds = sorted(split_plan.carved.values())
+
+    def select(self, split: str) -> list[_File]:
+        """A split string, sliced per class (stratified): each class keeps its share. A slice
+        the folder plan carved is widened so that small classes are in every carved split."""
+        chosen = []
+        if split in self.plan.carved:
+            part = self.bounds.index(self.plan.carved[split])
+            for label, members in sorted(self.by_split[self.plan.folder].items()):
+                lo, hi = folder_splits.carve(len(members), self.bounds)[part]
+                chosen += members[lo:hi]
+            return chosen
+        for folder, start, end in slices(split, self.sizes, self.name):
+            for label, members in sorted(self.by_split[folder].items()):
+                lo, hi = class_range(len(members), start, end, self.sizes[folder])
+                chosen += members[lo:hi]
+        return chosen
 
 
 def _read_shards(paths: list[str], chosen: list[_File], records: int, shape: tuple[int, int, int]):

@@ -94,6 +94,7 @@ def _record_findings(record: RunRecord, cfg: Config, data: Datasets) -> None:
     for key in ("scan", "duplicates", "selected"):
         if key in data.report:
             record.report.data[key] = data.report[key]
+    record.report.data["splits"] = data.splits
     for i, event in enumerate(data.events):
         kind = ErrorKind(event.kind)
         record.event(phase=Phase.data, kind=kind, message=event.message, example=event.key, other_example=event.other,
@@ -106,8 +107,8 @@ def _record_findings(record: RunRecord, cfg: Config, data: Datasets) -> None:
         log.warning("warning: %d image(s) appear in two splits (leakage), %s; all in errors.jsonl; first: %s",
                     dup["cross_split"], action, first)
     if dup and dup["exact"] + dup["near"] - dup["cross_split"] - dup["conflicting_labels"] > 0:
-        log.info("duplicates within a split: %d exact, %d near (pHash radius %s), listed in errors.jsonl",
-                 dup["exact"] - dup["conflicting_labels"], dup["near"], dup["near_radius"])
+        log.info("duplicates within a split: %d exact, %d near (pHash radius %s of 256, confirmed on the pixels), "
+                 "listed in errors.jsonl", dup["exact"] - dup["conflicting_labels"], dup["near"], dup["near_radius"])
 
 
 def record_plan(record: RunRecord, cfg: Config, plan: ModelPlan) -> None:

@@ -101,7 +101,7 @@ def check_data(cfg: Config, data: Datasets) -> None:
     if data.steps_per_epoch == 0:
         t = cfg.trainer
         raise SpecError(
-            f"the training split {cfg.dataset.splits.train!r} has {data.counts['train']} examples, "
+            f"the training split {data.splits['train']!r} has {data.counts['train']} examples, "
             f"fewer than one batch (trainer.batch_size={t.batch_size}): no step would run",
             hint=f"set trainer.batch_size={max(1, data.counts['train'] or 1)} or less, or use more data",
             config_key="trainer.batch_size")
@@ -118,7 +118,7 @@ def class_weights(cfg: Config, data: Datasets) -> list[float] | None:
         empty = [name for name, n in zip(names, counts) if not n]
         if empty:
             raise SpecError(f"dataset.class_weights=balanced: class {empty[0]!r} has no training examples "
-                            f"(split {cfg.dataset.splits.train!r}), so it has no weight to balance",
+                            f"(split {data.splits['train']!r}), so it has no weight to balance",
                             hint="give the weights as a list, or add examples of that class",
                             config_key="dataset.class_weights")
         from sklearn.utils.class_weight import compute_class_weight

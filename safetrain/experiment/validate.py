@@ -123,7 +123,7 @@ def validate(cfg: Config) -> ModelPlan:
                           config_key="trainer.export_formats")
     _check_paths(cfg)
     _check_cluster(cfg)
-    _check_duplicates(d)
+    _check_folder_settings(d)
     if t.on_oom is OnOom.halve_batch and current_task() is not None:
         raise ConfigError("trainer.on_oom=halve_batch cannot be used in a multi-worker run (TF_CONFIG): every "
                           "worker would have to agree on the new batch size.",
@@ -224,6 +224,21 @@ def _check_backbone(cfg: Config):
     _positive("model.backbone.fine_tune_learning_rate", b.fine_tune_learning_rate, allow_none=True)
     _positive("model.backbone.fine_tune_blocks", b.fine_tune_blocks, allow_none=True)
     return parse_backbone(b)
+
+
+def _check_folder_settings(d) -> None:
+    _check_splits(d)
+    _check_duplicates(d)
+
+
+def _check_splits(d) -> None:
+    """`auto` splits (the folder's own train/, val/, test/) only where a folder decides them."""
+    auto = [role for role in ("train", "eval", "test") if getattr(d.splits, role) == AUTO]
+    if auto and d.source is not Source.image_folder:
+        raise ConfigError(f"dataset.splits.{auto[0]}=auto takes the split from an image folder's own train/, val/ and "
+                          f"test/ folders; dataset.source={d.source.value} needs a split string.",
+                          hint=f"set dataset.splits.{auto[0]}=train (TFDS syntax, slices allowed: train[:90%])",
+                          config_key=f"dataset.splits.{auto[0]}")
 
 
 def _check_duplicates(d) -> None:
