@@ -9,8 +9,15 @@
   adapted to the declared input, as uint8, one TFRecord shard per class folder (TensorFlow's
   own record format, read back by `tf.data.TFRecordDataset`). A shard's fingerprint covers its
   files' (path, size, mtime_ns), the declared input and the adapters; a shard whose files did not
-  change is reused as it is, so later runs decode no image at all. A changed file rewrites its
-  class's shard (the class's files are decoded again); other classes are untouched.
+  change is reused as it is, so later runs decode no image at all. A changed file writes its
+  class's shard anew (the class's files are decoded again); other classes are untouched.
+
+Shards of different settings coexist (a sweep over image sizes on one folder keeps one set per
+size), and a shard a run is reading is never removed: each run holds a **lease**
+(`leases/<host>-<pid>-<n>.json`, listing the shards it reads, removed when the process ends).
+Older shards are collected only when no live lease names them and they have not been written
+or read for `KEEP_UNUSED_S` (a run that has scanned but not yet taken its lease is younger than
+that). A lease is live while its process runs (same host) or, from another host, for a day.
 
 Writes go to a temporary name and are renamed into place, so a run killed mid-write, or two
 runs on one folder at once, never leave a half-written cache that a later run would trust.
@@ -18,10 +25,14 @@ runs on one folder at once, never leave a half-written cache that a later run wo
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import itertools
 import json
 import os
 import re
+import socket
+import time
 from pathlib import Path
 
 from safetrain.pipelines.sources.folder_files import FileInfo
@@ -123,14 +134,84 @@ class ShardWriter:
 
     def commit(self) -> None:
         self._writer.close()
-        os.replace(self.tmp, self.path)
-        for old in self.path.parent.glob(f"{self.path.name.rsplit('-', 1)[0]}-*.tfrecord"):  # older shards
-            if old != self.path:
-                old.unlink(missing_ok=True)
+        os.replace(self.tmp, self.path)  # older shards of the class stay: Leases.collect decides
 
     def abandon(self) -> None:
         self._writer.close()
         self.tmp.unlink(missing_ok=True)
+
+
+KEEP_UNUSED_S = 3600        # a shard no live lease names is collected after an hour unused
+FOREIGN_LEASE_S = 86_400    # a lease from another host (a shared cache folder) counts for a day
+_counter = itertools.count()
+
+
+class Leases:
+    """Which shards the runs on this folder are reading (see the module docstring)."""
+
+    def __init__(self, home: Path) -> None:
+        self.folder = home / "leases"
+        self.pixels = home / "pixels"
+
+    def take(self, shards: list[Path]) -> Path:
+        """Hold these shards for as long as this process runs (and touch them: in use now)."""
+        now = time.time()
+        for shard in shards:
+            try:
+                os.utime(shard, (now, now))
+            except OSError:
+                pass
+        host, pid = socket.gethostname(), os.getpid()
+        lease = self.folder / f"{_safe(host)}-{pid}-{next(_counter)}.json"
+        _atomic_write(lease, json.dumps({"host": host, "pid": pid, "time": now,
+                                         "shards": sorted(str(p.relative_to(self.pixels)) for p in shards)}).encode())
+        atexit.register(lease.unlink, missing_ok=True)
+        return lease
+
+    def held(self) -> set[str]:
+        """Shards named by a live lease (relative to pixels/); dead leases are removed."""
+        names: set[str] = set()
+        for lease in self.folder.glob("*.json"):
+            try:
+                data = json.loads(lease.read_text())
+            except (OSError, ValueError):
+                continue  # being written, or not ours to judge: its shards stay by age anyway
+            if _alive(data, lease):
+                names.update(data.get("shards", []))
+            else:
+                lease.unlink(missing_ok=True)
+        return names
+
+    def collect(self) -> list[Path]:
+        """Remove shards and temporary files that no run can be using; returns what was removed."""
+        held, now, removed = self.held(), time.time(), []
+        for path in self.pixels.glob("*/*"):
+            if str(path.relative_to(self.pixels)) in held:
+                continue
+            try:
+                age = now - path.stat().st_mtime
+            except OSError:
+                continue
+            limit = FOREIGN_LEASE_S if path.name.endswith(".tmp") else KEEP_UNUSED_S
+            if age > limit:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
+
+def _alive(lease: dict, path: Path) -> bool:
+    if lease.get("host") == socket.gethostname():
+        try:
+            os.kill(int(lease.get("pid", -1)), 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except (PermissionError, ValueError, OverflowError):
+            return True  # someone else's process: alive
+    try:
+        return time.time() - path.stat().st_mtime < FOREIGN_LEASE_S
+    except OSError:
+        return False
 
 
 def _safe(name: str) -> str:

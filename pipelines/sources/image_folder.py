@@ -32,8 +32,8 @@ from pathlib import Path
 
 from safetrain.pipelines.sources import folder_splits
 from safetrain.pipelines.sources.base import Source, slices
-from safetrain.pipelines.sources.folder_cache import (PixelShards, ScanCache, fingerprint, folder_cache_dir, parse,
-                                                     versions)
+from safetrain.pipelines.sources.folder_cache import (Leases, PixelShards, ScanCache, fingerprint, folder_cache_dir,
+                                                     parse, versions)
 from safetrain.pipelines.sources.folder_files import Adapt, FileInfo, Limits, adapt_problem, is_hidden, list_files
 from safetrain.pipelines.sources.folder_files import split_dirs as find_split_dirs
 from safetrain.pipelines.sources.folder_duplicates import Found, find_duplicates, leakage
@@ -144,6 +144,9 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
                       dtype="uint8", num_classes=len(classes), value_range=(0.0, 255.0), class_names=tuple(classes))
     shard_paths = {name: [store.path(name, cls, key) for (n, cls), key in shards_in.items() if n == name]
                    for name in split_dirs}
+    leases = Leases(home)
+    leases.take([p for paths in shard_paths.values() for p in paths])  # never collected while this run reads
+    found.report["scan"]["old_cache_files_removed"] = len(leases.collect())
 
     def delivered(split: str) -> list[_File]:
         return [f for f in select(split) if f.key not in found.dropped]

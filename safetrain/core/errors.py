@@ -46,6 +46,7 @@ class ErrorKind(StrEnum):
     zero_gradient = "zero_gradient"          # trainer.on_dead_gradient
     label_out_of_range = "label_out_of_range"
     data_decode = "data_decode"
+    data_cache = "data_cache"                # an image folder's cached pixel file vanished or broke mid-run
     version_mismatch = "version_mismatch"
     unknown = "unknown"
     # other run events

@@ -159,6 +159,15 @@ def _missing_grad(f: Facts, ctx: Context, m) -> Explanation:
         "model.layers")
 
 
+def _cache(f: Facts, ctx: Context, m) -> Explanation:
+    return Explanation(
+        f"the image folder's cached pixel file {m.group(1)} was removed or damaged while the run read it (the "
+        f"model is not at fault)",
+        "rerun the same command: the scan writes the file again and training resumes from the last checkpoint; if "
+        "something cleans the cache folder while runs use it, point dataset.cache_dir at a folder of its own",
+        "dataset.cache_dir")
+
+
 RULES: tuple[Rule, ...] = (
     Rule(ErrorKind.out_of_memory, r"ResourceExhaustedError|OOM when allocating|out of memory", _oom),
     Rule(ErrorKind.label_out_of_range,
@@ -166,6 +175,7 @@ RULES: tuple[Rule, ...] = (
     Rule(ErrorKind.data_decode,
          r"Unknown image file format|jpeg::Uncompress failed|Input is empty|PNG size too large|"
          r"Invalid PNG data|Invalid GIF data|Invalid JPEG data|not a valid BMP", _decode, DataError),
+    Rule(ErrorKind.data_cache, r"(?s)(?:NotFoundError|DataLossError).*?([^\s;:'\"]+\.tfrecord)", _cache, DataError),
     Rule(ErrorKind.symbolic_tensor_numpy, r"Cannot convert a symbolic|symbolic [tT]ensor .*numpy|__array__", _numpy),
     Rule(ErrorKind.variable_in_tf_function,
          r"only supports singleton tf\.Variables|could not be lifted out of a `tf\.function`|"
