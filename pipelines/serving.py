@@ -13,21 +13,39 @@ from safetrain.pipelines.ops import adapt, normalize
 from safetrain.pipelines.spec import AdapterPlan, ImageSpec
 
 
+def serving_resize(trained: str, asked: str) -> tuple[str, str]:
+    """(how serving sizes an image, the key that decided it): as training did when training
+    resized (dataset.resize), else trainer.serving_resize (bilinear by default): a model trained on
+    96x96 images still classifies a 200x200 photo, by a resize the export declares."""
+    return (trained, "dataset.resize") if trained != "error" else (asked, "trainer.serving_resize")
+
+
 def prepare_encoded(data: tf.Tensor, spec: ImageSpec, resize: str, channel_policy: str, stats) -> tf.Tensor:
-    """The serving path for one encoded image (PNG, JPEG, BMP, GIF bytes): decode, then the same
-    adapters the config allows (`dataset.resize`, `dataset.channel_policy`) and the training
-    normalization. What those policies refuse in training is refused here too, by name."""
-    image = tf.cast(tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False), tf.float32)
-    assertions = []
+    """The serving path for one encoded image (PNG, JPEG, BMP, GIF bytes): decode, then the
+    adapters (`resize`: serving_resize's; `channel_policy`: dataset.channel_policy) and the
+    training normalization. What the policies refuse is refused by name, before any op could fail
+    on the shape: every later op takes the checked image as its input."""
+    image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
+    shape = tf.shape(image)
+    ok = tf.constant(True)
     if channel_policy == "error":
-        assertions.append(tf.debugging.assert_equal(tf.shape(image)[-1], spec.channels, message=(
-            f"the image's channel count is not the model's {spec.channels} (trained with "
-            f"dataset.channel_policy=error)")))
+        ok = ok & tf.equal(shape[-1], spec.channels)
     if resize == "error":
-        assertions.append(tf.debugging.assert_equal(tf.shape(image)[:2], [spec.height, spec.width], message=(
-            f"the image is not {spec.height}x{spec.width} (trained with dataset.resize=error)")))
-    with tf.control_dependencies(assertions):  # refuse by name before any adapter could fail obscurely
-        image = tf.identity(image)
+        ok = ok & tf.reduce_all(tf.equal(shape[:2], [spec.height, spec.width]))
+    if channel_policy == "error" or resize == "error":
+        keys = " and ".join(f"{k}=error" for k, v in (("trainer.serving_resize", resize),
+                                                      ("dataset.channel_policy", channel_policy)) if v == "error")
+
+        def refuse():
+            said = tf.strings.format(f"the image is {{}}x{{}} with {{}} channel(s); the model takes "
+                                     f"{spec.height}x{spec.width} with {spec.channels} (exported with {keys})",
+                                     (shape[0], shape[1], shape[2]))
+            with tf.control_dependencies([tf.debugging.Assert(False, [said])]):
+                # Not the image itself: a branch that returns its input may be folded away.
+                return tf.zeros(spec.shape, tf.uint8)
+
+        image = tf.cond(ok, lambda: image, refuse)
+    image = tf.cast(image, tf.float32)
     plan = AdapterPlan(resize=None if resize == "error" else resize,
                        channels=None if channel_policy == "error" else spec.channels, steps=())
     return normalize(adapt(image, plan, spec), spec, (0.0, 255.0), stats)

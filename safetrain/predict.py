@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     for path in files:
         try:
             data = path.read_bytes()
+            refused = _size_refused(data, signature, upright)
+            if refused:
+                failed += 1
+                print(f"{path}: error: {refused}")
+                continue
             encoded = tf.constant([upright_bytes(data) if upright else data])
             if flat is not None:
                 from safetrain.experiment.export import run_tflite
@@ -99,6 +104,30 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"safetrain.predict: {failed} of {len(files)} files could not be classified", file=sys.stderr)
     return EXIT_DATA if failed else 0
+
+
+def _size_refused(data: bytes, signature: dict, upright: bool) -> str | None:
+    """Why an export that refuses other sizes (trainer.serving_resize=error) refuses this file,
+    from its header: its size, the model's, and the fix; None when it fits or is resized."""
+    if signature.get("serving_resize", signature.get("resize")) != "error":
+        return None
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if upright and int(img.getexif().get(0x0112, 1) or 1) in (5, 6, 7, 8):
+                width, height = height, width
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None  # TensorFlow's decoder names what it cannot read
+    want_h, want_w = (int(v) for v in signature["model_input"].split(" ")[0].split("x")[:2])
+    if (height, width) == (want_h, want_w):
+        return None
+    return (f"the image is {height}x{width} (height x width) and the model takes {want_h}x{want_w}; this export "
+            f"refuses other sizes (trainer.serving_resize=error): resize the file to {want_h}x{want_w}, or export "
+            f"with trainer.serving_resize=bilinear")
 
 
 def upright_bytes(data: bytes) -> bytes:

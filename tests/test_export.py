@@ -90,7 +90,8 @@ def test_predict_classifies_good_files_and_names_each_bad_one(trained, tmp_path)
     assert lines[str(good)].count("|") == 1 and "error" not in lines[str(good)]
     assert "error" not in lines[str(big)]
     assert lines[str(text)].startswith("error: not an image TensorFlow can decode")
-    assert "channel count is not the model's 1 (trained with dataset.channel_policy=error)" in lines[str(rgb)]
+    assert lines[str(rgb)] == ("error: the image is 8x8 with 3 channel(s); the model takes 28x28 with 1 (exported "
+                               "with dataset.channel_policy=error)")
     assert lines[str(tmp_path / "missing.png")] == "error: No such file or directory"
     assert "3 of 5 files could not be classified" in proc.stderr
 

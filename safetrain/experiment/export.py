@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from safetrain.pipelines.build import Datasets
-from safetrain.pipelines.serving import prepare_encoded
+from safetrain.pipelines.serving import prepare_encoded, serving_resize
 from safetrain.config.schema import DatasetConfig
 from safetrain.record import names
 
@@ -37,12 +37,12 @@ SAMPLES = 8
 
 
 class Serving(tf.Module):
-    def __init__(self, model, data: Datasets, cfg: DatasetConfig) -> None:
+    def __init__(self, model, data: Datasets, cfg: DatasetConfig, resize: str) -> None:
         super().__init__()
         self.model = model
         self.class_names = tf.constant(data.source.names())
         spec, stats = data.spec, data.normalization_stats
-        resize, channels = cfg.resize.value, cfg.channel_policy.value
+        channels = cfg.channel_policy.value
 
         def prepare(encoded):
             return tf.cast(prepare_encoded(encoded, spec, resize, channels, stats), tf.float32)
@@ -75,18 +75,21 @@ class Serving(tf.Module):
 
 
 def export(model, data: Datasets, cfg: DatasetConfig, directory: Path,
-           formats: tuple[str, ...] = ("saved_model", "keras"), float32_model=None, layer_of=None) -> dict:
+           formats: tuple[str, ...] = ("saved_model", "keras"), float32_model=None, layer_of=None,
+           asked_resize: str = "bilinear") -> dict:
     """Write the SavedModel and its self-check (always: safetrain.predict and the other formats'
     checks use it), `model.keras` and `model.tflite` when asked; return what report.json records.
     `float32_model()`: the same weights in a float32 model (TFLite has no bfloat16 kernels);
     `layer_of(node_name)`: the LayerRef of the config entry a graph node came from (for a conversion error)."""
-    serving = Serving(model, data, cfg)
+    resize, decided_by = serving_resize(cfg.resize.value, asked_resize)
+    serving = Serving(model, data, cfg, resize)
     tf.saved_model.save(serving, str(directory), signatures={"serving_default": serving.classify,
                                                              "describe": serving.describe})
     info = {"path": str(directory), "input": "encoded image files (PNG, JPEG, BMP, GIF), any size",
             "model_input": data.spec.describe(), "classes": data.source.names(),
             "preprocessing": data.preprocessing or f"normalization {data.spec.normalization} (dataset.image)",
-            "resize": cfg.resize.value, "channel_policy": cfg.channel_policy.value,
+            "resize": cfg.resize.value, "serving_resize": resize, "serving_resize_from": decided_by,
+            "channel_policy": cfg.channel_policy.value,
             # the signature decodes as TensorFlow does (no EXIF); safetrain.predict turns photos upright first
             "exif_orientation": cfg.exif_orientation.value}
     if "keras" in formats:

@@ -178,6 +178,11 @@ def record_export(record: RunRecord, info: dict) -> None:
     record.report.export = info
     log.info("exported: %s (self-check on test images: max |diff| %s)%s", info["path"],
              info["self_check_max_abs_diff"], _tflite_note(info.get("tflite")))
+    if info.get("serving_resize_from") == "trainer.serving_resize":
+        h, w = info["model_input"].split("x")[:2]
+        log.info("serving: images of another size than %sx%s are %s (trainer.serving_resize; error refuses them)",
+                 h, w, {"bilinear": "resized (bilinear)", "pad_or_crop": "padded or cropped",
+                        "error": "refused, naming the file and its size"}[info["serving_resize"]])
 
 
 def final_summary(record: RunRecord) -> None:

@@ -210,11 +210,11 @@ def _export(cfg: Config, task: Task, data: Datasets, hardware: Hardware, record:
         recording.record_export(record, export(
             task.model, data, cfg.dataset, record.run_dir / names.EXPORT, tuple(cfg.trainer.export_formats),
             float32_model=lambda: _float32_copy(task.plan, task.model),
-            layer_of=lambda node: layer_from_op(node, context)))
+            layer_of=lambda node: layer_from_op(node, context), asked_resize=cfg.trainer.serving_resize.value))
         return
     # Saving may read variables collectively: every worker saves, only the chief keeps it.
     with tempfile.TemporaryDirectory(prefix="safetrain-worker-export-") as scratch:
-        export(task.model, data, cfg.dataset, Path(scratch) / names.EXPORT)
+        export(task.model, data, cfg.dataset, Path(scratch) / names.EXPORT, asked_resize=cfg.trainer.serving_resize.value)
 
 
 def _halved(cfg: Config, error: SafetrainError) -> Config | None:
