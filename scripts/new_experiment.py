@@ -76,7 +76,7 @@ def scan(folder: Path) -> Scan:
     classes = [c.name for c in class_dirs(folder)]
     for split, base in split_dirs(folder).items():
         for cls in classes:
-            images, _, hidden = list_files(base / cls) if (base / cls).is_dir() else ([], [], [])
+            images, _, hidden, _ = list_files(base / cls) if (base / cls).is_dir() else ([], [], [], [])
             found.hidden += hidden
             if split != "train" and not images:
                 found.missing.append((split, cls))

@@ -177,3 +177,24 @@ def test_lr_find_writes_its_curve_and_suggestion_and_puts_the_initial_weights_ba
     assert "Suggested, a tenth of the lowest:\n  optimizer.learning_rate=" in result.err
     assert not (result.run_dir / "checkpoints").exists() or not any((result.run_dir / "checkpoints").iterdir())
     assert result.report()["steps"] == 0  # nothing was trained
+
+
+def test_top_losses_show_a_grey_drawing_as_the_file_looks_not_its_standardized_tint(hand_drawn):
+    """Standardized per channel, a grey RGBA drawing's model input is tinted (cyan, where the
+    channels' statistics differ); the picture shows the file's own grey pixels."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from safetrain.experiment.analysis import as_it_looks
+
+    path = sorted((hand_drawn / "triangle").glob("*.png"))[0]
+    grey = np.asarray(Image.open(path).convert("L"), np.float32) / 255.0
+    mean, std = [240.0, 200.0, 220.0], [40.0, 60.0, 50.0]
+    model_input = (np.repeat(grey[..., None] * 255.0, 3, -1) - mean) / std
+    data = SimpleNamespace(spec=SimpleNamespace(normalization="standardize"), normalization_stats=(mean, std),
+                           source=SimpleNamespace(value_range=(0.0, 255.0)))
+    shown = as_it_looks(model_input, str(path), data)
+    assert shown.shape == grey.shape + (1,) and np.allclose(shown[..., 0], grey)
+    undone = as_it_looks(model_input, "test#3", data)  # not a file: the normalization is undone
+    assert np.allclose(undone[..., 0], undone[..., 1], atol=1e-5) and np.allclose(undone[..., 0], grey, atol=1e-5)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,21 +81,36 @@ def split_dirs(root: Path) -> tuple[dict[str, Path], list[Path]]:
     return {"train": root}, []
 
 
-def list_files(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
-    """(image files, other files, hidden/system entries skipped), each sorted; hidden folders are
-    not entered."""
-    images, others, hidden = [], [], []
+def class_name(folder_name: str) -> str:
+    """A class folder's name as safetrain records and compares it: exactly as written, in Unicode
+    NFC. macOS writes names decomposed (NFD: "e" + combining accent), other systems composed; the
+    same class copied between them must stay one class."""
+    return unicodedata.normalize("NFC", folder_name)
+
+
+def dangling(path: Path) -> bool:
+    """A symbolic link whose target does not exist (a moved or unmounted folder)."""
+    return path.is_symlink() and not path.exists()
+
+
+def list_files(folder: Path) -> tuple[list[Path], list[Path], list[Path], list[Path]]:
+    """(image files, other files, hidden/system entries skipped, dangling links), each sorted;
+    hidden folders are not entered."""
+    images, others, hidden, broken = [], [], [], []
     for path in sorted(folder.iterdir()):
         if is_hidden(path.name):
             hidden.append(path)
+        elif dangling(path):
+            broken.append(path)
         elif path.is_dir():
             sub = list_files(path)
             images += sub[0]
             others += sub[1]
             hidden += sub[2]
+            broken += sub[3]
         elif path.is_file():
             (images if path.suffix.lower() in EXTENSIONS else others).append(path)
-    return images, others, hidden
+    return images, others, hidden, broken
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,15 @@ class Limits:
     max_file_bytes: int
     min_pixels: int | None
     exif: str               # apply | ignore
+
+
+def link_problem(path: Path) -> str:
+    """What a dangling link is, as a bad example's reason."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return f"dangling symbolic link to {target} (the file it points at does not exist)"
 
 
 def look(path: Path, limits: Limits, stat=None) -> tuple[FileInfo, bytes | None]:

@@ -34,7 +34,8 @@ from safetrain.pipelines.sources import folder_splits
 from safetrain.pipelines.sources.base import Source, slices
 from safetrain.pipelines.sources.folder_cache import (Leases, PixelShards, ScanCache, fingerprint, folder_cache_dir,
                                                      parse, versions)
-from safetrain.pipelines.sources.folder_files import Adapt, FileInfo, Limits, adapt_problem, is_hidden, list_files
+from safetrain.pipelines.sources.folder_files import (Adapt, FileInfo, Limits, adapt_problem, class_name, dangling,
+                                                     is_hidden, link_problem, list_files)
 from safetrain.pipelines.sources.folder_files import split_dirs as find_split_dirs
 from safetrain.pipelines.sources.folder_duplicates import Found, find_duplicates, leakage
 from safetrain.pipelines.sources.stratify import class_range
@@ -85,7 +86,7 @@ def _root_and_cache(cfg: DatasetConfig) -> tuple[Path, Path]:
 def _class_names(cfg: DatasetConfig, train_dir: Path, hidden: list[Path]) -> list[str]:
     """The class sub-folders of the training folder, sorted (class id = position); hidden ones
     are added to `hidden`."""
-    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not is_hidden(p.name))
+    classes = sorted(class_name(p.name) for p in train_dir.iterdir() if p.is_dir() and not is_hidden(p.name))
     hidden += [p for p in sorted(train_dir.iterdir()) if is_hidden(p.name)]
     if len(classes) < 2:
         raise DataError(f"{train_dir} has {len(classes)} class sub-folders; classification needs "
@@ -104,7 +105,8 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
     split_dirs, hidden = find_split_dirs(root)
     classes = _class_names(cfg, split_dirs["train"], hidden)
 
-    files, ignored, shards_in = _list(root, split_dirs, classes, hidden)
+    broken: list[tuple[str, Path]] = []
+    files, ignored, shards_in = _list(root, split_dirs, classes, hidden, broken)
     limits = Limits(cfg.max_pixels, cfg.max_file_bytes, cfg.min_pixels, cfg.exif_orientation.value)
     adapt = Adapt(cfg.image.height, cfg.image.width, cfg.image.channels, cfg.resize.value, cfg.channel_policy.value)
     home = folder_cache_dir(caches, root)
@@ -132,6 +134,9 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
         membership = {}  # an unknown split name: the pipeline's own read() names it
     leakage(found, membership, cfg.on_leakage)
     notes = _summary(root, classes, files, good, ignored, hidden) + split_plan.notes
+    if broken:
+        notes.append(f"dangling symbolic links: {len(broken)} (bad examples, each in errors.jsonl): "
+                     + ", ".join(str(p) for _, p in broken[:3]) + (" ..." if len(broken) > 3 else ""))
     notes += _missing_classes(found, membership, roles, classes, cfg.allow_missing_classes)
     notes.append(_scan_note(stats, home))
     adapters = plan.steps[2:-2]  # between the source/check lines and normalize/model input (done per batch)
@@ -140,6 +145,7 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
     found.report["scan"] = {**stats, "seconds": round(time.perf_counter() - started, 3), "cache_dir": str(home)}
 
     bad = [BadExample(split=f.split_dir, key=f.key, reason=f.problem) for f in files if f.problem]
+    bad += [BadExample(split=split, key=str(path), reason=link_problem(path)) for split, path in broken]
     spec = SourceSpec(name=cfg.name, height=declared.height, width=declared.width, channels=declared.channels,
                       dtype="uint8", num_classes=len(classes), value_range=(0.0, 255.0), class_names=tuple(classes))
     shard_paths = {name: [store.path(name, cls, key) for (n, cls), key in shards_in.items() if n == name]
@@ -221,23 +227,27 @@ def _read_shards(paths: list[str], chosen: list[_File], records: int, shape: tup
     return ds.filter(plain(lambda image, label, key: table.lookup(key) > 0))
 
 
-def _list(root: Path, split_dirs: dict[str, Path], classes: list[str], hidden: list[Path]):
+def _list(root: Path, split_dirs: dict[str, Path], classes: list[str], hidden: list[Path], broken: list):
+    """The image files per (split folder, class); hidden entries and dangling links (as
+    (split, path)) are added to `hidden` and `broken`."""
     files: list[_File] = []
     ignored = 0
     shards: dict[tuple[str, str], list[_File]] = {}
     for split, base in split_dirs.items():
-        present = {p.name for p in base.iterdir() if p.is_dir() and not is_hidden(p.name)}
+        present = {class_name(p.name): p for p in base.iterdir() if p.is_dir() and not is_hidden(p.name)}
         hidden += [p for p in base.iterdir() if is_hidden(p.name)] if base != split_dirs["train"] else []
-        unknown = sorted(present - set(classes))
+        broken += [(split, p) for p in sorted(base.iterdir()) if dangling(p)]  # a linked class folder gone
+        unknown = sorted(set(present) - set(classes))
         if unknown:
             raise DataError(f"{base} has class folders {unknown} that {split_dirs['train']} lacks",
                             hint="use the same class folders in every split", config_key="dataset.path")
         for label, cls in enumerate(classes):
-            if not (base / cls).is_dir():
+            if cls not in present:
                 continue
-            images, others, skipped = list_files(base / cls)
+            images, others, skipped, links = list_files(present[cls])
             ignored += len(others)
             hidden += skipped
+            broken += [(split, p) for p in links]
             shard = [_File(p, str(p.relative_to(root)), split, label) for p in images]
             shards[(split, cls)] = shard
             files += shard

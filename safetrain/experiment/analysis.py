@@ -67,11 +67,51 @@ def analyse_test(cfg: Config, steps: Steps, data: Datasets, record: RunRecord, s
     record.text("test/per_class", results.report_text(metrics["per_class"]), step=step, code=False)
 
     chosen = results.top_loss_indices(test, TOP_LOSSES)
-    grid = results.top_losses_figure(np.stack([images[int(i)] for i in chosen]), test, chosen, names,
-                                     out / run_files.TOP_LOSSES)
+    shown = [as_it_looks(images[int(i)], test.keys[int(i)], data) for i in chosen]
+    grid = results.top_losses_figure(shown, test, chosen, names, out / run_files.TOP_LOSSES)
     record.image("test/top_losses", grid, step=step)
     if cfg.dataset.source.value == "image_folder":
         _suspect_labels(cfg, steps, data, record, test)
+
+
+def as_it_looks(model_input: np.ndarray, key: str, data: Datasets) -> np.ndarray:
+    """An example as a person knows it, in [0, 1]: the file itself when the key is one (upright,
+    its own colours and size), else the model input with its normalization undone (per-channel
+    `standardize` statistics would tint a grey image cyan), for the top-losses picture."""
+    from pathlib import Path
+
+    path = Path(key)
+    if path.is_file():
+        from PIL import Image, ImageOps
+
+        try:
+            with Image.open(path) as img:
+                img = ImageOps.exif_transpose(img)
+                img.thumbnail((256, 256))
+                grey = img.mode in ("L", "LA", "I", "I;16", "1") or _is_grey(img)
+                pixels = np.asarray(img.convert("L" if grey else "RGB"), np.float32) / 255.0
+                return pixels[..., None] if grey else pixels
+        except (OSError, ValueError, SyntaxError):
+            pass  # changed or unreadable since training: the model input then
+    image = model_input.astype(np.float32)
+    lo, hi = data.source.value_range or (0.0, 1.0)
+    kind = data.spec.normalization
+    if kind == "standardize" and data.normalization_stats:
+        mean, std = data.normalization_stats
+        image = (image * np.asarray(std, np.float32) + np.asarray(mean, np.float32) - lo) / (hi - lo)
+    elif kind in ("none", "standardize"):
+        image = (image - lo) / (hi - lo)
+    elif kind == "minus_one_one":
+        image = (image + 1.0) / 2.0
+    elif kind == "scale_0_255":
+        image = image / 255.0
+    return np.clip(image, 0.0, 1.0)
+
+
+def _is_grey(img) -> bool:
+    """An RGB(A) image whose three colour channels are equal (grey drawings saved as RGBA)."""
+    rgb = np.asarray(img.convert("RGB"), np.int16)
+    return bool(np.all(rgb[..., 0] == rgb[..., 1]) and np.all(rgb[..., 1] == rgb[..., 2]))
 
 
 def _suspect_labels(cfg: Config, steps: Steps, data: Datasets, record: RunRecord, test) -> None:

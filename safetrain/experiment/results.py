@@ -159,10 +159,11 @@ def confusion_figure(matrix: np.ndarray, names: list[str], path: Path | None = N
     return _rendered(fig, path)
 
 
-def top_losses_figure(images: np.ndarray, pred: Predictions, indices: np.ndarray, names: list[str],
+def top_losses_figure(images: list[np.ndarray], pred: Predictions, indices: np.ndarray, names: list[str],
                       path: Path | None = None) -> np.ndarray:
-    """The examples of `indices` as the model saw them (each scaled to its own range for display),
-    titled with the true class, the predicted class and its probability, the loss and the key."""
+    """The examples of `indices` (each (H, W, C) in [0, 1], any size: as they look, from
+    experiment.analysis.as_it_looks), titled with the true class, the predicted class and its
+    probability, the loss and the key."""
     plt = _pyplot()
     n = len(indices)
     columns = min(5, max(1, n))
@@ -172,8 +173,7 @@ def top_losses_figure(images: np.ndarray, pred: Predictions, indices: np.ndarray
         ax.axis("off")
     predicted = pred.predicted
     for ax, image, i in zip(axes.ravel(), images, indices):
-        lo, hi = float(image.min()), float(image.max())
-        shown = (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
+        shown = np.clip(image, 0.0, 1.0)
         ax.imshow(shown[..., 0] if shown.shape[-1] == 1 else shown[..., :3], cmap="gray" if shown.shape[-1] == 1
                   else None, vmin=0.0, vmax=1.0)
         key = pred.keys[i]
