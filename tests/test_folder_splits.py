@@ -70,10 +70,14 @@ def test_small_classes_are_in_every_carved_split_and_too_small_ones_are_refused_
     for split, rare in (("train[:80%]", 3), ("train[80%:90%]", 1), ("train[90%:]", 1)):
         keys = [k.numpy().decode() for _, _, k in source.read(split)]
         assert sum("/rare/" in k for k in keys) == rare
+    assert "small classes kept in every carved split (a file each, from training): 'rare' (5)" in source.notes
     tiny = make(tmp_path / "tiny", {"": {"common": 40, "scarce": 2}})
     with pytest.raises(DataError, match=r"has no image of class 'scarce'") as info:
         image_folder_source(cfg(tiny, tmp_path))
     assert info.value.config_key == "dataset.allow_missing_classes"
+    allowed = image_folder_source(cfg(tiny, tmp_path, allow_missing_classes=True))
+    assert ("warning: fewer files than the 3 splits carved from train/: 'scarce' (2); add files, or a val/ or "
+            "test/ folder") in allowed.notes
 
 
 @given(members=st.integers(0, 400), parts=st.sampled_from([[(0, 90), (90, 100)], [(0, 80), (80, 90), (90, 100)]]))

@@ -133,7 +133,7 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
     except DataError:
         membership = {}  # an unknown split name: the pipeline's own read() names it
     leakage(found, membership, cfg.on_leakage)
-    notes = _summary(root, classes, files, good, ignored, hidden) + split_plan.notes
+    notes = _summary(root, classes, files, good, ignored, hidden) + split_plan.notes + selection.widened(classes)
     if broken:
         notes.append(f"dangling symbolic links: {len(broken)} (bad examples, each in errors.jsonl): "
                      + ", ".join(str(p) for _, p in broken[:3]) + (" ..." if len(broken) > 3 else ""))
@@ -190,6 +190,24 @@ class _Selection:
         self.sizes = {split: sum(len(v) for v in per_class.values()) for split, per_class in self.by_split.items()}
         self.plan, self.name = split_plan, name
         self.bounds = sorted(split_plan.carved.values())
+
+    def widened(self, classes: list[str]) -> list[str]:
+        """What the carve changed for small classes, in words (the console says it)."""
+        if not self.bounds:
+            return []
+        out, short = [], []
+        for label, members in sorted(self.by_split[self.plan.folder].items()):
+            n = len(members)
+            if n < len(self.bounds):
+                short.append(f"{classes[label]!r} ({n})")
+            elif folder_splits.carve(n, self.bounds) != [class_range(n, lo, hi, 100) for lo, hi in self.bounds]:
+                out.append(f"{classes[label]!r} ({n})")
+        notes = [f"small classes kept in every carved split (a file each, from training): {', '.join(out)}"] \
+            if out else []
+        if short:
+            notes.append(f"warning: fewer files than the {len(self.bounds)} splits carved from {self.plan.folder}/: "
+                         f"{', '.join(short)}; add files, or a val/ or test/ folder")
+        return notes
 
     def select(self, split: str) -> list[_File]:
         """A split string, sliced per class (stratified): each class keeps its share. A slice
