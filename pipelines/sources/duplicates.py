@@ -169,13 +169,14 @@ def _all_pairs(h: np.ndarray, radius: int):
 def _lsh_pairs(h: np.ndarray, radius: int):
     """Pairs within the radius among those sharing a sampled-bits key in at least one table."""
     rng = np.random.default_rng(20240606)
-    bits = np.unpackbits(h.view(np.uint8), axis=1, bitorder="little")  # (n, 256) 0/1, bit order irrelevant
-    weights = (np.uint64(1) << np.arange(BITS_PER_TABLE, dtype=np.uint64))
     codes = set()
     found = []
+    one = np.uint64(1)
     for _ in range(TABLES):
         chosen = rng.choice(HASH_BITS, BITS_PER_TABLE, replace=False)
-        keys = (bits[:, chosen].astype(np.uint64) * weights).sum(1, dtype=np.uint64)
+        keys = np.zeros(len(h), np.uint64)  # the chosen bits, read from the packed words (no (n, 256) copy)
+        for i, bit in enumerate(chosen.tolist()):
+            keys |= ((h[:, bit // 64] >> np.uint64(bit % 64)) & one) << np.uint64(i)
         for a, b in _same_key(keys, h, radius):
             d = distance(h[a], h[b])
             ok = d <= radius

@@ -255,7 +255,8 @@ class EarlyStoppingConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 3                      # passes over the training split
+    epochs: int = 3                      # passes over the training split (with time_budget: at most)
+    time_budget: Any = None              # 90s | 15m | 2h: the steps that fit it, planned from measured costs; null = off
     batch_size: int = 128                # global batch; per-replica = batch_size / replicas
     eval_batch_size: Optional[int] = None  # null = batch_size
     max_steps: Optional[int] = None      # stop after this many train steps (across epochs)

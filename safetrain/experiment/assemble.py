@@ -24,6 +24,7 @@ from safetrain.train import schedules
 from safetrain.train.actions import (Action, Evaluate, GradientProbe, LogScalars, ReducePlateau, SaveCheckpoints,
                                      SelectBest, SwitchWeights)
 from safetrain.train.best import BestState
+from safetrain.train.budget import Budget, parse_budget
 from safetrain.train.checkpoints import Checkpoints
 from safetrain.train.ema import EmaWeights
 from safetrain.train.loop import TrainLoop
@@ -87,6 +88,7 @@ class Assembly:
     evaluation: Evaluate | None
     best: BestState | None
     ema: EmaWeights | None
+    budget: Budget | None = None
 
 
 def assemble(cfg: Config, task: Task, data: Datasets, record: RunRecord, loop: TrainLoop, probe: GradientProbe,
@@ -103,6 +105,7 @@ def assemble(cfg: Config, task: Task, data: Datasets, record: RunRecord, loop: T
     plateau = task.schedule.plateau if evaluation else None  # validate(): plateau needs eval
     # The rate the logged step used (the optimizer has already counted that step).
     used_rate = lambda: schedules.value_at(task.schedule.learning_rate, task.optimizer.iterations - 1)  # noqa: E731
+    budget = _budget(cfg, task, data, record)
     actions = [action for action in (
         probe,                                                   # the first steps: dead gradients
         LogScalars(t.log_every_steps, record, loop.progress, loop.timer, learning_rate=used_rate),
@@ -113,12 +116,27 @@ def assemble(cfg: Config, task: Task, data: Datasets, record: RunRecord, loop: T
                                   best_mode(o.plateau_metric, None) is Mode.max, o.plateau_patience,
                                   o.decay_factor, o.min_learning_rate / o.learning_rate, o.learning_rate),
         average and SwitchWeights(average.use, False),           # the trained weights back,
+        budget,                                                  # the steps that fit the time budget,
         SaveCheckpoints(checkpoints, t.checkpoint_every_steps,   # and last, a checkpoint of what
                         t.checkpoint_every_seconds, time.perf_counter),  # all of them decided
     ) if action]
     for action in actions:
         checkpoints.track(action.checkpointed())
-    return Assembly(actions=actions, evaluation=evaluation, best=best, ema=ema)
+    return Assembly(actions=actions, evaluation=evaluation, best=best, ema=ema, budget=budget)
+
+
+def _budget(cfg: Config, task: Task, data: Datasets, record: RunRecord) -> Budget | None:
+    """trainer.time_budget's planner over the task's horizon (the schedule reads it), counted
+    from the start of the run (before TensorFlow's import); None without a budget."""
+    t = cfg.trainer
+    if task.horizon is None:
+        return None
+    spe = data.steps_per_epoch
+    cap = min(spe * t.epochs, t.max_steps or spe * t.epochs)
+    return Budget(parse_budget(t.time_budget), task.horizon.variable, cap=cap, steps_per_epoch=spe,
+                  batch_size=t.batch_size, eval_examples=data.counts.get("eval", 0),
+                  test_examples=data.counts.get("test", 0), export=t.export, started=record.started,
+                  clock=time.monotonic, replan=not t.deterministic)
 
 
 def record_best(record: RunRecord, best: BestState, chosen: Selection, exported: bool = True) -> bool:

@@ -38,8 +38,8 @@ def execute(node: DictConfig, run_dir: Path) -> int:
     except ConfigError as err:  # no report.json can be written either: say it and stop
         log.error("safetrain: %s error (exit %d): %s", err.kind, err.exit_code, err)
         return err.exit_code
-    started = time.monotonic()
     record = RunRecord(run_dir, name=str(node.get("name", "")))
+    started = record.started
     report = record.report
     debug = bool(node.get("debug", False))
     guard = SignalGuard().install()

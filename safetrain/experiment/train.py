@@ -171,6 +171,8 @@ def _fit(cfg: Config, task: Task, data: Datasets, hardware: Hardware, record: Ru
             test = loop.evaluate(data.test) if data.test is not None else (None, None)
     finally:
         recording.record_loop(record, loop, parts.evaluation, model, wall)
+        if parts.budget is not None:
+            record.report.budget = parts.budget.summary(loop.result.steps)
     record.report.metrics.update(test_loss=test[0], test_accuracy=test[1])
     record.scalars(result.steps, {"test/loss": test[0], "test/accuracy": test[1]})
     if data.test is not None and hardware.is_chief:

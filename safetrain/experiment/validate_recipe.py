@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from safetrain.config.schema import ClassWeights, Config, Mode, Monitor, Schedule
 from safetrain.core.errors import ConfigError
+from safetrain.train.budget import MIN_SECONDS, parse_budget
 from safetrain.train.cluster import current_task
 
 
@@ -63,10 +64,36 @@ def check_recipe(cfg: Config) -> None:
         refuse(f"trainer.ema={t.ema} must be in (0, 1): the decay of the weights' moving average.",
                "set trainer.ema=0.999 (or null: off)", "trainer.ema")
     _check_lr_find(cfg, refuse)
+    _check_budget(cfg, refuse)
     _check_selection(cfg, refuse)
     _check_augment(cfg, refuse)
     _check_class_weights(cfg, refuse)
     _check_sampling(cfg, refuse)
+
+
+def _check_budget(cfg: Config, refuse) -> None:
+    """trainer.time_budget: a duration, and no setting it cannot honour."""
+    t, o = cfg.trainer, cfg.optimizer
+    if t.time_budget is None:
+        return
+    key = "trainer.time_budget"
+    try:
+        seconds = parse_budget(t.time_budget)
+    except ValueError as err:
+        refuse(f"{key}={t.time_budget!r}: {err}.", "set trainer.time_budget=15m (or null: off)", key)
+    if seconds < MIN_SECONDS:
+        refuse(f"{key}={t.time_budget!r} is {seconds:g} s: under {MIN_SECONDS:g} s nothing can be measured and "
+               f"planned.", "set trainer.time_budget=90s or more", key)
+    if o.schedule is Schedule.step:
+        refuse(f"{key} plans the run's steps, and optimizer.schedule=step drops the rate at fixed epochs "
+               f"(optimizer.milestones={list(o.milestones)}), which the planned run may never reach.",
+               "set optimizer.schedule=cosine (or linear, one_cycle, plateau, constant) with a time budget", key)
+    if current_task() is not None:
+        refuse(f"{key} cannot be used in a multi-worker run (TF_CONFIG): each worker would measure and plan "
+               f"its own number of steps.", "set trainer.epochs (or trainer.max_steps) instead", key)
+    if t.lr_find:
+        refuse(f"{key} plans a training run; trainer.lr_find=true runs the LR finder instead.",
+               "run the LR finder without trainer.time_budget", key)
 
 
 def _check_lr_find(cfg: Config, refuse) -> None:

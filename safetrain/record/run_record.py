@@ -9,6 +9,7 @@ whatever happened. TensorFlow-free until TensorBoard is opened (config errors ne
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from safetrain.core.errors import ErrorKind, SafetrainError, Status
@@ -27,6 +28,7 @@ def graph_text(error: SafetrainError, note: str = "") -> str:
 class RunRecord:
     def __init__(self, run_dir: Path, name: str = "") -> None:
         self.run_dir = run_dir
+        self.started = time.monotonic()  # the run's start (report.json wall_seconds; trainer.time_budget)
         self.report = RunReport(name=name, run_dir=str(run_dir))
         self.errors = ErrorLog(run_dir / names.ERRORS)
         self.errors.path.touch()

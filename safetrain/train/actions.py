@@ -75,6 +75,7 @@ class Action(Protocol):
     def after_step(self, end: StepEnd) -> None: ...
     def after_epoch(self, end: EpochEnd) -> str | None: ...
     def checkpointed(self) -> dict: ...
+    def step_limit(self) -> int | None: ...
 
 
 class BaseAction:
@@ -93,6 +94,10 @@ class BaseAction:
         """{name: trackable} the checkpoint keeps for this action (names are part of the checkpoint
         format: keep them stable)."""
         return {}
+
+    def step_limit(self) -> int | None:
+        """The step at which training must end (trainer.time_budget's plan); None: no limit."""
+        return None
 
 
 class EverySteps:

@@ -145,8 +145,15 @@ class TrainLoop:
         """An action (early stopping) ended training; after a resume too, from its restored state."""
         return any(action.wants_stop for action in self.actions)
 
+    def _step_limit(self) -> int | None:
+        """trainer.max_steps and the actions' limits (trainer.time_budget's planned steps)."""
+        limits = [self.cfg.max_steps] + [getattr(action, "step_limit", lambda: None)() for action in self.actions]
+        limits = [limit for limit in limits if limit is not None]
+        return min(limits) if limits else None
+
     def _budget_spent(self) -> bool:
-        return self.cfg.max_steps is not None and self.result.steps >= self.cfg.max_steps
+        limit = self._step_limit()
+        return limit is not None and self.result.steps >= limit
 
     def _train_epoch(self, epoch: int, skip: int) -> tuple[Totals, int, bool]:
         """Returns the epoch's totals, the batches done in it, and whether it ran to the end."""
@@ -249,7 +256,8 @@ class TrainLoop:
             log.info("trainer.steps_per_loop=auto: %s", reason)
         k = self.steps_per_loop or 1  # auto, still measuring: single steps
         n = k - self.result.steps % k
-        for limit in (left, None if self.cfg.max_steps is None else self.cfg.max_steps - self.result.steps):
+        limit_ = self._step_limit()
+        for limit in (left, None if limit_ is None else limit_ - self.result.steps):
             if limit is not None:
                 n = min(n, limit)
         return "steps", lambda iterator: self.steps.train_steps(iterator, tf.constant(n, tf.int32)), n

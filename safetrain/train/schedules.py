@@ -84,6 +84,40 @@ class PlateauState:
                 "plateau_bad_epochs": self._bad}
 
 
+class Horizon:
+    """The run's total steps as a variable (trainer.time_budget plans it after the first steps and
+    may re-plan it; safetrain.train.budget): cosine, linear and one_cycle read it at every step, so
+    a new plan needs no retrace, and the checkpoint keeps it."""
+
+    def __init__(self, total_steps: int) -> None:
+        self.variable = tf.Variable(int(total_steps), dtype=tf.int64, trainable=False, name="budget_planned_steps")
+
+
+class OverHorizon(keras.optimizers.schedules.LearningRateSchedule):
+    """A Keras schedule made for the horizon's current total at each call: `make(total)` builds
+    the same CosineDecay/PolynomialDecay as a fixed run, with tensors for its lengths."""
+
+    def __init__(self, make, horizon: Horizon) -> None:
+        self.make = make
+        self.horizon = horizon
+
+    def __call__(self, step):
+        total = keras.ops.cast(self.horizon.variable, "float32")
+        return self.make(total)(step)
+
+    def get_config(self) -> dict:
+        return {}
+
+
+def _lengths(schedule, **lengths):
+    """A Keras schedule with tensor lengths: its constructor checks them as Python numbers
+    (`if decay_steps <= 0`), its __call__ casts them as tensors; so it is made with 1 and the
+    (already >= 1) tensors are set after."""
+    for name, value in lengths.items():
+        setattr(schedule, name, value)
+    return schedule
+
+
 @dataclass(frozen=True)
 class Plan:
     """The schedule for the optimizer and the words for the console and TensorBoard."""
@@ -93,21 +127,30 @@ class Plan:
     plateau: PlateauState | None = None  # schedule=plateau: what its action changes
 
 
-def learning_rate(cfg: OptimizerConfig, steps_per_epoch: int, total_steps: int) -> Plan:
+def learning_rate(cfg: OptimizerConfig, steps_per_epoch: int, total_steps: int,
+                  horizon: Horizon | None = None) -> Plan:
+    """`horizon`: the total is planned later (trainer.time_budget); `total_steps` is its cap."""
     lr, low = cfg.learning_rate, cfg.min_learning_rate
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     if cfg.warmup_epochs and warmup < 1:
         warmup = 1
-    # The decays reach min_learning_rate on the run's last step (step index total_steps - 1).
-    decay_steps = max(1, total_steps - warmup - 1)
     kind = cfg.schedule
+    at = "the step trainer.time_budget plans" if horizon else f"step {total_steps}"
     if kind is Schedule.one_cycle:
-        rise = max(1, round(ONE_CYCLE_WARMUP * total_steps))
-        schedule = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=lr / ONE_CYCLE_START, warmup_target=lr, warmup_steps=rise,
-            decay_steps=max(1, total_steps - rise - 1), alpha=low / lr)
-        return Plan(schedule, f"one_cycle: {lr / ONE_CYCLE_START:g} -> {lr:g} over {rise} steps, cosine to {low:g} "
-                              f"at step {total_steps}")
+        def one_cycle(total):
+            if horizon:
+                rise = keras.ops.maximum(1.0, keras.ops.round(ONE_CYCLE_WARMUP * total))
+                return _lengths(keras.optimizers.schedules.CosineDecay(
+                    initial_learning_rate=lr / ONE_CYCLE_START, warmup_target=lr, warmup_steps=1, decay_steps=1,
+                    alpha=low / lr), warmup_steps=rise, decay_steps=keras.ops.maximum(1.0, total - rise - 1))
+            rise = max(1, round(ONE_CYCLE_WARMUP * total))
+            return keras.optimizers.schedules.CosineDecay(
+                initial_learning_rate=lr / ONE_CYCLE_START, warmup_target=lr, warmup_steps=rise,
+                decay_steps=max(1, total - rise - 1), alpha=low / lr)
+        rise_words = "30% of the run" if horizon else f"{max(1, round(ONE_CYCLE_WARMUP * total_steps))} steps"
+        schedule = OverHorizon(one_cycle, horizon) if horizon else one_cycle(total_steps)
+        return Plan(schedule, f"one_cycle: {lr / ONE_CYCLE_START:g} -> {lr:g} over {rise_words}, cosine to {low:g} "
+                              f"at {at}")
     if kind is Schedule.plateau:
         state = PlateauState()
         base = LinearWarmup(lr, warmup, lr) if warmup else lr
@@ -115,15 +158,27 @@ def learning_rate(cfg: OptimizerConfig, steps_per_epoch: int, total_steps: int) 
                  f"x{cfg.decay_factor:g} after {cfg.plateau_patience} epochs without a better eval "
                  f"{cfg.plateau_metric.value} (not below {low:g})")
         return Plan(Scaled(base, state._scale), words, plateau=state)
+    # The decays reach min_learning_rate on the run's last step (step index total_steps - 1).
+    def decay_steps(total):
+        return keras.ops.maximum(1.0, total - warmup - 1) if horizon else max(1, total - warmup - 1)
+
+    def sized(schedule_class, total, **kw):
+        if horizon:
+            return _lengths(schedule_class(lr, decay_steps=1, **kw), decay_steps=decay_steps(total))
+        return schedule_class(lr, decay_steps=decay_steps(total), **kw)
+
     if kind is Schedule.constant:
         after, words = lr, f"constant {lr:g}"
     elif kind is Schedule.cosine:
-        after = keras.optimizers.schedules.CosineDecay(lr, decay_steps=decay_steps, alpha=low / lr)
-        words = f"cosine {lr:g} -> {low:g} at step {total_steps}"
+        def after_(total):
+            return sized(keras.optimizers.schedules.CosineDecay, total, alpha=low / lr)
+        after = OverHorizon(after_, horizon) if horizon else after_(total_steps)
+        words = f"cosine {lr:g} -> {low:g} at {at}"
     elif kind is Schedule.linear:
-        after = keras.optimizers.schedules.PolynomialDecay(lr, decay_steps=decay_steps, end_learning_rate=low,
-                                                           power=1.0)
-        words = f"linear {lr:g} -> {low:g} at step {total_steps}"
+        def after_(total):
+            return sized(keras.optimizers.schedules.PolynomialDecay, total, end_learning_rate=low, power=1.0)
+        after = OverHorizon(after_, horizon) if horizon else after_(total_steps)
+        words = f"linear {lr:g} -> {low:g} at {at}"
     else:  # step
         boundaries = [round(m * steps_per_epoch) - warmup for m in cfg.milestones]
         values = [lr * cfg.decay_factor ** i for i in range(len(boundaries) + 1)]
@@ -133,7 +188,7 @@ def learning_rate(cfg: OptimizerConfig, steps_per_epoch: int, total_steps: int) 
     if not warmup:
         return Plan(after, words)
     words = f"linear warmup over {warmup} steps, then {words}"
-    if warmup >= total_steps:  # a smoke run (+debug=tiny) of a recipe: say so, change nothing
+    if warmup >= total_steps and not horizon:  # a smoke run (+debug=tiny) of a recipe: say so, change nothing
         words += f" (the run ends after {total_steps} steps, inside the warmup)"
     return Plan(LinearWarmup(after, warmup, lr), words)
 

@@ -56,6 +56,7 @@ class Task:
     schedule: schedules.Plan     # the learning rate over the steps
     recipe: str                  # optimizer, learning-rate schedule, weight decay, label smoothing, in words
     fine_tune: FineTune | None = None  # a backbone that trains (from the start or a later epoch)
+    horizon: schedules.Horizon | None = None  # trainer.time_budget: the planned total steps (a variable)
 
     def steps(self, *, eval_spec=None, class_weights: list[float] | None = None,
               on_missing_gradients: Callable[[list[str]], Exception] | None = None, **overrides) -> Steps:
@@ -84,7 +85,8 @@ def build_task(plan: ModelPlan, *, optimizer: OptimizerConfig, trainer: TrainerC
     run_steps = steps_per_epoch * t.epochs
     total_steps = min(run_steps, t.max_steps or run_steps)
     with strategy.scope():
-        schedule = schedules.learning_rate(o, steps_per_epoch, total_steps)
+        horizon = schedules.Horizon(total_steps) if t.time_budget is not None else None
+        schedule = schedules.learning_rate(o, steps_per_epoch, total_steps, horizon)
         model = build_model(plan, input_dtype=input_dtype, seed=t.seed)
         tuned = None
         if plan.backbone is not None and plan.backbone.trains_ever():
@@ -95,7 +97,7 @@ def build_task(plan: ModelPlan, *, optimizer: OptimizerConfig, trainer: TrainerC
         head_optimizer, undecayed = ready_optimizer(new_optimizer(o, schedule.learning_rate, t.ema), own, policy)
     recipe = _recipe(o, t, plan, schedule, tuned, undecayed)
     return Task(plan=plan, model=model, optimizer=head_optimizer, strategy=strategy, trainer=t, schedule=schedule,
-                recipe=recipe, fine_tune=tuned)
+                recipe=recipe, fine_tune=tuned, horizon=horizon)
 
 
 def _recipe(o: OptimizerConfig, t: TrainerConfig, plan: ModelPlan, schedule: schedules.Plan, tuned: FineTune | None,
