@@ -8,10 +8,19 @@ reads every file's header with Pillow (nothing is decoded but a sample): counts 
 sizes, channel modes, formats, unreadable files. From that it proposes the input spec — the
 common size (or the median, rounded to a multiple of 8, between 16 and 224, resized bilinearly),
 1 channel if every image is gray else 3, `standardize` normalization (per-channel mean and std
-of a sample are shown; the pipeline recomputes them exactly from the training split) — writes
-the experiment config with the findings as comments, and runs safetrain's checks on it without
-training (`dry_run=true`: config, the full data scan, the shape table). Imbalanced classes, too
-few images, mixed formats and unreadable files are reported with advice.
+of a sample are shown; the pipeline recomputes them exactly from the training split) — and a
+recipe (scripts/scaffold_recipe.py: a small CNN, AdamW with a warmup and cosine decay, label
+smoothing, the best eval epoch, augmentation from what the sample looks like, a time budget),
+writes the experiment config with the findings as comments, and then proves it (`--check`):
+
+- `learn` (default): a learning check — about a minute of training on up to 2,000 images per
+  split must show the training loss falling and eval accuracy above chance (the largest class's
+  share) before "train it with" is printed; when it does not, the check is tried once more with a
+  third of the learning rate, and the result (and what was tried) is said either way;
+- `dry`: safetrain's checks without training (`dry_run=true`: config, the full data scan, the
+  shape table); `none`: write the file only.
+
+Imbalanced classes, too few images, mixed formats and unreadable files are reported with advice.
 """
 
 from __future__ import annotations
@@ -33,6 +42,9 @@ sys.path.insert(0, str(ROOT))
 from safetrain.pipelines.sources.folder_files import EXTENSIONS, is_hidden, list_files  # noqa: E402  (no TensorFlow)
 from safetrain.pipelines.sources.folder_files import split_dirs as find_split_dirs  # noqa: E402
 from safetrain.pipelines.sources.stratify import every_class_in_every_slice  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import scaffold_recipe as recipe  # noqa: E402
 
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "P_gray"}
 MODE_CHANNELS = {"1": 1, "L": 1, "I": 1, "I;16": 1, "I;16B": 1, "P_gray": 1, "LA": 2, "RGB": 3, "P": 3,
@@ -242,13 +254,14 @@ def batch_size(images: int) -> int:
     return next(b for limit, b in ((1280, 32), (320, 16), (160, 8), (0, 4)) if images >= limit)
 
 
-def render(name: str, folder: Path, found: Scan, command: str) -> str:
+def render(name: str, folder: Path, found: Scan, command: str, budget: str, learning_rate: float | None = None) -> str:
     height, width, resize = propose_size(found.sizes)
     gray = found.gray_color or all(mode in GRAY_MODES for mode in found.modes)
     channels = 1 if gray else 3
     convert = any(MODE_CHANNELS.get(mode, 0) != channels for mode in found.modes)
     mean, std = stats(found.readable, height, width, channels)
-    model = "cnn_small" if max(height, width) <= 64 else "cnn_residual"
+    chosen = recipe.propose(sum(found.counts.values()), height, width, recipe.looks(found.readable, channels),
+                            budget, learning_rate)
     classes = sorted(found.counts)
     lines = [
         "# @package _global_",
@@ -264,7 +277,8 @@ def render(name: str, folder: Path, found: Scan, command: str) -> str:
     lines += [
         "defaults:",
         "  - override /dataset: image_folder",
-        f"  - override /model: {model}",
+        f"  - override /model: {chosen.model}",
+        "  - override /optimizer: adamw",
         "",
         f"name: {name}",
         "dataset:",
@@ -285,11 +299,7 @@ def render(name: str, folder: Path, found: Scan, command: str) -> str:
     if found.missing:
         lines.append("  allow_missing_classes: true   # a split folder lacks a class (see the advice above)")
     lines += found.split_lines
-    lines += [
-        "trainer:",
-        "  epochs: 10",
-        f"  batch_size: {batch_size(sum(found.counts.values()))}",
-    ]
+    lines += chosen.lines(batch_size(sum(found.counts.values())))
     return "\n".join(lines) + "\n"
 
 
@@ -300,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", type=Path, default=ROOT / "configs",
                         help="config dir to write experiment/NAME.yaml into (default: this repository's)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing experiment file")
-    parser.add_argument("--no-check", action="store_true", help="write the file only; skip the dry run")
+    parser.add_argument("--budget", default="10m", help="trainer.time_budget of the experiment (default 10m)")
+    parser.add_argument("--check", choices=("learn", "dry", "none"), default="learn",
+                        help="learn: a one-minute learning check (default); dry: checks without training; none")
+    parser.add_argument("--no-check", action="store_true", help="the same as --check none")
     args = parser.parse_args(argv)
 
     if not re.fullmatch(r"[A-Za-z0-9_-]+", args.name):
@@ -326,19 +339,27 @@ def main(argv: list[str] | None = None) -> int:
         run.insert(0, f"hydra.searchpath=[file://{args.configs.expanduser().resolve()}]")
     command = "python -m safetrain " + " ".join(run)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render(args.name, folder, found, command))
+    target.write_text(render(args.name, folder, found, command, args.budget))
     print(f"wrote {target}")
-    print(f"train it with:\n  {command}")
-    if args.no_check:
+    print(recipe.summary(target.read_text()))
+    check = "none" if args.no_check else args.check
+    if check == "learn":
+        code, learning_rate = recipe.learning_check(run, args.name, found.counts, target.read_text())
+        if learning_rate is not None:  # the lower rate learned: the experiment keeps it
+            target.write_text(render(args.name, folder, found, command, args.budget, learning_rate))
+        if code:
+            return code
+    print(f"train it with:\n  {command}   # trainer.time_budget={args.budget}: the best model that fits it")
+    if check != "dry":
         return 0
     print("checking it (config, every image, the model's shapes) without training:")
     # The check's run dir (report.json, the scan's errors.jsonl) goes to a temporary folder, not
     # into the config tree, where Hydra would see its .hydra/*.yaml as configs.
     check_dir = Path(tempfile.mkdtemp(prefix=f"safetrain-check-{args.name}-"))
-    check = subprocess.run([sys.executable, "-m", "safetrain", *run, "dry_run=true", f"hydra.run.dir={check_dir}"],
-                           env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-m", "safetrain", *run, "dry_run=true", f"hydra.run.dir={check_dir}"],
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     print(f"check's run directory (report.json, errors.jsonl): {check_dir}")
-    return check.returncode
+    return done.returncode
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ def _folder(root):
 def test_scan_write_check_train_and_predict_a_new_project(tmp_path):
     images, configs = _folder(tmp_path / "images"), tmp_path / "my_configs"
     scaffold = subprocess.run([sys.executable, str(ROOT / "scripts" / "new_experiment.py"), str(images), "colors",
-                               "--configs", str(configs)], capture_output=True, text=True, env=ENV, timeout=300)
+                               "--configs", str(configs), "--check", "dry"], capture_output=True, text=True, env=ENV,
+                              timeout=300)
     assert scaffold.returncode == 0, scaffold.stdout + scaffold.stderr
     out = scaffold.stdout + scaffold.stderr
     assert "scanned 55 files in 3 classes: blue 6, green 24, red 24" in out
@@ -52,7 +53,8 @@ def test_scan_write_check_train_and_predict_a_new_project(tmp_path):
 
     run_dir = tmp_path / "run"
     train = subprocess.run([sys.executable, "-m", "safetrain", f"hydra.searchpath=[file://{configs}]",
-                            "+experiment=colors", "trainer.epochs=4", f"hydra.run.dir={run_dir}"],
+                            "+experiment=colors", "trainer.epochs=4", "trainer.time_budget=null",
+                            f"hydra.run.dir={run_dir}"],
                            capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
     assert train.returncode == 0, train.stderr
     report = json.loads((run_dir / "report.json").read_text())
@@ -70,9 +72,10 @@ def test_scan_write_check_train_and_predict_a_new_project(tmp_path):
     assert predict.stdout.startswith(f"{new}: red ")
 
 
-def _scaffold(images, configs, name):
+def _scaffold(images, configs, name, check="dry"):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "new_experiment.py"), str(images), name,
-                           "--configs", str(configs)], capture_output=True, text=True, env=ENV, timeout=300)
+                           "--configs", str(configs), "--check", check], capture_output=True, text=True, env=ENV,
+                          timeout=300)
     return done.returncode, done.stdout + done.stderr, yaml.safe_load((configs / "experiment" / f"{name}.yaml")
                                                                       .read_text())
 
@@ -130,3 +133,16 @@ def test_a_messy_photo_folder_gets_a_config_whose_check_passes_and_advice_for_ea
     assert d["allow_missing_classes"] is True and "the test/ folder has no images of class 'c'" in out
     assert "5 photo(s) carry an EXIF rotation" in out and "ignored 2 hidden/system entries" in out
     assert "mixed formats" in out
+
+
+@pytest.mark.e2e
+def test_on_real_drawings_the_scaffold_proposes_a_recipe_and_its_learning_check_shows_it_learns(hand_drawn, tmp_path):
+    code, out, config = _scaffold(hand_drawn, tmp_path / "configs", "shapes", check="learn")
+    assert code == 0, out
+    assert config["defaults"][1] == {"override /model": "cnn_small"}  # not cnn_residual for 70 px drawings
+    assert config["optimizer"]["schedule"] == "cosine" and config["trainer"]["time_budget"] == "10m"
+    assert config["augment"]["rotation"] > 0  # drawings: rotations (and the comments name the bolder flags)
+    assert "the sample looks like drawings" in (tmp_path / "configs" / "experiment" / "shapes.yaml").read_text()
+    check = next(line for line in out.splitlines() if line.startswith("learning check"))
+    assert check.endswith(": it learns") and "(chance 0.275)" in check
+    assert out.index("learning check") < out.index("train it with:")
