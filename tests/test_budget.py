@@ -145,3 +145,46 @@ def test_a_budget_run_fills_its_time_and_the_rate_decays_over_it(train):
     rates = [v for _, v in scalars["optimizer/learning_rate"]]
     assert rates[-1] < 0.2 * rates[0]  # the cosine ran its course over the planned steps
     assert report["metrics"]["test_accuracy"] > 0.8
+
+
+@pytest.mark.e2e
+def test_sigterm_and_a_rerun_continue_the_same_plan_to_its_last_step(tmp_path, tfds_dir):
+    """The plan is in the checkpoint: the resumed process measures nothing again and trains to the
+    planned step; under trainer.deterministic=true the first plan is kept (no re-planning)."""
+    import json
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "safetrain", f"hydra.run.dir={run_dir}", f"dataset.data_dir={tfds_dir}",
+           "trainer.time_budget=40s", "trainer.epochs=300", "trainer.deterministic=true", "optimizer.schedule=cosine",
+           "trainer.log_every_steps=5", "trainer.checkpoint_every_steps=1000", "trainer.export=false",
+           "hardware.precision=float32"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env)
+    deadline, planned = time.monotonic() + 120, None
+    for line in proc.stderr:  # wait for the plan, then a few more logged steps
+        found = re.search(r"trainer.time_budget 40s: .* -> (\d+) steps", line)
+        planned = int(found.group(1)) if found else planned
+        if (planned and re.search(r"epoch 2/300 step 10/", line)) or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143 and planned, rest
+    stopped_at = json.loads((run_dir / "report.json").read_text())["steps"]
+    assert stopped_at < planned
+
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=180)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from checkpoint at step {stopped_at}" in again.stderr
+    assert "trainer.time_budget 40s:" not in again.stderr  # nothing measured or planned again
+    report = json.loads((run_dir / "report.json").read_text())
+    budget = report["budget"]
+    assert budget["planned_steps"] == planned and budget["replans"] == 0
+    assert report["steps"] == planned or budget["stopped_by"] == "time"
