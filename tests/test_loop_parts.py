@@ -26,6 +26,15 @@ def test_progress_redraws_a_bar_on_a_terminal_and_throttles():
     text = out.getvalue()
     assert text.count("\r") == 2
     assert "epoch 2/5 [============>           ] 4/8  loss 1.5000  acc 0.5000  1,234 ex/s" in text
+    # A message logged mid-epoch clears the bar first: it gets its own line, not the bar's tail.
+    import logging
+
+    logging.getLogger("safetrain").warning("mid-epoch news")
+    assert out.getvalue() == text + "\r\x1b[K"
+    bar.update(6, 1.2, 0.6, 1300.0, force=True)  # t=0.3: drawn again, below the message
+    assert out.getvalue().endswith("6/8  loss 1.2000  acc 0.6000  1,300 ex/s\x1b[K")
+    bar.end_epoch("done")
+    assert bar not in logging.getLogger("safetrain").filters
 
 
 def test_progress_logs_plain_lines_only_at_the_log_cadence(caplog):

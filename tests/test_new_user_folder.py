@@ -52,8 +52,12 @@ def test_one_dry_run_names_every_problem_then_training_and_predict_on_another_si
            "test <- test/" in log
     assert f"per class: {CAFE} 16, owl 3, red fox 17" in log  # one class, though test/ spells it decomposed
     report = dry.report()
+    assert report["name"] == "image_folder_cnn_small"  # not the default experiment's "digits_cnn"
     assert report["data"]["splits"] == {"train": "train[:90%]", "eval": "train[90%:]", "test": "test"}
     assert report["data"]["selected"] == {"train": 23, "eval": 3, "test": 10}  # the tiny class is in eval too
+    from conftest import read_tensorboard
+
+    assert "_hparams_/session_start_info" not in read_tensorboard(dry.run_dir / "tb")[1]  # a check, not a result
     events = dry.errors()
     assert {e["kind"] for e in events} >= {"bad_example", "leakage"}
     link = next(e for e in events if e["kind"] == "bad_example")

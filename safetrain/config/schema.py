@@ -189,7 +189,7 @@ class DatasetConfig:
     cache: bool = True                   # cache decoded examples in memory when they fit
     cache_dir: Optional[str] = None      # image_folder: scan and pixel cache; null = <data_dir>/safetrain_image_folders
     on_leakage: OnLeakage = OnLeakage.warn  # image_folder: the same image in two splits
-    near_duplicate_radius: Any = AUTO     # auto (calibrated on the folder) | bits of the 256-bit pHash | null = exact only
+    near_duplicate_radius: Any = AUTO     # auto (calibrated on the folder) | bits of a 256-bit pHash | null: exact only
     near_duplicate_similarity: float = 0.98  # a near candidate counts when its 32x32 thumbnails correlate this much
     allow_missing_classes: bool = False  # image_folder: a split lacking a class warns instead of stopping
     exif_orientation: ExifOrientation = ExifOrientation.apply  # image_folder: camera rotation tags
@@ -256,7 +256,7 @@ class EarlyStoppingConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = 3                      # passes over the training split (with time_budget: at most)
-    time_budget: Any = None              # 90s | 15m | 2h: the steps that fit it, planned from measured costs; null = off
+    time_budget: Any = None              # 90s | 15m | 2h: the steps that fit, planned from measured costs; null: off
     batch_size: int = 128                # global batch; per-replica = batch_size / replicas
     eval_batch_size: Optional[int] = None  # null = batch_size
     max_steps: Optional[int] = None      # stop after this many train steps (across epochs)
@@ -276,6 +276,7 @@ class TrainerConfig:
     on_oom: OnOom = OnOom.error          # out of memory: stop (exit 4) or retry with half the batch
     min_batch_size: int = 1              # on_oom=halve_batch stops halving below this
     export: bool = True                  # write <run dir>/export: a SavedModel for safetrain.predict
+    hparams: bool = True                 # list the run in TensorBoard's HParams table (never dry runs; +debug=tiny: no)
     export_formats: List[str] = field(default_factory=lambda: ["saved_model", "keras"])  # also: tflite
     # Serving images of another size when training had none (dataset.resize=error): bilinear |
     # pad_or_crop | error (refuse, naming the file's and the model's size). Else serving resizes as training did.

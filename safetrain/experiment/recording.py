@@ -52,7 +52,8 @@ def record_precision(record: RunRecord, cfg: Config, hw: Hardware, trial, contex
              ", ".join(hardware["devices"]), hw.policy, hw.reason, hardware["strategy"], hw.replicas,
              batch, batch // hw.replicas)
     record.text("env/report", env_text(record.report.versions, hw.devices, hardware))
-    record.hparams(_hparams(cfg, hw.policy, hw.replicas))
+    if cfg.trainer.hparams and not cfg.dry_run and not cfg.trainer.lr_find:  # results to compare, not checks
+        record.hparams(_hparams(cfg, hw.policy, hw.replicas))
     context.precision = hw.policy
 
 
@@ -203,7 +204,9 @@ def final_summary(record: RunRecord) -> None:
         log.info("worst classes (test F1): %s", ", ".join(
             f"{name} {r['f1']:.3f} (precision {r['precision']:.3f}, recall {r['recall']:.3f}, {r['support']} examples)"
             for name, r in worst))
-    log.info("tensorboard --logdir %s", record.run_dir / names.TENSORBOARD)
+    # The run dir, not its tb/: with tb/ itself as the logdir, the HParams table shows the run
+    # with empty metric columns (its session and its scalars are then both the run ".").
+    log.info("tensorboard --logdir %s", record.run_dir)
 
 
 def weights_digest(model) -> str:

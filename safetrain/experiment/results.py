@@ -137,7 +137,9 @@ def confusion_figure(matrix: np.ndarray, names: list[str], path: Path | None = N
     plt = _pyplot()
     k = len(names)
     size = min(22.0, max(5.0, 0.45 * k + 3.0))
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size), dpi=80)
+    # Constrained layout makes room for the rotated class names and the axis labels under them
+    # (tight_layout clipped "predicted class" off a 10-class figure).
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size), dpi=80, layout="constrained")
     totals = matrix.sum(axis=1, keepdims=True)
     share = np.divide(matrix, totals, out=np.zeros(matrix.shape, np.float64), where=totals > 0)
     for ax, values, title, fmt in ((axes[0], matrix, "counts", "{:d}"), (axes[1], share, "share of each true class",
@@ -155,7 +157,6 @@ def confusion_figure(matrix: np.ndarray, names: list[str], path: Path | None = N
                     ax.text(j, i, fmt.format(value), ha="center", va="center", fontsize=9 if k <= 12 else 6,
                             color="white" if share[i, j] > 0.5 else "black")
     fig.suptitle(f"test confusion matrix: {int(matrix.sum())} examples, true class per row")
-    fig.tight_layout()
     return _rendered(fig, path)
 
 

@@ -48,6 +48,7 @@ def execute(node: DictConfig, run_dir: Path) -> int:
     try:
         check_keys(node)
         cfg = resolve(OmegaConf.to_object(node))
+        report.name = cfg.name
         plan = validate(cfg)
         check_free_space(run_dir, plan.total_params)
         math_mode = _math_mode(cfg)

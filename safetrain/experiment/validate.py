@@ -61,6 +61,9 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve()) if path else path
 
 
+DEFAULT_NAME = "digits_cnn"  # configs/experiment/digits_cnn.yaml, the run `python -m safetrain` makes
+
+
 def resolve(cfg: Config) -> Config:
     """The concrete config a run uses, as a new Config (`cfg` is not changed): dataset.path,
     dataset.data_dir and a model.backbone.weights file made absolute (~ and the working directory
@@ -74,7 +77,12 @@ def resolve(cfg: Config) -> Config:
     dataset = dataclasses.replace(d, path=_absolute(d.path), data_dir=_absolute(d.data_dir), image=image)
     weights = b.weights if b.weights in (None, "imagenet") else _absolute(b.weights)
     model = dataclasses.replace(cfg.model, backbone=dataclasses.replace(b, weights=weights))
-    return dataclasses.replace(cfg, dataset=dataset, model=model)
+    # The default experiment's name on another dataset (`dataset=image_folder` without
+    # +experiment) would call a run on a user's photos "digits_cnn": name it by what it trains.
+    name = cfg.name
+    if name == DEFAULT_NAME and d.source is not Source.digits:
+        name = f"{d.name}_{cfg.model.name}"
+    return dataclasses.replace(cfg, dataset=dataset, model=model, name=name)
 
 
 def validate(cfg: Config) -> ModelPlan:

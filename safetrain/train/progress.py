@@ -1,4 +1,9 @@
-"""Per-epoch progress: a redrawn bar on a terminal, plain log lines otherwise (CI, files, pipes)."""
+"""Per-epoch progress: a redrawn bar on a terminal, plain log lines otherwise (CI, files, pipes).
+
+On a terminal the bar is the line the cursor is on; a message logged during the epoch (the
+steps-per-call choice, a warning) first clears it — a logger filter that runs before any handler
+writes — so the message gets a line of its own instead of being glued to the bar; the bar is
+drawn again below it at the next update."""
 
 from __future__ import annotations
 
@@ -22,11 +27,22 @@ class Progress:
         self._last_draw = float("-inf")
         self._prefix = ""
         self._total: int | None = None
+        self._drawn = False  # the bar is on the cursor's line
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """logging.Filter protocol: clear the bar before a message is written."""
+        if self._drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._drawn = False
+        return True
 
     def start_epoch(self, epoch: int, epochs: int, total_steps: int | None) -> None:
         self._prefix = f"epoch {epoch}/{epochs}"
         self._total = total_steps
         self._last_draw = float("-inf")
+        if self.is_tty and self not in log.filters:
+            log.addFilter(self)
 
     def update(self, step: int, loss: float, accuracy: float, examples_per_sec: float | None,
                force: bool = False) -> None:
@@ -49,12 +65,13 @@ class Progress:
             else:
                 self.stream.write(f"\r{self._prefix} step {step}  {stats}\x1b[K")
             self.stream.flush()
+            self._drawn = True
         elif force:
             total = f"/{self._total}" if self._total else ""
             log.info("%s step %d%s  %s", self._prefix, step, total, stats)
 
     def end_epoch(self, line: str) -> None:
         if self.is_tty:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
+            self.filter(None)  # clears the bar
+            log.removeFilter(self)
         log.info("%s  %s", self._prefix, line)
