@@ -256,10 +256,10 @@ class EarlyStoppingConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = 3                      # passes over the training split (with time_budget: at most)
-    time_budget: Any = None              # 90s | 15m | 2h: the steps that fit, planned from measured costs; null: off
     batch_size: int = 128                # global batch; per-replica = batch_size / replicas
     eval_batch_size: Optional[int] = None  # null = batch_size
     max_steps: Optional[int] = None      # stop after this many train steps (across epochs)
+    time_budget: Any = None              # 90s | 15m | 2h: the steps that fit, planned from measured costs; null: off
     seed: int = 0                        # weights, shuffles and dropout are functions of it
     deterministic: bool = False          # op determinism: reproducible, slower
     jit_compile: bool = False            # XLA; about 2x slower on CPU, so off by default
