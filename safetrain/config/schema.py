@@ -278,7 +278,7 @@ class TrainerConfig:
     export: bool = True                  # write <run dir>/export: a SavedModel for safetrain.predict
     hparams: bool = True                 # list the run in TensorBoard's HParams table (never dry runs; +debug=tiny: no)
     export_formats: List[str] = field(default_factory=lambda: ["saved_model", "keras"])  # also: tflite
-    serving_resize: ResizePolicy = ResizePolicy.bilinear  # serving other sizes if dataset.resize=error (else as trained)
+    serving_resize: ResizePolicy = ResizePolicy.bilinear  # other sizes at serving if dataset.resize=error
     on_dead_gradient: OnDeadGradient = OnDeadGradient.warn  # exactly-zero gradients over the first steps
     lr_find: bool = False                # a learning-rate range test instead of training (python -m safetrain.lr_find)
     lr_find_steps: int = 100             # steps of the range test (fewer if the loss diverges first)
