@@ -154,7 +154,8 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|")
     for r in rows:
         lr = f"{r['first_lr']:.2e} -> {r['last_lr']:.2e}" if r.get("first_lr") else ""
-        print(f"| {r['bench']} | {r['args']} | {r.get('budget_seconds') or ''} | {r.get('run_seconds', r['process_seconds'])} | "
+        seconds = r.get("run_seconds", r["process_seconds"])
+        print(f"| {r['bench']} | {r['args']} | {r.get('budget_seconds') or ''} | {seconds} | "
               f"{r.get('planned_steps') or ''} ({r.get('first_plan') or ''}) | {r.get('steps', '')} | {r['epochs']} | "
               f"{r.get('replans', '')} | {r.get('stopped_by') or ''} | {lr} | {r['test_accuracy']:.4f} |")
     out = ROOT / "bench_budget.json"
