@@ -101,7 +101,6 @@ def keras_baseline(seconds: float) -> dict:
     """The recipe's layers in plain Keras `fit`, for `seconds` of wall time from the start."""
     began = time.monotonic()
     import keras
-    import numpy as np
     from omegaconf import OmegaConf
 
     from safetrain.models.build import build_model

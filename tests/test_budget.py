@@ -4,7 +4,6 @@ what it cannot honour, and a real run that fills its budget."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import tensorflow as tf
 

@@ -83,7 +83,7 @@ def test_old_shards_are_collected_only_when_no_live_run_holds_them(folder, tmp_p
 def test_a_cache_file_removed_mid_run_is_a_data_error_naming_it(folder, tmp_path):
     import tensorflow as tf
 
-    source = image_folder_source(cfg(folder, tmp_path))
+    image_folder_source(cfg(folder, tmp_path))
     victim = sorted((tmp_path / "cache").rglob("*.tfrecord"))[0]
     victim.unlink()  # what an outside cleaner (or an old safetrain) did to a sweep's jobs
     ds = tf.data.TFRecordDataset([str(victim)])  # the reader the source uses, on the vanished file

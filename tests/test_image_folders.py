@@ -364,7 +364,6 @@ def test_files_the_decoder_refuses_are_named_in_order_and_the_rest_still_decode(
     from safetrain.pipelines.sources.folder_decode import BATCH, inspect_many
     from safetrain.pipelines.sources.folder_files import Adapt, Limits
 
-    rng = np.random.default_rng(13)
     paths = []
     for i in range(BATCH + 10):
         path = tmp_path / f"{i:03d}.jpg"

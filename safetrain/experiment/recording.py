@@ -18,7 +18,6 @@ from safetrain.experiment.setup import Hardware
 from safetrain.models.build import layer_name
 from safetrain.models.shapes import ModelPlan
 from safetrain.pipelines.build import Datasets
-from safetrain.record import names
 from safetrain.record.run_record import RunRecord
 from safetrain.train.env_report import env_text
 from safetrain.train.loop import TrainLoop
