@@ -148,7 +148,7 @@ def test_a_budget_run_fills_its_time_and_the_rate_decays_over_it(train):
 
 @pytest.mark.e2e
 def test_sigterm_and_a_rerun_continue_the_same_plan_to_its_last_step(tmp_path, tfds_dir):
-    """The plan is in the checkpoint: the resumed process measures nothing again and trains to the
+    """The plan is in the checkpoint: the resumed process plans nothing again and trains to the
     planned step; under trainer.deterministic=true the first plan is kept (no re-planning)."""
     import json
     import os

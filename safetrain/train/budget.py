@@ -23,8 +23,9 @@ total from a variable, safetrain.train.schedules.Horizon), evaluations come at e
    exported (`stopped_by: time`).
 
 The plan lives in tf.Variables the checkpoint keeps (`checkpointed`), so SIGTERM + rerun continues
-the same plan: a resumed run measures nothing again. Plain Python around the variables; parsing
-and the arithmetic import no TensorFlow (config validation uses them).
+the same plan: a resumed run plans nothing again (it times its steps only for the stop at the
+budget). Plain Python around the variables; parsing and the arithmetic import no TensorFlow
+(config validation uses them).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 MIN_SECONDS = 10.0
 MEASURE_CALLS, MEASURE_SECONDS = 5, 2.0   # steady calls (or seconds of them) before the first plan
 EVAL_SHARE = 1 / 3                        # an evaluated example's cost, in training examples (forward only)
-EXPORT_SECONDS = 8.0                      # the SavedModel, its self-check and the .keras file (CPU, small models: 2-5 s)
+EXPORT_SECONDS = 8.0                      # SavedModel, self-check, .keras file (small models on a CPU: 2-5 s)
 REPLAN_CHANGE = 0.10
 
 
@@ -82,15 +83,16 @@ class Budget(BaseAction):
         self._planned = tf.Variable(False, trainable=False, name="budget_planned")
         self._replans = tf.Variable(0, dtype=tf.int64, trainable=False, name="budget_replans")
         self._by_time = tf.Variable(False, trainable=False, name="budget_stopped_by_time")
+        self._first = tf.Variable(0, dtype=tf.int64, trainable=False, name="budget_first_plan")
         self._measured: list[tuple[float, int]] = []   # (time, examples) of this epoch's steady calls
         self._epoch_began: tuple[float, int] | None = None  # (time, step) where this process's epoch began
         self._since: tuple[float, int] | None = None  # (time, step) of this process's first epoch end
-        self.step_s: float | None = None
-        self.first_plan: int | None = None
+        self.step_s: float | None = None  # this process's measured step (a resumed run measures it for the stop)
 
     def checkpointed(self) -> dict:
         return {"budget_planned_steps": self.horizon, "budget_planned": self._planned,
-                "budget_replans": self._replans, "budget_stopped_by_time": self._by_time}
+                "budget_replans": self._replans, "budget_stopped_by_time": self._by_time,
+                "budget_first_plan": self._first}
 
     @property
     def planned(self) -> int:
@@ -108,11 +110,14 @@ class Budget(BaseAction):
         now = self.clock()
         if self._epoch_began is None:
             self._epoch_began = (now, end.at.step)
-        if not bool(self._planned.numpy()) and end.rate:
+        if self.step_s is None and end.rate:
             self._measured.append((now, end.totals.count))
             first_t = self._measured[0][0]
             if len(self._measured) > MEASURE_CALLS or now - first_t >= MEASURE_SECONDS:
-                self._plan(end.at.step, now, self.batch_size / end.rate)
+                if bool(self._planned.numpy()):  # resumed: the checkpoint's plan stands; this is for the stop
+                    self.step_s = self.batch_size / end.rate
+                else:
+                    self._plan(end.at.step, now, self.batch_size / end.rate)
         elapsed = now - self.started
         if bool(self._planned.numpy()) and end.at.step < self.planned and self.step_s:
             example_s = self.step_s / self.batch_size
@@ -131,7 +136,7 @@ class Budget(BaseAction):
         total = max(total, step)
         self.horizon.assign(total)
         self._planned.assign(True)
-        self.first_plan = total
+        self._first.assign(total)
         log.info("trainer.time_budget %s: %.0f ms a step, %.1f s an evaluation -> %d steps (%.1f epochs)%s; the "
                  "learning-rate schedule ends there", _words(self.seconds), 1000 * step_s, eval_s, total,
                  total / self.steps_per_epoch, " (capped by trainer.epochs/max_steps)" if total == self.cap else "")
@@ -174,7 +179,8 @@ class Budget(BaseAction):
             stopped_by = "plan" if planned < self.cap else "trainer.epochs"  # (or trainer.max_steps: the cap)
         else:
             stopped_by = "early_stopping"
-        return {"seconds": self.seconds, "planned_steps": planned, "first_plan": self.first_plan, "steps": steps,
+        return {"seconds": self.seconds, "planned_steps": planned, "first_plan": int(self._first.numpy()),
+                "steps": steps,
                 "replans": int(self._replans.numpy()), "stopped_by": stopped_by,
                 "step_ms": round(1000 * self.step_s, 2) if self.step_s else None,
                 "replanning": "after each epoch, when the plan changes by more than 10%" if self.allow_replan
