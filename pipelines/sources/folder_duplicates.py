@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from safetrain.config.schema import DatasetConfig, OnLeakage
 from safetrain.core.errors import DataError
-from safetrain.pipelines.sources.duplicates import Pair, calibrate, find_pairs, pack
+from safetrain.pipelines.sources.duplicates import calibrate, find_pairs, pack
 from safetrain.pipelines.sources.near_check import THUMB, confirm
 from safetrain.pipelines.spec import DataEvent
 
@@ -105,5 +105,3 @@ def leakage(found: Found, membership: dict[str, list], policy: OnLeakage) -> Non
                         hint="remove the copies, or set dataset.on_leakage=drop_from_eval to keep only the "
                              "training copy (or warn to train anyway)", config_key="dataset.on_leakage")
 
-
-__all__ = ["Found", "Pair", "find_duplicates", "leakage"]

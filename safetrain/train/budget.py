@@ -84,7 +84,7 @@ class Budget(BaseAction):
         self._replans = tf.Variable(0, dtype=tf.int64, trainable=False, name="budget_replans")
         self._by_time = tf.Variable(False, trainable=False, name="budget_stopped_by_time")
         self._first = tf.Variable(0, dtype=tf.int64, trainable=False, name="budget_first_plan")
-        self._measured: list[tuple[float, int]] = []   # (time, examples) of this epoch's steady calls
+        self._measured: tuple[float, int] | None = None  # (time of the first, count) of this epoch's steady calls
         self._epoch_began: tuple[float, int] | None = None  # (time, step) where this process's epoch began
         self._since: tuple[float, int] | None = None  # (time, step) of this process's first epoch end
         self.step_s: float | None = None  # this process's measured step (a resumed run measures it for the stop)
@@ -111,9 +111,9 @@ class Budget(BaseAction):
         if self._epoch_began is None:
             self._epoch_began = (now, end.at.step)
         if self.step_s is None and end.rate:
-            self._measured.append((now, end.totals.count))
-            first_t = self._measured[0][0]
-            if len(self._measured) > MEASURE_CALLS or now - first_t >= MEASURE_SECONDS:
+            first_t, calls = self._measured or (now, 0)
+            self._measured = (first_t, calls + 1)
+            if calls + 1 > MEASURE_CALLS or now - first_t >= MEASURE_SECONDS:
                 if bool(self._planned.numpy()):  # resumed: the checkpoint's plan stands; this is for the stop
                     self.step_s = self.batch_size / end.rate
                 else:
@@ -144,7 +144,7 @@ class Budget(BaseAction):
     def after_epoch(self, end: EpochEnd) -> str | None:
         now = self.clock()
         began, self._epoch_began = self._epoch_began, (now, end.step)  # the next epoch counts from here
-        self._measured = []
+        self._measured = None
         if (not self.allow_replan or not bool(self._planned.numpy()) or bool(self._by_time.numpy())
                 or began is None or end.step >= self.planned):
             return None
