@@ -11,8 +11,8 @@ from safetrain.config.schema import Config, OptimizerConfig, Schedule
 from safetrain.core.errors import ConfigError
 from safetrain.core.run_state import Position
 from safetrain.train.actions import EpochEnd, StepEnd, Totals
-from safetrain.train.budget import Budget, parse_budget, steps_that_fit
-from safetrain.train.schedules import Horizon, learning_rate, value_at
+from safetrain.train.budget import Budget, Costs, parse_budget, spacing, steps_that_fit
+from safetrain.train.schedules import horizon_for, learning_rate, value_at
 
 
 @pytest.mark.parametrize("text,seconds", [("90s", 90), ("15m", 900), ("2h", 7200), ("1h30m", 5400), (45, 45),
@@ -48,10 +48,11 @@ def test_settings_a_budget_cannot_honour_are_refused_by_name(settings, match):
 
 
 def test_the_schedule_decays_over_the_planned_steps_and_follows_a_new_plan_without_retracing():
-    horizon = Horizon(1000)  # the cap (trainer.epochs), until the budget plans
-    plan = learning_rate(OptimizerConfig(learning_rate=0.1, schedule=Schedule.cosine, min_learning_rate=0.001), 10,
-                         1000, horizon)
-    assert plan.describe == "cosine 0.1 -> 0.001 at the step trainer.time_budget plans"
+    optimizer = OptimizerConfig(learning_rate=0.1, schedule=Schedule.cosine, min_learning_rate=0.001, warmup_epochs=1)
+    horizon = horizon_for(optimizer, 100, 10_000)  # the cap (trainer.epochs), until the budget plans
+    plan = learning_rate(optimizer, 100, 10_000, horizon)
+    assert plan.describe.startswith("linear warmup over 100 steps (at most 10% of the planned steps), then cosine "
+                                    "0.1 -> 0.001 at the step trainer.time_budget plans")
     traced = []
 
     @tf.function
@@ -59,14 +60,39 @@ def test_the_schedule_decays_over_the_planned_steps_and_follows_a_new_plan_witho
         traced.append(1)
         return plan.learning_rate(step)
 
-    assert float(rate(tf.constant(999))) == pytest.approx(0.001)
-    horizon.variable.assign(200)  # planned: 200 steps
+    assert float(rate(tf.constant(9_999))) == pytest.approx(0.001)
+    horizon.first_plan(200)  # planned: 200 steps; the one-epoch warmup is cut to a tenth of them
+    assert horizon.warmup_steps == 20
     assert float(rate(tf.constant(199))) == pytest.approx(0.001) and float(rate(tf.constant(100))) > 0.04
+    assert float(rate(tf.constant(19))) == pytest.approx(0.1)  # the warmup's last step reaches the rate
     assert len(traced) == 1
     for kind in (Schedule.linear, Schedule.one_cycle):
-        other = learning_rate(OptimizerConfig(learning_rate=0.1, schedule=kind, min_learning_rate=0.001), 10, 1000,
-                              horizon)
+        other_cfg = OptimizerConfig(learning_rate=0.1, schedule=kind, min_learning_rate=0.001)
+        other_horizon = horizon_for(other_cfg, 10, 1000)
+        other = learning_rate(other_cfg, 10, 1000, other_horizon)
+        other_horizon.first_plan(200)
         assert value_at(other.learning_rate, 199) == pytest.approx(0.001, rel=1e-3)
+
+
+@pytest.mark.parametrize("kind", [Schedule.cosine, Schedule.linear, Schedule.one_cycle])
+def test_a_new_plan_bends_the_rest_of_the_curve_and_the_rate_never_rises_after_the_warmup(kind):
+    """Longer, shorter, longer again: the rate goes on from where it is to min_learning_rate at the
+    new last step (a restarted cosine over a longer plan would rise)."""
+    cfg = OptimizerConfig(learning_rate=0.1, schedule=kind, min_learning_rate=0.001,
+                          warmup_epochs=0 if kind is Schedule.one_cycle else 1)
+    horizon = horizon_for(cfg, 50, 100_000)
+    plan = learning_rate(cfg, 50, 100_000, horizon)
+    horizon.first_plan(1000)
+    rates = [value_at(plan.learning_rate, s) for s in range(0, 400, 5)]
+    for at, total in ((400, 3000), (900, 1500), (1200, 2500)):
+        horizon.replan(at, total)
+        end = {400: 900, 900: 1200, 1200: 2500}[at]
+        rates += [value_at(plan.learning_rate, s) for s in range(at, end, 5)] + [value_at(plan.learning_rate, end - 1)]
+    peak = rates.index(max(rates))
+    after = rates[peak:]
+    assert peak <= 300  # the warmup (one_cycle: its 30% rise) of the first plan
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(after, after[1:]))
+    assert after[-1] == pytest.approx(0.001, rel=1e-2)
 
 
 class FakeClock:
@@ -77,55 +103,112 @@ class FakeClock:
         return self.now
 
 
-def _budget(clock, seconds=100.0, cap=10_000, deterministic=False):
-    horizon = tf.Variable(cap, dtype=tf.int64)
-    return Budget(seconds, horizon, cap=cap, steps_per_epoch=100, batch_size=32, eval_examples=320,
-                  test_examples=320, export=True, started=0.0, clock=clock, replan=not deterministic), horizon
+class FakeEvaluation:
+    """What the Budget reads of the Evaluate action: seconds and count so far."""
+
+    def __init__(self) -> None:
+        self.seconds, self.count = 0.0, 0
 
 
-def _step(budget, clock, step, dt, epoch=1):
-    clock.now += dt
-    totals = Totals()
-    totals.count = 32 * step
-    budget.after_step(StepEnd(at=Position(step, epoch, step), outputs={}, totals=totals, rate=32 / dt, finite=True))
+def _budget(clock, seconds=100.0, cap=10_000, deterministic=False, eval_examples=320, export=True):
+    horizon = horizon_for(OptimizerConfig(learning_rate=0.1, schedule=Schedule.cosine, warmup_epochs=1), 100, cap)
+    evaluation = FakeEvaluation()
+    # the eval step: its trace took 0.5 s, then 1 ms an example
+    budget = Budget(seconds, horizon, cap=cap, steps_per_epoch=100, batch_size=32, eval_examples=eval_examples,
+                    test_examples=320, results_examples=320, export=export, started=0.0, clock=clock,
+                    replan=not deterministic, evaluation=evaluation, time_evaluation=lambda: (0.5, 0.001))
+    return budget, horizon, evaluation
 
 
-def test_the_plan_fits_the_measured_steps_and_evaluations_into_the_budget_then_follows_the_real_epochs():
+def _run(budget, clock, evaluation, steps, dt, start=1, eval_s=0.32, first_call=None):
+    """Steps `start`..`steps` of `dt` seconds (an epoch every 100, its evaluation `eval_s`); the
+    first call of each epoch takes `first_call` seconds (a new iterator's first fill) and is not steady."""
+    for step in range(start, steps + 1):
+        epoch, in_epoch = (step - 1) // 100 + 1, (step - 1) % 100 + 1
+        first = in_epoch == 1
+        clock.now += first_call if first and first_call else dt
+        budget.after_step(StepEnd(at=Position(step, epoch, in_epoch), outputs={}, totals=Totals(), rate=None,
+                                  finite=True, steady=not first and step > 2))
+        if in_epoch == 100:
+            clock.now += eval_s
+            evaluation.seconds += eval_s
+            evaluation.count += 1
+            budget.after_epoch(EpochEnd(epoch=epoch, step=step, totals=Totals(), next_position=Position(step, 2, 0)))
+
+
+def test_the_first_plan_leaves_the_traces_out_and_fits_steps_evaluations_and_what_follows():
     clock = FakeClock()
-    budget, horizon = _budget(clock)
-    for step in range(1, 8):
-        _step(budget, clock, step, 0.1)  # 100 ms a step
-    # 100 s - 0.7 s spent - reserve (2 test passes of 320 examples at 1/3 of a step's cost, export 8 s,
-    # 2 s) = 88.8 s; a step costs 0.1 s plus 1/100 of an evaluation (320 examples, 0.33 s)
-    assert budget.reserve(0.1 / 32) == pytest.approx(2 * 320 * 0.1 / 32 / 3 + 8 + 2)
-    expected = 7 + steps_that_fit(100 - 0.7 - budget.reserve(0.1 / 32), 0.1, 320 * 0.1 / 32 / 3, 100)
-    assert budget.planned == expected and 800 < expected < 900
-    for step in range(8, 101):
-        _step(budget, clock, step, 0.05)  # the steady rate is twice the first steps'
-    budget.after_epoch(EpochEnd(epoch=1, step=100, totals=Totals(), next_position=Position(100, 2, 0)))
-    assert budget.planned > expected * 1.5 and budget.summary(100)["replans"] == 1
+    budget, horizon, evaluation = _budget(clock, seconds=300.0)
+    clock.now = 10.0  # start-up: imports, the scan, the model
+    # The first call traces (3 s), the second is the first untraced one: neither is measured.
+    budget.after_step(StepEnd(at=Position(1, 1, 1), outputs={}, totals=Totals(), rate=None, finite=True,
+                              steady=False))  # the probe: the eval step traced and timed here
+    clock.now += 3.0
+    _run(budget, clock, evaluation, 300, 0.05, start=2)  # planned after the first epoch end + 6 s (2% of 300 s)
+    costs = budget.costs
+    assert costs.step_s == pytest.approx(0.05, rel=0.01)  # the trace left out
+    assert costs.eval_s == pytest.approx(0.32)           # real evaluations, measured
+    # test 320 x 1 ms, the pictures (2.5 s + a trace + 320 x 1 ms), the export (2.5 s + two traces)
+    assert costs.after_s == pytest.approx(0.32 + 2.5 + 0.5 + 0.32 + 2.5 + 1.0, rel=0.01)
+    first, mark = budget.summary(300)["first_plan"], budget._mark
+    assert budget.summary(300)["replans"] == 0 and mark.step > 100  # measured across an epoch end
+    # What is left after the plan's steps and evaluations (the last one too), at these costs, is
+    # the time after training.
+    left = first - mark.step
+    plan_end = mark.time + left * 0.05 + (left / 100 + 1) * 0.32
+    assert plan_end + costs.after_s == pytest.approx(300.0, abs=0.5)
+    assert horizon.warmup_steps == 100  # one epoch, under a tenth of the plan
 
 
-def test_out_of_time_it_stops_at_the_next_step_and_says_so():
+def test_replans_follow_a_machine_that_slows_down_and_out_of_time_it_stops_at_the_next_step():
     clock = FakeClock()
-    budget, horizon = _budget(clock, seconds=30.0)
-    for step in range(1, 8):
-        _step(budget, clock, step, 0.1)
-    clock.now = 25.0  # the machine slowed down: 25 s gone, the test and export still to come
-    _step(budget, clock, 8, 0.1)
-    assert budget.step_limit() == 8
-    assert budget.summary(8)["stopped_by"] == "time"
+    budget, horizon, evaluation = _budget(clock, seconds=120.0)
+    _run(budget, clock, evaluation, 400, 0.05)
+    first = budget.planned
+    _run(budget, clock, evaluation, 1200, 0.1, start=401)  # twice as slow from here
+    assert budget.planned < first and budget.summary(1200)["replans"] >= 1
+    clock.now = 117.0  # stalled: the test and export still to come
+    _run(budget, clock, evaluation, 1201, 0.1, start=1201)
+    assert budget.step_limit() == 1201 and budget.summary(1201)["stopped_by"] == "time"
+
+
+def test_a_plan_reached_early_is_extended_with_the_time_left():
+    clock = FakeClock()
+    budget, horizon, evaluation = _budget(clock, seconds=200.0)
+    _run(budget, clock, evaluation, 300, 0.2)  # slow first steps
+    first = budget.planned
+    _run(budget, clock, evaluation, first, 0.02, start=301)  # then ten times faster
+    assert budget.planned > first
 
 
 def test_deterministic_runs_keep_the_first_plan():
     clock = FakeClock()
-    budget, _ = _budget(clock, deterministic=True)
-    for step in range(1, 101):
-        _step(budget, clock, step, 0.1 if step < 8 else 0.05)
+    budget, horizon, evaluation = _budget(clock, deterministic=True)
+    _run(budget, clock, evaluation, 300, 0.05)
     first = budget.planned
-    budget.after_epoch(EpochEnd(epoch=1, step=100, totals=Totals(), next_position=Position(100, 2, 0)))
-    assert budget.planned == first and budget.summary(100)["replans"] == 0
-    assert budget.summary(100)["replanning"].startswith("off (trainer.deterministic=true")
+    _run(budget, clock, evaluation, 600, 0.02, start=301)
+    assert budget.planned == first and budget.summary(600)["replans"] == 0
+    assert budget.summary(600)["replanning"].startswith("off (trainer.deterministic=true")
+
+
+def test_evaluations_that_cost_more_than_a_tenth_of_an_epoch_are_spaced_out_and_the_last_step_is_evaluated():
+    costs = Costs(step_s=0.01, eval_s=0.5, after_s=5.0)  # an epoch trains 1 s, an evaluation 0.5 s
+    assert spacing(costs, 100, planned_epochs=500) == 5
+    assert spacing(costs, 100, planned_epochs=12) == 2  # still 5 evaluations in the plan
+    assert spacing(Costs(0.01, 0.05, 5.0), 100, planned_epochs=500) == 1
+    assert steps_that_fit(100.0, costs, 100, eval_every=5) > steps_that_fit(100.0, costs, 100, eval_every=1)
+    clock = FakeClock()
+    budget, horizon, evaluation = _budget(clock, seconds=120.0)
+    _run(budget, clock, evaluation, 500, 0.01, eval_s=0.5)
+    every = budget.eval_every
+    assert every > 1
+    assert not budget.eval_due(EpochEnd(epoch=every + 1, step=100 * (every + 1), totals=Totals(),
+                                        next_position=Position(0, 0, 0)))
+    assert budget.eval_due(EpochEnd(epoch=2 * every, step=200 * every, totals=Totals(),
+                                    next_position=Position(0, 0, 0)))
+    last = budget.planned
+    assert budget.eval_due(EpochEnd(epoch=every * 1000 + 1, step=last, totals=Totals(),
+                                    next_position=Position(0, 0, 0)))
 
 
 @pytest.mark.e2e

@@ -105,7 +105,9 @@ def assemble(cfg: Config, task: Task, data: Datasets, record: RunRecord, loop: T
     plateau = task.schedule.plateau if evaluation else None  # validate(): plateau needs eval
     # The rate the logged step used (the optimizer has already counted that step).
     used_rate = lambda: schedules.value_at(task.schedule.learning_rate, task.optimizer.iterations - 1)  # noqa: E731
-    budget = _budget(cfg, task, data, record)
+    budget = _budget(cfg, task, data, record, loop, evaluation)
+    if budget is not None and evaluation is not None:
+        evaluation.due = budget.eval_due  # evaluations spaced out when one costs too much of an epoch
     actions = [action for action in (
         probe,                                                   # the first steps: dead gradients
         LogScalars(t.log_every_steps, record, loop.progress, loop.timer, learning_rate=used_rate),
@@ -125,7 +127,8 @@ def assemble(cfg: Config, task: Task, data: Datasets, record: RunRecord, loop: T
     return Assembly(actions=actions, evaluation=evaluation, best=best, ema=ema, budget=budget)
 
 
-def _budget(cfg: Config, task: Task, data: Datasets, record: RunRecord) -> Budget | None:
+def _budget(cfg: Config, task: Task, data: Datasets, record: RunRecord, loop: TrainLoop,
+            evaluation: Evaluate | None) -> Budget | None:
     """trainer.time_budget's planner over the task's horizon (the schedule reads it), counted
     from the start of the run (before TensorFlow's import); None without a budget."""
     t = cfg.trainer
@@ -133,10 +136,16 @@ def _budget(cfg: Config, task: Task, data: Datasets, record: RunRecord) -> Budge
         return None
     spe = data.steps_per_epoch
     cap = min(spe * t.epochs, t.max_steps or spe * t.epochs)
-    return Budget(parse_budget(t.time_budget), task.horizon.variable, cap=cap, steps_per_epoch=spe,
-                  batch_size=t.batch_size, eval_examples=data.counts.get("eval", 0),
-                  test_examples=data.counts.get("test", 0), export=t.export, started=record.started,
-                  clock=time.monotonic, replan=not t.deterministic)
+    timed = data.eval if data.eval is not None else data.test
+    counts = data.counts
+    folder = cfg.dataset.source.value == "image_folder"  # its pictures also pass over eval (suspect labels)
+    return Budget(parse_budget(t.time_budget), task.horizon, cap=cap, steps_per_epoch=spe,
+                  batch_size=t.batch_size, eval_examples=counts.get("eval", 0) if evaluation else 0,
+                  test_examples=counts.get("test", 0),
+                  results_examples=counts.get("test", 0) + (counts.get("eval", 0) if folder else 0),
+                  export=t.export, started=record.started, clock=time.monotonic, replan=not t.deterministic,
+                  evaluation=evaluation,
+                  time_evaluation=(lambda: loop.time_evaluation(timed)) if timed is not None else None)
 
 
 def record_best(record: RunRecord, best: BestState, chosen: Selection, exported: bool = True) -> bool:

@@ -16,6 +16,7 @@ declared in one list: safetrain/experiment/assemble.py.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -57,6 +58,7 @@ class StepEnd:
     totals: Totals           # this epoch so far (finite steps only)
     rate: float | None       # this epoch's examples/s so far, first step excluded; None at first
     finite: bool             # False: the step was non-finite and its update skipped (on_nan=skip_step)
+    steady: bool = True      # False: the call traced its function or was its epoch's first (a new iterator)
 
 
 @dataclass(frozen=True)
@@ -172,18 +174,31 @@ class SaveCheckpoints(BaseAction):
 
 
 class Evaluate(BaseAction):
-    """At each epoch end: the eval split's loss and accuracy, to TensorBoard and the epoch line.
-    `results` holds the latest, for the run's report and for actions after this one."""
+    """At each epoch end where `due(end)` (every epoch unless trainer.time_budget spaces them): the
+    eval split's loss and accuracy, to TensorBoard and the epoch line. `loss` and `accuracy` hold
+    the latest, `fresh` whether this epoch end evaluated (the actions after this one judge only
+    fresh results); `seconds` and `count` what evaluating has cost so far."""
 
-    def __init__(self, evaluate: Callable[[Any], tuple[float, float]], dataset, record) -> None:
+    def __init__(self, evaluate: Callable[[Any], tuple[float, float]], dataset, record,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.evaluate = evaluate
         self.dataset = dataset
         self.record = record
+        self.clock = clock
+        self.due: Callable[[EpochEnd], bool] = lambda end: True
         self.loss: float | None = None
         self.accuracy: float | None = None
+        self.fresh = False
+        self.seconds, self.count = 0.0, 0
 
     def after_epoch(self, end: EpochEnd) -> str | None:
+        self.fresh = self.due(end)
+        if not self.fresh:
+            return None
+        began = self.clock()
         self.loss, self.accuracy = self.evaluate(self.dataset)
+        self.seconds += self.clock() - began
+        self.count += 1
         self.record.scalars(end.step, {"eval/loss": self.loss, "eval/accuracy": self.accuracy})
         return f"eval loss {self.loss:.4f} acc {self.accuracy:.4f}"
 
@@ -253,6 +268,8 @@ class SelectBest(BaseAction):
         return self.state.trackables()
 
     def after_epoch(self, end: EpochEnd) -> str | None:
+        if not self.evaluation.fresh:
+            return None
         value, gain = _gain(self.evaluation, self.metric, self.state.value, self.higher_is_better)
         if self.state.epoch == 0 or gain > self.min_delta:
             self.state.value, self.state.epoch, self.state.step, self.state.bad_epochs = value, end.epoch, end.step, 0
@@ -297,6 +314,8 @@ class ReducePlateau(BaseAction):
         return self.state.trackables()
 
     def after_epoch(self, end: EpochEnd) -> str | None:
+        if not self.evaluation.fresh:
+            return None
         value, gain = _gain(self.evaluation, self.metric, self.state.best, self.higher_is_better)
         if not self.state.seen or gain > 0:
             self.state.best, self.state.bad_epochs, self.state.seen = value, 0, True

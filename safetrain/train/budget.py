@@ -1,37 +1,51 @@
-"""trainer.time_budget: the most training that fits a wall-clock budget, planned from measured costs.
+"""trainer.time_budget: the most training that fits a wall-clock budget, planned from steady-state costs.
 
 Ultralytics' `time=` re-plans its epochs after the first; Lightning's `max_time` stops without
 re-planning. Here the budget is turned into a number of **steps**, and everything follows the
-steps: the learning-rate schedule decays over them (cosine, linear and one_cycle read the planned
-total from a variable, safetrain.train.schedules.Horizon), evaluations come at epoch ends as usual
-(and once more where the plan ends inside an epoch), and the loop stops at the planned step.
+steps: the learning-rate schedule decays over them (safetrain.train.schedules.Horizon, variables
+the schedule reads at every step), evaluations come at epoch ends (spaced out when one costs too
+much of an epoch, and once more where the plan ends), and the loop stops at the planned step.
 
-1. The first steps are measured (the epoch's rate after its first, tracing call: a few calls or
-   two seconds), and the plan is made: the seconds left after start-up, minus a reserve for the
-   test split, the result pictures and the export, divided by the cost of a step plus its share of
-   an epoch-end evaluation (evaluation costs a third of a training step per example until one is
-   measured). trainer.epochs and trainer.max_steps cap it.
-2. After each epoch the plan is made again from what the last epoch really cost (its steps, its
-   evaluation, the actions, the next epoch's set-up: the time between two epoch ends), when it
-   differs from the current plan by more than 10% (`replans`): the first epoch is measured while
-   TensorFlow still warms up (tracing, a new steps-per-call), so its rate is often far from the
-   steady one. Under trainer.deterministic=true the first plan is kept: a plan measured by a
-   resumed process would differ from the uninterrupted run's, and deterministic runs promise
-   bitwise the same weights.
-3. Should the run still reach its budget (the machine slowed down), it stops there at the next
+What a plan is made of — steady-state costs only, never a trace or a first fill:
+
+- **a training step**: the wall time between step ends from the first call that neither traced
+  its function nor began an epoch, everything but evaluations included (each epoch's new
+  iterator and its first fill, checkpoints, logging), per step. Short epochs are measured across
+  an epoch end, so their set-up is in the figure;
+- **an evaluation**: the eval step is traced and timed on a few batches before anything is
+  measured (`time_evaluation`), so every real evaluation is a steady one; once there are real
+  ones, their mean;
+- **what follows training**: the test split, the result pictures (another pass over test, and
+  eval for image folders) and the export, from the data's size at the evaluated rate plus the
+  traces they pay (the eval trace's measured time).
+
+1. The first plan comes once a few seconds (2% of the budget, at least MEASURE_SECONDS) of steady
+   steps are measured: the seconds left, minus what follows training, hold that many steps and
+   their evaluations. trainer.epochs and trainer.max_steps cap it. The warmup is scaled to it.
+2. Every tenth of the budget (and when the plan is reached with time left) it is made again from
+   the costs since the last plan: a re-plan bends the rest of the learning-rate curve from where
+   it is, so the rate never rises after the warmup. Under trainer.deterministic=true the first plan
+   is kept (a plan measured by a resumed process would differ from the uninterrupted run's, and
+   deterministic runs promise bitwise the same weights); a resumed process keeps the checkpoint's
+   plan too.
+3. When an evaluation costs more than a tenth of an epoch's training, the epochs between
+   evaluations grow so that evaluating stays under that share (`eval_every`; the last planned
+   step is always evaluated, and early stopping counts evaluations).
+4. Should the run still reach its budget (the machine slowed down), it stops there at the next
    step: a checkpoint is saved by the epoch-end actions, the best eval weights are tested and
    exported (`stopped_by: time`).
 
 The plan lives in tf.Variables the checkpoint keeps (`checkpointed`), so SIGTERM + rerun continues
-the same plan: a resumed run plans nothing again (it times its steps only for the stop at the
-budget). Plain Python around the variables; parsing and the arithmetic import no TensorFlow
+the same plan. Plain Python around the variables; parsing and the arithmetic import no TensorFlow
 (config validation uses them).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
+from dataclasses import dataclass
 from typing import Callable
 
 from safetrain.train.actions import BaseAction, EpochEnd, StepEnd
@@ -40,10 +54,14 @@ log = logging.getLogger("safetrain")
 
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 MIN_SECONDS = 10.0
-MEASURE_CALLS, MEASURE_SECONDS = 5, 2.0   # steady calls (or seconds of them) before the first plan
-EVAL_SHARE = 1 / 3                        # an evaluated example's cost, in training examples (forward only)
-EXPORT_SECONDS = 8.0                      # SavedModel, self-check, .keras file (small models on a CPU: 2-5 s)
-REPLAN_CHANGE = 0.10
+MEASURE_CALLS, MEASURE_SECONDS, MEASURE_SHARE = 5, 3.0, 0.02  # steady calls and seconds before the first plan
+EPOCH_SHARE = 0.05       # epochs shorter than this share of the budget are measured from the first one's end
+REPLAN_SHARE = 0.10      # a re-plan every tenth of the budget
+EVAL_SHARE_MAX = 0.10    # evaluations cost at most this share of the training between them (eval_every)
+MIN_EVALUATIONS = 5      # ... unless the plan would then hold fewer evaluations than this
+EVAL_SHARE = 1 / 3       # an evaluated example's cost in training examples, until one is measured
+RESULTS_SECONDS = 2.5    # the result pictures (matplotlib), reports and the last records, beyond their passes
+EXPORT_SECONDS = 2.5     # writing the SavedModel and .keras files, beyond the traces it pays
 
 
 def parse_budget(value) -> float | None:
@@ -61,113 +79,225 @@ def parse_budget(value) -> float | None:
     return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
-def steps_that_fit(seconds: float, step_s: float, eval_s: float, steps_per_epoch: int) -> int:
-    """Training steps that fit `seconds` when each epoch of `steps_per_epoch` steps also pays one
-    evaluation of `eval_s`."""
-    per_step = step_s + eval_s / max(1, steps_per_epoch)
-    return max(0, int(seconds / per_step)) if per_step > 0 else 0
+@dataclass(frozen=True)
+class Costs:
+    """Steady-state seconds: a training step (everything but evaluations), one evaluation of the
+    eval split, and what follows training (test, pictures, export)."""
+
+    step_s: float
+    eval_s: float
+    after_s: float
+
+
+def steps_that_fit(seconds: float, costs: Costs, steps_per_epoch: int, eval_every: int = 1) -> int:
+    """Training steps that fit `seconds` when every `eval_every` epochs of `steps_per_epoch` steps
+    pay one evaluation, and the last step one more."""
+    per_step = costs.step_s + costs.eval_s / (max(1, eval_every) * max(1, steps_per_epoch))
+    left = seconds - costs.eval_s
+    return max(0, int(left / per_step)) if per_step > 0 else 0
+
+
+def spacing(costs: Costs, steps_per_epoch: int, planned_epochs: float) -> int:
+    """Epochs between evaluations: 1, or as many as keep evaluating under EVAL_SHARE_MAX of the
+    training between them, while the plan still holds MIN_EVALUATIONS of them."""
+    epoch_s = costs.step_s * steps_per_epoch
+    if epoch_s <= 0 or costs.eval_s <= EVAL_SHARE_MAX * epoch_s:
+        return 1
+    wanted = math.ceil(costs.eval_s / (EVAL_SHARE_MAX * epoch_s))
+    return max(1, min(wanted, int(planned_epochs // MIN_EVALUATIONS)))
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """A point of the run: clock time, steps done, evaluation seconds and count so far."""
+
+    time: float
+    step: int
+    eval_seconds: float
+    evaluations: int
+    epoch_ends: int
 
 
 class Budget(BaseAction):
-    """Plans the run's steps over trainer.time_budget, re-plans after epochs, stops at the budget."""
+    """Plans the run's steps over trainer.time_budget, re-plans by time, spaces evaluations, stops at the budget."""
 
     def __init__(self, seconds: float, horizon, *, cap: int, steps_per_epoch: int, batch_size: int,
-                 eval_examples: int, test_examples: int, export: bool, started: float,
-                 clock: Callable[[], float], replan: bool) -> None:
+                 eval_examples: int, test_examples: int, results_examples: int, export: bool, started: float,
+                 clock: Callable[[], float], replan: bool, evaluation=None,
+                 time_evaluation: Callable[[], tuple[float, float | None]] | None = None) -> None:
+        """`horizon`: safetrain.train.schedules.Horizon. `evaluation`: the Evaluate action (its
+        `seconds` and `count`), None without an eval split. `time_evaluation()`: (trace seconds,
+        seconds per example) of the evaluation step (safetrain.train.loop.TrainLoop.time_evaluation).
+        `results_examples`: the examples the result pictures evaluate again."""
         import tensorflow as tf
 
         self.seconds, self.horizon, self.cap = seconds, horizon, cap
         self.steps_per_epoch, self.batch_size = steps_per_epoch, batch_size
-        self.eval_examples, self.test_examples, self.export = eval_examples, test_examples, export
-        self.started, self.clock, self.allow_replan = started, clock, replan
+        self.eval_examples, self.test_examples, self.results_examples = eval_examples, test_examples, results_examples
+        self.export, self.started, self.clock, self.allow_replan = export, started, clock, replan
+        self.evaluation, self.time_evaluation = evaluation, time_evaluation
         self._planned = tf.Variable(False, trainable=False, name="budget_planned")
         self._replans = tf.Variable(0, dtype=tf.int64, trainable=False, name="budget_replans")
         self._by_time = tf.Variable(False, trainable=False, name="budget_stopped_by_time")
         self._first = tf.Variable(0, dtype=tf.int64, trainable=False, name="budget_first_plan")
-        self._measured: tuple[float, int] | None = None  # (time of the first, count) of this epoch's steady calls
-        self._epoch_began: tuple[float, int] | None = None  # (time, step) where this process's epoch began
-        self._since: tuple[float, int] | None = None  # (time, step) of this process's first epoch end
-        self.step_s: float | None = None  # this process's measured step (a resumed run measures it for the stop)
+        self._every = tf.Variable(1, dtype=tf.int64, trainable=False, name="budget_eval_every")
+        self._probed = time_evaluation is None
+        self._eval_trace_s = 0.0
+        self._eval_example_s: float | None = None  # measured by time_evaluation
+        self._start: _Mark | None = None  # where steady steps begin in this process
+        self._mark: _Mark | None = None   # this process's last plan
+        self._epoch_ends = 0
+        self._first_epoch_end: _Mark | None = None  # this process's first epoch end after steady steps began
+        self._steady_calls = 0
+        self._resumed: bool | None = None  # the checkpoint held a plan: this process keeps it
+        self.costs: Costs | None = None
 
     def checkpointed(self) -> dict:
-        return {"budget_planned_steps": self.horizon, "budget_planned": self._planned,
-                "budget_replans": self._replans, "budget_stopped_by_time": self._by_time,
-                "budget_first_plan": self._first}
+        return {**self.horizon.trackables(), "budget_planned": self._planned, "budget_replans": self._replans,
+                "budget_stopped_by_time": self._by_time, "budget_first_plan": self._first,
+                "budget_eval_every": self._every}
 
     @property
     def planned(self) -> int:
-        return int(self.horizon.numpy())
+        return self.horizon.total
+
+    @property
+    def eval_every(self) -> int:
+        return int(self._every.numpy())
+
+    @property
+    def step_s(self) -> float | None:
+        return self.costs.step_s if self.costs else None
 
     def step_limit(self) -> int | None:
         return self.planned
 
-    def reserve(self, example_s: float) -> float:
-        """Seconds kept for what follows training: testing, the result pictures (another pass
-        over the test split) and the export."""
-        return 2 * self.test_examples * example_s * EVAL_SHARE + (EXPORT_SECONDS if self.export else 0.0) + 2.0
+    def eval_due(self, end: EpochEnd) -> bool:
+        """Whether this epoch end evaluates (Evaluate.due): every eval_every-th epoch, and the last."""
+        every = self.eval_every
+        return every <= 1 or end.epoch % every == 0 or end.step >= self.planned
+
+    # -- measuring ---------------------------------------------------------------------------------
+
+    def _here(self, now: float, step: int) -> _Mark:
+        e = self.evaluation
+        return _Mark(now, step, e.seconds if e else 0.0, e.count if e else 0, self._epoch_ends)
+
+    def _costs(self, now: float, step: int, since: _Mark) -> Costs | None:
+        steps = step - since.step
+        if steps <= 0:
+            return None
+        here = self._here(now, step)
+        step_s = max(1e-6, (now - since.time - (here.eval_seconds - since.eval_seconds)) / steps)
+        evaluations = here.evaluations - since.evaluations
+        if evaluations:  # real (steady: the probe traced the step) evaluations since `since`
+            eval_s = (here.eval_seconds - since.eval_seconds) / evaluations
+            example_s = eval_s / max(1, self.eval_examples)
+        else:
+            example_s = self._eval_example_s or EVAL_SHARE * step_s / self.batch_size
+            eval_s = self.eval_examples * example_s
+        if not self.eval_examples:
+            eval_s = 0.0
+        after_s = (self.test_examples * example_s                                             # test
+                   + RESULTS_SECONDS + self._eval_trace_s + self.results_examples * example_s  # pictures
+                   + ((EXPORT_SECONDS + 2 * self._eval_trace_s) if self.export else 0.0))     # export
+        return Costs(step_s=step_s, eval_s=eval_s, after_s=after_s)
 
     def after_step(self, end: StepEnd) -> None:
-        now = self.clock()
-        if self._epoch_began is None:
-            self._epoch_began = (now, end.at.step)
-        if self.step_s is None and end.rate:
-            first_t, calls = self._measured or (now, 0)
-            self._measured = (first_t, calls + 1)
-            if calls + 1 > MEASURE_CALLS or now - first_t >= MEASURE_SECONDS:
-                if bool(self._planned.numpy()):  # resumed: the checkpoint's plan stands; this is for the stop
-                    self.step_s = self.batch_size / end.rate
-                else:
-                    self._plan(end.at.step, now, self.batch_size / end.rate)
-        elapsed = now - self.started
-        if bool(self._planned.numpy()) and end.at.step < self.planned and self.step_s:
-            example_s = self.step_s / self.batch_size
-            if elapsed + self.reserve(example_s) + self.eval_examples * example_s * EVAL_SHARE >= self.seconds:
-                self.horizon.assign(end.at.step)  # out of time: stop here (the epoch-end actions save)
-                self._by_time.assign(True)
-                log.warning("trainer.time_budget: %.0f s of %.0f s spent at step %d; stopping there (the "
-                            "rest is kept for evaluation, test and export)", elapsed, self.seconds, end.at.step)
+        if not self._probed:  # before anything is timed: trace the eval step, time a few batches
+            self._probed = True
+            self._eval_trace_s, self._eval_example_s = self.time_evaluation()
+            return
+        now, step = self.clock(), end.at.step
+        if self._resumed is None:
+            self._resumed = bool(self._planned.numpy())
+        if self._start is None:
+            if end.steady:
+                self._start = self._here(now, step)
+            return
+        self._steady_calls += end.steady
+        if not bool(self._planned.numpy()):
+            start = self._ready(now, step)
+            if start is not None:
+                self._plan(now, step, start, first=True)
+        elif self.allow_replan and not self._resumed and not bool(self._by_time.numpy()):
+            self._maybe_replan(now, step)
+        elif self.costs is None and now - self._start.time >= MEASURE_SECONDS:  # resumed: costs for the stop only
+            self.costs = self._costs(now, step, self._start)
+        self._stop_if_out_of_time(now, step)
 
-    def _plan(self, step: int, now: float, step_s: float) -> None:
-        self.step_s = step_s
-        example_s = step_s / self.batch_size
-        eval_s = self.eval_examples * example_s * EVAL_SHARE
-        left = self.seconds - (now - self.started) - self.reserve(example_s)
-        total = min(self.cap, step + steps_that_fit(left, step_s, eval_s, self.steps_per_epoch))
-        total = max(total, step)
-        self.horizon.assign(total)
-        self._planned.assign(True)
-        self._first.assign(total)
-        log.info("trainer.time_budget %s: %.0f ms a step, %.1f s an evaluation -> %d steps (%.1f epochs)%s; the "
-                 "learning-rate schedule ends there", _words(self.seconds), 1000 * step_s, eval_s, total,
-                 total / self.steps_per_epoch, " (capped by trainer.epochs/max_steps)" if total == self.cap else "")
+    def _ready(self, now: float, step: int) -> _Mark | None:
+        """Where the first plan's measurement starts, once it has seen enough; None: not yet."""
+        start = self._start
+        costs = self._costs(now, step, start)
+        if costs is not None and costs.step_s * self.steps_per_epoch < EPOCH_SHARE * self.seconds:
+            # Short epochs: measured from the first epoch's end (its one-time costs left out: the
+            # eval split's first pass, the first checkpoint) across another epoch end.
+            if self._first_epoch_end is None:
+                return None
+            start = self._first_epoch_end
+            if self._epoch_ends <= start.epoch_ends:
+                return None
+        if self._steady_calls < MEASURE_CALLS or now - start.time < max(MEASURE_SECONDS, MEASURE_SHARE * self.seconds):
+            return None
+        return start
+
+    def _maybe_replan(self, now: float, step: int) -> None:
+        mark = self._mark
+        due = now - mark.time >= REPLAN_SHARE * self.seconds
+        if not due and step >= self.planned and self.costs is not None:  # the plan is done: is there time left?
+            left = self.seconds - (now - self.started) - self.costs.after_s - self.costs.eval_s
+            due = left > 0.03 * self.seconds + 2 * self.costs.step_s
+        if not due:
+            return
+        since = mark if now - mark.time >= 0.5 * REPLAN_SHARE * self.seconds else self._start
+        self._plan(now, step, since, first=False)
+
+    def _plan(self, now: float, step: int, since: _Mark, first: bool) -> None:
+        costs = self._costs(now, step, since)
+        if costs is None:
+            return
+        self.costs = costs
+        self._mark = self._here(now, step)
+        left = self.seconds - (now - self.started) - costs.after_s
+        spe = self.steps_per_epoch
+        every = spacing(costs, spe, steps_that_fit(left, costs, spe) / spe)
+        total = max(step, min(self.cap, step + steps_that_fit(left, costs, spe, every)))
+        self._every.assign(every)
+        spaced = f", evaluating every {every} epochs" if every > 1 else ""
+        capped = " (capped by trainer.epochs/max_steps)" if total == self.cap else ""
+        if first:
+            self.horizon.first_plan(total)
+            self._planned.assign(True)
+            self._first.assign(total)
+            log.info("trainer.time_budget %s: %.1f ms a step, %.2f s an evaluation, %.1f s for test and export "
+                     "-> %d steps (%.1f epochs%s)%s; the learning-rate schedule ends there", _words(self.seconds),
+                     1000 * costs.step_s, costs.eval_s, costs.after_s, total, total / spe, spaced, capped)
+            return
+        if total == self.planned:
+            return
+        before = self.planned
+        self.horizon.replan(step, total)
+        self._replans.assign_add(1)
+        log.info("trainer.time_budget: %.0f s left, %.1f ms a step, %.2f s an evaluation: re-planned %d -> %d steps"
+                 "%s%s", self.seconds - (now - self.started), 1000 * costs.step_s, costs.eval_s, before, total, spaced,
+                 capped)
+
+    def _stop_if_out_of_time(self, now: float, step: int) -> None:
+        costs = self.costs
+        if costs is None or not bool(self._planned.numpy()) or step >= self.planned:
+            return
+        elapsed = now - self.started
+        if elapsed + costs.after_s + costs.eval_s + costs.step_s >= self.seconds:
+            self.horizon.variable.assign(step)  # out of time: stop here (the epoch-end actions evaluate and save)
+            self._by_time.assign(True)
+            log.warning("trainer.time_budget: %.0f s of %.0f s spent at step %d; stopping there (the "
+                        "rest is kept for evaluation, test and export)", elapsed, self.seconds, step)
 
     def after_epoch(self, end: EpochEnd) -> str | None:
-        now = self.clock()
-        began, self._epoch_began = self._epoch_began, (now, end.step)  # the next epoch counts from here
-        self._measured = None
-        if (not self.allow_replan or not bool(self._planned.numpy()) or bool(self._by_time.numpy())
-                or began is None or end.step >= self.planned):
-            return None
-        ran = end.step - began[1]
-        if ran < max(1, self.steps_per_epoch // 2):
-            return None  # too little of an epoch measured in this process
-        # After the first epoch: everything since its end (the warm-up left out, the epochs' noise
-        # averaged); before, the first epoch itself.
-        since = self._since or began
-        self._since = self._since or (now, end.step)
-        if end.step - since[1] < max(1, self.steps_per_epoch // 2):
-            since = began
-        per_step = (now - since[0]) / (end.step - since[1])  # steps, evaluations, actions, epoch set-ups
-        epoch_s = per_step * self.steps_per_epoch
-        example_s = per_step / self.batch_size
-        left = self.seconds - (now - self.started) - self.reserve(example_s) - self.eval_examples * example_s
-        total = min(self.cap, end.step + max(0, int(left / per_step)))
-        if abs(total - self.planned) <= REPLAN_CHANGE * self.planned:
-            return None
-        log.info("trainer.time_budget: an epoch takes %.1f s (evaluation included); re-planned %d -> %d steps",
-                 epoch_s, self.planned, total)
-        self.horizon.assign(total)
-        self._replans.assign_add(1)
+        self._epoch_ends += 1
+        if self._start is not None and self._first_epoch_end is None:
+            self._first_epoch_end = self._here(self.clock(), end.step)
         return None
 
     def summary(self, steps: int) -> dict:
@@ -179,16 +309,18 @@ class Budget(BaseAction):
             stopped_by = "plan" if planned < self.cap else "trainer.epochs"  # (or trainer.max_steps: the cap)
         else:
             stopped_by = "early_stopping"
+        costs = self.costs
         return {"seconds": self.seconds, "planned_steps": planned, "first_plan": int(self._first.numpy()),
-                "steps": steps,
-                "replans": int(self._replans.numpy()), "stopped_by": stopped_by,
-                "step_ms": round(1000 * self.step_s, 2) if self.step_s else None,
-                "replanning": "after each epoch, when the plan changes by more than 10%" if self.allow_replan
-                else "off (trainer.deterministic=true: the first plan is kept, so a resume is bitwise)"}
+                "steps": steps, "replans": int(self._replans.numpy()), "stopped_by": stopped_by,
+                "step_ms": round(1000 * costs.step_s, 2) if costs else None,
+                "eval_seconds": round(costs.eval_s, 3) if costs else None,
+                "after_training_seconds": round(costs.after_s, 2) if costs else None,
+                "eval_every_epochs": self.eval_every, "warmup_steps": self.horizon.warmup_steps,
+                "replanning": (f"every {REPLAN_SHARE:.0%} of the budget from steady-state costs; the learning rate "
+                               f"bends from where it is, never up" if self.allow_replan else
+                               "off (trainer.deterministic=true: the first plan is kept, so a resume is bitwise)")}
 
 
 def _words(seconds: float) -> str:
     minutes, rest = divmod(seconds, 60)
     return f"{int(minutes)}m{int(rest)}s" if minutes else f"{rest:g}s"
-
-

@@ -17,6 +17,7 @@ The loop knows nothing of TensorFlow graphs or the run directory: batches come f
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -194,7 +195,8 @@ class TrainLoop:
             if asked == 1 and name in self._called:
                 self._single_s.append(t1 - t0)
             calls += 1
-            if calls == 1 or name not in self._called:
+            steady = calls > 1 and name in self._called  # neither a trace nor a new iterator's first fill
+            if not steady:
                 result.first_call_seconds += t1 - t0
             else:
                 result.steady_call_seconds += t1 - t0
@@ -220,7 +222,7 @@ class TrainLoop:
             rate = (totals.count - rate_from[1]) / (t1 - rate_from[0]) if rate_from and t1 > rate_from[0] else None
             rate_from = rate_from or (t1, totals.count)
             at = Position(result.steps, epoch, in_epoch)
-            end = StepEnd(at=at, outputs=out, totals=totals, rate=rate, finite=finite)
+            end = StepEnd(at=at, outputs=out, totals=totals, rate=rate, finite=finite, steady=steady)
             for action in self.actions:
                 action.after_step(end)
             result.action_seconds += self.clock() - t1
@@ -273,6 +275,24 @@ class TrainLoop:
         self.record.event(phase=Phase.train, kind=ErrorKind.non_finite,
                           message=message + "; its update was not applied (trainer.on_nan=skip_step)",
                           hint=_NAN_HINT, step=step, config_key="trainer.on_nan")
+
+    def time_evaluation(self, dataset, batches: int = 3) -> tuple[float, float | None]:
+        """(seconds of the first batch — the eval step's trace and the pipeline's first fill —,
+        seconds per example of up to `batches` batches after it, None when there were none). The
+        evaluations that follow find the step traced, so their times are steady ones
+        (trainer.time_budget plans with these)."""
+        self.context.phase, self.context.step = Phase.eval, self.result.steps
+        iterator = iter(self.distribute(dataset))
+        t0 = self.clock()
+        first = next(iterator, None)
+        if first is None:
+            return 0.0, None
+        int(np.asarray(self.steps.eval(*first)["count"]))
+        t1, examples = self.clock(), 0
+        for images, labels in itertools.islice(iterator, batches):
+            examples += int(np.asarray(self.steps.eval(images, labels)["count"]))
+        t2 = self.clock()
+        return t1 - t0, ((t2 - t1) / examples if examples else None)
 
     def evaluate(self, dataset) -> tuple[float, float]:
         self.context.phase, self.context.step = Phase.eval, self.result.steps

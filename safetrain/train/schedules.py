@@ -84,38 +84,93 @@ class PlateauState:
                 "plateau_bad_epochs": self._bad}
 
 
-class Horizon:
-    """The run's total steps as a variable (trainer.time_budget plans it after the first steps and
-    may re-plan it; safetrain.train.budget): cosine, linear and one_cycle read it at every step, so
-    a new plan needs no retrace, and the checkpoint keeps it."""
+WARMUP_SHARE = 0.10        # under trainer.time_budget the warmup is at most this share of the planned steps
 
-    def __init__(self, total_steps: int) -> None:
+
+class Horizon:
+    """The run's planned total steps and the shape of the learning-rate curve over them, as
+    variables (trainer.time_budget plans them after the first steps and re-plans by time;
+    safetrain.train.budget): the schedule reads them at every step, so a new plan needs no
+    retrace, and the checkpoint keeps them.
+
+    The decay runs on a *progress* from 0 (the warmup's end) to 1 (the last planned step). A new
+    plan never restarts it: it bends the rest of the curve from where it is (`replan`): progress
+    `bend_progress` at step `bend_step` goes on linearly to 1 at the new last step. So the rate is
+    continuous at a re-plan and never rises after the warmup, however the plan changes."""
+
+    def __init__(self, total_steps: int, warmup_steps: int = 0, one_cycle: bool = False) -> None:
+        self.configured_warmup = int(warmup_steps)
+        self.one_cycle = one_cycle
         self.variable = tf.Variable(int(total_steps), dtype=tf.int64, trainable=False, name="budget_planned_steps")
+        self.warmup = tf.Variable(self._warmup_for(total_steps), dtype=tf.int64, trainable=False,
+                                  name="budget_warmup_steps")
+        self.bend_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="budget_bend_step")
+        self.bend_progress = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="budget_bend_progress")
+
+    def trackables(self) -> dict:
+        """The checkpoint's names for the variables (stable: they are part of its format)."""
+        return {"budget_planned_steps": self.variable, "budget_warmup_steps": self.warmup,
+                "budget_bend_step": self.bend_step, "budget_bend_progress": self.bend_progress}
+
+    @property
+    def total(self) -> int:
+        return int(self.variable.numpy())
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(self.warmup.numpy())
+
+    def _warmup_for(self, total: int) -> int:
+        if self.one_cycle:
+            return max(1, round(ONE_CYCLE_WARMUP * total))
+        if not self.configured_warmup:
+            return 0
+        return max(1, min(self.configured_warmup, round(WARMUP_SHARE * total)))
+
+    def first_plan(self, total: int) -> None:
+        """The first plan: its total, and the warmup scaled to it (optimizer.warmup_epochs, at most
+        a tenth of the plan; one_cycle's rise is 30% of it). The warmup is fixed from here on."""
+        self.variable.assign(int(total))
+        self.warmup.assign(self._warmup_for(total))
+
+    def replan(self, step: int, total: int) -> None:
+        """A new total from `step` on: after the warmup, the decay goes on from its present
+        progress to 1 at the new last step."""
+        if step > self.warmup_steps:
+            progress = float(self.progress(step))
+            self.bend_step.assign(int(step))
+            self.bend_progress.assign(progress)
+        self.variable.assign(int(total))
+
+    def progress(self, step):
+        """The decay's progress at `step` (0 until the warmup's end, 1 from the last planned step)."""
+        step = keras.ops.cast(step, "float32")
+        total = keras.ops.cast(self.variable, "float32")
+        start = keras.ops.maximum(keras.ops.cast(self.bend_step, "float32"), keras.ops.cast(self.warmup, "float32"))
+        done = keras.ops.cast(self.bend_progress, "float32")
+        span = keras.ops.maximum(1.0, total - 1.0 - start)
+        return done + (1.0 - done) * keras.ops.clip((step - start) / span, 0.0, 1.0)
 
 
 class OverHorizon(keras.optimizers.schedules.LearningRateSchedule):
-    """A Keras schedule made for the horizon's current total at each call: `make(total)` builds
-    the same CosineDecay/PolynomialDecay as a fixed run, with tensors for its lengths."""
+    """trainer.time_budget's rate: a linear warmup over the horizon's warmup steps, then Keras'
+    decay (`decay(progress)`: CosineDecay or PolynomialDecay made over one step and fed the
+    progress in [0, 1]; None: constant) over the horizon's progress, which a re-plan bends and
+    never turns back."""
 
-    def __init__(self, make, horizon: Horizon) -> None:
-        self.make = make
-        self.horizon = horizon
+    def __init__(self, rate: float, decay, horizon: Horizon, start: float = 0.0) -> None:
+        self.rate, self.decay, self.horizon, self.start = rate, decay, horizon, start
 
     def __call__(self, step):
-        total = keras.ops.cast(self.horizon.variable, "float32")
-        return self.make(total)(step)
+        step = keras.ops.cast(step, "float32")
+        warmup = keras.ops.cast(self.horizon.warmup, "float32")
+        rise = self.start + (self.rate - self.start) * (step + 1.0) / keras.ops.maximum(warmup, 1.0)
+        later = (self.decay(self.horizon.progress(step)) if self.decay is not None
+                 else keras.ops.cast(self.rate, "float32"))
+        return keras.ops.where(step < warmup, keras.ops.minimum(rise, self.rate), later)
 
     def get_config(self) -> dict:
         return {}
-
-
-def _lengths(schedule, **lengths):
-    """A Keras schedule with tensor lengths: its constructor checks them as Python numbers
-    (`if decay_steps <= 0`), its __call__ casts them as tensors; so it is made with 1 and the
-    (already >= 1) tensors are set after."""
-    for name, value in lengths.items():
-        setattr(schedule, name, value)
-    return schedule
 
 
 @dataclass(frozen=True)
@@ -130,54 +185,34 @@ class Plan:
 def learning_rate(cfg: OptimizerConfig, steps_per_epoch: int, total_steps: int,
                   horizon: Horizon | None = None) -> Plan:
     """`horizon`: the total is planned later (trainer.time_budget); `total_steps` is its cap."""
+    if horizon is not None:
+        return _over_horizon(cfg, horizon)
     lr, low = cfg.learning_rate, cfg.min_learning_rate
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    if cfg.warmup_epochs and warmup < 1:
-        warmup = 1
+    warmup = warmup_steps(cfg, steps_per_epoch)
     kind = cfg.schedule
-    at = "the step trainer.time_budget plans" if horizon else f"step {total_steps}"
+    at = f"step {total_steps}"
     if kind is Schedule.one_cycle:
-        def one_cycle(total):
-            if horizon:
-                rise = keras.ops.maximum(1.0, keras.ops.round(ONE_CYCLE_WARMUP * total))
-                return _lengths(keras.optimizers.schedules.CosineDecay(
-                    initial_learning_rate=lr / ONE_CYCLE_START, warmup_target=lr, warmup_steps=1, decay_steps=1,
-                    alpha=low / lr), warmup_steps=rise, decay_steps=keras.ops.maximum(1.0, total - rise - 1))
-            rise = max(1, round(ONE_CYCLE_WARMUP * total))
-            return keras.optimizers.schedules.CosineDecay(
-                initial_learning_rate=lr / ONE_CYCLE_START, warmup_target=lr, warmup_steps=rise,
-                decay_steps=max(1, total - rise - 1), alpha=low / lr)
-        rise_words = "30% of the run" if horizon else f"{max(1, round(ONE_CYCLE_WARMUP * total_steps))} steps"
-        schedule = OverHorizon(one_cycle, horizon) if horizon else one_cycle(total_steps)
-        return Plan(schedule, f"one_cycle: {lr / ONE_CYCLE_START:g} -> {lr:g} over {rise_words}, cosine to {low:g} "
+        rise = max(1, round(ONE_CYCLE_WARMUP * total_steps))
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=lr / ONE_CYCLE_START, warmup_target=lr, warmup_steps=rise,
+            decay_steps=max(1, total_steps - rise - 1), alpha=low / lr)
+        return Plan(schedule, f"one_cycle: {lr / ONE_CYCLE_START:g} -> {lr:g} over {rise} steps, cosine to {low:g} "
                               f"at {at}")
     if kind is Schedule.plateau:
         state = PlateauState()
         base = LinearWarmup(lr, warmup, lr) if warmup else lr
-        words = (f"{'linear warmup over ' + str(warmup) + ' steps, then ' if warmup else ''}{lr:g}, "
-                 f"x{cfg.decay_factor:g} after {cfg.plateau_patience} epochs without a better eval "
-                 f"{cfg.plateau_metric.value} (not below {low:g})")
-        return Plan(Scaled(base, state._scale), words, plateau=state)
+        return Plan(Scaled(base, state._scale),
+                    _plateau_words(cfg, f"linear warmup over {warmup} steps" if warmup else ""), plateau=state)
     # The decays reach min_learning_rate on the run's last step (step index total_steps - 1).
-    def decay_steps(total):
-        return keras.ops.maximum(1.0, total - warmup - 1) if horizon else max(1, total - warmup - 1)
-
-    def sized(schedule_class, total, **kw):
-        if horizon:
-            return _lengths(schedule_class(lr, decay_steps=1, **kw), decay_steps=decay_steps(total))
-        return schedule_class(lr, decay_steps=decay_steps(total), **kw)
-
+    decay_steps = max(1, total_steps - warmup - 1)
     if kind is Schedule.constant:
         after, words = lr, f"constant {lr:g}"
     elif kind is Schedule.cosine:
-        def after_(total):
-            return sized(keras.optimizers.schedules.CosineDecay, total, alpha=low / lr)
-        after = OverHorizon(after_, horizon) if horizon else after_(total_steps)
+        after = keras.optimizers.schedules.CosineDecay(lr, decay_steps=decay_steps, alpha=low / lr)
         words = f"cosine {lr:g} -> {low:g} at {at}"
     elif kind is Schedule.linear:
-        def after_(total):
-            return sized(keras.optimizers.schedules.PolynomialDecay, total, end_learning_rate=low, power=1.0)
-        after = OverHorizon(after_, horizon) if horizon else after_(total_steps)
+        after = keras.optimizers.schedules.PolynomialDecay(lr, decay_steps=decay_steps, end_learning_rate=low,
+                                                           power=1.0)
         words = f"linear {lr:g} -> {low:g} at {at}"
     else:  # step
         boundaries = [round(m * steps_per_epoch) - warmup for m in cfg.milestones]
@@ -188,9 +223,50 @@ def learning_rate(cfg: OptimizerConfig, steps_per_epoch: int, total_steps: int,
     if not warmup:
         return Plan(after, words)
     words = f"linear warmup over {warmup} steps, then {words}"
-    if warmup >= total_steps and not horizon:  # a smoke run (+debug=tiny) of a recipe: say so, change nothing
+    if warmup >= total_steps:  # a smoke run (+debug=tiny) of a recipe: say so, change nothing
         words += f" (the run ends after {total_steps} steps, inside the warmup)"
     return Plan(LinearWarmup(after, warmup, lr), words)
+
+
+def warmup_steps(cfg: OptimizerConfig, steps_per_epoch: int) -> int:
+    """optimizer.warmup_epochs in steps (at least 1 when asked for)."""
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    return max(1, warmup) if cfg.warmup_epochs else 0
+
+
+def horizon_for(cfg: OptimizerConfig, steps_per_epoch: int, cap: int) -> Horizon:
+    """trainer.time_budget's horizon: `cap` steps until the first plan. Build it in the strategy's scope."""
+    return Horizon(cap, warmup_steps(cfg, steps_per_epoch), one_cycle=cfg.schedule is Schedule.one_cycle)
+
+
+def _plateau_words(cfg: OptimizerConfig, warmup_words: str) -> str:
+    return (f"{warmup_words + ', then ' if warmup_words else ''}{cfg.learning_rate:g}, "
+            f"x{cfg.decay_factor:g} after {cfg.plateau_patience} epochs without a better eval "
+            f"{cfg.plateau_metric.value} (not below {cfg.min_learning_rate:g})")
+
+
+def _over_horizon(cfg: OptimizerConfig, horizon: Horizon) -> Plan:
+    """The rate over trainer.time_budget's planned steps: Keras' CosineDecay / PolynomialDecay fed
+    the horizon's progress (Horizon), behind a warmup scaled to the plan."""
+    lr, low, kind = cfg.learning_rate, cfg.min_learning_rate, cfg.schedule
+    at = "the step trainer.time_budget plans (a re-plan bends the rest of the curve, never up)"
+    warmup_words = (f"linear warmup over {horizon.configured_warmup} steps (at most {WARMUP_SHARE:.0%} of the "
+                    f"planned steps)" if horizon.configured_warmup else "")
+    cosine = keras.optimizers.schedules.CosineDecay(lr, decay_steps=1, alpha=low / lr)
+    if kind is Schedule.one_cycle:
+        return Plan(OverHorizon(lr, cosine, horizon, start=lr / ONE_CYCLE_START),
+                    f"one_cycle: {lr / ONE_CYCLE_START:g} -> {lr:g} over 30% of the planned steps, cosine to {low:g} "
+                    f"at {at}")
+    if kind is Schedule.plateau:
+        state = PlateauState()
+        return Plan(Scaled(OverHorizon(lr, None, horizon), state._scale), _plateau_words(cfg, warmup_words),
+                    plateau=state)
+    linear = keras.optimizers.schedules.PolynomialDecay(lr, decay_steps=1, end_learning_rate=low, power=1.0)
+    decays = {Schedule.constant: (None, f"constant {lr:g}"),
+              Schedule.cosine: (cosine, f"cosine {lr:g} -> {low:g} at {at}"),
+              Schedule.linear: (linear, f"linear {lr:g} -> {low:g} at {at}")}
+    decay, words = decays[kind]  # step: refused with a budget (validate_recipe)
+    return Plan(OverHorizon(lr, decay, horizon), f"{warmup_words}, then {words}" if warmup_words else words)
 
 
 def value_at(learning_rate, step) -> float:

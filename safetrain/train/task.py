@@ -85,7 +85,7 @@ def build_task(plan: ModelPlan, *, optimizer: OptimizerConfig, trainer: TrainerC
     run_steps = steps_per_epoch * t.epochs
     total_steps = min(run_steps, t.max_steps or run_steps)
     with strategy.scope():
-        horizon = schedules.Horizon(total_steps) if t.time_budget is not None else None
+        horizon = schedules.horizon_for(o, steps_per_epoch, total_steps) if t.time_budget is not None else None
         schedule = schedules.learning_rate(o, steps_per_epoch, total_steps, horizon)
         model = build_model(plan, input_dtype=input_dtype, seed=t.seed)
         tuned = None
