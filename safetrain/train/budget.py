@@ -216,6 +216,7 @@ class Budget(BaseAction):
                 self._start = self._here(now, step)
             return
         self._steady_calls += end.steady
+        self._stop_if_out_of_time(now, step)
         if not bool(self._planned.numpy()):
             start = self._ready(now, step)
             if start is not None:
@@ -224,7 +225,6 @@ class Budget(BaseAction):
             self._maybe_replan(now, step)
         elif self.costs is None and now - self._start.time >= MEASURE_SECONDS:  # resumed: costs for the stop only
             self.costs = self._costs(now, step, self._start)
-        self._stop_if_out_of_time(now, step)
 
     def _ready(self, now: float, step: int) -> _Mark | None:
         """Where the first plan's measurement starts, once it has seen enough; None: not yet."""
