@@ -9,5 +9,12 @@
 Importing the package registers every built-in layer type.
 """
 
+if __name__ == "models":  # imported by the folder's name (python run from the repository): a second copy
+    raise ImportError(
+        "the folder models/ installs as safetrain.models; importing it as `models` would load a second copy "
+        "whose registrations (layers, sources) safetrain never sees. Import safetrain.models instead, e.g. "
+        "`from safetrain.models.custom import custom_layer`")
+
+
 from safetrain.models import blocks, custom, sequence, spec  # noqa: F401  (registration)
 from safetrain.models import custom_layers  # noqa: F401,E402  (the project's own layers; imports Keras only if used)

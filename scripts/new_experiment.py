@@ -254,14 +254,29 @@ def batch_size(images: int) -> int:
     return next(b for limit, b in ((1280, 32), (320, 16), (160, 8), (0, 4)) if images >= limit)
 
 
-def render(name: str, folder: Path, found: Scan, command: str, budget: str, learning_rate: float | None = None) -> str:
+def input_spec(found: Scan) -> tuple[int, int, int, bool]:
+    """(height, width, channels, resize needed) the experiment declares."""
     height, width, resize = propose_size(found.sizes)
     gray = found.gray_color or all(mode in GRAY_MODES for mode in found.modes)
-    channels = 1 if gray else 3
+    return height, width, 1 if gray else 3, resize
+
+
+def sizing(found: Scan, budget: str) -> "recipe.Sizing":
+    """The model that fits the budget on this folder, from each candidate's measured rate."""
+    height, width, channels, _ = input_spec(found)
+    images = sum(found.counts.values())
+    train_images = round(0.8 * images)  # the split's share (train/ folders: most of them)
+    rates = recipe.measure_rates(height, width, channels, len(found.counts), batch_size(images),
+                                 recipe.candidates(images, height, width))
+    return recipe.size_model(rates, train_images, budget)
+
+
+def render(name: str, folder: Path, found: Scan, command: str, chosen_model: str, budget: str,
+           learning_rate: float | None = None) -> str:
+    height, width, channels, resize = input_spec(found)
     convert = any(MODE_CHANNELS.get(mode, 0) != channels for mode in found.modes)
     mean, std = stats(found.readable, height, width, channels)
-    chosen = recipe.propose(sum(found.counts.values()), height, width, recipe.looks(found.readable, channels),
-                            budget, learning_rate)
+    chosen = recipe.propose(chosen_model, recipe.looks(found.readable, channels), budget, learning_rate)
     classes = sorted(found.counts)
     lines = [
         "# @package _global_",
@@ -310,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", type=Path, default=ROOT / "configs",
                         help="config dir to write experiment/NAME.yaml into (default: this repository's)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing experiment file")
-    parser.add_argument("--budget", default="10m", help="trainer.time_budget of the experiment (default 10m)")
+    parser.add_argument("--budget", default="10m", help="trainer.time_budget of the experiment (default 10m; raised "
+                        "when no model trains enough epochs of the folder in it, and said so)")
     parser.add_argument("--check", choices=("learn", "dry", "none"), default="learn",
                         help="learn: a one-minute learning check (default); dry: checks without training; none")
     parser.add_argument("--no-check", action="store_true", help="the same as --check none")
@@ -339,17 +355,20 @@ def main(argv: list[str] | None = None) -> int:
         run.insert(0, f"hydra.searchpath=[file://{args.configs.expanduser().resolve()}]")
     command = "python -m safetrain " + " ".join(run)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(render(args.name, folder, found, command, args.budget))
+    sized = sizing(found, args.budget)
+    print(f"model: {sized.why}")
+    budget = sized.budget
+    target.write_text(render(args.name, folder, found, command, sized.model, budget))
     print(f"wrote {target}")
     print(recipe.summary(target.read_text()))
     check = "none" if args.no_check else args.check
     if check == "learn":
         code, learning_rate = recipe.learning_check(run, args.name, found.counts, target.read_text())
         if learning_rate is not None:  # the lower rate learned: the experiment keeps it
-            target.write_text(render(args.name, folder, found, command, args.budget, learning_rate))
+            target.write_text(render(args.name, folder, found, command, sized.model, budget, learning_rate))
         if code:
             return code
-    print(f"train it with:\n  {command}   # trainer.time_budget={args.budget}: the best model that fits it")
+    print(f"train it with:\n  {command}   # trainer.time_budget={budget}: the most training that fits it")
     if check != "dry":
         return 0
     print("checking it (config, every image, the model's shapes) without training:")

@@ -252,10 +252,10 @@ def test_sigterm_and_a_rerun_continue_the_same_plan_to_its_last_step(tmp_path, t
     proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env)
     deadline, planned = time.monotonic() + 120, None
     for line in proc.stderr:  # wait for the plan, then a few more logged steps
+        if planned and re.search(r"epoch \d+/300 step 10/", line) or time.monotonic() > deadline:
+            break
         found = re.search(r"trainer.time_budget 40s: .* -> (\d+) steps", line)
         planned = int(found.group(1)) if found else planned
-        if (planned and re.search(r"epoch 2/300 step 10/", line)) or time.monotonic() > deadline:
-            break
     proc.send_signal(signal.SIGTERM)
     rest = proc.communicate(timeout=60)[1]
     assert proc.returncode == 143 and planned, rest

@@ -38,6 +38,17 @@ def explain(exc: BaseException) -> ConfigError:
                   else "check the name and the configs/ folder"),
             config_key=group or None)
 
+    override = _unparsed_override(exc)
+    if override is not None:
+        key, _, value = override.partition("=")
+        quoted = f"'{key}=\"{value}\"'" if value and '"' not in value else f"'{override}'"
+        return ConfigError(
+            f"the override {override!r} could not be parsed ({first}): in an override, characters such as "
+            f"[ ] : % , = ( ) and spaces belong to Hydra's own syntax (lists, sweeps, interpolations), "
+            f"so a value that holds them must be quoted.",
+            hint=f"quote the value for Hydra and the whole override for the shell: {quoted}",
+            config_key=key.lstrip("+~") if value else None)
+
     if full_key:
         full_key = re.sub(r"\[(\d+)\]", r".\1", full_key)  # model.layers[0] -> model.layers.0
         node_path, _, leaf = full_key.rpartition(".")
@@ -131,3 +142,14 @@ def _describe_field(node_type, leaf: str) -> str:
     name = getattr(base, "__name__", str(base))
     return {"int": "an integer", "float": "a number", "bool": "true or false",
             "str": "a string"}.get(name, name) + suffix
+
+
+def _unparsed_override(exc: BaseException) -> str | None:
+    """The command-line override Hydra's parser refused (OverrideParseException), if that is the error."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if exc.__class__.__name__ == "OverrideParseException" and isinstance(getattr(exc, "override", None), str):
+            return exc.override
+        exc = exc.__cause__ or exc.__context__
+    return None
