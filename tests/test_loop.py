@@ -260,6 +260,7 @@ class ScriptedEval:
     def __init__(self, accuracies) -> None:
         self.accuracies = list(accuracies)
         self.accuracy = self.loss = None
+        self.fresh = True  # an evaluation at every epoch end
 
     def after_step(self, end) -> None:
         pass
@@ -284,6 +285,29 @@ def test_early_stopping_ends_the_run_after_patience_epochs_and_keeps_the_best_ep
     assert result.epochs == 5 and result.steps == 10 and len(steps.calls) == 10
     assert (best.epoch, best.step, best.value, best.captured) == (2, 4, 0.7, [1, 2])
     assert checkpoints.saved[-1] == Position(10, 6, 0)  # the resume point; a rerun sees wants_stop and stops
+
+
+def test_spaced_evaluations_judge_only_the_epochs_that_evaluated():
+    """trainer.time_budget spaces out costly evaluations (Evaluate.due): the epochs in between
+    neither evaluate nor count towards early stopping's patience."""
+    from safetrain.train.actions import SelectBest
+
+    loop, _, record, _, _, _, _ = make_loop(epochs=8, steps_per_epoch=2, every_steps=100)
+    accuracies = iter([0.5, 0.6, 0.55, 0.55])  # epochs 2, 4, 6, 8
+    evaluated = []
+
+    def evaluate(dataset):
+        evaluated.append(loop.result.epochs)
+        return 0.0, next(accuracies)
+
+    evaluation, best = Evaluate(evaluate, None, record), FakeBest()
+    evaluation.due = lambda end: end.epoch % 2 == 0
+    choose = SelectBest(evaluation, best, "accuracy", higher_is_better=True, patience=2)
+    loop.actions = [loop.actions[0], evaluation, choose, loop.actions[-1]]
+    result = loop.run()
+    assert evaluated == [2, 4, 6, 8] and evaluation.count == 4
+    # epoch 4 the best; 6 and 8 no better: patience 2 counts those two evaluations, not four epochs
+    assert (best.epoch, best.value) == (4, 0.6) and result.epochs == 8 and choose.wants_stop
 
 
 def test_a_resumed_run_that_had_stopped_early_trains_no_further():
