@@ -4,7 +4,7 @@
     python scripts/bench.py --models cnn_small_28 --repeats 7
 
 For each model — cnn_small at 28x28 and cnn_residual at 96x96 (embedded digits, upsampled) — in
-one process, one short run of each side after another, the order rotated every repeat (this VM's
+one process, one short run of each side after another, the order rotated every repeat (a cloud VM's
 speed jumps between two levels; neighbours share it):
   (a) `auto_vs_fit`: safetrain as a user gets it (hardware.precision=auto, steps_per_loop=auto,
       every check on) over `fit` with Keras' defaults (float32; jit_compile "auto", which is off
@@ -284,7 +284,7 @@ def measure(spec: Model, args, work: Path) -> dict:
     peaks = []
     for r in range(args.repeats):
         # Ratios are taken within a repeat, whose runs sit next to each other in time, then the median
-        # over repeats: this VM's speed level (it jumps about 2x) changes between repeats, not inside most.
+        # over repeats: a cloud VM's speed level (it jumps about 2x) changes between repeats, not inside most.
         order = sides[r % len(sides):] + sides[:r % len(sides)]
         got = {name: run() for name, run in order}
         st = dict(bench.steady)

@@ -14,7 +14,7 @@ and TensorFlow its thread pools once, at start-up, so they cannot change inside 
 and, in float32, the thread pools: TensorFlow's defaults vs TF_NUM_INTRAOP_THREADS=<cores>
 with TF_NUM_INTEROP_THREADS=1 or 2. Models: cnn_small at 28x28 and cnn_residual at 96x96 (the
 embedded digits, upsampled), a fixed number of steps each, steps_per_loop=1 so only the math
-differs. Rounds run every variant once, in a rotated order (this VM's speed jumps between two
+differs. Rounds run every variant once, in a rotated order (a cloud VM's speed jumps between two
 levels; neighbours share it). Reported per variant: the median step rate and the eval accuracy
 after the fixed steps (the same seed and batches for every variant).
 """

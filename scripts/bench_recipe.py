@@ -15,7 +15,7 @@ careful Keras user writes; it has none of safetrain's checks (spec enforcement, 
 resume, per-batch reseeded augmentation, scans).
 
 Each run is a fresh process (`python -m safetrain ...` as a user types it; `fit` via this script's
-`--fit-child`), and the sides alternate (safetrain, fit, fit, safetrain, ...) so this VM's two
+`--fit-child`), and the sides alternate (safetrain, fit, fit, safetrain, ...) so a cloud VM's two
 speed levels hit both alike. Examples/s is training examples x epochs / the run's wall clock from
 process start to exit (set-up, per-epoch eval and test included: what a user waits for; safetrain's
 export is turned off, as fit exports nothing).

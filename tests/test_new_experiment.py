@@ -146,3 +146,48 @@ def test_on_real_drawings_the_scaffold_proposes_a_recipe_and_its_learning_check_
     check = next(line for line in out.splitlines() if line.startswith("learning check"))
     assert check.endswith(": it learns") and "(chance 0.275)" in check
     assert out.index("learning check") < out.index("train it with:")
+
+
+def _recipe():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import scaffold_recipe
+
+    return scaffold_recipe
+
+
+def test_the_model_is_the_most_capable_that_trains_enough_epochs_and_the_budget_grows_when_none_does():
+    recipe = _recipe()
+    rates = {"cnn_small": 346.0, "cnn_residual": 69.0}  # images/s, as measured on 70x70 drawings (2-core Xeon)
+    small = recipe.size_model(rates, 436, "5m")
+    assert small.model == "cnn_residual" and small.budget == "5m"
+    assert "10+ epochs" in small.why and "cnn_small 346 images/s" in small.why
+    big = recipe.size_model(rates, 21_800, "10m")  # 8 epochs for cnn_small in 80% of 10 minutes
+    assert big.model == "cnn_small" and big.budget == "14m"
+    assert "no model trains 10 epochs of the 21,800 training images in 10m" in big.why
+    huge = recipe.size_model({"cnn_small": 10.0}, 1_000_000, "10m")
+    assert huge.budget == "120m" and "capped at 120 minutes" in huge.why
+    assert recipe.candidates(545, 70, 70) == ("cnn_small",)  # small folders: cnn_small only
+    assert recipe.candidates(27_292, 70, 70) == ("cnn_small", "cnn_residual")
+
+
+@pytest.mark.parametrize("result,code,said", [
+    ("learning check run (exit 3, run directory X):\nsafetrain: data error (exit 3): the file is gone", 3,
+     "safetrain: data error (exit 3): the file is gone"),
+    (dict(losses=[1.4, 1.39], accuracy=0.3, eval_images=2000, steps=4, plan="1331 ms a step, first plan 4 steps"), 0,
+     "cannot tell: the 60s check trained 4 steps (1331 ms a step, first plan 4 steps)"),
+    (dict(losses=[0.765, 0.701], accuracy=4 / 6, eval_images=6, steps=120, plan=""), 0,
+     "an eval split of 6 images cannot tell learning from chance"),
+    (dict(losses=[1.4, 1.0], accuracy=0.65, eval_images=55, steps=600, plan=""), 0, ": it learns"),
+    (dict(losses=[1.4, 1.39], accuracy=0.27, eval_images=400, steps=600, plan=""), 4, "learning check failed"),
+])
+def test_the_learning_check_says_what_it_saw(monkeypatch, capsys, result, code, said):
+    """The verdicts, from what a check run showed (the run itself is replaced by its results: the
+    real runs are the e2e tests above)."""
+    recipe = _recipe()
+    shown = result if isinstance(result, str) else recipe.CheckRun(**result)
+    monkeypatch.setattr(recipe, "_check_run", lambda run, name, rate: shown)
+    text = "optimizer: {learning_rate: 0.001}\n"
+    got, _ = recipe.learning_check(["+experiment=x"], "x", {"a": 30, "b": 30, "c": 25, "d": 25}, text)
+    out = capsys.readouterr().out
+    assert got == code and said in out, out
+    assert "the run failed" not in out or code == 3
