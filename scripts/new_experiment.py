@@ -261,11 +261,12 @@ def input_spec(found: Scan) -> tuple[int, int, int, bool]:
     return height, width, 1 if gray else 3, resize
 
 
-def sizing(found: Scan, budget: str) -> "recipe.Sizing":
+def sizing(found: Scan, folder: Path, budget: str) -> "recipe.Sizing":
     """The model that fits the budget on this folder, from each candidate's measured rate."""
     height, width, channels, _ = input_spec(found)
     images = sum(found.counts.values())
-    train_images = round(0.8 * images)  # the split's share (train/ folders: most of them)
+    # the training split's share: 90% of train/ beside a test/ folder (eval carved from it), else 80%
+    train_images = round((0.9 if "test" in split_dirs(folder) else 0.8) * images)
     rates = recipe.measure_rates(height, width, channels, len(found.counts), batch_size(images),
                                  recipe.candidates(images, height, width))
     return recipe.size_model(rates, train_images, budget)
@@ -355,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         run.insert(0, f"hydra.searchpath=[file://{args.configs.expanduser().resolve()}]")
     command = "python -m safetrain " + " ".join(run)
     target.parent.mkdir(parents=True, exist_ok=True)
-    sized = sizing(found, args.budget)
+    sized = sizing(found, folder, args.budget)
     print(f"model: {sized.why}")
     budget = sized.budget
     target.write_text(render(args.name, folder, found, command, sized.model, budget))
