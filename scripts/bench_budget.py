@@ -67,7 +67,9 @@ def run(args: list[str], run_dir: Path) -> dict:
             "first_lr": rates[0] if rates else None, "last_lr": rates[-1] if rates else None,
             "lr_rise_after_peak": rise_after_peak(rates),
             "test_accuracy": report["metrics"]["test_accuracy"],
-            "best_eval": (report.get("best") or {}).get("value")}
+            "best_eval": (report.get("best") or {}).get("value"),
+            "phases": report["throughput"].get("wall_seconds"),
+            "after_training_estimate": budget.get("after_training_seconds")}
 
 
 def rise_after_peak(rates: list[float]) -> float | None:

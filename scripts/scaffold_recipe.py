@@ -195,8 +195,9 @@ def _check_run(run: list[str], name: str, learning_rate: float) -> CheckRun | st
 
 
 def _scalars(logdir: Path, tag: str) -> list[float]:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # no TensorFlow start-up lines in the scaffold's output
-    import tensorflow as tf
+    from safetrain.core.tf_import import import_tensorflow
+
+    tf = import_tensorflow()  # without TensorFlow's start-up lines on the console
     from tensorboard.backend.event_processing.event_accumulator import TENSORS, EventAccumulator
 
     acc = EventAccumulator(str(logdir), size_guidance={TENSORS: 0})
@@ -232,7 +233,9 @@ def measure_rates(height: int, width: int, channels: int, classes: int, batch: i
     safetrain builds it, a Keras train step traced and warmed first, then timed for `seconds`."""
     import time
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from safetrain.core.tf_import import import_tensorflow
+
+    import_tensorflow()  # without TensorFlow's start-up lines on the console
     import keras
     import numpy as np
     import yaml
