@@ -115,7 +115,7 @@ def _budget(clock, seconds=100.0, cap=10_000, deterministic=False, eval_examples
     evaluation = FakeEvaluation()
     # the eval step: its trace took 0.5 s, then 1 ms an example
     budget = Budget(seconds, horizon, cap=cap, steps_per_epoch=100, batch_size=32, eval_examples=eval_examples,
-                    test_examples=320, results_examples=320, export=export, started=0.0, clock=clock,
+                    test_examples=320, results_examples=0, export=export, started=0.0, clock=clock,
                     replan=not deterministic, evaluation=evaluation, time_evaluation=lambda: (0.5, 0.001))
     return budget, horizon, evaluation
 

@@ -142,10 +142,11 @@ def _budget(cfg: Config, task: Task, data: Datasets, record: RunRecord, loop: Tr
     return Budget(parse_budget(t.time_budget), task.horizon, cap=cap, steps_per_epoch=spe,
                   batch_size=t.batch_size, eval_examples=counts.get("eval", 0) if evaluation else 0,
                   test_examples=counts.get("test", 0),
-                  results_examples=counts.get("test", 0) + (counts.get("eval", 0) if folder else 0),
+                  results_examples=counts.get("eval", 0) if folder else 0,
                   export=t.export, started=record.started, clock=time.monotonic, replan=not t.deterministic,
                   evaluation=evaluation,
-                  time_evaluation=(lambda: loop.time_evaluation(timed)) if timed is not None else None)
+                  time_evaluation=(lambda: loop.time_evaluation(timed)) if timed is not None else None,
+                  time_test=(lambda: loop.time_evaluation(data.test)) if data.test is not None else None)
 
 
 def record_best(record: RunRecord, best: BestState, chosen: Selection, exported: bool = True) -> bool:

@@ -181,6 +181,7 @@ def _fit(cfg: Config, task: Task, data: Datasets, hardware: Hardware, record: Ru
     if t.export:
         with wall.phase("export"):
             _export(cfg, task, data, hardware, record, context)
+    loop.close()
 
 
 def _train_loop(loop: TrainLoop, hardware: Hardware, make_steps, checkpoints: Checkpoints, train_batches,

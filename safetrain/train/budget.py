@@ -20,8 +20,9 @@ What a plan is made of — steady-state costs only, never a trace or a first fil
   traces they pay (the eval trace's measured time).
 
 1. The first plan comes once a few seconds (2% of the budget, at least MEASURE_SECONDS) of steady
-   steps are measured: the seconds left, minus what follows training, hold that many steps and
-   their evaluations. trainer.epochs and trainer.max_steps cap it. The warmup is scaled to it.
+   steps are measured and, for long epochs, the window's two halves agree (tf.data's autotuning and
+   the first executions warm up for seconds; the second half is the figure): the seconds left,
+   minus what follows training, hold that many steps and their evaluations. trainer.epochs and trainer.max_steps cap it. The warmup is scaled to it.
 2. Every tenth of the budget (and when the plan is reached with time left) it is made again from
    the costs since the last plan: a re-plan bends the rest of the learning-rate curve from where
    it is, so the rate never rises after the warmup. Under trainer.deterministic=true the first plan
@@ -55,7 +56,9 @@ log = logging.getLogger("safetrain")
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 MIN_SECONDS = 10.0
 MEASURE_CALLS, MEASURE_SECONDS, MEASURE_SHARE = 5, 3.0, 0.02  # steady calls and seconds before the first plan
-EPOCH_SHARE = 0.05       # epochs shorter than this share of the budget are measured from the first one's end
+EPOCH_SHARE = 0.05       # epochs shorter than this share of the budget are measured from the first one's end;
+STEADY_TOLERANCE = 0.10  # longer ones until the two halves of the window cost the same per step, within this,
+MEASURE_MAX_SHARE = 0.10  # or until the window is this share of the budget
 REPLAN_SHARE = 0.10      # a re-plan every tenth of the budget
 EVAL_SHARE_MAX = 0.10    # evaluations cost at most this share of the training between them (eval_every)
 MIN_EVALUATIONS = 5      # ... unless the plan would then hold fewer evaluations than this
@@ -124,18 +127,22 @@ class Budget(BaseAction):
     def __init__(self, seconds: float, horizon, *, cap: int, steps_per_epoch: int, batch_size: int,
                  eval_examples: int, test_examples: int, results_examples: int, export: bool, started: float,
                  clock: Callable[[], float], replan: bool, evaluation=None,
-                 time_evaluation: Callable[[], tuple[float, float | None]] | None = None) -> None:
+                 time_evaluation: Callable[[], tuple[float, float | None]] | None = None,
+                 time_test: Callable[[], tuple[float, float | None]] | None = None) -> None:
         """`horizon`: safetrain.train.schedules.Horizon. `evaluation`: the Evaluate action (its
         `seconds` and `count`), None without an eval split. `time_evaluation()`: (trace seconds,
-        seconds per example) of the evaluation step (safetrain.train.loop.TrainLoop.time_evaluation).
-        `results_examples`: the examples the result pictures evaluate again."""
+        seconds per example) of the evaluation step (safetrain.train.loop.TrainLoop.time_evaluation)
+        on the eval split, `time_test()` the same on the test split (its pipeline may cost
+        another rate: a split carved from a folder's shards reads all of them).
+        `results_examples`: the eval examples the result pictures evaluate again (image folders)."""
         import tensorflow as tf
 
         self.seconds, self.horizon, self.cap = seconds, horizon, cap
         self.steps_per_epoch, self.batch_size = steps_per_epoch, batch_size
         self.eval_examples, self.test_examples, self.results_examples = eval_examples, test_examples, results_examples
         self.export, self.started, self.clock, self.allow_replan = export, started, clock, replan
-        self.evaluation, self.time_evaluation = evaluation, time_evaluation
+        self.evaluation, self.time_evaluation, self.time_test = evaluation, time_evaluation, time_test
+        self._test_example_s: float | None = None  # measured by time_test
         self._planned = tf.Variable(False, trainable=False, name="budget_planned")
         self._replans = tf.Variable(0, dtype=tf.int64, trainable=False, name="budget_replans")
         self._by_time = tf.Variable(False, trainable=False, name="budget_stopped_by_time")
@@ -147,6 +154,7 @@ class Budget(BaseAction):
         self._start: _Mark | None = None  # where steady steps begin in this process
         self._mark: _Mark | None = None   # this process's last plan
         self._epoch_ends = 0
+        self._marks: list[_Mark] = []  # every step end before the first plan (where its window's halves meet)
         self._first_epoch_end: _Mark | None = None  # this process's first epoch end after steady steps began
         self._steady_calls = 0
         self._resumed: bool | None = None  # the checkpoint held a plan: this process keeps it
@@ -198,15 +206,18 @@ class Budget(BaseAction):
             eval_s = self.eval_examples * example_s
         if not self.eval_examples:
             eval_s = 0.0
-        after_s = (self.test_examples * example_s                                             # test
-                   + RESULTS_SECONDS + self._eval_trace_s + self.results_examples * example_s  # pictures
-                   + ((EXPORT_SECONDS + 2 * self._eval_trace_s) if self.export else 0.0))     # export
+        test_s = self.test_examples * (self._test_example_s or example_s)
+        after_s = (test_s                                                                        # test
+                   + RESULTS_SECONDS + self._eval_trace_s + test_s + self.results_examples * example_s  # pictures
+                   + ((EXPORT_SECONDS + 2 * self._eval_trace_s) if self.export else 0.0))        # export
         return Costs(step_s=step_s, eval_s=eval_s, after_s=after_s)
 
     def after_step(self, end: StepEnd) -> None:
         if not self._probed:  # before anything is timed: trace the eval step, time a few batches
             self._probed = True
             self._eval_trace_s, self._eval_example_s = self.time_evaluation()
+            if self.time_test is not None:
+                self._test_example_s = self.time_test()[1]
             return
         now, step = self.clock(), end.at.step
         if self._resumed is None:
@@ -218,9 +229,11 @@ class Budget(BaseAction):
         self._steady_calls += end.steady
         self._stop_if_out_of_time(now, step)
         if not bool(self._planned.numpy()):
+            self._marks.append(self._here(now, step))
             start = self._ready(now, step)
             if start is not None:
                 self._plan(now, step, start, first=True)
+                self._marks = []
         elif self.allow_replan and not self._resumed and not bool(self._by_time.numpy()):
             self._maybe_replan(now, step)
         elif self.costs is None and now - self._start.time >= MEASURE_SECONDS:  # resumed: costs for the stop only
@@ -230,7 +243,8 @@ class Budget(BaseAction):
         """Where the first plan's measurement starts, once it has seen enough; None: not yet."""
         start = self._start
         costs = self._costs(now, step, start)
-        if costs is not None and costs.step_s * self.steps_per_epoch < EPOCH_SHARE * self.seconds:
+        short = costs is not None and costs.step_s * self.steps_per_epoch < EPOCH_SHARE * self.seconds
+        if short:
             # Short epochs: measured from the first epoch's end (its one-time costs left out: the
             # eval split's first pass, the first checkpoint) across another epoch end.
             if self._first_epoch_end is None:
@@ -240,7 +254,17 @@ class Budget(BaseAction):
                 return None
         if self._steady_calls < MEASURE_CALLS or now - start.time < max(MEASURE_SECONDS, MEASURE_SHARE * self.seconds):
             return None
-        return start
+        if short:
+            return start
+        # Long epochs: steady once the window's two halves cost the same per step (tf.data's
+        # autotuning and the first executions warm up for seconds); then the second half is the
+        # figure. A window that never settles is cut at MEASURE_MAX_SHARE of the budget.
+        middle = next((mark for mark in self._marks if mark.time >= start.time + (now - start.time) / 2), None)
+        if middle is None or middle.step in (start.step, step):
+            return None
+        first, second = self._costs(middle.time, middle.step, start), self._costs(now, step, middle)
+        settled = abs(first.step_s / second.step_s - 1) <= STEADY_TOLERANCE
+        return middle if settled or now - start.time >= MEASURE_MAX_SHARE * self.seconds else None
 
     def _maybe_replan(self, now: float, step: int) -> None:
         mark = self._mark

@@ -137,9 +137,15 @@ class TrainLoop:
             line += [text for action in self.actions if (text := action.after_epoch(end))]
             self.progress.end_epoch(" | ".join(line))
             self.record.flush()
-        if self._released is not None:
-            self._released.join(timeout=30)
         return result
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Wait (a little) for the last epoch's iterator to be dropped. Not at the end of `run`:
+        an iterator left inside an epoch of augmented batches (a time budget ends mid-epoch) took
+        8-30 s to drop on a 2-core CPU (measured on 22,000 70x70 drawings), time the test, the
+        result pictures and the export can use meanwhile."""
+        if self._released is not None:
+            self._released.join(timeout=timeout)
 
     @property
     def stopped_early(self) -> bool:
