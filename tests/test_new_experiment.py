@@ -144,8 +144,27 @@ def test_on_real_drawings_the_scaffold_proposes_a_recipe_and_its_learning_check_
     assert config["augment"]["rotation"] > 0  # drawings: rotations (and the comments name the bolder flags)
     assert "the sample looks like drawings" in (tmp_path / "configs" / "experiment" / "shapes.yaml").read_text()
     check = next(line for line in out.splitlines() if line.startswith("learning check"))
-    assert check.endswith(": it learns") and "(chance 0.275)" in check
+    assert check.endswith(": it learns") and "chance 0.275)" in check
     assert out.index("learning check") < out.index("train it with:")
+    assert "model: cnn_small: the most capable model that trains 10+ epochs" in out  # the rule and its numbers
+    assert "All log messages before absl::InitializeLog" not in out and "cudart_stub" not in out
+
+
+@pytest.mark.e2e
+def test_on_too_little_data_the_learning_check_says_it_cannot_tell_and_the_experiment_stands(tmp_path):
+    """2 classes x 30 grey photos: an eval split of 6 images can neither show learning nor deny it."""
+    rng = np.random.default_rng(4)
+    for cls, level in (("dark", 70), ("light", 150)):
+        (tmp_path / "photos" / cls).mkdir(parents=True)
+        for i in range(30):
+            grey = np.clip(rng.normal(level, 60, (32, 32)), 0, 255).astype(np.uint8)
+            Image.fromarray(grey, "L").save(tmp_path / "photos" / cls / f"{i}.png")
+    code, out, config = _scaffold(tmp_path / "photos", tmp_path / "configs", "few", check="learn")
+    assert code == 0, out
+    check = [line for line in out.splitlines() if line.startswith("learning check")]
+    assert check and ("it learns" in check[-1] or "cannot tell" in check[-1]), out
+    assert "the run failed" not in out and "learning check failed" not in out
+    assert "train it with:" in out
 
 
 def _recipe():
