@@ -82,7 +82,9 @@ def rise_after_peak(rates: list[float]) -> float | None:
 
 
 def learning_rates(logdir: Path) -> list[float]:
-    import tensorflow as tf
+    from safetrain.core.tf_import import import_tensorflow
+
+    tf = import_tensorflow()
     from tensorboard.backend.event_processing.event_accumulator import TENSORS, EventAccumulator
 
     acc = EventAccumulator(str(logdir), size_guidance={TENSORS: 0})
