@@ -248,8 +248,9 @@ class SelectBest(BaseAction):
     best value, its epoch and step, and the epochs since (the training side keeps them in
     tf.Variables, so the checkpoint has them and a resume decides exactly as the first run would);
     `state.capture()` keeps the current weights when they are the best (trainer.keep_best). With
-    `patience`, the loop is asked to stop after that many epochs without an improvement of more
-    than `min_delta` (trainer.early_stopping)."""
+    `patience`, the loop is asked to stop after that many evaluated epochs without an improvement
+    of more than `min_delta` (trainer.early_stopping). Epoch ends that did not evaluate (a time
+    budget spacing evaluations out: `evaluation.fresh` is False) are not judged."""
 
     def __init__(self, evaluation: Evaluate, state, metric: str, higher_is_better: bool, min_delta: float = 0.0,
                  patience: int | None = None) -> None:
