@@ -144,20 +144,41 @@ def test_the_first_plan_leaves_the_traces_out_and_fits_steps_evaluations_and_wha
     budget.after_step(StepEnd(at=Position(1, 1, 1), outputs={}, totals=Totals(), rate=None, finite=True,
                               steady=False))  # the probe: the eval step traced and timed here
     clock.now += 3.0
-    _run(budget, clock, evaluation, 300, 0.05, start=2)  # planned after the first epoch end + 6 s (2% of 300 s)
+    # Epochs of 5 s are short (under 5% of the budget): measured in whole epochs from the first
+    # one's end, at least 6 s (2% of 300 s): planned early in epoch 4.
+    _run(budget, clock, evaluation, 400, 0.05, start=2)
     costs = budget.costs
     assert costs.step_s == pytest.approx(0.05, rel=0.01)  # the trace left out
     assert costs.eval_s == pytest.approx(0.32)           # real evaluations, measured
     # test 320 x 1 ms, the pictures (2.5 s + a trace + 320 x 1 ms), the export (2.5 s + two traces)
     assert costs.after_s == pytest.approx(0.32 + 2.5 + 0.5 + 0.32 + 2.5 + 1.0, rel=0.01)
-    first, mark = budget.summary(300)["first_plan"], budget._mark
-    assert budget.summary(300)["replans"] == 0 and mark.step > 100  # measured across an epoch end
+    first, mark = budget.summary(400)["first_plan"], budget._mark
+    assert budget.summary(400)["replans"] == 0 and 300 < mark.step < 400
     # What is left after the plan's steps and evaluations (the last one too), at these costs, is
     # the time after training.
     left = first - mark.step
     plan_end = mark.time + left * 0.05 + (left / 100 + 1) * 0.32
     assert plan_end + costs.after_s == pytest.approx(300.0, abs=0.5)
     assert horizon.warmup_steps == 100  # one epoch, under a tenth of the plan
+
+
+def test_a_warming_pipeline_is_waited_out_the_first_plan_uses_the_steady_half_of_its_window():
+    """Long epochs: steps that start three times slower and settle (tf.data's autotuning) are
+    measured until the window's halves agree; the plan's step is the steady one."""
+    import math
+
+    clock = FakeClock()
+    budget, horizon, evaluation = _budget(clock, seconds=150.0)  # an epoch of 100 steps (10 s) is long here
+    step = 0
+    while not budget.summary(step)["first_plan"] and step < 99:
+        step += 1
+        clock.now += 0.1 * (1 + 2 * math.exp(-step / 12))
+        budget.after_step(StepEnd(at=Position(step, 1, step), outputs={}, totals=Totals(), rate=None, finite=True,
+                                  steady=step > 2))
+    assert budget.summary(step)["first_plan"]
+    assert budget.costs.step_s == pytest.approx(0.1, rel=0.12)
+    # a plan from the first 3 seconds alone would have taken a step for 40% slower
+    assert 0.13 < (sum(0.1 * (1 + 2 * math.exp(-k / 12)) for k in range(4, 26)) / 22)
 
 
 def test_replans_follow_a_machine_that_slows_down_and_out_of_time_it_stops_at_the_next_step():

@@ -20,8 +20,8 @@ What a plan is made of — steady-state costs only, never a trace or a first fil
   traces they pay (the eval trace's measured time).
 
 1. The first plan comes once a few seconds (2% of the budget, at least MEASURE_SECONDS) of steady
-   steps are measured and, for long epochs, the window's two halves agree (tf.data's autotuning and
-   the first executions warm up for seconds; the second half is the figure): the seconds left,
+   steps are measured and the window's two halves agree (tf.data's autotuning and the first
+   executions warm up for seconds; the second half is the figure): the seconds left,
    minus what follows training, hold that many steps and their evaluations. trainer.epochs and trainer.max_steps cap it. The warmup is scaled to it.
 2. Every tenth of the budget (and when the plan is reached with time left) it is made again from
    the costs since the last plan: a re-plan bends the rest of the learning-rate curve from where
@@ -56,9 +56,9 @@ log = logging.getLogger("safetrain")
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 MIN_SECONDS = 10.0
 MEASURE_CALLS, MEASURE_SECONDS, MEASURE_SHARE = 5, 3.0, 0.02  # steady calls and seconds before the first plan
-EPOCH_SHARE = 0.05       # epochs shorter than this share of the budget are measured from the first one's end;
-STEADY_TOLERANCE = 0.10  # longer ones until the two halves of the window cost the same per step, within this,
-MEASURE_MAX_SHARE = 0.10  # or until the window is this share of the budget
+EPOCH_SHARE = 0.05       # epochs shorter than this share of the budget are measured from the first one's end
+STEADY_TOLERANCE = 0.10  # steady: the two halves of the window cost the same per step, within this,
+MEASURE_MAX_SHARE = 0.10  # or the window is this share of the budget
 REPLAN_SHARE = 0.10      # a re-plan every tenth of the budget
 EVAL_SHARE_MAX = 0.10    # evaluations cost at most this share of the training between them (eval_every)
 MIN_EVALUATIONS = 5      # ... unless the plan would then hold fewer evaluations than this
@@ -155,6 +155,8 @@ class Budget(BaseAction):
         self._mark: _Mark | None = None   # this process's last plan
         self._epoch_ends = 0
         self._marks: list[_Mark] = []  # every step end before the first plan (where its window's halves meet)
+        self._epoch_marks: list[_Mark] = []  # every epoch end before the first plan, after the first one
+        self._window: _Mark | None = None  # where the first plan's window begins, once a warm half is dropped
         self._first_epoch_end: _Mark | None = None  # this process's first epoch end after steady steps began
         self._steady_calls = 0
         self._resumed: bool | None = None  # the checkpoint held a plan: this process keeps it
@@ -192,11 +194,14 @@ class Budget(BaseAction):
         return _Mark(now, step, e.seconds if e else 0.0, e.count if e else 0, self._epoch_ends)
 
     def _costs(self, now: float, step: int, since: _Mark) -> Costs | None:
-        steps = step - since.step
+        return self._between(since, self._here(now, step))
+
+    def _between(self, since: _Mark, here: _Mark) -> Costs | None:
+        """The steady-state costs measured from `since` to `here`."""
+        steps = here.step - since.step
         if steps <= 0:
             return None
-        here = self._here(now, step)
-        step_s = max(1e-6, (now - since.time - (here.eval_seconds - since.eval_seconds)) / steps)
+        step_s = max(1e-6, (here.time - since.time - (here.eval_seconds - since.eval_seconds)) / steps)
         evaluations = here.evaluations - since.evaluations
         if evaluations:  # real (steady: the probe traced the step) evaluations since `since`
             eval_s = (here.eval_seconds - since.eval_seconds) / evaluations
@@ -230,41 +235,51 @@ class Budget(BaseAction):
         self._stop_if_out_of_time(now, step)
         if not bool(self._planned.numpy()):
             self._marks.append(self._here(now, step))
-            start = self._ready(now, step)
-            if start is not None:
-                self._plan(now, step, start, first=True)
-                self._marks = []
+            window = self._ready(now, step)
+            if window is not None:
+                self._plan(now, step, window[0], first=True, until=window[1])
+                self._marks, self._epoch_marks = [], []
         elif self.allow_replan and not self._resumed and not bool(self._by_time.numpy()):
             self._maybe_replan(now, step)
         elif self.costs is None and now - self._start.time >= MEASURE_SECONDS:  # resumed: costs for the stop only
             self.costs = self._costs(now, step, self._start)
 
-    def _ready(self, now: float, step: int) -> _Mark | None:
-        """Where the first plan's measurement starts, once it has seen enough; None: not yet."""
-        start = self._start
+    def _ready(self, now: float, step: int) -> tuple[_Mark, _Mark] | None:
+        """Where the first plan's measurement starts and ends, once it has seen enough; None: not yet.
+
+        Steady means the window's two halves cost the same per step, within STEADY_TOLERANCE
+        (tf.data's autotuning and the first executions warm up for seconds); the second half is
+        then the figure. While they disagree the earlier half is dropped and the window grows
+        again from the middle; measuring ends at MEASURE_MAX_SHARE of the budget in any case.
+        Short epochs are measured from the first epoch's end (its one-time costs left out: the
+        eval split's first pass, the first checkpoint) in whole epochs, so that both halves pay
+        their epochs' set-up and evaluations alike."""
+        began = start = self._start
         costs = self._costs(now, step, start)
         short = costs is not None and costs.step_s * self.steps_per_epoch < EPOCH_SHARE * self.seconds
         if short:
-            # Short epochs: measured from the first epoch's end (its one-time costs left out: the
-            # eval split's first pass, the first checkpoint) across another epoch end.
             if self._first_epoch_end is None:
                 return None
             start = self._first_epoch_end
-            if self._epoch_ends <= start.epoch_ends:
+        if self._window is not None and self._window.time > start.time:
+            start = self._window  # the halves disagreed before: measured from where the later one began
+        marks = [mark for mark in (self._epoch_marks if short else self._marks) if mark.time > start.time]
+        if short:
+            if not marks:
                 return None
+            now, step = marks[-1].time, marks[-1].step  # the window ends at the last epoch end
         if self._steady_calls < MEASURE_CALLS or now - start.time < max(MEASURE_SECONDS, MEASURE_SHARE * self.seconds):
             return None
-        if short:
-            return start
-        # Long epochs: steady once the window's two halves cost the same per step (tf.data's
-        # autotuning and the first executions warm up for seconds); then the second half is the
-        # figure. A window that never settles is cut at MEASURE_MAX_SHARE of the budget.
-        middle = next((mark for mark in self._marks if mark.time >= start.time + (now - start.time) / 2), None)
-        if middle is None or middle.step in (start.step, step):
-            return None
-        first, second = self._costs(middle.time, middle.step, start), self._costs(now, step, middle)
-        settled = abs(first.step_s / second.step_s - 1) <= STEADY_TOLERANCE
-        return middle if settled or now - start.time >= MEASURE_MAX_SHARE * self.seconds else None
+        middle = min(marks, key=lambda mark: abs(mark.time - (start.time + now) / 2))
+        end = self._here(now, step) if not short else marks[-1]
+        waited = now - began.time >= MEASURE_MAX_SHARE * self.seconds
+        if middle.step in (start.step, end.step):
+            return (start, end) if waited else None
+        first, second = self._between(start, middle), self._between(middle, end)
+        if abs(first.step_s / second.step_s - 1) <= STEADY_TOLERANCE or waited:
+            return middle, end
+        self._window = middle  # still warming up: the earlier half is dropped
+        return None
 
     def _maybe_replan(self, now: float, step: int) -> None:
         mark = self._mark
@@ -277,8 +292,9 @@ class Budget(BaseAction):
         since = mark if now - mark.time >= 0.5 * REPLAN_SHARE * self.seconds else self._start
         self._plan(now, step, since, first=False)
 
-    def _plan(self, now: float, step: int, since: _Mark, first: bool) -> None:
-        costs = self._costs(now, step, since)
+    def _plan(self, now: float, step: int, since: _Mark, first: bool, until: _Mark | None = None) -> None:
+        """Plan from the costs between `since` and `until` (default: now)."""
+        costs = self._between(since, until) if until else self._costs(now, step, since)
         if costs is None:
             return
         self.costs = costs
@@ -322,6 +338,8 @@ class Budget(BaseAction):
         self._epoch_ends += 1
         if self._start is not None and self._first_epoch_end is None:
             self._first_epoch_end = self._here(self.clock(), end.step)
+        elif self._start is not None and not bool(self._planned.numpy()):
+            self._epoch_marks.append(self._here(self.clock(), end.step))
         return None
 
     def summary(self, steps: int) -> dict:
