@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 SHAPES = ROOT.parent / "shared" / "data" / "hand_drawn_shapes"  # where CI keeps the real drawings; --shapes DIR
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+NO_KERAS = False
 
 
 def run(args: list[str], run_dir: Path) -> dict:
@@ -193,8 +194,7 @@ def generate_drawings(root: Path, train_per_class: int = 4500, test_per_class: i
 def fashion(tmp: Path, minutes: list[str]) -> list[dict]:
     ours = run(["+experiment=fashion_mnist_recipe", "trainer.time_budget=15m", "dataset.download=false"],
                tmp / "fashion")
-    keras_row = keras_baseline(ours["run_seconds"])
-    return [ours, keras_row]
+    return [ours] if NO_KERAS else [ours, keras_baseline(ours["run_seconds"])]
 
 
 def keras_baseline(seconds: float) -> dict:
@@ -239,13 +239,14 @@ def cpu_model() -> str:
 
 
 def main() -> None:
-    global SHAPES
+    global SHAPES, NO_KERAS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", nargs="+", choices=("default", "shapes", "fashion", "folder"))
     parser.add_argument("--minutes", nargs="+", default=["1", "5"], help="budgets of default and shapes (minutes)")
     parser.add_argument("--shapes", type=Path, default=SHAPES, help="the 545 hand-drawn shapes (one folder per class)")
+    parser.add_argument("--no-keras", action="store_true", help="fashion: leave out the plain Keras run")
     args = parser.parse_args()
-    SHAPES = args.shapes
+    SHAPES, NO_KERAS = args.shapes, args.no_keras
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-budget-") as tmp:
         for what in args.what:
