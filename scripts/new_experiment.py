@@ -8,15 +8,19 @@ reads every file's header with Pillow (nothing is decoded but a sample): counts 
 sizes, channel modes, formats, unreadable files. From that it proposes the input spec — the
 common size (or the median, rounded to a multiple of 8, between 16 and 224, resized bilinearly),
 1 channel if every image is gray else 3, `standardize` normalization (per-channel mean and std
-of a sample are shown; the pipeline recomputes them exactly from the training split) — and a
-recipe (scripts/scaffold_recipe.py: a small CNN, AdamW with a warmup and cosine decay, label
-smoothing, the best eval epoch, augmentation from what the sample looks like, a time budget),
-writes the experiment config with the findings as comments, and then proves it (`--check`):
+of a sample are shown; the pipeline recomputes them exactly from the training split) — the
+model that fits the time budget (each candidate's steady training rate measured on the folder's
+input size for a few seconds; the budget raised, and said, when none trains enough epochs in
+it) and a recipe (scripts/scaffold_recipe.py: AdamW with a warmup and cosine decay, label
+smoothing, the best eval epoch, augmentation from what the sample looks like), writes the
+experiment config with the findings as comments, and then proves it (`--check`):
 
 - `learn` (default): a learning check — about a minute of training on up to 2,000 images per
-  split must show the training loss falling and eval accuracy above chance (the largest class's
-  share) before "train it with" is printed; when it does not, the check is tried once more with a
-  third of the learning rate, and the result (and what was tried) is said either way;
+  split; it learns when the training loss falls and the eval accuracy is above chance (the
+  largest class's share; a binomial test) before "train it with" is printed. Too few steps, or
+  an eval split too small to tell, is said so ("cannot tell", exit 0); a failed run prints its
+  own output (exit 3); a check that does not learn is tried once more with a third of the
+  learning rate, and the result (and what was tried) is said either way (exit 4);
 - `dry`: safetrain's checks without training (`dry_run=true`: config, the full data scan, the
   shape table); `none`: write the file only.
 

@@ -5,7 +5,9 @@ Why this recipe. On 800 real line drawings (4 classes), the scaffold's former pr
 accuracy in 189 s, the same config with `cnn_small` 67.5% in 41 s. So:
 
 - the model is `cnn_small` (two conv blocks: fast, and enough for the folders a scaffold sees
-  first); above 20,000 images of 64 px or more, `cnn_residual` (batch norm, residual blocks);
+  first); for 20,000+ images of 64 px or more `cnn_residual` (batch norm, residual blocks) is a
+  candidate too, chosen only when its measured rate trains 10+ epochs in the budget (`size_model`:
+  on 27,292 real 70x70 drawings it trained half an epoch in 10 minutes on 2 cores);
 - AdamW (weight decay 0.05 off the 1-D weights) at 0.001 with a one-epoch warmup and a cosine
   decay to 1e-5 over the steps the time budget plans (trainer.time_budget), label smoothing 0.1,
   and the best eval epoch's weights for test and export (trainer.keep_best);
