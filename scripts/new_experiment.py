@@ -269,8 +269,11 @@ def sizing(found: Scan, folder: Path, budget: str) -> "recipe.Sizing":
     """The model that fits the budget on this folder, from each candidate's measured rate."""
     height, width, channels, _ = input_spec(found)
     images = sum(found.counts.values())
-    # the training split's share: 90% of train/ beside a test/ folder (eval carved from it), else 80%
-    train_images = round((0.9 if "test" in split_dirs(folder) else 0.8) * images)
+    # the training split's share of train/: all of it beside a val/ folder, 90% beside test/ alone
+    # (eval carved from it), else 80%
+    splits = split_dirs(folder)
+    share = 1.0 if {"val", "validation", "eval"} & set(splits) else 0.9 if "test" in splits else 0.8
+    train_images = round(share * images)
     rates = recipe.measure_rates(height, width, channels, len(found.counts), batch_size(images),
                                  recipe.candidates(images, height, width))
     return recipe.size_model(rates, train_images, budget)
