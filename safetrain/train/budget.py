@@ -64,6 +64,7 @@ EVAL_SHARE_MAX = 0.10    # evaluations cost at most this share of the training b
 MIN_EVALUATIONS = 5      # ... unless the plan would then hold fewer evaluations than this
 EVAL_SHARE = 1 / 3       # an evaluated example's cost in training examples, until one is measured
 RESULTS_SECONDS = 2.5    # the result pictures (matplotlib), reports and the last records, beyond their passes
+MARGIN_SHARE = 0.01      # of the budget, kept for what no estimate sees (the interpreter's start and exit)
 EXPORT_SECONDS = 2.5     # writing the SavedModel and .keras files, beyond the traces it pays
 
 
@@ -214,7 +215,8 @@ class Budget(BaseAction):
         test_s = self.test_examples * (self._test_example_s or example_s)
         after_s = (test_s                                                                        # test
                    + RESULTS_SECONDS + self._eval_trace_s + test_s + self.results_examples * example_s  # pictures
-                   + ((EXPORT_SECONDS + 2 * self._eval_trace_s) if self.export else 0.0))        # export
+                   + ((EXPORT_SECONDS + 2 * self._eval_trace_s) if self.export else 0.0)         # export
+                   + MARGIN_SHARE * self.seconds)
         return Costs(step_s=step_s, eval_s=eval_s, after_s=after_s)
 
     def after_step(self, end: StepEnd) -> None:
