@@ -59,6 +59,7 @@ MEASURE_CALLS, MEASURE_SECONDS, MEASURE_SHARE = 5, 3.0, 0.02  # steady calls and
 EPOCH_SHARE = 0.05       # epochs shorter than this share of the budget are measured from the first one's end
 STEADY_TOLERANCE = 0.10  # steady: the two halves of the window cost the same per step, within this,
 MEASURE_MAX_SHARE = 0.10  # or the window is this share of the budget
+MARK_EVERY = 0.01        # step ends kept for the window's middle: one per this share of the shortest window
 REPLAN_SHARE = 0.10      # a re-plan every tenth of the budget
 EVAL_SHARE_MAX = 0.10    # evaluations cost at most this share of the training between them (eval_every)
 MIN_EVALUATIONS = 5      # ... unless the plan would then hold fewer evaluations than this
@@ -236,7 +237,8 @@ class Budget(BaseAction):
         self._steady_calls += end.steady
         self._stop_if_out_of_time(now, step)
         if not bool(self._planned.numpy()):
-            self._marks.append(self._here(now, step))
+            if not self._marks or now - self._marks[-1].time >= MARK_EVERY * MEASURE_SHARE * self.seconds:
+                self._marks.append(self._here(now, step))  # a few hundred at most, however fast the steps
             window = self._ready(now, step)
             if window is not None:
                 self._plan(now, step, window[0], first=True, until=window[1])
