@@ -342,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if not re.fullmatch(r"[A-Za-z0-9_-]+", args.name):
         parser.error(f"name {args.name!r}: use letters, digits, _ and -")
+    from safetrain.train.budget import parse_budget  # no TensorFlow
+
+    try:
+        parse_budget(args.budget)
+    except ValueError as err:
+        parser.error(f"--budget: {err}")
     folder = args.folder.expanduser().resolve()
     if not folder.is_dir():
         parser.error(f"{folder} is not a folder")
