@@ -177,9 +177,8 @@ def test_a_warming_pipeline_is_waited_out_the_first_plan_uses_the_steady_half_of
         budget.after_step(StepEnd(at=Position(step, 1, step), outputs={}, totals=Totals(), rate=None, finite=True,
                                   steady=step > 2))
     assert budget.summary(step)["first_plan"]
+    # (a plan from the first 3 seconds alone would have taken a step for 40% slower: ~0.14 s)
     assert budget.costs.step_s == pytest.approx(0.1, rel=0.12)
-    # a plan from the first 3 seconds alone would have taken a step for 40% slower
-    assert 0.13 < (sum(0.1 * (1 + 2 * math.exp(-k / 12)) for k in range(4, 26)) / 22)
 
 
 def test_replans_follow_a_machine_that_slows_down_and_out_of_time_it_stops_at_the_next_step():

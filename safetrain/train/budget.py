@@ -120,7 +120,6 @@ class _Mark:
     step: int
     eval_seconds: float
     evaluations: int
-    epoch_ends: int
 
 
 class Budget(BaseAction):
@@ -155,7 +154,6 @@ class Budget(BaseAction):
         self._eval_example_s: float | None = None  # measured by time_evaluation
         self._start: _Mark | None = None  # where steady steps begin in this process
         self._mark: _Mark | None = None   # this process's last plan
-        self._epoch_ends = 0
         self._marks: list[_Mark] = []  # every step end before the first plan (where its window's halves meet)
         self._epoch_marks: list[_Mark] = []  # every epoch end before the first plan, after the first one
         self._window: _Mark | None = None  # where the first plan's window begins, once a warm half is dropped
@@ -177,10 +175,6 @@ class Budget(BaseAction):
     def eval_every(self) -> int:
         return int(self._every.numpy())
 
-    @property
-    def step_s(self) -> float | None:
-        return self.costs.step_s if self.costs else None
-
     def step_limit(self) -> int | None:
         return self.planned
 
@@ -193,7 +187,7 @@ class Budget(BaseAction):
 
     def _here(self, now: float, step: int) -> _Mark:
         e = self.evaluation
-        return _Mark(now, step, e.seconds if e else 0.0, e.count if e else 0, self._epoch_ends)
+        return _Mark(now, step, e.seconds if e else 0.0, e.count if e else 0)
 
     def _costs(self, now: float, step: int, since: _Mark) -> Costs | None:
         return self._between(since, self._here(now, step))
@@ -339,7 +333,6 @@ class Budget(BaseAction):
                         "rest is kept for evaluation, test and export)", elapsed, self.seconds, step)
 
     def after_epoch(self, end: EpochEnd) -> str | None:
-        self._epoch_ends += 1
         if self._start is not None and self._first_epoch_end is None:
             self._first_epoch_end = self._here(self.clock(), end.step)
         elif self._start is not None and not bool(self._planned.numpy()):
