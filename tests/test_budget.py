@@ -10,7 +10,8 @@ import tensorflow as tf
 from safetrain.config.schema import Config, OptimizerConfig, Schedule
 from safetrain.core.errors import ConfigError
 from safetrain.core.run_state import Position
-from safetrain.train.actions import EpochEnd, StepEnd, Totals
+from safetrain.train.actions import EpochEnd, StepEnd
+from safetrain.train.metrics import Totals
 from safetrain.train.budget import Budget, Costs, parse_budget, spacing, steps_that_fit
 from safetrain.train.schedules import horizon_for, learning_rate, value_at
 

@@ -16,6 +16,7 @@ from safetrain.train.actions import Evaluate, EverySeconds, GradientProbe, LogSc
 from safetrain.config.schema import OnNan, TrainerConfig
 from safetrain.core.errors import NanStop
 from safetrain.train.loop import TrainLoop
+from safetrain.train.metrics import Collection
 from safetrain.train.progress import Progress
 from safetrain.core.run_state import Position
 from safetrain.train.signals import Interrupted, SignalGuard
@@ -35,6 +36,7 @@ class FakeSteps:
     takes `step_seconds` on the fake clock. A batch of None is a non-finite step."""
 
     variable_paths = ["L0_dense/kernel", "L0_dense/bias", "head/kernel"]
+    eval_metrics = Collection(["loss", "accuracy"], num_classes=2)  # the real collection: sums the outputs below
 
     def __init__(self, clock: FakeClock, step_seconds: float = 1.0, grads=(1.0, 0.0, 2.0)) -> None:
         self.clock, self.step_seconds, self.grads = clock, step_seconds, grads
@@ -259,16 +261,16 @@ class ScriptedEval:
 
     def __init__(self, accuracies) -> None:
         self.accuracies = list(accuracies)
-        self.accuracy = self.loss = None
+        self.results = {}
         self.fresh = True  # an evaluation at every epoch end
 
     def after_step(self, end) -> None:
         pass
 
     def after_epoch(self, end) -> str:
-        self.accuracy = self.accuracies[end.epoch - 1]
-        self.loss = 1.0 - self.accuracy
-        return f"eval acc {self.accuracy}"
+        accuracy = self.accuracies[end.epoch - 1]
+        self.results = {"accuracy": accuracy, "loss": 1.0 - accuracy}
+        return f"eval acc {accuracy}"
 
     wants_stop = False
 
@@ -298,7 +300,7 @@ def test_spaced_evaluations_judge_only_the_epochs_that_evaluated():
 
     def evaluate(dataset):
         evaluated.append(loop.result.epochs)
-        return 0.0, next(accuracies)
+        return {"loss": 0.0, "accuracy": next(accuracies)}
 
     evaluation, best = Evaluate(evaluate, None, record), FakeBest()
     evaluation.due = lambda end: end.epoch % 2 == 0
@@ -322,7 +324,8 @@ def test_a_resumed_run_that_had_stopped_early_trains_no_further():
 
 
 def test_the_best_of_a_lower_is_better_metric_without_early_stopping():
-    from safetrain.train.actions import EpochEnd, SelectBest, Totals
+    from safetrain.train.actions import EpochEnd, SelectBest
+    from safetrain.train.metrics import Totals
 
     evaluation, best = ScriptedEval([0.5, 0.8, 0.6]), FakeBest()
     choose = SelectBest(evaluation, best, "loss", higher_is_better=False)
@@ -334,7 +337,8 @@ def test_the_best_of_a_lower_is_better_metric_without_early_stopping():
 
 
 def test_plateau_drops_the_rate_after_patience_epochs_and_never_below_the_floor():
-    from safetrain.train.actions import EpochEnd, ReducePlateau, Totals
+    from safetrain.train.actions import EpochEnd, ReducePlateau
+    from safetrain.train.metrics import Totals
 
     class State:
         scale, best, seen, bad_epochs = 1.0, 0.0, False, 0

@@ -90,11 +90,6 @@ class Schedule(Enum):
     plateau = "plateau"      # times optimizer.decay_factor after optimizer.plateau_patience epochs without eval gain
 
 
-class Monitor(Enum):
-    accuracy = "accuracy"  # eval accuracy (higher is better)
-    loss = "loss"          # eval loss (lower is better)
-
-
 class Mode(Enum):
     max = "max"  # higher is better
     min = "min"  # lower is better
@@ -238,7 +233,7 @@ class OptimizerConfig:
     milestones: List[float] = field(default_factory=list)  # schedule=step: epochs where the rate drops
     decay_factor: float = 0.1            # schedule=step/plateau: the rate is multiplied by this at each drop
     plateau_patience: int = 2            # schedule=plateau: epochs without an eval improvement before a drop
-    plateau_metric: Monitor = Monitor.loss  # schedule=plateau: the eval split's metric to watch
+    plateau_metric: str = "loss"         # schedule=plateau: the eval split's metric to watch (trainer.metrics names)
 
 
 @dataclass
@@ -247,8 +242,10 @@ class EarlyStoppingConfig:
     Off while `patience` is null: a node rather than null by default, because OmegaConf cannot merge
     `trainer.early_stopping={patience: 3}` into a null node."""
 
-    metric: Monitor = Monitor.accuracy  # the eval split's metric to watch (also what keep_best chooses on)
-    mode: Optional[Mode] = None         # null = from the metric (accuracy: max, loss: min)
+    metric: str = "accuracy"            # the eval metric to watch, also what keep_best chooses on: loss, accuracy,
+                                        # macro_f1, top5_accuracy (safetrain.train.metrics); evaluated even if
+                                        # trainer.metrics leaves it out
+    mode: Optional[Mode] = None         # null = the metric's own direction (accuracy: max, loss: min)
     patience: Optional[int] = None      # epochs without an improvement before the run stops; null = off
     min_delta: float = 0.0              # an improvement must beat the best by more than this
 
@@ -265,6 +262,8 @@ class TrainerConfig:
     jit_compile: bool = False            # XLA; about 2x slower on CPU, so off by default
     loss: str = "sparse_categorical_crossentropy"  # registry: see safetrain.train.optimizers (LOSSES)
     label_smoothing: float = 0.0         # targets 1 - s + s/K and s/K (sparse and one-hot labels alike)
+    metrics: List[str] = field(default_factory=lambda: ["accuracy", "macro_f1"])  # eval and test, beside the
+                                         # loss: accuracy, macro_f1, top5_accuracy (safetrain.train.metrics)
     early_stopping: Optional[EarlyStoppingConfig] = field(default_factory=EarlyStoppingConfig)  # see its fields
     keep_best: Optional[bool] = None     # test and export the best eval epoch's weights; null = when eval exists
     ema: Optional[float] = None          # decay of a weights' moving average for eval/test/export; null = off

@@ -51,7 +51,7 @@ def selection(cfg: Config) -> Selection:
     keep = bool(cfg.dataset.splits.eval) if t.keep_best is None else t.keep_best
     if stopping is None:
         return Selection(keep=keep, patience=None)
-    return Selection(keep=keep, patience=stopping.patience, metric=stopping.metric.value,  # patience None: off
+    return Selection(keep=keep, patience=stopping.patience, metric=stopping.metric,  # patience None: off
                      higher=best_mode(stopping.metric, stopping.mode) is Mode.max, min_delta=stopping.min_delta)
 
 
@@ -114,8 +114,9 @@ def assemble(cfg: Config, task: Task, data: Datasets, record: RunRecord, loop: T
         average and SwitchWeights(average.use, True),            # epoch end: the moving average in,
         evaluation,                                              # evaluated on the eval split,
         best and SelectBest(evaluation, best, chosen.metric, chosen.higher, chosen.min_delta, chosen.patience),
-        plateau and ReducePlateau(evaluation, plateau, o.plateau_metric.value,
-                                  best_mode(o.plateau_metric, None) is Mode.max, o.plateau_patience,
+        plateau and ReducePlateau(evaluation, plateau, o.plateau_metric,
+                                  best_mode(o.plateau_metric, None, "optimizer.plateau_metric") is Mode.max,
+                                  o.plateau_patience,
                                   o.decay_factor, o.min_learning_rate / o.learning_rate, o.learning_rate),
         average and SwitchWeights(average.use, False),           # the trained weights back,
         budget,                                                  # the steps that fit the time budget,

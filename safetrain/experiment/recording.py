@@ -138,9 +138,9 @@ def record_loop(record: RunRecord, loop: TrainLoop, evaluation, model, wall: Wal
     report.model["weights_sha256"] = weights_digest(model)
     report.steps, report.epochs = r.steps, r.epochs
     report.time_to_first_step_s = r.time_to_first_step_s
-    report.metrics.update(train_loss=r.train_loss, train_accuracy=r.train_accuracy,
-                          eval_loss=evaluation.loss if evaluation else None,
-                          eval_accuracy=evaluation.accuracy if evaluation else None)
+    report.metrics.update(train_loss=r.train_loss, train_accuracy=r.train_accuracy)
+    if evaluation is not None:  # every eval metric, by name: eval_loss, eval_accuracy, eval_macro_f1, ...
+        report.metrics.update({f"eval_{name}": value for name, value in evaluation.results.items()})
     report.throughput = loop.timer.summary()
     # What the user got: every example trained over the seconds of the training epochs (each epoch's
     # start, tracing, logging and periodic checkpoints included; evaluation and epoch-end saves not).
@@ -189,6 +189,8 @@ def final_summary(record: RunRecord) -> None:
     report = record.report
     m, tp = report.metrics, report.throughput
     acc = f"{m['test_accuracy']:.4f}" if m["test_accuracy"] is not None else "n/a"
+    if m.get("test_macro_f1") is not None:
+        acc += f" (macro F1 {m['test_macro_f1']:.4f})"
     effective = tp.get("effective_examples_per_sec")
     rate = f"{effective:,.0f} examples/s" if effective else "n/a examples/s"
     if tp["examples_per_sec"]:

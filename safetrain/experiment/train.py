@@ -168,13 +168,14 @@ def _fit(cfg: Config, task: Task, data: Datasets, hardware: Hardware, record: Ru
         result = _train_loop(loop, hardware, make_steps, checkpoints, train_batches, data, model, context)
         _choose_weights(record, parts, chosen, exported=t.export)
         with wall.phase("test"):
-            test = loop.evaluate(data.test) if data.test is not None else (None, None)
+            test = loop.evaluate(data.test) if data.test is not None else {}
     finally:
         recording.record_loop(record, loop, parts.evaluation, model, wall)
         if parts.budget is not None:
             record.report.budget = parts.budget.summary(loop.result.steps)
-    record.report.metrics.update(test_loss=test[0], test_accuracy=test[1])
-    record.scalars(result.steps, {"test/loss": test[0], "test/accuracy": test[1]})
+    record.report.metrics.update({f"test_{name}": value for name, value in test.items()})
+    if test:
+        record.scalars(result.steps, {f"test/{name}": value for name, value in test.items()})
     if data.test is not None and hardware.is_chief:
         with wall.phase("results"):
             analyse_test(cfg, steps, data, record, result.steps)

@@ -4,7 +4,8 @@ TensorFlow-free, like the rest of validation."""
 
 from __future__ import annotations
 
-from safetrain.config.schema import ClassWeights, Config, Mode, Monitor, Schedule
+from safetrain.config.schema import ClassWeights, Config, Mode, Schedule
+from safetrain.train.metrics import METRICS, direction
 from safetrain.core.errors import ConfigError
 from safetrain.train.budget import MIN_SECONDS, parse_budget
 from safetrain.train.cluster import current_task
@@ -65,6 +66,7 @@ def check_recipe(cfg: Config) -> None:
                "set trainer.ema=0.999 (or null: off)", "trainer.ema")
     _check_lr_find(cfg, refuse)
     _check_budget(cfg, refuse)
+    _check_metrics(cfg, refuse)
     _check_selection(cfg, refuse)
     _check_augment(cfg, refuse)
     _check_class_weights(cfg, refuse)
@@ -123,9 +125,18 @@ def _check_lr_find(cfg: Config, refuse) -> None:
                "unset TF_CONFIG and run it on one machine", "trainer.lr_find")
 
 
-def best_mode(metric: Monitor, mode: Mode | None) -> Mode:
+def best_mode(metric: str, mode: Mode | None, config_key: str = "trainer.early_stopping.metric") -> Mode:
     """The direction in which `metric` improves (trainer.early_stopping.mode, or the metric's own)."""
-    return mode or (Mode.max if metric is Monitor.accuracy else Mode.min)
+    return mode or (Mode.max if direction(metric, config_key) else Mode.min)
+
+
+def _check_metrics(cfg: Config, refuse) -> None:
+    """Every metric name is a registered one (the error lists them)."""
+    for i, name in enumerate(cfg.trainer.metrics):
+        METRICS.get(name, f"trainer.metrics[{i}]")
+    if cfg.trainer.early_stopping is not None:
+        METRICS.get(cfg.trainer.early_stopping.metric, "trainer.early_stopping.metric")
+    METRICS.get(cfg.optimizer.plateau_metric, "optimizer.plateau_metric")
 
 
 def _check_selection(cfg: Config, refuse) -> None:
@@ -151,7 +162,7 @@ def _check_selection(cfg: Config, refuse) -> None:
     natural = best_mode(stopping.metric, None)
     if stopping.mode is not None and stopping.mode is not natural:
         refuse(f"trainer.early_stopping.mode={stopping.mode.value} contradicts trainer.early_stopping.metric="
-               f"{stopping.metric.value}, which improves by going {'up' if natural is Mode.max else 'down'}.",
+               f"{stopping.metric}, which improves by going {'up' if natural is Mode.max else 'down'}.",
                f"set trainer.early_stopping.mode={natural.value} (or null)", "trainer.early_stopping.mode")
 
 

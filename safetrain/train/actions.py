@@ -23,30 +23,9 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from safetrain.core.run_state import Position
+from safetrain.train.metrics import Totals
 
 PROBE_STEPS = 3  # steps whose per-variable gradients are checked for being exactly zero
-
-
-class Totals:
-    """Sums of one epoch's (or one evaluation's) step outputs: loss, correct, count."""
-
-    def __init__(self) -> None:
-        self.loss = 0.0
-        self.correct = 0
-        self.count = 0
-
-    def add(self, out: dict) -> None:
-        self.loss += float(out["loss_sum"])
-        self.correct += int(out["correct"])
-        self.count += int(out["count"])
-
-    @property
-    def mean_loss(self) -> float:
-        return self.loss / self.count if self.count else float("nan")
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.count if self.count else float("nan")
 
 
 @dataclass(frozen=True)
@@ -175,32 +154,47 @@ class SaveCheckpoints(BaseAction):
 
 class Evaluate(BaseAction):
     """At each epoch end where `due(end)` (every epoch unless trainer.time_budget spaces them): the
-    eval split's loss and accuracy, to TensorBoard and the epoch line. `loss` and `accuracy` hold
-    the latest, `fresh` whether this epoch end evaluated (the actions after this one judge only
-    fresh results); `seconds` and `count` what evaluating has cost so far."""
+    eval split's metrics (loss, trainer.metrics: safetrain.train.metrics), to TensorBoard and the
+    epoch line. `results` holds the latest ({name: value}), `fresh` whether this epoch end
+    evaluated (the actions after this one judge only fresh results); `seconds` and `count` what
+    evaluating has cost so far."""
 
-    def __init__(self, evaluate: Callable[[Any], tuple[float, float]], dataset, record,
+    def __init__(self, evaluate: Callable[[Any], dict[str, float]], dataset, record,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.evaluate = evaluate
         self.dataset = dataset
         self.record = record
         self.clock = clock
         self.due: Callable[[EpochEnd], bool] = lambda end: True
-        self.loss: float | None = None
-        self.accuracy: float | None = None
+        self.results: dict[str, float] = {}
         self.fresh = False
         self.seconds, self.count = 0.0, 0
+
+    @property
+    def loss(self) -> float | None:
+        return self.results.get("loss")
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.results.get("accuracy")
 
     def after_epoch(self, end: EpochEnd) -> str | None:
         self.fresh = self.due(end)
         if not self.fresh:
             return None
         began = self.clock()
-        self.loss, self.accuracy = self.evaluate(self.dataset)
+        self.results = dict(self.evaluate(self.dataset))
         self.seconds += self.clock() - began
         self.count += 1
-        self.record.scalars(end.step, {"eval/loss": self.loss, "eval/accuracy": self.accuracy})
-        return f"eval loss {self.loss:.4f} acc {self.accuracy:.4f}"
+        self.record.scalars(end.step, {f"eval/{name}": value for name, value in self.results.items()})
+        return "eval " + " ".join(f"{_short(name)} {value:.4f}" for name, value in self.results.items())
+
+
+def _short(name: str) -> str:
+    """A metric's console label ("acc" for accuracy)."""
+    from safetrain.train.metrics import METRICS
+
+    return METRICS.get(name).label or name if name in METRICS else name
 
 
 class GradientProbe(BaseAction):
@@ -238,8 +232,9 @@ class GradientProbe(BaseAction):
 
 
 def _gain(evaluation: "Evaluate", metric: str, best: float, higher_is_better: bool) -> tuple[float, float]:
-    """The eval result for `metric` ("accuracy" | "loss") and how much better than `best` it is."""
-    value = evaluation.accuracy if metric == "accuracy" else evaluation.loss
+    """The eval result for `metric` (a name in safetrain.train.metrics) and how much better than
+    `best` it is."""
+    value = evaluation.results[metric]
     return value, (value - best) if higher_is_better else (best - value)
 
 
@@ -256,7 +251,7 @@ class SelectBest(BaseAction):
                  patience: int | None = None) -> None:
         self.evaluation = evaluation
         self.state = state
-        self.metric = metric          # "accuracy" | "loss"
+        self.metric = metric          # a metric's name (safetrain.train.metrics), evaluated by `evaluation`
         self.higher_is_better = higher_is_better
         self.min_delta = min_delta
         self.patience = patience

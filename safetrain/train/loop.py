@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from safetrain.train.actions import Action, EpochEnd, GradientProbe, StepEnd, Totals
+from safetrain.train.actions import Action, EpochEnd, GradientProbe, StepEnd
+from safetrain.train.metrics import COUNT, Totals
 from safetrain.config.schema import OnNan, TrainerConfig
 from safetrain.core.errors import ErrorKind, NanStop, Phase
 from safetrain.train.progress import Progress
@@ -293,16 +294,17 @@ class TrainLoop:
         first = next(iterator, None)
         if first is None:
             return 0.0, None
-        int(np.asarray(self.steps.eval(*first)["count"]))
+        int(np.asarray(self.steps.eval(*first)[COUNT]))
         t1, examples = self.clock(), 0
         for images, labels in itertools.islice(iterator, batches):
-            examples += int(np.asarray(self.steps.eval(images, labels)["count"]))
+            examples += int(np.asarray(self.steps.eval(images, labels)[COUNT]))
         t2 = self.clock()
         return t1 - t0, ((t2 - t1) / examples if examples else None)
 
-    def evaluate(self, dataset) -> tuple[float, float]:
+    def evaluate(self, dataset) -> dict[str, float]:
+        """The eval step's metrics over `dataset` ({name: value}: loss, trainer.metrics, ...)."""
         self.context.phase, self.context.step = Phase.eval, self.result.steps
-        totals = Totals()
+        totals = Totals(self.steps.eval_metrics)
         for images, labels in self.distribute(dataset):
             totals.add({k: np.asarray(v) for k, v in self.steps.eval(images, labels).items()})
-        return totals.mean_loss, totals.accuracy
+        return totals.results()

@@ -242,7 +242,7 @@ def horizon_for(cfg: OptimizerConfig, steps_per_epoch: int, cap: int) -> Horizon
 def _plateau_words(cfg: OptimizerConfig, warmup_words: str) -> str:
     return (f"{warmup_words + ', then ' if warmup_words else ''}{cfg.learning_rate:g}, "
             f"x{cfg.decay_factor:g} after {cfg.plateau_patience} epochs without a better eval "
-            f"{cfg.plateau_metric.value} (not below {cfg.min_learning_rate:g})")
+            f"{cfg.plateau_metric} (not below {cfg.min_learning_rate:g})")
 
 
 def _over_horizon(cfg: OptimizerConfig, horizon: Horizon) -> Plan:

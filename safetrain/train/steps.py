@@ -28,6 +28,8 @@ from typing import Callable
 
 import tensorflow as tf
 
+from safetrain.train.metrics import TRAIN_METRICS, Collection
+
 _SUM = tf.distribute.ReduceOp.SUM
 _NOT_MEASURED = -1.0  # input wait under op determinism (not NaN: check_numerics would object)
 
@@ -36,7 +38,8 @@ class Steps:
     def __init__(self, *, strategy, model, optimizer, loss_fn, eval_spec,
                  jit_compile: bool = False, guard_updates: bool = False, time_input: bool = True,
                  on_missing_gradients: Callable[[list[str]], Exception] | None = None,
-                 class_weights: list[float] | None = None, fine_tune=None, check_finite: bool = True) -> None:
+                 class_weights: list[float] | None = None, fine_tune=None, check_finite: bool = True,
+                 eval_metrics: Collection | None = None) -> None:
         """`eval_spec`: the distributed eval dataset's element spec (a fixed signature, so the
         last, smaller eval batch does not retrace). With `jit_compile` only the per-replica
         computation is compiled: XLA cannot compile the iterator's `next`.
@@ -52,7 +55,11 @@ class Steps:
         variables are trainable is read once here, so each freeze state gets its own Steps.
 
         `check_finite=False` drops the NaN/Inf check (every step counts as finite): only for
-        scripts/bench.py's checks-off baseline, which measures what the checks cost."""
+        scripts/bench.py's checks-off baseline, which measures what the checks cost.
+
+        Each step returns its metrics' sums (safetrain.train.metrics): `train_metrics` (loss and
+        accuracy) from the train steps, `eval_metrics` (loss, trainer.metrics and the metrics that
+        choose the best epoch) from the eval step."""
         self.strategy = strategy
         self.model = model
         self.optimizer = optimizer
@@ -65,6 +72,9 @@ class Steps:
         self.time_input = time_input
         self.on_missing_gradients = on_missing_gradients
         self.missing_gradients: list[str] = []
+        num_classes = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else 0
+        self.train_metrics = Collection(TRAIN_METRICS, num_classes)
+        self.eval_metrics = eval_metrics or Collection(TRAIN_METRICS, num_classes)
         self.variable_paths = [v.path for v in model.trainable_variables]
         self.fine_tune_optimizer = fine_tune[0] if fine_tune else None
         self._fine_tune_ids = frozenset(id(v) for v in fine_tune[1]) if fine_tune else frozenset()
@@ -92,28 +102,25 @@ class Steps:
 
     def _step(self, images, labels, probe: bool = False):
         out = self.strategy.run(self._replica_steps[probe], args=(images, labels))
-        result = {"loss_sum": self.strategy.reduce(_SUM, out["loss_sum"], axis=None),
-                  "correct": self.strategy.reduce(_SUM, out["correct"], axis=None),
-                  "count": self.strategy.reduce(_SUM, out["count"], axis=None),
-                  "finite": self.strategy.reduce(_SUM, out["finite"], axis=None)
-                  == self.strategy.num_replicas_in_sync}
+        result = {key: self.strategy.reduce(_SUM, out[key], axis=None) for key in self.train_metrics.state()}
+        result["finite"] = self.strategy.reduce(_SUM, out["finite"], axis=None) == self.strategy.num_replicas_in_sync
         if probe:  # summed over replicas: zero exactly when zero on every replica
             result["grad_abs_max"] = self.strategy.reduce(_SUM, out["grad_abs_max"], axis=None)
         return result
 
     def _train_steps(self, iterator, steps):
         """Up to `steps` (an int32 tensor: no retrace per value) train steps. Returns the sums over
-        the finite steps run (loss_sum, correct, count, input_wait_s), `steps` run, `finite` (of
-        the last one: False means it was non-finite and the call stopped there) and that step's
+        the finite steps run (the train metrics' state, count, input_wait_s), `steps` run, `finite`
+        (of the last one: False means it was non-finite and the call stopped there) and that step's
         `last_loss_sum`. Fewer steps than asked with `finite` true: the data ran out."""
         zero = tf.constant(0, tf.int32)
-        state = (zero, tf.constant(True), tf.constant(True), tf.constant(0.0), zero, zero,
+        state = (zero, tf.constant(True), tf.constant(True), self.train_metrics.zeros(),
                  tf.constant(0.0, tf.float64), tf.constant(0.0))
 
         def more(done, finite, has_data, *_):
             return tf.logical_and(tf.logical_and(done < steps, finite), has_data)
 
-        def step(done, finite, has_data, loss_sum, correct, count, wait, last_loss):
+        def step(done, finite, has_data, sums, wait, last_loss):
             started = tf.timestamp() if self.time_input else None
             with tf.control_dependencies([started] if started is not None else []):
                 batch = iterator.get_next_as_optional()
@@ -124,20 +131,19 @@ class Steps:
             def run():
                 out = self._step(*batch.get_value())
                 ok = out["finite"]
-                keep = lambda total, value: total + tf.where(ok, value, tf.zeros_like(value))  # noqa: E731
-                return (done + 1, ok, tf.constant(True), keep(loss_sum, out["loss_sum"]),
-                        keep(correct, out["correct"]), keep(count, out["count"]), wait + waited, out["loss_sum"])
+                kept = {key: total + tf.where(ok, tf.cast(out[key], total.dtype), tf.zeros_like(total))
+                        for key, total in sums.items()}
+                return done + 1, ok, tf.constant(True), kept, wait + waited, out["loss_sum"]
 
             def out_of_data():
-                return done, finite, tf.constant(False), loss_sum, correct, count, wait, last_loss
+                return done, finite, tf.constant(False), sums, wait, last_loss
 
             return tf.cond(present, run, out_of_data)
 
-        done, finite, _, loss_sum, correct, count, wait, last_loss = tf.while_loop(more, step, state)
+        done, finite, _, sums, wait, last_loss = tf.while_loop(more, step, state)
         if not self.time_input:
             wait = tf.constant(_NOT_MEASURED, tf.float64)
-        return {"loss_sum": loss_sum, "correct": correct, "count": count, "finite": finite, "steps": done,
-                "last_loss_sum": last_loss, "input_wait_s": wait}
+        return {**sums, "finite": finite, "steps": done, "last_loss_sum": last_loss, "input_wait_s": wait}
 
     def _replica_train(self, images, labels, probe: bool = False):
         model, optimizer = self.model, self.optimizer
@@ -168,10 +174,7 @@ class Steps:
             tf.cond(finite, lambda: self._apply(grads, variables), tf.no_op)
         else:
             self._apply(grads, variables)
-        out = {"loss_sum": tf.reduce_sum(tf.cast(per_example, tf.float32)),
-               "correct": _correct(labels, logits),
-               "count": tf.shape(labels)[0],
-               "finite": tf.cast(finite, tf.int32)}
+        out = {**self.train_metrics.update(labels, logits, per_example), "finite": tf.cast(finite, tf.int32)}
         if probe:
             out["grad_abs_max"] = tf.stack(probe_max)
         return out
@@ -202,16 +205,7 @@ class Steps:
 
     def _replica_eval(self, images, labels):
         logits = self.model(images, training=False)
-        return {"loss_sum": tf.reduce_sum(tf.cast(self.loss_fn(labels, logits), tf.float32)),
-                "correct": _correct(labels, logits),
-                "count": tf.shape(labels)[0]}
-
-
-def _correct(labels, logits):
-    if labels.shape.rank == 2:  # one-hot
-        labels = tf.argmax(labels, axis=-1, output_type=tf.int32)
-    predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    return tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.int32))
+        return self.eval_metrics.update(labels, logits, self.loss_fn(labels, logits))
 
 
 def _example_weights(labels, class_weights):

@@ -22,6 +22,7 @@ from safetrain.models.build import build_model
 from safetrain.models.shapes import ModelPlan
 from safetrain.train import schedules
 from safetrain.train.fine_tune import FineTune
+from safetrain.train.metrics import Collection, eval_names
 from safetrain.train.optimizers import LOSSES, OPTIMIZERS, exclude_one_dimensional
 from safetrain.train.steps import Steps
 
@@ -57,6 +58,7 @@ class Task:
     recipe: str                  # optimizer, learning-rate schedule, weight decay, label smoothing, in words
     fine_tune: FineTune | None = None  # a backbone that trains (from the start or a later epoch)
     horizon: schedules.Horizon | None = None  # trainer.time_budget: the planned total steps (a variable)
+    eval_metrics: tuple[str, ...] = ("loss", "accuracy")  # what the eval step computes (metrics.eval_names)
 
     def steps(self, *, eval_spec=None, class_weights: list[float] | None = None,
               on_missing_gradients: Callable[[list[str]], Exception] | None = None, **overrides) -> Steps:
@@ -67,7 +69,8 @@ class Task:
                     loss_fn=LOSSES.get(t.loss)(label_smoothing=t.label_smoothing), eval_spec=eval_spec,
                     jit_compile=t.jit_compile, guard_updates=t.on_nan is OnNan.skip_step,
                     time_input=not t.deterministic, on_missing_gradients=on_missing_gradients,
-                    class_weights=class_weights, **(self.fine_tune.steps_args() if self.fine_tune else {}))
+                    class_weights=class_weights, eval_metrics=Collection(list(self.eval_metrics), self.plan.num_classes),
+                    **(self.fine_tune.steps_args() if self.fine_tune else {}))
         return Steps(**{**args, **overrides})
 
     def checkpointed(self) -> dict:
@@ -97,7 +100,7 @@ def build_task(plan: ModelPlan, *, optimizer: OptimizerConfig, trainer: TrainerC
         head_optimizer, undecayed = ready_optimizer(new_optimizer(o, schedule.learning_rate, t.ema), own, policy)
     recipe = _recipe(o, t, plan, schedule, tuned, undecayed)
     return Task(plan=plan, model=model, optimizer=head_optimizer, strategy=strategy, trainer=t, schedule=schedule,
-                recipe=recipe, fine_tune=tuned, horizon=horizon)
+                recipe=recipe, fine_tune=tuned, horizon=horizon, eval_metrics=tuple(eval_names(t, o)))
 
 
 def _recipe(o: OptimizerConfig, t: TrainerConfig, plan: ModelPlan, schedule: schedules.Plan, tuned: FineTune | None,
