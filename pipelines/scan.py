@@ -61,8 +61,16 @@ def bad_examples_error(bad: list[BadExample], policy: BadExamplePolicy) -> DataE
     """With on_bad_example=error, the error naming the bad examples (None when there are none)."""
     if not bad or policy is BadExamplePolicy.skip:
         return None
-    shown = "; ".join(b.describe() for b in bad[:3])
-    more = f"; and {len(bad) - 3} more (all in errors.jsonl)" if len(bad) > 3 else ""
+    # One of each kind first (a table's missing file, duplicate row, unknown label, ...), so one
+    # run names every kind of problem; then the rest up to three.
+    kinds: dict[str, BadExample] = {}
+    for b in bad:
+        if b.kind:
+            kinds.setdefault(b.kind, b)
+    firsts = list(kinds.values())
+    shown_list = (firsts + [b for b in bad if b not in firsts])[:max(3, len(firsts))]
+    shown = "; ".join(b.describe() for b in shown_list)
+    more = f"; and {len(bad) - len(shown_list)} more (all in errors.jsonl)" if len(bad) > len(shown_list) else ""
     return DataError(f"{len(bad)} bad example{'s' if len(bad) > 1 else ''}: {shown}{more}",
                      hint="fix or remove the files, or set dataset.on_bad_example=skip to train without them "
                           "(each skip is listed in errors.jsonl and counted in report.json)",

@@ -65,6 +65,7 @@ class BadExample:
     split: str
     key: str
     reason: str
+    kind: str | None = None  # a table row's kind of problem (pipelines.sources.table.BAD_KINDS); None: a file's
 
     def describe(self) -> str:
         return f"{self.key} ({self.split}): {self.reason}"

@@ -73,6 +73,9 @@ class Scan:
     gray_color: bool = False                             # RGB/RGBA files that hold grey images
     notes_extra: list[str] = field(default_factory=list)  # what choosing the splits decided
     split_lines: list[str] = field(default_factory=list)  # the config's dataset.splits lines, if not the default
+    bad_rows: list[str] = field(default_factory=list)     # a table's refused rows: "kind (line N)"
+    split_names: list[str] = field(default_factory=list)  # split folders, or a table's split column values
+    table: object = None                                 # pipelines.sources.table.Table, for a table
 
 
 def split_dirs(folder: Path) -> dict[str, Path]:
@@ -86,41 +89,65 @@ def class_dirs(folder: Path) -> list[Path]:
 
 
 def scan(folder: Path) -> Scan:
-    from PIL import Image, UnidentifiedImageError
-
-    found = Scan()
     classes = [c.name for c in class_dirs(folder)]
+    found = Scan()
+    entries = []
     for split, base in split_dirs(folder).items():
         for cls in classes:
             images, _, hidden, _ = list_files(base / cls) if (base / cls).is_dir() else ([], [], [], [])
             found.hidden += hidden
             if split != "train" and not images:
                 found.missing.append((split, cls))
-            for path in images:
-                try:
-                    with Image.open(path) as img:
-                        img.verify()  # must come first: a verified image cannot be used further
-                    with Image.open(path) as img:
-                        mode = img.mode
-                        if mode == "P":
-                            mode = "P_gray" if img.convert("RGB").getextrema()[0] == img.convert("L").getextrema() \
-                                else "P"
-                        width, height = img.size
-                        if int(img.getexif().get(ORIENTATION, 1) or 1) in (5, 6, 7, 8):  # turned upright: swapped
-                            width, height = height, width
-                            found.rotated += 1
-                        found.sizes.append((width, height))
-                        found.modes[mode] += 1
-                        found.formats[img.format] += 1
-                    if split == "train":
-                        found.counts[cls] += 1
-                    found.readable.append(path)
-                except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-                    found.unreadable.append(f"{path} ({err.__class__.__name__})")
+            entries += [(split, cls, path) for path in images]
+    look(found, entries)
     found.hidden += [p for p in folder.iterdir() if is_hidden(p.name)]
     found.gray_color = gray_stored_as_color(found)
     found.split_lines = splits_lines(split_dirs(folder), found)
+    found.split_names = list(split_dirs(folder))
     return found
+
+
+def scan_table(table) -> Scan:
+    """A table's usable rows (pipelines.sources.table: every bad row is named there) as the folder
+    scan sees files; its split column, when it has one, as split folders."""
+    found = Scan(table=table)
+    look(found, [(r.split or "train", r.label, table.root / r.rel) for r in table.rows])
+    splits = {r.split for r in table.rows if r.split}
+    for split in sorted(splits - {"train"}):
+        have = {r.label for r in table.rows if r.split == split}
+        found.missing += [(split, cls) for cls in sorted(found.counts) if cls not in have]
+    found.bad_rows = [f"{b.kind} (line {b.line})" for b in table.bad]
+    found.split_names = sorted(splits or {"train"})
+    found.split_lines = splits_lines({name: table.root for name in found.split_names}, found)
+    found.gray_color = gray_stored_as_color(found)
+    return found
+
+
+def look(found: Scan, entries: list[tuple[str, str, Path]]) -> None:
+    """Each (split, class, file)'s header (Pillow; nothing decoded): size upright, mode, format."""
+    from PIL import Image, UnidentifiedImageError
+
+    for split, cls, path in entries:
+        try:
+            with Image.open(path) as img:
+                img.verify()  # must come first: a verified image cannot be used further
+            with Image.open(path) as img:
+                mode = img.mode
+                if mode == "P":
+                    mode = "P_gray" if img.convert("RGB").getextrema()[0] == img.convert("L").getextrema() \
+                        else "P"
+                width, height = img.size
+                if int(img.getexif().get(ORIENTATION, 1) or 1) in (5, 6, 7, 8):  # turned upright: swapped
+                    width, height = height, width
+                    found.rotated += 1
+                found.sizes.append((width, height))
+                found.modes[mode] += 1
+                found.formats[img.format] += 1
+            if split == "train":
+                found.counts[cls] += 1
+            found.readable.append(path)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            found.unreadable.append(f"{path} ({err.__class__.__name__})")
 
 
 def gray_stored_as_color(found: Scan) -> bool:
@@ -213,6 +240,10 @@ def advice(found: Scan) -> list[str]:
     for split, cls in found.missing:
         notes.append(f"the {split}/ folder has no images of class {cls!r}: its scores will say nothing about it; "
                      f"the experiment sets dataset.allow_missing_classes=true so it runs — better, add some")
+    if found.bad_rows:
+        notes.append(f"{len(found.bad_rows)} table row(s) refused, skipped with dataset.on_bad_example=skip and "
+                     f"listed in errors.jsonl: " + ", ".join(found.bad_rows[:6])
+                     + (", ..." if len(found.bad_rows) > 6 else ""))
     if found.unreadable:
         notes.append(f"{len(found.unreadable)} unreadable file(s), skipped with dataset.on_bad_example=skip and "
                      f"listed in errors.jsonl: " + "; ".join(found.unreadable[:5]))
@@ -265,13 +296,13 @@ def input_spec(found: Scan) -> tuple[int, int, int, bool]:
     return height, width, 1 if gray else 3, resize
 
 
-def sizing(found: Scan, folder: Path, budget: str) -> "recipe.Sizing":
+def sizing(found: Scan, budget: str) -> "recipe.Sizing":
     """The model that fits the budget on this folder, from each candidate's measured rate."""
     height, width, channels, _ = input_spec(found)
     images = sum(found.counts.values())
     # the training split's share of train/: all of it beside a val/ folder, 90% beside test/ alone
     # (eval carved from it), else 80%
-    splits = split_dirs(folder)
+    splits = found.split_names
     share = 1.0 if {"val", "validation", "eval"} & set(splits) else 0.9 if "test" in splits else 0.8
     train_images = round(share * images)
     rates = recipe.measure_rates(height, width, channels, len(found.counts), batch_size(images),
@@ -279,8 +310,17 @@ def sizing(found: Scan, folder: Path, budget: str) -> "recipe.Sizing":
     return recipe.size_model(rates, train_images, budget)
 
 
+def _table_lines(table, extension: str | None) -> list[str]:
+    """dataset.table, the images' root and the columns the reader chose (named, so the config says it)."""
+    lines = [f"  table: {table.file.resolve()}", f"  path: {table.root.resolve()}", "  columns:"]
+    lines += [f"    {role}: {column!r}" for role, column in table.columns.items() if column is not None]
+    if extension:
+        lines.append(f"  extension: {extension}")
+    return lines
+
+
 def render(name: str, folder: Path, found: Scan, command: str, chosen_model: str, budget: str,
-           learning_rate: float | None = None) -> str:
+           learning_rate: float | None = None, extension: str | None = None) -> str:
     height, width, channels, resize = input_spec(found)
     convert = any(MODE_CHANNELS.get(mode, 0) != channels for mode in found.modes)
     mean, std = stats(found.readable, height, width, channels)
@@ -299,14 +339,14 @@ def render(name: str, folder: Path, found: Scan, command: str, chosen_model: str
     lines += [f"# advice: {note}" for note in advice(found)]
     lines += [
         "defaults:",
-        "  - override /dataset: image_folder",
+        f"  - override /dataset: {'image_table' if found.table is not None else 'image_folder'}",
         f"  - override /model: {chosen.model}",
         "  - override /optimizer: adamw",
         "",
         f"name: {name}",
         "dataset:",
         f"  name: {name}",
-        f"  path: {folder}",
+        *(_table_lines(found.table, extension) if found.table is not None else [f"  path: {folder}"]),
         "  image:",
         f"    height: {height}",
         f"    width: {width}",
@@ -315,7 +355,7 @@ def render(name: str, folder: Path, found: Scan, command: str, chosen_model: str
         "    normalization: standardize",
         f"  resize: {'bilinear' if resize else 'error'}",
         f"  channel_policy: {'convert' if convert else 'error'}",
-        f"  on_bad_example: {'skip' if found.unreadable else 'error'}",
+        f"  on_bad_example: {'skip' if found.unreadable or found.bad_rows else 'error'}",
         f"  class_weights: {'balanced' if imbalanced(found.counts) else 'none'}"
         + ("   # or class_weights: none with sampling: balanced" if imbalanced(found.counts) else ""),
     ]
@@ -326,9 +366,31 @@ def render(name: str, folder: Path, found: Scan, command: str, chosen_model: str
     return "\n".join(lines) + "\n"
 
 
+def read_table_arg(parser, path: Path, extension: str | None):
+    """The table the user named, its ids completed by the extension its files have when none is
+    given and no path has one; bad rows are kept for the advice, a bad table stops here."""
+    from safetrain.config.schema import TableColumns
+    from safetrain.core.errors import SafetrainError
+    from safetrain.pipelines.sources.table import read_table
+
+    root = str(parser.images) if getattr(parser, "images", None) else None
+    try:
+        table = read_table(str(path), root, TableColumns(), extension, None)
+        if extension is None and sum(b.kind == "missing_file" for b in table.bad) > len(table.rows):
+            for guess in ("png", "jpg", "jpeg"):
+                tried = read_table(str(path), root, TableColumns(), guess, None)
+                if len(tried.rows) > len(table.rows):
+                    print(f"the table's paths have no extension; its files are .{guess} (--extension {guess})")
+                    return tried, guess
+    except SafetrainError as err:
+        parser.error(f"{err.message}" + (f" ({err.hint})" if err.hint else ""))
+    return table, extension
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", type=Path, help="one sub-folder per class (or train/ and test/ holding them)")
+    parser.add_argument("folder", type=Path, help="one sub-folder per class (or train/ and test/ holding them), or a "
+                        "table of images and labels (.csv, .tsv, .jsonl; paths relative to its folder)")
     parser.add_argument("name", help="experiment name: letters, digits, _ and -")
     parser.add_argument("--configs", type=Path, default=ROOT / "configs",
                         help="config dir to write experiment/NAME.yaml into (default: this repository's)")
@@ -338,7 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", choices=("learn", "dry", "none"), default="learn",
                         help="learn: a one-minute learning check (default); dry: checks without training; none")
     parser.add_argument("--no-check", action="store_true", help="the same as --check none")
+    parser.add_argument("--images", type=Path, default=None, help="a table's image folder, when not the table's own")
+    parser.add_argument("--extension", default=None, help="a table's ids are file names without this extension "
+                        "(Kaggle: png); found by itself when every path lacks one")
     args = parser.parse_args(argv)
+    parser.images = args.images
 
     if not re.fullmatch(r"[A-Za-z0-9_-]+", args.name):
         parser.error(f"name {args.name!r}: use letters, digits, _ and -")
@@ -349,15 +415,21 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(f"--budget: {err}")
     folder = args.folder.expanduser().resolve()
-    if not folder.is_dir():
-        parser.error(f"{folder} is not a folder")
-    if len(class_dirs(folder)) < 2:
-        parser.error(f"{folder} needs at least 2 class sub-folders (DIR/<class>/<image>)")
+    extension = args.extension
+    if folder.is_file():  # a table of images and labels
+        table, extension = read_table_arg(parser, folder, extension)
+        found = scan_table(table)
+    else:
+        if not folder.is_dir():
+            parser.error(f"{folder} is not a folder or a table (.csv, .tsv, .jsonl)")
+        if len(class_dirs(folder)) < 2:
+            parser.error(f"{folder} needs at least 2 class sub-folders (DIR/<class>/<image>)")
     target = args.configs.expanduser().resolve() / "experiment" / f"{args.name}.yaml"
     if target.exists() and not args.force:
         parser.error(f"{target} exists; pass --force to overwrite it")
 
-    found = scan(folder)
+    if not folder.is_file():
+        found = scan(folder)
     if not found.readable:
         parser.error(f"no readable images ({', '.join(sorted(EXTENSIONS))}) under {folder}")
     print(f"scanned {len(found.readable) + len(found.unreadable)} files in {len(found.counts)} classes: "
@@ -369,17 +441,18 @@ def main(argv: list[str] | None = None) -> int:
         run.insert(0, f"hydra.searchpath=[file://{args.configs.expanduser().resolve()}]")
     command = "python -m safetrain " + " ".join(run)
     target.parent.mkdir(parents=True, exist_ok=True)
-    sized = sizing(found, folder, args.budget)
+    sized = sizing(found, args.budget)
     print(f"model: {sized.why}")
     budget = sized.budget
-    target.write_text(render(args.name, folder, found, command, sized.model, budget))
+    target.write_text(render(args.name, folder, found, command, sized.model, budget, extension=extension))
     print(f"wrote {target}")
     print(recipe.summary(target.read_text()))
     check = "none" if args.no_check else args.check
     if check == "learn":
         code, learning_rate = recipe.learning_check(run, args.name, found.counts, target.read_text())
         if learning_rate is not None:  # the lower rate learned: the experiment keeps it
-            target.write_text(render(args.name, folder, found, command, sized.model, budget, learning_rate))
+            target.write_text(render(args.name, folder, found, command, sized.model, budget, learning_rate,
+                                     extension=extension))
         if code:
             return code
     print(f"train it with:\n  {command}   # trainer.time_budget={budget}: the most training that fits it")

@@ -210,3 +210,32 @@ def test_the_learning_check_says_what_it_saw(monkeypatch, capsys, result, code, 
     out = capsys.readouterr().out
     assert got == code and said in out, out
     assert "the run failed" not in out or code == 3
+
+
+@pytest.mark.e2e
+def test_a_table_of_images_gets_an_image_table_experiment_whose_check_passes(tmp_path, hand_drawn):
+    """`new_experiment.py train.csv NAME`: a Kaggle-style flat folder of real drawings and a CSV of
+    ids (no extension) with a missing file and a repeated row: the extension is found, the bad rows
+    are advice, and the experiment it writes passes its own dry run."""
+    import csv
+    import shutil
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    rows = []
+    for folder in sorted(p for p in hand_drawn.iterdir() if p.is_dir()):
+        for image in sorted(folder.glob("*.png"))[:15]:
+            shutil.copy(image, flat / image.name)
+            rows.append([image.stem, folder.name])
+    rows += [["not_there", "ellipse"], rows[0]]
+    with open(flat / "train.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["id", "label"], *rows])
+    code, out, config = _scaffold(flat / "train.csv", tmp_path / "configs", "table_shapes")
+    assert code == 0, out
+    assert "its files are .png (--extension png)" in out
+    assert "2 table row(s) refused" in out and "missing_file (line 62)" in out and "duplicate_row (line 63)" in out
+    dataset = config["dataset"]
+    assert dataset["table"] == str(flat / "train.csv") and dataset["path"] == str(flat)
+    assert dataset["columns"] == {"path": "id", "label": "label"} and dataset["extension"] == "png"
+    assert dataset["on_bad_example"] == "skip" and dataset["image"]["channels"] == 1
+    assert "override /dataset: image_table" in (tmp_path / "configs" / "experiment" / "table_shapes.yaml").read_text()

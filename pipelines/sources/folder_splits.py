@@ -88,3 +88,24 @@ def carve(members: int, bounds: list[tuple[int, int]]) -> list[tuple[int, int]]:
         out.append((start, start + c))
         start += c
     return out
+
+
+def carve_units(sizes: list[int], bounds: list[tuple[int, int]]) -> list[int]:
+    """The carved slice (index into `bounds`) of each unit of a class — a group or a cluster of
+    copies, `sizes` files each, in the class's order — so that no unit is cut. A unit goes to the
+    slice its first file falls in (the files' stratified, widened ranges: with one file per unit
+    this is exactly `carve`); then a slice left without a unit, while the class has a unit for
+    each slice, takes one from the slice that has the most (the neighbour in order)."""
+    ranges = carve(sum(sizes), bounds)
+    parts, position = [], 0
+    for size in sizes:
+        parts.append(next(i for i, (lo, hi) in enumerate(ranges) if lo <= position < hi))
+        position += size
+    if len(sizes) >= len(bounds):
+        for empty in range(len(bounds)):
+            while empty not in parts:
+                held = [parts.count(q) for q in range(len(bounds))]
+                donor = max(range(len(bounds)), key=lambda q: (held[q], q == 0))
+                mine = [i for i, q in enumerate(parts) if q == donor]
+                parts[mine[-1] if donor < empty else mine[0]] = empty
+    return parts

@@ -2,6 +2,10 @@
 
     DIR/cat/001.jpg, DIR/dog/002.png, ...              -> one split, `train` (slice it in the config)
     DIR/train/cat/..., DIR/test/cat/...                -> splits `train` and `test` (and any other)
+    train.csv (path,label[,group][,split]) + images    -> the same, from a table (dataset=image_table)
+
+A folder is read as a table built from its tree, a table as the files of a folder
+(pipelines.sources.folder_listing): from the `Listing` on, both take one path.
 
 Every file is looked at once (pipelines.sources.folder_files: header checks before decoding;
 pipelines.sources.folder_decode: one decode, EXIF orientation, hashes) and its pixels, adapted to
@@ -14,8 +18,11 @@ header, only the cache. On what the scan found:
 - duplicates (exact and near, pipelines.sources.duplicates) are counted; the same image in two
   of the configured splits is leakage (dataset.on_leakage: warn | error | drop_from_eval);
 - split slices (`train[:80%]`) are taken per class, so every split holds every class in the
-  folder's proportions; a split still lacking a class stops the run, naming it, unless
-  dataset.allow_missing_classes. Class ids come from the sorted class folders of `train`.
+  folder's proportions, and whole units at a time: a group (a table's group column) and a
+  cluster of copies never straddle the splits safetrain carves (pipelines.sources.groups); a
+  split still lacking a class stops the run, naming it, unless dataset.allow_missing_classes.
+  Class ids come from the sorted class folders of `train` (a table: its sorted labels, or
+  dataset.classes).
 
 The source delivers the declared (height, width, channels) as uint8: the adapters have run at
 the scan, so the pipeline's adapter plan for it is empty (pipeline/spec lists what the scan did).
@@ -24,19 +31,16 @@ the scan, so the pipeline's adapter plan for it is empty (pipeline/spec lists wh
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from safetrain.pipelines.sources import folder_splits
+from safetrain.pipelines.sources import folder_splits, groups
 from safetrain.pipelines.sources.base import Source, slices
 from safetrain.pipelines.sources.folder_cache import (Leases, PixelShards, ScanCache, fingerprint, folder_cache_dir,
                                                      parse, versions)
-from safetrain.pipelines.sources.folder_files import (Adapt, FileInfo, Limits, adapt_problem, class_name, dangling,
-                                                     is_hidden, link_problem, list_files)
-from safetrain.pipelines.sources.folder_files import split_dirs as find_split_dirs
+from safetrain.pipelines.sources.folder_files import Adapt, Limits, adapt_problem, link_problem
+from safetrain.pipelines.sources.folder_listing import ImageFile, Listing, from_table, tree
 from safetrain.pipelines.sources.folder_duplicates import Found, find_duplicates, leakage
 from safetrain.pipelines.sources.stratify import class_range
 from safetrain.pipelines.ops import plain
@@ -45,20 +49,6 @@ from safetrain.config.schema import DatasetConfig
 from safetrain.core.errors import DataError
 
 CACHE_FOLDER = "safetrain_image_folders"
-
-
-@dataclass
-class _File:
-    path: Path
-    rel: str          # relative to the root: the scan cache's key
-    split_dir: str
-    label: int
-    info: FileInfo | None = None
-    problem: str | None = None
-
-    @property
-    def key(self) -> str:
-        return str(self.path)
 
 
 def cache_root(cfg: DatasetConfig) -> Path:
@@ -75,38 +65,36 @@ def _root_and_cache(cfg: DatasetConfig) -> tuple[Path, Path]:
     if not root.is_dir():
         raise DataError(f"dataset.path={cfg.path} is not a folder", hint="point dataset.path at a folder of "
                         "class sub-folders of images", config_key="dataset.path")
+    return root, _cache_outside(cfg, root)
+
+
+def _cache_outside(cfg: DatasetConfig, root: Path) -> Path:
     caches = cache_root(cfg)
     if caches.resolve().is_relative_to(root.resolve()):
         raise DataError(f"the image cache {caches} is inside dataset.path={root}: safetrain never writes into "
                         f"a user's data folder", hint="set dataset.cache_dir to a folder outside the images",
                         config_key="dataset.cache_dir")
-    return root, caches
-
-
-def _class_names(cfg: DatasetConfig, train_dir: Path, hidden: list[Path]) -> list[str]:
-    """The class sub-folders of the training folder, sorted (class id = position); hidden ones
-    are added to `hidden`."""
-    classes = sorted(class_name(p.name) for p in train_dir.iterdir() if p.is_dir() and not is_hidden(p.name))
-    hidden += [p for p in sorted(train_dir.iterdir()) if is_hidden(p.name)]
-    if len(classes) < 2:
-        raise DataError(f"{train_dir} has {len(classes)} class sub-folders; classification needs "
-                        f"at least 2 (one sub-folder per class)", config_key="dataset.path",
-                        hint="arrange the images as DIR/<class name>/<image file>")
-    if cfg.num_classes is not None and cfg.num_classes != len(classes):
-        raise DataError(f"dataset.num_classes={cfg.num_classes} but {train_dir} has {len(classes)} "
-                        f"class folders: {', '.join(classes)}", hint="set dataset.num_classes=null",
-                        config_key="dataset.num_classes")
-    return classes
+    return caches
 
 
 def image_folder_source(cfg: DatasetConfig) -> Source:
     started = time.perf_counter()
     root, caches = _root_and_cache(cfg)
-    split_dirs, hidden = find_split_dirs(root)
-    classes = _class_names(cfg, split_dirs["train"], hidden)
+    return _source(cfg, tree(cfg, root), caches, started)
 
-    broken: list[tuple[str, Path]] = []
-    files, ignored, shards_in = _list(root, split_dirs, classes, hidden, broken)
+
+def image_table_source(cfg: DatasetConfig) -> Source:
+    """dataset.table: the same scan, cache, checks and splits as a folder, from a table's rows."""
+    from safetrain.pipelines.sources.table import read_table
+
+    started = time.perf_counter()
+    table = read_table(cfg.table, cfg.path, cfg.columns, cfg.extension, list(cfg.classes) if cfg.classes else None)
+    return _source(cfg, from_table(cfg, table), _cache_outside(cfg, table.root), started)
+
+
+def _source(cfg: DatasetConfig, listing: Listing, caches: Path, started: float) -> Source:
+    root, classes, files, shards_in = listing.root, listing.classes, listing.files, listing.shards
+    hidden, broken, ignored = listing.hidden, listing.broken, listing.ignored
     limits = Limits(cfg.max_pixels, cfg.max_file_bytes, cfg.min_pixels, cfg.exif_orientation.value)
     adapt = Adapt(cfg.image.height, cfg.image.width, cfg.image.channels, cfg.resize.value, cfg.channel_policy.value)
     home = folder_cache_dir(caches, root)
@@ -123,17 +111,26 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
     good = [f for f in files if f.problem is None]
     found = find_duplicates(good, classes, cfg)
     good = [f for f in good if f.problem is None]  # conflicting labels are bad examples now
+    unit_of, found.report["groups"] = groups.units(good, found.pairs)
     configured = {"train": cfg.splits.train, "eval": cfg.splits.eval, "test": cfg.splits.test}
-    split_plan = folder_splits.plan(configured, list(split_dirs), layout=split_dirs["train"] != root)
-    selection = _Selection(good, split_plan, cfg.name)
+    split_plan = folder_splits.plan(configured, listing.splits, layout=listing.layout)
+    selection = _Selection(good, split_plan, cfg.name, unit_of.of)
     select, sizes = selection.select, selection.sizes
     roles = {role: s for role, s in split_plan.roles.items() if s}
     try:
         membership = {role: select(s) for role, s in roles.items()}
     except DataError:
         membership = {}  # an unknown split name: the pipeline's own read() names it
+    carved = [role for role, s in roles.items() if s in split_plan.carved]
+    cut = groups.crossing(unit_of, membership, carved)
+    found.report["groups"]["crossing_carved"] = len(cut)
+    if cut:  # by construction never; checked, because a cut unit would be silent leakage
+        raise RuntimeError(f"internal error: the carved splits cut {len(cut)} group(s)/copy cluster(s): {cut[:3]}")
+    found.report["groups"]["crossing_fixed"] = groups.group_leakage(good, membership, cfg.on_leakage, found.events,
+                                                                   found.dropped)
     leakage(found, membership, cfg.on_leakage)
-    notes = _summary(root, classes, files, good, ignored, hidden) + split_plan.notes + selection.widened(classes)
+    notes = _summary(listing.title, classes, files, good, ignored, hidden, listing.bad) + split_plan.notes \
+        + selection.widened(classes)
     if broken:
         notes.append(f"dangling symbolic links: {len(broken)} (bad examples, each in errors.jsonl): "
                      + ", ".join(str(p) for _, p in broken[:3]) + (" ..." if len(broken) > 3 else ""))
@@ -144,17 +141,17 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
         notes.append("adapted at the scan, cached as uint8: " + "; ".join(adapters))
     found.report["scan"] = {**stats, "seconds": round(time.perf_counter() - started, 3), "cache_dir": str(home)}
 
-    bad = [BadExample(split=f.split_dir, key=f.key, reason=f.problem) for f in files if f.problem]
+    bad = listing.bad + [BadExample(split=f.split_dir, key=f.key, reason=f.problem) for f in files if f.problem]
     bad += [BadExample(split=split, key=str(path), reason=link_problem(path)) for split, path in broken]
     spec = SourceSpec(name=cfg.name, height=declared.height, width=declared.width, channels=declared.channels,
                       dtype="uint8", num_classes=len(classes), value_range=(0.0, 255.0), class_names=tuple(classes))
     shard_paths = {name: [store.path(name, cls, key) for (n, cls), key in shards_in.items() if n == name]
-                   for name in split_dirs}
+                   for name in listing.splits}
     leases = Leases(home)
     leases.take([p for paths in shard_paths.values() for p in paths])  # never collected while this run reads
     found.report["scan"]["old_cache_files_removed"] = len(leases.collect())
 
-    def delivered(split: str) -> list[_File]:
+    def delivered(split: str) -> list[ImageFile]:
         return [f for f in select(split) if f.key not in found.dropped]
 
     def class_counts(split: str) -> list[int]:
@@ -168,10 +165,11 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
 
     counts = {role: len([f for f in chosen if f.key not in found.dropped]) for role, chosen in membership.items()}
     return Source(spec=spec, read=read, bad=bad, notes=notes, sizes=sizes, class_counts=class_counts,
-                  splits=split_plan.roles, report={**found.report, "selected": counts}, events=found.events)
+                  splits=split_plan.roles, report={**listing.report, **found.report, "selected": counts},
+                  events=found.events)
 
 
-def _found_spec(name: str, scanned_ok: list[_File], classes: list[str]) -> SourceSpec:
+def _found_spec(name: str, scanned_ok: list[ImageFile], classes: list[str]) -> SourceSpec:
     """What the files are (one size and channel count, or None where they vary)."""
     return SourceSpec(name=name, height=_single({f.info.height for f in scanned_ok}),
                       width=_single({f.info.width for f in scanned_ok}),
@@ -180,14 +178,29 @@ def _found_spec(name: str, scanned_ok: list[_File], classes: list[str]) -> Sourc
 
 
 class _Selection:
-    """Which good files a split string selects: per class, in an order stable under additions."""
+    """Which good files a split string selects: per class, in an order stable under additions,
+    whole units at a time (a group, a cluster of copies: pipelines.sources.groups).
 
-    def __init__(self, good: list[_File], split_plan: folder_splits.SplitPlan, name: str) -> None:
-        self.by_split: dict[str, dict[int, list[_File]]] = collections.defaultdict(
+    Files are ordered by their content's SHA-256 (then path), so the same images give the same
+    splits whether they sit in class folders or in a flat folder listed by a table, and a
+    renamed file keeps its split. A unit lives in the class of its first file in that order; a
+    slice of a class takes the units whose first file falls in the slice's range of the class's
+    files, so adjacent slices stay disjoint and cover everything, and a unit is never cut (the
+    splits safetrain carves also see that each gets a unit of every class that has enough:
+    folder_splits.carve_units). With no groups and no copies every unit is one file: the plain
+    stratified slice."""
+
+    def __init__(self, good: list[ImageFile], split_plan: folder_splits.SplitPlan, name: str, unit_of) -> None:
+        grouped: dict[tuple[str, str], list[ImageFile]] = {}
+        for f in sorted(good, key=lambda f: (f.info.sha256 or "", f.rel)):
+            grouped.setdefault((f.split_dir, unit_of(f.key)), []).append(f)
+        # split folder -> home class -> its units, each a list of files, in the order of their first file
+        self.by_split: dict[str, dict[int, list[list[ImageFile]]]] = collections.defaultdict(
             lambda: collections.defaultdict(list))
-        for f in sorted(good, key=lambda f: hashlib.sha256(f.rel.encode()).digest()):
-            self.by_split[f.split_dir][f.label].append(f)
-        self.sizes = {split: sum(len(v) for v in per_class.values()) for split, per_class in self.by_split.items()}
+        for (split, _), members in grouped.items():
+            self.by_split[split][members[0].label].append(members)
+        self.sizes = {split: sum(_count(units) for units in per_class.values())
+                      for split, per_class in self.by_split.items()}
         self.plan, self.name = split_plan, name
         self.bounds = sorted(split_plan.carved.values())
 
@@ -196,37 +209,53 @@ class _Selection:
         if not self.bounds:
             return []
         out, short = [], []
-        for label, members in sorted(self.by_split[self.plan.folder].items()):
-            n = len(members)
-            if n < len(self.bounds):
-                short.append(f"{classes[label]!r} ({n})")
+        for label, units in sorted(self.by_split[self.plan.folder].items()):
+            n = _count(units)
+            if len(units) < len(self.bounds):
+                short.append(f"{classes[label]!r} ({n}" + (f" files in {len(units)} group{'s' if len(units) > 1 else ''}"
+                                                        if len(units) != n else "") + ")")
             elif folder_splits.carve(n, self.bounds) != [class_range(n, lo, hi, 100) for lo, hi in self.bounds]:
                 out.append(f"{classes[label]!r} ({n})")
         notes = [f"small classes kept in every carved split (a file each, from training): {', '.join(out)}"] \
             if out else []
         if short:
-            notes.append(f"warning: fewer files than the {len(self.bounds)} splits carved from {self.plan.folder}/: "
+            what = "files" if all("group" not in s for s in short) else "files (or groups kept together)"
+            notes.append(f"warning: fewer {what} than the {len(self.bounds)} splits carved from {self.plan.folder}/: "
                          f"{', '.join(short)}; add files, or a val/ or test/ folder")
         return notes
 
-    def select(self, split: str) -> list[_File]:
+    def select(self, split: str) -> list[ImageFile]:
         """A split string, sliced per class (stratified): each class keeps its share. A slice
         the folder plan carved is widened so that small classes are in every carved split."""
         chosen = []
         if split in self.plan.carved:
             part = self.bounds.index(self.plan.carved[split])
-            for label, members in sorted(self.by_split[self.plan.folder].items()):
-                lo, hi = folder_splits.carve(len(members), self.bounds)[part]
-                chosen += members[lo:hi]
+            for label, units in sorted(self.by_split[self.plan.folder].items()):
+                parts = folder_splits.carve_units([len(u) for u in units], self.bounds)
+                chosen += [f for members, p in zip(units, parts) if p == part for f in members]
             return chosen
         for folder, start, end in slices(split, self.sizes, self.name):
-            for label, members in sorted(self.by_split[folder].items()):
-                lo, hi = class_range(len(members), start, end, self.sizes[folder])
-                chosen += members[lo:hi]
+            for label, units in sorted(self.by_split[folder].items()):
+                lo, hi = class_range(_count(units), start, end, self.sizes[folder])
+                chosen += _take(units, lo, hi)
         return chosen
 
 
-def _read_shards(paths: list[str], chosen: list[_File], records: int, shape: tuple[int, int, int]):
+def _count(units: list[list[ImageFile]]) -> int:
+    return sum(len(u) for u in units)
+
+
+def _take(units: list[list[ImageFile]], lo: int, hi: int) -> list[ImageFile]:
+    """The whole units whose first file's position (in files, counted over `units`) is in [lo, hi)."""
+    out, position = [], 0
+    for members in units:
+        if lo <= position < hi:
+            out += members
+        position += len(members)
+    return out
+
+
+def _read_shards(paths: list[str], chosen: list[ImageFile], records: int, shape: tuple[int, int, int]):
     """The chosen files' cached pixels from the split folders' shards (`records` in all), as
     (uint8 image, label, key)."""
     import tensorflow as tf
@@ -245,37 +274,7 @@ def _read_shards(paths: list[str], chosen: list[_File], records: int, shape: tup
     return ds.filter(plain(lambda image, label, key: table.lookup(key) > 0))
 
 
-def _list(root: Path, split_dirs: dict[str, Path], classes: list[str], hidden: list[Path], broken: list):
-    """The image files per (split folder, class); hidden entries and dangling links (as
-    (split, path)) are added to `hidden` and `broken`."""
-    files: list[_File] = []
-    ignored = 0
-    shards: dict[tuple[str, str], list[_File]] = {}
-    for split, base in split_dirs.items():
-        present = {class_name(p.name): p for p in base.iterdir() if p.is_dir() and not is_hidden(p.name)}
-        hidden += [p for p in base.iterdir() if is_hidden(p.name)] if base != split_dirs["train"] else []
-        broken += [(split, p) for p in sorted(base.iterdir()) if dangling(p)]  # a linked class folder gone
-        unknown = sorted(set(present) - set(classes))
-        if unknown:
-            raise DataError(f"{base} has class folders {unknown} that {split_dirs['train']} lacks",
-                            hint="use the same class folders in every split", config_key="dataset.path")
-        for label, cls in enumerate(classes):
-            if cls not in present:
-                continue
-            images, others, skipped, links = list_files(present[cls])
-            ignored += len(others)
-            hidden += skipped
-            broken += [(split, p) for p in links]
-            shard = [_File(p, str(p.relative_to(root)), split, label) for p in images]
-            shards[(split, cls)] = shard
-            files += shard
-    if not files:
-        raise DataError(f"no PNG/JPEG/BMP/GIF files under {root}", config_key="dataset.path",
-                        hint="arrange the images as DIR/<class name>/<image file>")
-    return files, ignored, shards
-
-
-def _scan_and_cache(files: list[_File], shards: dict, scan_cache: ScanCache, store: PixelShards,
+def _scan_and_cache(files: list[ImageFile], shards: dict, scan_cache: ScanCache, store: PixelShards,
                     limits: Limits, adapt: Adapt) -> dict:
     """Fill every file's info and every class shard's pixels, reading only what the caches lack.
     Replaces `shards` values by the shard keys (fingerprints) the source reads. Each file read is
@@ -369,8 +368,8 @@ def _scan_note(stats: dict, home: Path) -> str:
             f"cache {home}")
 
 
-def _summary(root: Path, classes: list[str], files: list[_File], good: list[_File], ignored: int,
-             hidden: list[Path]) -> list[str]:
+def _summary(title: str, classes: list[str], files: list[ImageFile], good: list[ImageFile], ignored: int,
+             hidden: list[Path], refused_rows: list[BadExample]) -> list[str]:
     per_class = collections.Counter(classes[f.label] for f in good)
     ok = [f for f in files if f.info.problem is None]
     sizes = collections.Counter(f"{f.info.height}x{f.info.width}" for f in ok)
@@ -378,8 +377,9 @@ def _summary(root: Path, classes: list[str], files: list[_File], good: list[_Fil
     formats = collections.Counter(f.path.suffix.lower().lstrip(".") for f in files)
     notes = collections.Counter(part for f in ok if f.info.note for part in f.info.note.split("; "))
     rotated = sum(1 for f in ok if f.info.orientation not in (1, None))
-    lines = [f"image folder {root}: {len(files)} image files, {len(good)} readable, "
-             f"{len(files) - len(good)} refused" + (f", {ignored} non-image files ignored" if ignored else ""),
+    lines = [f"{title}: {len(files)} image files, {len(good)} readable, "
+             f"{len(files) - len(good)} refused" + (f", {ignored} non-image files ignored" if ignored else "")
+             + (f"; {len(refused_rows)} table rows refused before reading (errors.jsonl)" if refused_rows else ""),
              "per class: " + ", ".join(f"{c} {per_class[c]}" for c in classes),
              "sizes: " + ", ".join(f"{k} ({v})" for k, v in sizes.most_common(5))
              + (f", ... {len(sizes) - 5} more" if len(sizes) > 5 else ""),

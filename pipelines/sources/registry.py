@@ -12,7 +12,7 @@ from typing import Callable
 from safetrain.pipelines.sources.base import Source
 from safetrain.pipelines.sources.digits import SklearnDigits
 from safetrain.pipelines.sources.idx import find_idx_files, idx_source
-from safetrain.pipelines.sources.image_folder import image_folder_source
+from safetrain.pipelines.sources.image_folder import image_folder_source, image_table_source
 from safetrain.pipelines.sources.tfds_source import open_builder, tfds_source
 from safetrain.config.schema import DatasetConfig
 from safetrain.core.registry import Registry
@@ -52,3 +52,8 @@ def _idx(cfg: DatasetConfig) -> Source:
 @SOURCES.register("image_folder")
 def _image_folder(cfg: DatasetConfig) -> Source:
     return image_folder_source(cfg)
+
+
+@SOURCES.register("image_table")
+def _image_table(cfg: DatasetConfig) -> Source:
+    return image_table_source(cfg)

@@ -20,7 +20,13 @@ class Source(Enum):
     digits = "digits"              # embedded: scikit-learn's 8x8 digits via a TFDS builder
     tfds = "tfds"                  # any TFDS catalog name (dataset.name)
     image_folder = "image_folder"  # one sub-folder per class (dataset.path)
+    image_table = "image_table"    # a CSV/TSV/JSON Lines table of image paths and labels (dataset.table)
     idx = "idx"                    # MNIST-family IDX .gz files (dataset.path)
+
+
+# The sources read through the image-folder machinery (scan, decode-once cache, duplicates, carved
+# splits, suspect labels): a folder is a table built from the tree.
+FILE_SOURCES = (Source.image_folder, Source.image_table)
 
 
 class ImageDType(Enum):
@@ -161,10 +167,24 @@ class SplitsConfig:
 
 
 @dataclass
+class TableColumns:
+    """dataset=image_table: which column holds what; null = the first column of a common name."""
+
+    path: Optional[str] = None           # null: path, filepath, filename, file, image, image_path, image_id, id, ...
+    label: Optional[str] = None          # null: label, labels, class, class_name, category, target
+    group: Optional[str] = None          # null: a column named group, if any (rows of one group stay in one split)
+    split: Optional[str] = None          # null: a column named split, if any (train, val, test per row)
+
+
+@dataclass
 class DatasetConfig:
     source: Source = Source.digits       # where the examples come from (pipelines.sources.registry)
     name: str = "digits"                 # TFDS catalog name when source=tfds
-    path: Optional[str] = None           # folder for image_folder / idx
+    path: Optional[str] = None           # folder for image_folder / idx; image_table: the images' root (null: the table's folder)
+    table: Optional[str] = None          # image_table: the .csv, .tsv or .jsonl file
+    columns: TableColumns = field(default_factory=TableColumns)  # image_table: the columns by name
+    extension: Optional[str] = None      # image_table: appended to paths without one (Kaggle ids: png)
+    classes: Optional[List[str]] = None  # image_table: the labels allowed, in class-id order; null = the labels found
     local_idx_dirs: List[str] = field(default_factory=list)  # tfds: IDX folders tried before downloading
     data_dir: Optional[str] = None       # TFDS data dir; null = TFDS default (~/tensorflow_datasets)
     download: bool = True                # false: never touch the network, use prepared data only

@@ -9,7 +9,7 @@ import logging
 
 import numpy as np
 
-from safetrain.config.schema import Config
+from safetrain.config.schema import FILE_SOURCES, Config
 from safetrain.experiment import results, visuals
 from safetrain.pipelines.build import Datasets
 from safetrain.record import names as run_files
@@ -70,7 +70,7 @@ def analyse_test(cfg: Config, steps: Steps, data: Datasets, record: RunRecord, s
     shown = [as_it_looks(images[int(i)], test.keys[int(i)], data) for i in chosen]
     grid = results.top_losses_figure(shown, test, chosen, names, out / run_files.TOP_LOSSES)
     record.image("test/top_losses", grid, step=step)
-    if cfg.dataset.source.value == "image_folder":
+    if cfg.dataset.source in FILE_SOURCES:
         _suspect_labels(cfg, steps, data, record, test)
 
 

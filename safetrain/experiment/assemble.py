@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from safetrain.config.schema import Config, Mode
+from safetrain.config.schema import FILE_SOURCES, Config, Mode
 from safetrain.experiment.validate_recipe import best_mode
 from safetrain.pipelines.build import Datasets
 from safetrain.record.run_record import RunRecord
@@ -139,7 +139,7 @@ def _budget(cfg: Config, task: Task, data: Datasets, record: RunRecord, loop: Tr
     cap = min(spe * t.epochs, t.max_steps or spe * t.epochs)
     timed = data.eval if data.eval is not None else data.test
     counts = data.counts
-    folder = cfg.dataset.source.value == "image_folder"  # its pictures also pass over eval (suspect labels)
+    folder = cfg.dataset.source in FILE_SOURCES  # its pictures also pass over eval (suspect labels)
     return Budget(parse_budget(t.time_budget), task.horizon, cap=cap, steps_per_epoch=spe,
                   batch_size=t.batch_size, eval_examples=counts.get("eval", 0) if evaluation else 0,
                   test_examples=counts.get("test", 0),

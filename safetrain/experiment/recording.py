@@ -90,8 +90,9 @@ _FINDING_KEYS = {ErrorKind.duplicate: "dataset.near_duplicate_radius", ErrorKind
 
 
 def _record_findings(record: RunRecord, cfg: Config, data: Datasets) -> None:
-    """What an image folder's scan found beyond bad examples: the scan's work, duplicates, leakage."""
-    for key in ("scan", "duplicates", "selected"):
+    """What an image folder's (or table's) scan found beyond bad examples: the scan's work, the
+    table's rows, duplicates, groups kept whole, leakage."""
+    for key in ("table", "scan", "duplicates", "groups", "selected"):
         if key in data.report:
             record.report.data[key] = data.report[key]
     record.report.data["splits"] = data.splits
@@ -106,6 +107,11 @@ def _record_findings(record: RunRecord, cfg: Config, data: Datasets) -> None:
                   else "kept (dataset.on_leakage=warn: set drop_from_eval or error)")
         log.warning("warning: %d image(s) appear in two splits (leakage), %s; all in errors.jsonl; first: %s",
                     dup["cross_split"], action, first)
+    cut = data.report.get("groups", {}).get("crossing_fixed")
+    if cut:
+        first = next(e.message for e in data.events if e.kind == ErrorKind.leakage and "in group" in e.message)
+        log.warning("warning: %d group(s) have files in two of the splits you fixed (leakage); all in errors.jsonl; "
+                    "first: %s", cut, first)
     if dup and dup["exact"] + dup["near"] - dup["cross_split"] - dup["conflicting_labels"] > 0:
         log.info("duplicates within a split: %d exact, %d near (pHash radius %s of 256, confirmed on the pixels), "
                  "listed in errors.jsonl", dup["exact"] - dup["conflicting_labels"], dup["near"], dup["near_radius"])

@@ -19,7 +19,7 @@ from safetrain.models.backbones import BACKBONES, check_input, parse_backbone
 from safetrain.models.shapes import ModelPlan, infer
 from safetrain.models.parse import parse_layers
 from safetrain.train.cluster import current_task
-from safetrain.config.schema import AUTO, Config, Normalization, OnOom, Source, StrategyKind
+from safetrain.config.schema import AUTO, FILE_SOURCES, Config, Normalization, OnOom, Source, StrategyKind
 from safetrain.core.errors import ConfigError
 from safetrain.train.throughput import divisors
 from safetrain.train.optimizers import LOSS_ENCODING, LOSSES, OPTIMIZERS
@@ -74,7 +74,8 @@ def resolve(cfg: Config) -> Config:
     image = d.image
     if image.normalization is Normalization.backbone and b.name in BACKBONES.names():
         image = dataclasses.replace(image, normalization=Normalization(BACKBONES.get(b.name).normalization))
-    dataset = dataclasses.replace(d, path=_absolute(d.path), data_dir=_absolute(d.data_dir), image=image)
+    dataset = dataclasses.replace(d, path=_absolute(d.path), table=_absolute(d.table), data_dir=_absolute(d.data_dir),
+                                  image=image)
     weights = b.weights if b.weights in (None, "imagenet") else _absolute(b.weights)
     model = dataclasses.replace(cfg.model, backbone=dataclasses.replace(b, weights=weights))
     # The default experiment's name on another dataset (`dataset=image_folder` without
@@ -108,11 +109,7 @@ def validate(cfg: Config) -> ModelPlan:
         raise ConfigError(f"dataset.num_classes={d.num_classes}: classification needs at least 2 classes.",
                           hint="set dataset.num_classes=null to take it from the data",
                           config_key="dataset.num_classes")
-    if d.source in (Source.image_folder, Source.idx) and not d.path:
-        raise ConfigError(
-            f"dataset.source={d.source.value} reads files from dataset.path, which is not set.",
-            hint=f"set dataset.path=/path/to/{'class/folders' if d.source is Source.image_folder else 'idx/files'}",
-            config_key="dataset.path")
+    _check_source_paths(d)
     if d.pixel_range is not None and (len(d.pixel_range) != 2 or not d.pixel_range[0] < d.pixel_range[1]):
         raise ConfigError(f"dataset.pixel_range={list(d.pixel_range)} must be [min, max] with min < max.",
                           hint="set dataset.pixel_range=[0,255] (or [0,1] for float images in 0..1)",
@@ -239,12 +236,26 @@ def _check_folder_settings(d) -> None:
     _check_duplicates(d)
 
 
+def _check_source_paths(d) -> None:
+    """The file or folder each source reads is named."""
+    if d.source is Source.image_table and not d.table:
+        raise ConfigError("dataset.source=image_table reads its labels from dataset.table, which is not set.",
+                          hint="set dataset.table=/path/to/train.csv (a .csv, .tsv or .jsonl file with a path and a "
+                               "label column)", config_key="dataset.table")
+    if d.source in (Source.image_folder, Source.idx) and not d.path:
+        raise ConfigError(
+            f"dataset.source={d.source.value} reads files from dataset.path, which is not set.",
+            hint=f"set dataset.path=/path/to/{'class/folders' if d.source is Source.image_folder else 'idx/files'}",
+            config_key="dataset.path")
+
+
 def _check_splits(d) -> None:
     """`auto` splits (the folder's own train/, val/, test/) only where a folder decides them."""
     auto = [role for role in ("train", "eval", "test") if getattr(d.splits, role) == AUTO]
-    if auto and d.source is not Source.image_folder:
+    if auto and d.source not in FILE_SOURCES:
         raise ConfigError(f"dataset.splits.{auto[0]}=auto takes the split from an image folder's own train/, val/ and "
-                          f"test/ folders; dataset.source={d.source.value} needs a split string.",
+                          f"test/ folders (or a table's split column); dataset.source={d.source.value} needs a split "
+                          f"string.",
                           hint=f"set dataset.splits.{auto[0]}=train (TFDS syntax, slices allowed: train[:90%])",
                           config_key=f"dataset.splits.{auto[0]}")
 
