@@ -115,7 +115,7 @@ cfg.near_duplicate_radius = None
 if {kind!r} == "folder":
     cfg.source, cfg.path = Source.image_folder, {str(root)!r}
 else:
-    cfg.source, cfg.table = Source.image_table, {str(table)!r}
+    cfg.source, cfg.table, cfg.path = Source.image_table, {str(table)!r}, {str(root)!r}
 started = time.perf_counter()
 source = (image_folder_source if {kind!r} == "folder" else image_table_source)(OmegaConf.to_object(cfg))
 print(time.perf_counter() - started, source.report["scan"]["scanned"])

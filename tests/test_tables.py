@@ -306,3 +306,14 @@ def test_a_kaggle_folder_with_a_messy_csv_one_dry_run_names_every_problem_then_t
                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith(f"{picture}: ") and "Traceback" not in proc.stderr
+
+
+def test_a_table_with_no_usable_row_says_what_its_rows_are(flat, tmp_path):
+    from safetrain.pipelines.sources.image_folder import image_table_source
+
+    root, labels = flat
+    table = _write_csv(tmp_path / "elsewhere.csv", ["id", "label"], [[s, c] for s, c in labels.items()])
+    with pytest.raises(DataError) as refused:  # the paths are relative to root, and dataset.path is not set
+        image_table_source(_table_config(table, tmp_path, extension="png"))
+    assert f"none of its {len(labels)} rows is usable (missing_file {len(labels)})" in refused.value.message
+    assert refused.value.config_key == "dataset.path"

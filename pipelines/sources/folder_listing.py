@@ -66,6 +66,12 @@ def tree(cfg: DatasetConfig, root: Path) -> Listing:
 def from_table(cfg: DatasetConfig, table) -> Listing:
     """A table's good rows (pipelines.sources.table.Table) as the files of an image folder; its
     bad rows are bad examples, named by the table's file and line."""
+    if not table.rows:
+        kinds = table.report()["bad_rows"]
+        raise DataError(f"dataset.table={table.file}: none of its {table.total} rows is usable ("
+                        + ", ".join(f"{k} {n}" for k, n in kinds.items() if n) + f"); the first: {table.bad[0].reason}",
+                        hint="check dataset.path (the folder the paths are relative to; null: the table's folder), "
+                             "dataset.extension and dataset.columns.path", config_key="dataset.path")
     classes = list(cfg.classes) if cfg.classes else sorted({r.label for r in table.rows})
     if len(classes) < 2:
         raise DataError(f"dataset.table={table.file} has {len(classes)} label{'s' if len(classes) != 1 else ''} "
