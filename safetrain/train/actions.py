@@ -23,7 +23,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from safetrain.core.run_state import Position
-from safetrain.train.metrics import Totals
+from safetrain.train.metrics import METRICS, Totals
 
 PROBE_STEPS = 3  # steps whose per-variable gradients are checked for being exactly zero
 
@@ -192,8 +192,6 @@ class Evaluate(BaseAction):
 
 def _short(name: str) -> str:
     """A metric's console label ("acc" for accuracy)."""
-    from safetrain.train.metrics import METRICS
-
     return METRICS.get(name).label or name if name in METRICS else name
 
 
