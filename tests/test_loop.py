@@ -123,7 +123,7 @@ class FakeRecord:
 
 def make_loop(*, epochs=2, steps_per_epoch=5, max_steps=None, every_steps=3, every_seconds=None, log_every=2,
               on_nan=OnNan.stop, batches=None, start=Position(), step_seconds=1.0, guard=None, probe_steps=3,
-              steps_per_loop=1):
+              steps_per_loop=1, epoch_seconds=0.0):
     clock = FakeClock()
     steps = FakeSteps(clock, step_seconds)
     cfg = TrainerConfig(epochs=epochs, max_steps=max_steps, on_nan=on_nan, log_every_steps=log_every,
@@ -144,7 +144,7 @@ def make_loop(*, epochs=2, steps_per_epoch=5, max_steps=None, every_steps=3, eve
                      progress=progress, started=0.0, clock=clock, guard=guard, steps_per_loop=steps_per_loop)
     evaluation = Evaluate(loop.evaluate, [("images", "labels")], record)
     loop.actions = [probe, LogScalars(log_every, record, progress, timer, learning_rate=lambda: 0.01), evaluation,
-                    SaveCheckpoints(checkpoints, every_steps, every_seconds, clock)]
+                    SaveCheckpoints(checkpoints, every_steps, every_seconds, clock, epoch_seconds=epoch_seconds)]
     return loop, steps, record, checkpoints, evaluation, dead, seen
 
 
@@ -154,6 +154,22 @@ def test_checkpoints_every_n_steps_at_epoch_ends_and_the_start():
     assert result.steps == 10 and result.epochs == 2
     assert checkpoints.saved == [Position(0, 1, 0), Position(3, 1, 3), Position(5, 2, 0), Position(6, 2, 1),
                                  Position(9, 2, 4), Position(10, 3, 0)]
+
+
+def test_short_epochs_save_at_most_every_epoch_seconds_and_always_where_training_ends():
+    """5 one-second steps an epoch, epoch-end saves at most every 12 s: the ends at t=15 and t=30
+    save (12 s and more since the last), the others do not; the last epoch's end saves at t=35."""
+    loop, _, _, checkpoints, _, _, _ = make_loop(epochs=7, steps_per_epoch=5, every_steps=1000, epoch_seconds=12.0)
+    result = loop.run()
+    assert result.steps == 35
+    assert checkpoints.saved == [Position(0, 1, 0), Position(15, 4, 0), Position(30, 7, 0), Position(35, 8, 0)]
+
+
+def test_an_epoch_end_where_the_step_limit_stops_training_saves_though_a_save_was_recent():
+    loop, _, _, checkpoints, _, _, _ = make_loop(epochs=7, steps_per_epoch=5, max_steps=12, every_steps=1000,
+                                                 epoch_seconds=100.0)
+    loop.run()
+    assert checkpoints.saved == [Position(0, 1, 0), Position(12, 3, 2)]
 
 
 def test_checkpoints_every_s_seconds_on_the_fake_clock_counted_from_the_last_save():

@@ -33,6 +33,10 @@ from safetrain.train.throughput import WallTime
 
 log = logging.getLogger("safetrain")
 
+# Epoch ends save a checkpoint at most this often (and always where training ends); steps and
+# seconds (trainer.checkpoint_every_*) and SIGTERM/SIGINT save as configured.
+EPOCH_SAVE_SECONDS = 10.0
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -121,7 +125,8 @@ def assemble(cfg: Config, task: Task, data: Datasets, record: RunRecord, loop: T
         average and SwitchWeights(average.use, False),           # the trained weights back,
         budget,                                                  # the steps that fit the time budget,
         SaveCheckpoints(checkpoints, t.checkpoint_every_steps,   # and last, a checkpoint of what
-                        t.checkpoint_every_seconds, time.perf_counter),  # all of them decided
+                        t.checkpoint_every_seconds, time.perf_counter,   # all of them decided
+                        epoch_seconds=EPOCH_SAVE_SECONDS),
     ) if action]
     for action in actions:
         checkpoints.track(action.checkpointed())

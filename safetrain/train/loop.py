@@ -133,7 +133,8 @@ class TrainLoop:
             result.train_loss, result.train_accuracy = totals.mean_loss, totals.accuracy
             # Where a resume starts: the next epoch, or the rest of this one (max_steps hit).
             resume_at = Position(result.steps, epoch + 1, 0) if completed else Position(result.steps, epoch, in_epoch)
-            end = EpochEnd(epoch=epoch, step=result.steps, totals=totals, next_position=resume_at)
+            end = EpochEnd(epoch=epoch, step=result.steps, totals=totals, next_position=resume_at,
+                           ending=lambda: epoch >= cfg.epochs or self._budget_spent() or self.stopped_early)
             line = [f"train loss {totals.mean_loss:.4f} acc {totals.accuracy:.4f}"]
             line += [text for action in self.actions if (text := action.after_epoch(end))]
             self.progress.end_epoch(" | ".join(line))
