@@ -2,6 +2,11 @@
 
     python scripts/new_experiment.py /data/pets pets            # writes configs/experiment/pets.yaml
     python scripts/new_experiment.py /data/pets pets --configs ~/my_configs   # your own config dir
+    python scripts/new_experiment.py /data/leaves/train.csv leaves            # a table of images and labels
+
+A table (.csv, .tsv, .jsonl) is read as `dataset=image_table` reads it (pipelines.sources.table:
+columns found by their common names, ids completed by the extension its files have, every bad
+row named); its usable rows are scanned like a folder's files and the experiment names the table.
 
 The folder holds one sub-folder per class (or train/ and test/ each holding them). The scan
 reads every file's header with Pillow (nothing is decoded but a sample): counts per class, image
@@ -430,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if not folder.is_file():
         found = scan(folder)
+    elif len(found.counts) < 2:
+        parser.error(f"{folder} has {len(found.counts)} label(s) among its usable training rows "
+                     f"({', '.join(sorted(found.counts)) or 'none'}); classification needs at least 2")
     if not found.readable:
         parser.error(f"no readable images ({', '.join(sorted(EXTENSIONS))}) under {folder}")
     print(f"scanned {len(found.readable) + len(found.unreadable)} files in {len(found.counts)} classes: "

@@ -287,7 +287,7 @@ class TrainerConfig:
     early_stopping: Optional[EarlyStoppingConfig] = field(default_factory=EarlyStoppingConfig)  # see its fields
     keep_best: Optional[bool] = None     # test and export the best eval epoch's weights; null = when eval exists
     ema: Optional[float] = None          # decay of a weights' moving average for eval/test/export; null = off
-    checkpoint_every_steps: int = 200    # also at every epoch end and on SIGTERM/SIGINT
+    checkpoint_every_steps: int = 200    # also at epoch ends (at most every 10 s), at the end, on SIGTERM/SIGINT
     checkpoint_every_seconds: Optional[float] = None  # also save when this long has passed since the last save
     log_every_steps: int = 10            # TensorBoard scalars and log lines
     steps_per_loop: Any = AUTO           # train steps per graph call (int dividing log/checkpoint_every_steps) | auto

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
+from safetrain.config.schema import Schedule
 from safetrain.core.registry import Registry
 
 METRICS: Registry[type["Metric"]] = Registry("metric", "trainer.metrics")
@@ -184,7 +185,7 @@ def eval_names(trainer, optimizer) -> list[str]:
     names = ["loss", *trainer.metrics]
     if trainer.early_stopping is not None:
         names.append(trainer.early_stopping.metric)
-    if getattr(optimizer.schedule, "value", optimizer.schedule) == "plateau":
+    if optimizer.schedule is Schedule.plateau:
         names.append(optimizer.plateau_metric)
     return list(dict.fromkeys(names))
 
