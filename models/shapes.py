@@ -30,6 +30,12 @@ class ModelPlan:
     num_classes: int
     rows: tuple[Row, ...]
     backbone: BackboneSpec | None = None  # a pretrained backbone before `layers` (its row follows the input)
+    multi_label: bool = False  # dataset.task=multi_label: a sigmoid per label, not a softmax over the classes
+
+    @property
+    def activation(self) -> str:
+        """How the head's logits become probabilities (training's loss, eval, export and predict)."""
+        return "sigmoid" if self.multi_label else "softmax"
 
     @property
     def total_params(self) -> int:
@@ -58,7 +64,7 @@ class ModelPlan:
 
 
 def infer(layers: list[LayerSpec], input_shape: Shape, num_classes: int,
-          backbone: BackboneSpec | None = None) -> ModelPlan:
+          backbone: BackboneSpec | None = None, multi_label: bool = False) -> ModelPlan:
     rows = [Row(None, "input", tuple(input_shape), 0, 0)]
     shape: Shape = tuple(input_shape)
     if backbone is not None:
@@ -76,10 +82,11 @@ def infer(layers: list[LayerSpec], input_shape: Shape, num_classes: int,
             f"(model.layers.{len(layers) - 1}, {layers[-1].label()}) gives {_show(shape)}",
             hint="append {type: flatten} or {type: global_avg_pool} to model.layers",
             config_key=f"model.layers.{len(layers) - 1}")
-    rows.append(Row(None, f"head dense {num_classes} (logits, float32)", (num_classes,),
+    activation = "a sigmoid per label" if multi_label else "softmax"
+    rows.append(Row(None, f"head dense {num_classes} (logits, float32; {activation})", (num_classes,),
                     shape[0] * num_classes + num_classes, 2 * shape[0] * num_classes))
     if len(shape) != 1:
         raise SpecError(f"the classification head needs a flat feature vector, but the model input is {_show(shape)} "
                         f"and model.layers is empty", hint="list layers under model.layers (or pick model=cnn_small)",
                         config_key="model.layers")
-    return ModelPlan(tuple(layers), tuple(input_shape), num_classes, tuple(rows), backbone)
+    return ModelPlan(tuple(layers), tuple(input_shape), num_classes, tuple(rows), backbone, multi_label)

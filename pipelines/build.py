@@ -153,7 +153,7 @@ def _scan_splits(pipe: "_Pipeline", names: dict[str, str]) -> tuple[dict[str, tf
             # Every example was checked at the source's own scan: no second pass (it would cost a
             # read of the whole split before the first step and find nothing new).
             found.class_counts[name] = [int(n) for n in source.class_counts(split)]
-            found.counts[name] = sum(found.class_counts[name])
+            found.counts[name] = source.examples(split) if source.examples else sum(found.class_counts[name])
             continue
         scanned = scan(base, split, pipe.check_args, want_stats=want_stats)
         found.counts[name] = scanned.good
@@ -173,7 +173,10 @@ class _Pipeline:
         self.cfg, self.source, self.spec, self.plan, self.seed = cfg, source, spec, plan, seed
         self.check_args = dict(value_range=source.spec.value_range, num_classes=source.spec.num_classes,
                                size=(spec.height, spec.width) if plan.check_size else None,
-                               channels=spec.channels if plan.check_channels else None)
+                               channels=spec.channels if plan.check_channels else None,
+                               multi_label=source.spec.multi_label)
+        # One class id fits int32; a label set is an int64 bit mask (up to 63 labels).
+        self.label_dtype = tf.int64 if source.spec.multi_label else tf.int32
         self.parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         self.keep_uint8 = source.spec.dtype == "uint8" and plan.resize is None and plan.channels is None and \
             (source.spec.height, source.spec.width, source.spec.channels) == spec.shape
@@ -182,6 +185,7 @@ class _Pipeline:
 
     def checked(self, split: str) -> tf.data.Dataset:
         cfg, spec, plan, check_args, keep_uint8 = self.cfg, self.spec, self.plan, self.check_args, self.keep_uint8
+        label_dtype = self.label_dtype
         ds = self.source.read(split)
         if cfg.max_examples:
             ds = ds.take(cfg.max_examples)
@@ -192,12 +196,12 @@ class _Pipeline:
                 status = checks.example_status(image, label, **check_args)
                 # tf.cond, not tf.where: a broadcast select of the whole image cost 0.3 ms an example
                 kept = tf.cond(tf.equal(status, checks.OK), lambda: image, lambda: tf.zeros_like(image))
-                return tf.ensure_shape(kept, spec.shape), tf.cast(label, tf.int32), status, key
+                return tf.ensure_shape(kept, spec.shape), tf.cast(label, label_dtype), status, key
             raw = tf.cast(image, tf.float32)
             status = checks.example_status(raw, label, **check_args)
             adapted = tf.cond(tf.equal(status, checks.OK), lambda: adapt(raw, plan, spec),
                               lambda: tf.zeros(spec.shape, tf.float32))
-            return adapted, tf.cast(label, tf.int32), status, key
+            return adapted, tf.cast(label, label_dtype), status, key
 
         ds = ds.map(prepare, **self.parallel)
         expected = self.source.count(split)

@@ -79,4 +79,12 @@ def normalize(image: tf.Tensor, spec: ImageSpec, value_range: tuple[float, float
 def encode(label: tf.Tensor, cfg: DatasetConfig, num_classes: int) -> tf.Tensor:
     if cfg.label_encoding is LabelEncoding.one_hot:
         return tf.one_hot(label, num_classes, dtype=tf.float32)
+    if cfg.label_encoding is LabelEncoding.multi_hot:
+        return multi_hot(label, num_classes)
     return label
+
+
+def multi_hot(mask: tf.Tensor, num_classes: int) -> tf.Tensor:
+    """Label sets as int64 bit masks (bit i: label i) -> 0/1 rows, float32 (..., num_classes)."""
+    bits = tf.bitwise.right_shift(tf.cast(mask, tf.int64)[..., None], tf.range(num_classes, dtype=tf.int64))
+    return tf.cast(tf.bitwise.bitwise_and(bits, 1), tf.float32)

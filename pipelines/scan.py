@@ -40,7 +40,7 @@ def scan(ds: tf.data.Dataset, split: str, check_args: dict, want_stats: bool) ->
         status = status.numpy()
         ok = status == checks.OK
         good += int(ok.sum())
-        class_counts += np.bincount(labels.numpy()[ok], minlength=len(class_counts))[:len(class_counts)]
+        class_counts += checks.label_counts(labels.numpy()[ok], len(class_counts), check_args.get("multi_label", False))
         for code, k in zip(status[~ok], key.numpy()[~ok]):
             bad.append(BadExample(split=split, key=k.decode(), reason=checks.reason(int(code), **check_args)))
         if want_stats and ok.any():

@@ -46,6 +46,7 @@ class SourceSpec:
     num_classes: int
     value_range: tuple[float, float] = (0.0, 255.0)
     class_names: tuple[str, ...] = ()   # label id -> name, when the source knows them
+    multi_label: bool = False           # labels are sets, carried as int64 bit masks (bit i: label i)
 
     def names(self) -> list[str]:
         """A name per class: the source's, else the label id as text."""

@@ -8,6 +8,12 @@ classified. Prints one line per file:
     digit.png: 7 0.982 | 1 0.011 | 9 0.004
     notes.txt: error: not an image TensorFlow can decode (Unknown image file format...)
 
+A multi-label run prints the label set instead: every label at or above its threshold (tuned on
+eval, in signature.json), most probable first, or "none" and the most probable label:
+
+    shop.png: bag 0.941 | sneaker 0.702
+    empty.png: none (most probable: coat 0.212, threshold 0.384)
+
 `--tflite` classifies with export/model.tflite instead (TensorFlow's TFLite interpreter), each
 file prepared by the SavedModel's own `prepare_images` — the enforcement `classify` applies — so
 the two can be compared file by file.
@@ -99,11 +105,25 @@ def main(argv: list[str] | None = None) -> int:
             reason = err.strerror if isinstance(err, OSError) else _reason(err)
             print(f"{path}: error: {reason}")
             continue
-        best = probabilities.argsort()[::-1][:top_k]
-        print(f"{path}: " + " | ".join(f"{names[i]} {probabilities[i]:.3f}" for i in best))
+        print(f"{path}: {answer(probabilities, names, signature, top_k)}")
     if failed:
         print(f"safetrain.predict: {failed} of {len(files)} files could not be classified", file=sys.stderr)
     return EXIT_DATA if failed else 0
+
+
+def answer(probabilities, names: list[str], signature: dict, top_k: int) -> str:
+    """One file's line: the top_k classes with their probabilities; multi-label: every label at
+    or above its threshold (signature.json, tuned on eval), most probable first, or "none" with
+    the most probable label when no label reaches its threshold."""
+    order = probabilities.argsort()[::-1]
+    if signature.get("task") != "multi_label":
+        return " | ".join(f"{names[i]} {probabilities[i]:.3f}" for i in order[:top_k])
+    cut = signature["thresholds"]
+    chosen = [i for i in order if probabilities[i] >= cut[names[i]]]
+    if not chosen:
+        best = order[0]
+        return f"none (most probable: {names[best]} {probabilities[best]:.3f}, threshold {cut[names[best]]:.3f})"
+    return " | ".join(f"{names[i]} {probabilities[i]:.3f}" for i in chosen)
 
 
 def _size_refused(data: bytes, signature: dict, upright: bool) -> str | None:

@@ -89,7 +89,7 @@ def run_probe(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
      r"trainer\.early_stopping\.mode=max contradicts trainer\.early_stopping\.metric=loss, which improves by "
      r"going down"),
     (["trainer.early_stopping.metric=f1"],
-     r"trainer\.early_stopping\.metric='f1' is not a known metric\. Known metrics: accuracy, loss, macro_f1"),
+     r"trainer\.early_stopping\.metric='f1' is not a known metric\. Known metrics: accuracy, hamming_loss, loss, macro_f1, map"),
     (["dataset=image_table"], r"dataset\.source=image_table reads its labels from dataset\.table, which is not set"),
     (["trainer.lr_find=true", "optimizer.schedule=plateau"],
      r"trainer\.lr_find cannot honour optimizer\.schedule=plateau: plateau lowers the rate after epochs"),

@@ -35,6 +35,9 @@ class Source:
     # The split string per role (train, eval, test) when the source decides them (an image
     # folder's own train/, val/, test/ under dataset.splits.*=auto); None: dataset.splits as given.
     splits: dict[str, str | None] | None = None
+    # Examples a split string delivers, where class_counts cannot say it (multi-label: an image
+    # counts for each label of its set, or for none).
+    examples: Callable[[str], int] | None = None
 
     def count(self, split: str) -> int | None:
         """Examples a split string selects, before bad ones are dropped; None when unknown."""

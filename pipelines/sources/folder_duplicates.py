@@ -58,10 +58,10 @@ def find_duplicates(good: list, classes: list[str], cfg: DatasetConfig) -> Found
     for pair in exact:
         a, b = good[pair.a], good[pair.b]
         dup["exact"] += 1
-        if a.label != b.label:
+        if a.label_ids != b.label_ids:  # multi-label: two different label sets
             dup["conflicting_labels"] += 1
-            a.problem = f"the same image (identical bytes) as {b.key}, which is in class {classes[b.label]!r}"
-            b.problem = f"the same image (identical bytes) as {a.key}, which is in class {classes[a.label]!r}"
+            a.problem = f"the same image (identical bytes) as {b.key}, which is {_labelled(b, classes)}"
+            b.problem = f"the same image (identical bytes) as {a.key}, which is {_labelled(a, classes)}"
             continue
         found.pairs.append((a, b, pair, "identical bytes"))
     for pair, score in near:
@@ -105,3 +105,7 @@ def leakage(found: Found, membership: dict[str, list], policy: OnLeakage) -> Non
                         hint="remove the copies, or set dataset.on_leakage=drop_from_eval to keep only the "
                              "training copy (or warn to train anyway)", config_key="dataset.on_leakage")
 
+
+
+def _labelled(f, classes: list[str]) -> str:
+    return f"labelled {f.label_text(classes)}" if f.labels is not None else f"in class {classes[f.label]!r}"

@@ -8,10 +8,11 @@ same path through the scan, the cache, the duplicate search and the splits
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from safetrain.config.schema import DatasetConfig
+from safetrain.config.schema import MAX_LABELS, DatasetConfig
 from safetrain.core.errors import DataError
 from safetrain.pipelines.sources.folder_files import FileInfo, class_name, dangling, is_hidden, list_files
 from safetrain.pipelines.sources.folder_files import split_dirs as find_split_dirs
@@ -23,14 +24,30 @@ class ImageFile:
     path: Path
     rel: str          # relative to the root: the scan cache's key
     split_dir: str    # the split folder (or a table's split column value); "train" without either
-    label: int
+    label: int        # the class id; multi-label: the home label (its rarest; the cache's shard), 0 for none
     group: str | None = None  # a table's group column: kept whole by the splits safetrain carves
     info: FileInfo | None = None
     problem: str | None = None
+    labels: tuple[int, ...] | None = None  # multi-label: the label set's ids (maybe empty); None: single-label
 
     @property
     def key(self) -> str:
         return str(self.path)
+
+    @property
+    def label_ids(self) -> tuple[int, ...]:
+        """The ids this file counts for: its set (multi-label) or its one class."""
+        return self.labels if self.labels is not None else (self.label,)
+
+    @property
+    def mask(self) -> int:
+        """The label as the pipeline carries it: the class id, or the set as a bit mask (multi-label)."""
+        return sum(1 << i for i in self.labels) if self.labels is not None else self.label
+
+    def label_text(self, classes: list[str]) -> str:
+        if self.labels is None:
+            return repr(classes[self.label])
+        return "{" + ", ".join(repr(classes[i]) for i in self.labels) + "}" if self.labels else "no label"
 
 
 @dataclass
@@ -50,6 +67,7 @@ class Listing:
     broken: list[tuple[str, Path]] = field(default_factory=list)
     bad: list[BadExample] = field(default_factory=list)   # refused before a file was read (table rows)
     report: dict = field(default_factory=dict)            # report.json data (table: data.table)
+    multi_label: bool = False                             # files carry label sets (ImageFile.labels)
 
 
 def tree(cfg: DatasetConfig, root: Path) -> Listing:
@@ -72,8 +90,14 @@ def from_table(cfg: DatasetConfig, table) -> Listing:
                         + ", ".join(f"{k} {n}" for k, n in kinds.items() if n) + f"); the first: {table.bad[0].reason}",
                         hint="check dataset.path (the folder the paths are relative to; null: the table's folder), "
                              "dataset.extension and dataset.columns.path", config_key="dataset.path")
-    classes = list(cfg.classes) if cfg.classes else sorted({r.label for r in table.rows})
-    if len(classes) < 2:
+    multi = table.multi_label
+    found = {x for r in table.rows for x in r.labels} if multi else {r.label for r in table.rows}
+    classes = list(cfg.classes) if cfg.classes else sorted(found)
+    if multi and len(classes) > MAX_LABELS:
+        raise DataError(f"dataset.table={table.file} has {len(classes)} labels; multi-label runs take at most "
+                        f"{MAX_LABELS} (a label set travels as one 64-bit mask)", config_key="dataset.classes",
+                        hint="list the labels to train in dataset.classes (rows with others are then refused)")
+    if len(classes) < 2 and not multi:
         raise DataError(f"dataset.table={table.file} has {len(classes)} label{'s' if len(classes) != 1 else ''} "
                         f"among its {len(table.rows)} usable rows ({', '.join(map(repr, classes)) or 'none'}); "
                         f"classification needs at least 2", config_key="dataset.table",
@@ -82,6 +106,14 @@ def from_table(cfg: DatasetConfig, table) -> Listing:
         raise DataError(f"dataset.num_classes={cfg.num_classes} but {table.file.name} has {len(classes)} labels: "
                         f"{', '.join(classes)}", hint="set dataset.num_classes=null", config_key="dataset.num_classes")
     ids = {name: i for i, name in enumerate(classes)}
+    # Multi-label: a file's home (its shard in the cache, its class for slicing) is its rarest label.
+    often = collections.Counter(x for r in table.rows for x in r.labels)
+
+    def home(r) -> int:
+        if not multi:
+            return ids[r.label]
+        return min((ids[x] for x in r.labels), key=lambda i: (often[classes[i]], i), default=0)
+
     splits = sorted({r.split for r in table.rows if r.split}, key=lambda name: (name != "train", name)) or ["train"]
     if "train" not in splits:
         raise DataError(f"the split column {table.columns['split']!r} of {table.file.name} has no 'train' row "
@@ -89,16 +121,17 @@ def from_table(cfg: DatasetConfig, table) -> Listing:
                         hint="mark the training rows 'train' (val/valid/validation and test are the others)")
     shards: dict = {}
     files = []
-    for r in sorted(table.rows, key=lambda r: (ids[r.label], r.rel)):  # class order, then path: a folder's order
-        f = ImageFile(table.root / r.rel, r.rel, r.split or "train", ids[r.label], group=r.group)
-        shards.setdefault((f.split_dir, r.label), []).append(f)
+    for r in sorted(table.rows, key=lambda r: (home(r), r.rel)):  # class order, then path: a folder's order
+        f = ImageFile(table.root / r.rel, r.rel, r.split or "train", home(r), group=r.group,
+                      labels=tuple(sorted(ids[x] for x in r.labels)) if multi else None)
+        shards.setdefault((f.split_dir, classes[f.label]), []).append(f)
         files.append(f)
     shards = {(split, cls): shards[(split, cls)] for split in splits for cls in classes if (split, cls) in shards}
     bad = [BadExample(split=b.split or "train", key=f"{table.file.name}:{b.line}", reason=b.reason, kind=b.kind)
            for b in table.bad]
     return Listing(root=table.root, title=f"table {table.file} (images under {table.root})", classes=classes,
                    splits=splits, layout=bool(table.columns["split"]), files=files, shards=shards, bad=bad,
-                   report={"table": table.report()})
+                   report={"table": table.report()}, multi_label=multi)
 
 
 def _class_names(cfg: DatasetConfig, train_dir: Path, hidden: list[Path]) -> list[str]:

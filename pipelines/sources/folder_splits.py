@@ -109,3 +109,45 @@ def carve_units(sizes: list[int], bounds: list[tuple[int, int]]) -> list[int]:
                 mine = [i for i, q in enumerate(parts) if q == donor]
                 parts[mine[-1] if donor < empty else mine[0]] = empty
     return parts
+
+
+def carve_label_sets(label_sets: list[tuple[int, ...]], num_labels: int, bounds: list[tuple[int, int]]) -> list[int]:
+    """The carved slice (index into `bounds`) of each unit (a file, a group, a cluster of copies)
+    of a multi-label folder, from the units' label sets (the union over a unit's files): iterative
+    stratification (Sechidis et al., 2011, the `iterative-stratification` package), which gives
+    each slice its share of every label — rare ones first — where slicing by one class cannot.
+    Slices are cut one at a time (train from the rest, then eval from what is left, ...), with a
+    fixed random state: the same units in the same order give the same slices. Then a slice left
+    without a label that has a unit for each slice takes one unit with it from the slice that has
+    the most such units. Units are counted as one each, whatever their size."""
+    import numpy as np
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    count = len(label_sets)
+    y = np.zeros((count, max(num_labels, 1)), np.int64)
+    for i, labels in enumerate(label_sets):
+        y[i, list(labels)] = 1
+    shares = [hi - lo for lo, hi in bounds]
+    parts = np.full(count, len(bounds) - 1, np.int64)
+    remaining = np.arange(count)
+    for k in range(len(bounds) - 1):
+        share = shares[k] / sum(shares[k:])
+        if len(remaining) < 2:
+            parts[remaining] = k
+            break
+        cut = MultilabelStratifiedShuffleSplit(n_splits=1, train_size=share, test_size=1.0 - share, random_state=0)
+        taken, rest = next(cut.split(np.zeros((len(remaining), 1)), y[remaining]))
+        parts[remaining[taken]] = k
+        remaining = remaining[rest]
+    out = [int(p) for p in parts]
+    for label in range(num_labels):
+        holders = [i for i in range(count) if y[i, label]]
+        if len(holders) < len(bounds):
+            continue
+        for empty in range(len(bounds)):
+            if any(out[i] == empty for i in holders):
+                continue
+            held = [sum(out[i] == q for i in holders) for q in range(len(bounds))]
+            donor = max(range(len(bounds)), key=lambda q: (held[q], q == 0))
+            out[next(i for i in holders if out[i] == donor)] = empty
+    return out

@@ -45,7 +45,7 @@ from safetrain.pipelines.sources.folder_duplicates import Found, find_duplicates
 from safetrain.pipelines.sources.stratify import class_range
 from safetrain.pipelines.ops import plain
 from safetrain.pipelines.spec import BadExample, DataEvent, ImageSpec, SourceSpec, plan_adapters
-from safetrain.config.schema import DatasetConfig
+from safetrain.config.schema import DatasetConfig, TaskKind
 from safetrain.core.errors import DataError
 
 CACHE_FOLDER = "safetrain_image_folders"
@@ -85,10 +85,13 @@ def image_folder_source(cfg: DatasetConfig) -> Source:
 
 def image_table_source(cfg: DatasetConfig) -> Source:
     """dataset.table: the same scan, cache, checks and splits as a folder, from a table's rows."""
-    from safetrain.pipelines.sources.table import read_table
+    from safetrain.pipelines.sources.table import LabelSets, read_table
 
     started = time.perf_counter()
-    table = read_table(cfg.table, cfg.path, cfg.columns, cfg.extension, list(cfg.classes) if cfg.classes else None)
+    sets = LabelSets(cfg.label_separator, cfg.allow_empty_labels, tuple(cfg.columns.labels or ())) \
+        if cfg.task is TaskKind.multi_label else None
+    table = read_table(cfg.table, cfg.path, cfg.columns, cfg.extension, list(cfg.classes) if cfg.classes else None,
+                       sets=sets, separator=cfg.label_separator)
     return _source(cfg, from_table(cfg, table), _cache_outside(cfg, table.root), started)
 
 
@@ -114,7 +117,7 @@ def _source(cfg: DatasetConfig, listing: Listing, caches: Path, started: float) 
     unit_of, found.report["groups"] = groups.units(good, found.pairs)
     configured = {"train": cfg.splits.train, "eval": cfg.splits.eval, "test": cfg.splits.test}
     split_plan = folder_splits.plan(configured, listing.splits, layout=listing.layout)
-    selection = _Selection(good, split_plan, cfg.name, unit_of.of)
+    selection = _Selection(good, split_plan, cfg.name, unit_of.of, len(classes) if listing.multi_label else None)
     select, sizes = selection.select, selection.sizes
     roles = {role: s for role, s in split_plan.roles.items() if s}
     try:
@@ -144,7 +147,8 @@ def _source(cfg: DatasetConfig, listing: Listing, caches: Path, started: float) 
     bad = listing.bad + [BadExample(split=f.split_dir, key=f.key, reason=f.problem) for f in files if f.problem]
     bad += [BadExample(split=split, key=str(path), reason=link_problem(path)) for split, path in broken]
     spec = SourceSpec(name=cfg.name, height=declared.height, width=declared.width, channels=declared.channels,
-                      dtype="uint8", num_classes=len(classes), value_range=(0.0, 255.0), class_names=tuple(classes))
+                      dtype="uint8", num_classes=len(classes), value_range=(0.0, 255.0), class_names=tuple(classes),
+                      multi_label=listing.multi_label)
     shard_paths = {name: [store.path(name, cls, key) for (n, cls), key in shards_in.items() if n == name]
                    for name in listing.splits}
     leases = Leases(home)
@@ -155,7 +159,8 @@ def _source(cfg: DatasetConfig, listing: Listing, caches: Path, started: float) 
         return [f for f in select(split) if f.key not in found.dropped]
 
     def class_counts(split: str) -> list[int]:
-        per_class = collections.Counter(f.label for f in delivered(split))
+        """Examples per class (multi-label: images holding each label)."""
+        per_class = collections.Counter(i for f in delivered(split) for i in f.label_ids)
         return [per_class[label] for label in range(len(classes))]
 
     def read(split: str):
@@ -164,9 +169,11 @@ def _source(cfg: DatasetConfig, listing: Listing, caches: Path, started: float) 
         return _read_shards(paths, delivered(split), sum(shard_sizes[name_] for name_ in names), declared.shape)
 
     counts = {role: len([f for f in chosen if f.key not in found.dropped]) for role, chosen in membership.items()}
+    if listing.multi_label:
+        found.report["labels"] = _label_report({role: delivered(s) for role, s in roles.items()}, classes)
     return Source(spec=spec, read=read, bad=bad, notes=notes, sizes=sizes, class_counts=class_counts,
                   splits=split_plan.roles, report={**listing.report, **found.report, "selected": counts},
-                  events=found.events)
+                  events=found.events, examples=lambda split: len(delivered(split)))
 
 
 def _found_spec(name: str, scanned_ok: list[ImageFile], classes: list[str]) -> SourceSpec:
@@ -190,7 +197,8 @@ class _Selection:
     folder_splits.carve_units). With no groups and no copies every unit is one file: the plain
     stratified slice."""
 
-    def __init__(self, good: list[ImageFile], split_plan: folder_splits.SplitPlan, name: str, unit_of) -> None:
+    def __init__(self, good: list[ImageFile], split_plan: folder_splits.SplitPlan, name: str, unit_of,
+                 num_labels: int | None = None) -> None:
         grouped: dict[tuple[str, str], list[ImageFile]] = {}
         for f in sorted(good, key=lambda f: (f.info.sha256 or "", f.rel)):
             grouped.setdefault((f.split_dir, unit_of(f.key)), []).append(f)
@@ -203,10 +211,12 @@ class _Selection:
                       for split, per_class in self.by_split.items()}
         self.plan, self.name = split_plan, name
         self.bounds = sorted(split_plan.carved.values())
+        self.num_labels = num_labels  # multi-label: carved slices stratify label sets, not classes
+        self._label_set_parts: list[tuple[list[ImageFile], int]] | None = None
 
     def widened(self, classes: list[str]) -> list[str]:
         """What the carve changed for small classes, in words (the console says it)."""
-        if not self.bounds:
+        if not self.bounds or self.num_labels is not None:
             return []
         out, short = [], []
         for label, units in sorted(self.by_split[self.plan.folder].items()):
@@ -228,6 +238,9 @@ class _Selection:
         """A split string, sliced per class (stratified): each class keeps its share. A slice
         the folder plan carved is widened so that small classes are in every carved split."""
         chosen = []
+        if split in self.plan.carved and self.num_labels is not None:
+            part = self.bounds.index(self.plan.carved[split])
+            return [f for members, p in self._label_set_carve() if p == part for f in members]
         if split in self.plan.carved:
             part = self.bounds.index(self.plan.carved[split])
             for label, units in sorted(self.by_split[self.plan.folder].items()):
@@ -239,6 +252,16 @@ class _Selection:
                 lo, hi = class_range(_count(units), start, end, self.sizes[folder])
                 chosen += _take(units, lo, hi)
         return chosen
+
+
+    def _label_set_carve(self) -> list[tuple[list[ImageFile], int]]:
+        """Multi-label: every unit of the folder carved from, with its slice (computed once)."""
+        if self._label_set_parts is None:
+            units = [u for _, per in sorted(self.by_split[self.plan.folder].items()) for u in per]
+            sets = [tuple(sorted({i for f in u for i in f.label_ids})) for u in units]
+            parts = folder_splits.carve_label_sets(sets, self.num_labels, self.bounds)
+            self._label_set_parts = list(zip(units, parts))
+        return self._label_set_parts
 
 
 def _count(units: list[list[ImageFile]]) -> int:
@@ -291,8 +314,10 @@ def _scan_and_cache(files: list[ImageFile], shards: dict, scan_cache: ScanCache,
         f.info = scan_cache.get(f.rel, stat_of[f.rel])
     keys, to_write = {}, {}
     for (split, cls), members in shards.items():
+        # A multi-label file's set is in its record (as a bit mask): a changed set is a new shard.
         key = fingerprint(adapt.__dict__, limits.__dict__, versions(),
-                          [(f.rel, stat_of[f.rel].st_size, stat_of[f.rel].st_mtime_ns) for f in members])
+                          [(f.rel, stat_of[f.rel].st_size, stat_of[f.rel].st_mtime_ns)
+                           + ((f.mask,) if f.labels is not None else ()) for f in members])
         keys[(split, cls)] = key
         path = store.path(split, cls, key)
         if not path.exists():
@@ -318,7 +343,7 @@ def _scan_and_cache(files: list[ImageFile], shards: dict, scan_cache: ScanCache,
             f.info, f.problem = info, info.problem or problem
             scan_cache.put(f.rel, info)
             if f.problem is None:
-                writer.write(f.key, f.label, pixels)
+                writer.write(f.key, f.mask, pixels)
         for writer in writers.values():
             writer.commit()
     except BaseException:
@@ -336,7 +361,7 @@ def _scan_and_cache(files: list[ImageFile], shards: dict, scan_cache: ScanCache,
 def _missing_classes(found: Found, membership: dict, roles: dict, classes: list[str], allow: bool) -> list[str]:
     notes = []
     for role, chosen in membership.items():
-        have = {f.label for f in chosen if f.key not in found.dropped}
+        have = {i for f in chosen if f.key not in found.dropped for i in f.label_ids}
         missing = [classes[i] for i in range(len(classes)) if i not in have]
         if not missing:
             continue
@@ -359,6 +384,20 @@ def _missing_classes(found: Found, membership: dict, roles: dict, classes: list[
     return notes
 
 
+def _label_report(per_role: dict[str, list[ImageFile]], classes: list[str], top: int = 10) -> dict:
+    """Multi-label: images per label and empty sets per split, and the label pairs the training
+    split shows together most often (what the model may learn to predict together)."""
+    pairs: collections.Counter = collections.Counter()
+    for f in per_role.get("train", []):
+        pairs.update((a, b) for i, a in enumerate(f.labels) for b in f.labels[i + 1:])
+    return {"per_label": {role: dict(zip(classes, (sum(1 for f in files if i in f.labels)
+                                                   for i in range(len(classes)))))
+                          for role, files in per_role.items()},
+            "empty_sets": {role: sum(1 for f in files if not f.labels) for role, files in per_role.items()},
+            "cooccurrence_train": [{"labels": [classes[a], classes[b]], "images": n}
+                                   for (a, b), n in sorted(pairs.items(), key=lambda item: (-item[1], item[0]))[:top]]}
+
+
 def _single(values: set) -> int | None:
     return next(iter(values)) if len(values) == 1 else None
 
@@ -370,7 +409,7 @@ def _scan_note(stats: dict, home: Path) -> str:
 
 def _summary(title: str, classes: list[str], files: list[ImageFile], good: list[ImageFile], ignored: int,
              hidden: list[Path], refused_rows: list[BadExample]) -> list[str]:
-    per_class = collections.Counter(classes[f.label] for f in good)
+    per_class = collections.Counter(classes[i] for f in good for i in f.label_ids)
     ok = [f for f in files if f.info.problem is None]
     sizes = collections.Counter(f"{f.info.height}x{f.info.width}" for f in ok)
     chans = collections.Counter(f.info.channels for f in ok)

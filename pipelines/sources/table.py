@@ -15,6 +15,13 @@ rows. What a row can be refused for (report.json `data.table.bad_rows`, each row
     duplicate_row  one file listed again with the same label: the repeats (the first row is used)
     ragged         a row with more or fewer fields than the header; a JSON line that is not an object
 
+Multi-label (dataset.task=multi_label): a row's label is a set, written in the label column with
+a separator (`cat|dog`, dataset.label_separator; a JSON list too) or as one 0/1 column per label
+(dataset.columns.labels). An image with no label is `empty_label` unless
+dataset.allow_empty_labels (then it is a good row, counted: `empty_label_sets`); one file with
+two different sets is `conflicting`. A single-label table whose labels hold the separator is
+refused (exit 2): it has label sets, and dataset.task must say so.
+
 A missing or misnamed column is a configuration error (exit 2) listing the columns the file has.
 Windows separators (`cats\\001.png`) are read as folders and counted. The image folder machinery
 (pipelines.sources.image_folder) takes the good rows from here: one scan, cache, duplicate search
@@ -51,9 +58,10 @@ class Row:
 
     line: int                # the row's line in the file (the header is line 1 in CSV/TSV)
     rel: str
-    label: str
+    label: str               # multi-label: the set, sorted and joined with the separator (one text per set)
     group: str | None
     split: str | None
+    labels: tuple[str, ...] = ()  # multi-label: the set, sorted
 
 
 @dataclass(frozen=True)
@@ -75,19 +83,39 @@ class Table:
     total: int = 0           # data rows in the file
     windows_separators: int = 0
     extension_added: int = 0
+    multi_label: bool = False
 
     def report(self) -> dict:
         """report.json data.table."""
         kinds = collections.Counter(b.kind for b in self.bad)
-        return {"file": str(self.file), "root": str(self.root), "columns": self.columns, "rows": self.total,
-                "used": len(self.rows), "bad_rows": {k: kinds.get(k, 0) for k in BAD_KINDS},
-                "windows_separators": self.windows_separators, "extension_added": self.extension_added}
+        out = {"file": str(self.file), "root": str(self.root), "columns": self.columns, "rows": self.total,
+               "used": len(self.rows), "bad_rows": {k: kinds.get(k, 0) for k in BAD_KINDS},
+               "windows_separators": self.windows_separators, "extension_added": self.extension_added}
+        if self.multi_label:
+            sizes = collections.Counter(len(r.labels) for r in self.rows)
+            out.update(task="multi_label", empty_label_sets=sizes.get(0, 0),
+                       labels_per_image={str(k): v for k, v in sorted(sizes.items())})
+        return out
 
 
-def read_table(path: str, root: str | None, columns, extension: str | None, classes: list[str] | None) -> Table:
+@dataclass(frozen=True)
+class LabelSets:
+    """How a multi-label table writes its sets (dataset.task=multi_label)."""
+
+    separator: str = "|"                 # dataset.label_separator
+    allow_empty: bool = False            # dataset.allow_empty_labels
+    columns: tuple[str, ...] = ()        # dataset.columns.labels: one 0/1 column per label
+
+
+TRUE_VALUES, FALSE_VALUES = {"1", "1.0", "true", "yes", "y"}, {"0", "0.0", "false", "no", "n", ""}
+
+
+def read_table(path: str, root: str | None, columns, extension: str | None, classes: list[str] | None,
+               sets: LabelSets | None = None, separator: str = "|") -> Table:
     """The table at `path` (dataset.table), its paths relative to `root` (dataset.path; null: the
     table's folder), its columns named by `columns` (dataset.columns) or found by their common
-    names, judged row by row."""
+    names, judged row by row. `sets`: the table holds label sets (multi-label); without it, a
+    label holding `separator` is refused as a set."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError(f"dataset.table={path} is not a file", hint="point dataset.table at a .csv, .tsv or .jsonl "
@@ -102,17 +130,33 @@ def read_table(path: str, root: str | None, columns, extension: str | None, clas
         raise DataError(f"dataset.path={root} (the images' folder) is not a folder",
                         hint="set dataset.path to the folder the table's paths are relative to (null: the "
                              "table's own folder)", config_key="dataset.path")
-    header, records, ragged = _records(file, FORMATS[suffix])
-    used = _columns(file, header, columns)
-    table = Table(file=file, root=image_root, columns=used)
-    _judge(table, records, ragged, extension, classes)
+    header, records, ragged = _records(file, FORMATS[suffix], sets.separator if sets else separator)
+    used = _columns(file, header, columns, sets)
+    table = Table(file=file, root=image_root, columns=used, multi_label=sets is not None)
+    _judge(table, records, ragged, extension, classes, sets)
+    if sets is None:
+        _refuse_sets(table, separator)
     if not table.total:
         raise DataError(f"dataset.table={path} has no rows (only {'a header' if header else 'nothing'})",
                         hint="add one row per image: its path and its label", config_key="dataset.table")
     return table
 
 
-def _records(file: Path, delimiter: str | None) -> tuple[list[str], list[tuple[int, dict]], list[tuple[int, str]]]:
+def _refuse_sets(table: Table, separator: str) -> None:
+    """A single-label table whose labels hold the separator has label sets: say so (exit 2)."""
+    sets = [r for r in table.rows if separator in r.label]
+    if sets:
+        first = sets[0]
+        raise ConfigError(f"dataset.table={table.file.name} has label sets: line {first.line} labels {first.rel} "
+                          f"{first.label!r}" + (f" (and {len(sets) - 1} more rows)" if len(sets) > 1 else "")
+                          + f", and dataset.task=single_label would train {first.label!r} as one class of its own",
+                          hint=f"set dataset.task=multi_label trainer.loss=binary_crossentropy "
+                               f"dataset.label_encoding=multi_hot (labels split at {separator!r}: "
+                               f"dataset.label_separator)", config_key="dataset.task")
+
+
+def _records(file: Path, delimiter: str | None,
+             separator: str = "|") -> tuple[list[str], list[tuple[int, dict]], list[tuple[int, str]]]:
     """(the header, [(line, {column: value})], [(line, why)] for ragged rows)."""
     records, ragged = [], []
     with open(file, encoding="utf-8-sig", newline="") as handle:  # -sig: a byte-order mark is not a column name
@@ -131,7 +175,7 @@ def _records(file: Path, delimiter: str | None) -> tuple[list[str], list[tuple[i
                         ragged.append((line, f"a JSON {type(value).__name__}, not an object"))
                         continue
                     header += [k for k in value if k not in header]
-                    records.append((line, {k: _text(v) for k, v in value.items()}))
+                    records.append((line, {k: _text(v, separator) for k, v in value.items()}))
                 return header, records, ragged
             reader = csv.reader(handle, delimiter=delimiter)
             header = [h.strip() for h in next(reader, [])]
@@ -155,21 +199,28 @@ def _records(file: Path, delimiter: str | None) -> tuple[list[str], list[tuple[i
     return header, records, ragged
 
 
-def _text(value) -> str:
+def _text(value, separator: str = "|") -> str:
     if value is None:
         return ""
-    if isinstance(value, list):  # a label list in JSON: kept joined, for the multi-label reader to split
-        return "|".join(str(v) for v in value)
+    if isinstance(value, list):  # a label list in JSON: joined, for the multi-label reader to split
+        return separator.join(str(v) for v in value)
     return str(value)
 
 
-def _columns(file: Path, header: list[str], columns) -> dict[str, str | None]:
+def _columns(file: Path, header: list[str], columns, sets: LabelSets | None = None) -> dict:
     """The column used for each role; a named column that is missing, or a required role with no
     column of a common name, is refused listing the columns the file has."""
     have = ", ".join(repr(h) for h in header) or "none"
     folded = {h.lower(): h for h in header}
-    used: dict[str, str | None] = {}
-    for role, candidates, required in (("path", PATH_COLUMNS, True), ("label", LABEL_COLUMNS, True),
+    used: dict = {}
+    if sets is not None and sets.columns:  # one 0/1 column per label, instead of a label column
+        missing = [c for c in sets.columns if c not in header]
+        if missing:
+            raise ConfigError(f"dataset.columns.labels names {', '.join(map(repr, missing))}: {file.name} has no such "
+                              f"column (its columns: {have})", hint="list the table's 0/1 label columns in "
+                              "dataset.columns.labels", config_key="dataset.columns.labels")
+        used["labels"] = list(sets.columns)
+    for role, candidates, required in (("path", PATH_COLUMNS, True), ("label", LABEL_COLUMNS, "labels" not in used),
                                        ("group", GROUP_COLUMNS, False), ("split", SPLIT_COLUMNS, False)):
         named = getattr(columns, role, None) if columns is not None else None
         if named is not None:
@@ -190,8 +241,23 @@ def _columns(file: Path, header: list[str], columns) -> dict[str, str | None]:
     return used
 
 
+def _label_set(record: dict, cols: dict, sets: LabelSets) -> tuple[tuple[str, ...], str | None]:
+    """(a multi-label row's set, sorted; why the row is bad, or None)."""
+    if "labels" in cols:
+        found = []
+        for column in cols["labels"]:
+            value = record.get(column, "").strip().lower()
+            if value not in TRUE_VALUES | FALSE_VALUES:
+                return (), f"column {column!r} holds {record.get(column)!r}, not 0 or 1"
+            if value in TRUE_VALUES:
+                found.append(_name(column))
+        return tuple(sorted(set(found))), None
+    parts = (_name(p) for p in record.get(cols["label"], "").split(sets.separator))
+    return tuple(sorted({p for p in parts if p})), None
+
+
 def _judge(table: Table, records: list[tuple[int, dict]], ragged: list[tuple[int, str]], extension: str | None,
-           classes: list[str] | None) -> None:
+           classes: list[str] | None, sets: LabelSets | None = None) -> None:
     """Rows into good ones and bad ones, each bad one with its kind and reason."""
     cols, root = table.columns, table.root
     table.total = len(records) + len(ragged)
@@ -201,7 +267,8 @@ def _judge(table: Table, records: list[tuple[int, dict]], ragged: list[tuple[int
     listed: dict[str, list[Row]] = {}  # rows that passed the per-row checks, per file (in file order)
     for line, record in records:
         written = record.get(cols["path"], "").strip()
-        label = _name(record.get(cols["label"], ""))
+        label_set, unreadable = _label_set(record, cols, sets) if sets else ((), None)
+        label = sets.separator.join(label_set) if sets else _name(record.get(cols["label"], ""))
         group = _name(record.get(cols["group"], "")) if cols["group"] else None
         split = _name(record.get(cols["split"], "")) if cols["split"] else None
 
@@ -224,16 +291,22 @@ def _judge(table: Table, records: list[tuple[int, dict]], ragged: list[tuple[int
         if not (root / rel).is_file():
             bad("missing_file", f"{written}: no such file under {root}")
             continue
-        if not label:
-            bad("empty_label", f"{written} has no {cols['label']!r} value")
+        if unreadable:
+            bad("unknown_label", f"{written}: {unreadable}")
             continue
-        if allowed is not None and label not in allowed:
-            bad("unknown_label", f"{written} is labelled {label!r}, which is not in dataset.classes "
+        if not label and not (sets and sets.allow_empty):
+            where = "no label column is 1" if "labels" in cols else f"no {cols['label']!r} value"
+            bad("empty_label", f"{written} has {where}"
+                + (" (an image with no label: dataset.allow_empty_labels=true makes it a good one)" if sets else ""))
+            continue
+        unknown = [x for x in (label_set if sets else (label,)) if allowed is not None and x not in allowed]
+        if unknown:
+            bad("unknown_label", f"{written} is labelled {', '.join(map(repr, unknown))}, not in dataset.classes "
                                  f"({', '.join(classes)})")
             continue
-        listed.setdefault(rel, []).append(Row(line, rel, label, group or None, split))
+        listed.setdefault(rel, []).append(Row(line, rel, label, group or None, split, label_set))
     for rel, rows in listed.items():
-        labels = sorted({r.label for r in rows})
+        labels = sorted({r.label for r in rows})  # multi-label: one text per set
         if len(labels) > 1:  # one file, two labels: none of its rows can be trusted
             for r in rows:
                 table.bad.append(BadRow(r.line, "conflicting", f"line {r.line}: {rel} is listed with "

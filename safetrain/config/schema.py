@@ -45,8 +45,17 @@ class Normalization(Enum):
 
 
 class LabelEncoding(Enum):
-    sparse = "sparse"    # integer class ids; loss sparse_categorical_crossentropy
-    one_hot = "one_hot"  # float vectors; loss categorical_crossentropy
+    sparse = "sparse"        # integer class ids; loss sparse_categorical_crossentropy
+    one_hot = "one_hot"      # float vectors; loss categorical_crossentropy
+    multi_hot = "multi_hot"  # a 0/1 per label (dataset.task=multi_label); loss binary_crossentropy
+
+
+class TaskKind(Enum):
+    single_label = "single_label"  # one class per image: a softmax over the classes
+    multi_label = "multi_label"    # a set of labels per image (maybe empty): a sigmoid per label, thresholds
+
+
+MAX_LABELS = 63  # multi_label: a label set travels through the cache and the pipeline as one int64 bit mask
 
 
 class ResizePolicy(Enum):
@@ -174,6 +183,7 @@ class TableColumns:
     label: Optional[str] = None          # null: label, labels, class, class_name, category, target
     group: Optional[str] = None          # null: a column named group, if any (rows of one group stay in one split)
     split: Optional[str] = None          # null: a column named split, if any (train, val, test per row)
+    labels: Optional[List[str]] = None   # multi_label: one 0/1 column per label (instead of a label-set column)
 
 
 @dataclass
@@ -185,6 +195,9 @@ class DatasetConfig:
     columns: TableColumns = field(default_factory=TableColumns)  # image_table: the columns by name
     extension: Optional[str] = None      # image_table: appended to paths without one (Kaggle ids: png)
     classes: Optional[List[str]] = None  # image_table: the labels allowed, in class-id order; null = the labels found
+    task: TaskKind = TaskKind.single_label      # multi_label: each image has a set of labels (image_table)
+    label_separator: str = "|"           # multi_label: between the labels of a set in the label column (cat|dog)
+    allow_empty_labels: bool = False     # multi_label: an image with no label is a good example (counted), not a bad row
     local_idx_dirs: List[str] = field(default_factory=list)  # tfds: IDX folders tried before downloading
     data_dir: Optional[str] = None       # TFDS data dir; null = TFDS default (~/tensorflow_datasets)
     download: bool = True                # false: never touch the network, use prepared data only
@@ -262,9 +275,9 @@ class EarlyStoppingConfig:
     Off while `patience` is null: a node rather than null by default, because OmegaConf cannot merge
     `trainer.early_stopping={patience: 3}` into a null node."""
 
-    metric: str = "accuracy"            # the eval metric to watch, also what keep_best chooses on: loss, accuracy,
-                                        # macro_f1, top5_accuracy (safetrain.train.metrics); evaluated even if
-                                        # trainer.metrics leaves it out
+    metric: Optional[str] = None        # the eval metric to watch, also what keep_best chooses on (loss, accuracy,
+                                        # macro_f1, map, ...: safetrain.train.metrics); evaluated even if
+                                        # trainer.metrics leaves it out; null = the task's: accuracy | map
     mode: Optional[Mode] = None         # null = the metric's own direction (accuracy: max, loss: min)
     patience: Optional[int] = None      # epochs without an improvement before the run stops; null = off
     min_delta: float = 0.0              # an improvement must beat the best by more than this
@@ -282,8 +295,11 @@ class TrainerConfig:
     jit_compile: bool = False            # XLA; about 2x slower on CPU, so off by default
     loss: str = "sparse_categorical_crossentropy"  # registry: see safetrain.train.optimizers (LOSSES)
     label_smoothing: float = 0.0         # targets 1 - s + s/K and s/K (sparse and one-hot labels alike)
-    metrics: List[str] = field(default_factory=lambda: ["accuracy", "macro_f1"])  # eval and test, beside the
-                                         # loss: accuracy, macro_f1, top5_accuracy (safetrain.train.metrics)
+    metrics: Optional[List[str]] = None  # eval and test, beside the loss (safetrain.train.metrics); null = the
+                                         # task's: [accuracy, macro_f1] | [map, micro_f1, macro_f1, subset_accuracy,
+                                         # hamming_loss]
+    threshold_precision: Optional[float] = None  # multi_label: each label's threshold reaches this eval precision
+                                         # (the lowest such); null = the threshold with the best eval F1
     early_stopping: Optional[EarlyStoppingConfig] = field(default_factory=EarlyStoppingConfig)  # see its fields
     keep_best: Optional[bool] = None     # test and export the best eval epoch's weights; null = when eval exists
     ema: Optional[float] = None          # decay of a weights' moving average for eval/test/export; null = off

@@ -10,7 +10,7 @@ import logging
 import numpy as np
 
 from safetrain.config.schema import FILE_SOURCES, Config
-from safetrain.experiment import results, visuals
+from safetrain.experiment import label_sets, results, visuals
 from safetrain.pipelines.build import Datasets
 from safetrain.record import names as run_files
 from safetrain.record.run_record import RunRecord
@@ -72,6 +72,37 @@ def analyse_test(cfg: Config, steps: Steps, data: Datasets, record: RunRecord, s
     record.image("test/top_losses", grid, step=step)
     if cfg.dataset.source in FILE_SOURCES:
         _suspect_labels(cfg, steps, data, record, test)
+
+
+def analyse_label_sets(cfg: Config, steps: Steps, data: Datasets, record: RunRecord, step: int) -> np.ndarray:
+    """Multi-label: a threshold per label tuned on the eval split; the test split scored at them
+    (report.json test_NAME, TensorBoard test/NAME) and at 0.5 (test_at_0.5), the per-label table
+    and precision-recall picture. Returns the thresholds (the export serves them)."""
+    names = data.source.names()
+    count, metrics = len(names), record.report.metrics
+    evaluated = predictions(steps, data, "eval")[0]
+    if evaluated is not None and len(evaluated.labels):
+        thresholds = label_sets.tune(label_sets.label_matrix(evaluated.labels, count), evaluated.probabilities,
+                                     cfg.trainer.threshold_precision)
+    else:
+        thresholds = label_sets.fixed(count, "no eval split: 0.5")
+    metrics["task"] = "multi_label"
+    metrics["thresholds"] = thresholds.report(names)
+    test = predictions(steps, data, "test")[0] if data.test is not None else None
+    if test is not None and len(test.labels):
+        truth = label_sets.label_matrix(test.labels, count)
+        tuned = label_sets.scores(truth, test.probabilities, thresholds.values)
+        metrics.update({f"test_{name}": value for name, value in tuned.items()})
+        metrics["test_at_0.5"] = label_sets.scores(truth, test.probabilities, np.full(count, 0.5))
+        metrics["per_label"] = label_sets.per_label(truth, test.probabilities, thresholds.values, names)
+        record.scalars(step, {f"test/{name}": value for name, value in tuned.items()})
+        record.text("test/per_label", label_sets.table_text(metrics["per_label"]), step=step, code=False)
+        picture = label_sets.pr_figure(truth, test.probabilities, thresholds.values, names,
+                                       record.run_dir / run_files.RESULTS / run_files.PRECISION_RECALL)
+        record.image("test/precision_recall", picture, step=step)
+    log.info("thresholds (tuned on %d eval images): %s", thresholds.eval_examples,
+             ", ".join(f"{n} {v:.2f}" for n, v in zip(names, thresholds.values)))
+    return thresholds.values
 
 
 def as_it_looks(model_input: np.ndarray, key: str, data: Datasets) -> np.ndarray:

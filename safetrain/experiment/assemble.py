@@ -28,6 +28,7 @@ from safetrain.train.budget import Budget, parse_budget
 from safetrain.train.checkpoints import Checkpoints
 from safetrain.train.ema import EmaWeights
 from safetrain.train.loop import TrainLoop
+from safetrain.train.metrics import best_metric, task_of
 from safetrain.train.task import Task
 from safetrain.train.throughput import WallTime
 
@@ -53,10 +54,11 @@ def selection(cfg: Config) -> Selection:
     t, stopping = cfg.trainer, cfg.trainer.early_stopping
     # null: keep the best when there is an eval split (validate() refused an explicit true without one).
     keep = bool(cfg.dataset.splits.eval) if t.keep_best is None else t.keep_best
+    metric = best_metric(t, task_of(cfg.dataset))
     if stopping is None:
-        return Selection(keep=keep, patience=None)
-    return Selection(keep=keep, patience=stopping.patience, metric=stopping.metric,  # patience None: off
-                     higher=best_mode(stopping.metric, stopping.mode) is Mode.max, min_delta=stopping.min_delta)
+        return Selection(keep=keep, patience=None, metric=metric, higher=best_mode(metric, None) is Mode.max)
+    return Selection(keep=keep, patience=stopping.patience, metric=metric,  # patience None: off
+                     higher=best_mode(metric, stopping.mode) is Mode.max, min_delta=stopping.min_delta)
 
 
 def run_spec(cfg: Config, num_classes: int, chosen: Selection) -> dict:
@@ -68,6 +70,7 @@ def run_spec(cfg: Config, num_classes: int, chosen: Selection) -> dict:
             "dataset.image.height": image.height, "dataset.image.width": image.width,
             "dataset.image.channels": image.channels, "dataset.image.normalization": image.normalization.value,
             "dataset.num_classes": num_classes, "dataset.label_encoding": cfg.dataset.label_encoding.value,
+            "dataset.task": cfg.dataset.task.value,
             "model.layers": json.dumps(cfg.model.layers, sort_keys=True, default=str),
             **_backbone_spec(cfg)}
 

@@ -3,7 +3,8 @@
 `classify(images)` takes a batch of encoded image files (PNG, JPEG, BMP, GIF bytes) of any size
 and applies what training applied — decode, the channel and size adapters the config allows,
 the same normalization (with the training split's statistics for `standardize`) — then returns
-class probabilities, the top class id and its name. The enforcement is
+class probabilities, the top class id and its name (multi-label: a sigmoid per label, and
+`labels`, the 0/1 set at the thresholds tuned on eval, which signature.json also lists). The enforcement is
 `pipelines.serving.prepare_encoded`, the same adapter ops the training pipeline runs, so serving
 cannot drift from training. A SavedModel is a graph: loading it runs no Python from the export.
 
@@ -36,11 +37,20 @@ log = logging.getLogger("safetrain")
 SAMPLES = 8
 
 
+def probabilities_of(logits, multi_label: bool):
+    """The head's logits as probabilities: a softmax over the classes, or a sigmoid per label."""
+    logits = tf.cast(logits, tf.float32)
+    return tf.sigmoid(logits) if multi_label else tf.nn.softmax(logits, axis=-1)
+
+
 class Serving(tf.Module):
-    def __init__(self, model, data: Datasets, cfg: DatasetConfig, resize: str) -> None:
+    def __init__(self, model, data: Datasets, cfg: DatasetConfig, resize: str, thresholds=None) -> None:
         super().__init__()
         self.model = model
         self.class_names = tf.constant(data.source.names())
+        multi = data.source.multi_label
+        cut = tf.constant(np.asarray(thresholds if thresholds is not None else [0.5] * data.source.num_classes,
+                                     np.float32)) if multi else None
         spec, stats = data.spec, data.normalization_stats
         channels = cfg.channel_policy.value
 
@@ -50,9 +60,12 @@ class Serving(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
         def classify(images):
             x = tf.map_fn(prepare, images, fn_output_signature=tf.TensorSpec(spec.shape, tf.float32))
-            probabilities = tf.nn.softmax(tf.cast(self.model(tf.cast(x, spec.dtype), training=False), tf.float32))
+            probabilities = probabilities_of(self.model(tf.cast(x, spec.dtype), training=False), multi)
             top = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-            return {"probabilities": probabilities, "top_class": top, "top_name": tf.gather(self.class_names, top)}
+            out = {"probabilities": probabilities, "top_class": top, "top_name": tf.gather(self.class_names, top)}
+            if multi:  # the label set: each label at or above its threshold
+                out["labels"] = tf.cast(probabilities >= cut, tf.int32)
+            return out
 
         self.classify = classify
         preprocessing = data.preprocessing or f"normalization {spec.normalization} (dataset.image)"
@@ -76,13 +89,17 @@ class Serving(tf.Module):
 
 def export(model, data: Datasets, cfg: DatasetConfig, directory: Path,
            formats: tuple[str, ...] = ("saved_model", "keras"), float32_model=None, layer_of=None,
-           asked_resize: str = "bilinear") -> dict:
+           asked_resize: str = "bilinear", thresholds=None) -> dict:
     """Write the SavedModel and its self-check (always: safetrain.predict and the other formats'
     checks use it), `model.keras` and `model.tflite` when asked; return what report.json records.
     `float32_model()`: the same weights in a float32 model (TFLite has no bfloat16 kernels);
-    `layer_of(node_name)`: the LayerRef of the config entry a graph node came from (for a conversion error)."""
+    `layer_of(node_name)`: the LayerRef of the config entry a graph node came from (for a conversion error).
+    `thresholds`: multi-label, each label's (null: 0.5 each)."""
     resize, decided_by = serving_resize(cfg.resize.value, asked_resize)
-    serving = Serving(model, data, cfg, resize)
+    multi = data.source.multi_label
+    if multi and thresholds is None:
+        thresholds = [0.5] * data.source.num_classes
+    serving = Serving(model, data, cfg, resize, thresholds)
     tf.saved_model.save(serving, str(directory), signatures={"serving_default": serving.classify,
                                                              "describe": serving.describe})
     info = {"path": str(directory), "input": "encoded image files (PNG, JPEG, BMP, GIF), any size",
@@ -91,7 +108,10 @@ def export(model, data: Datasets, cfg: DatasetConfig, directory: Path,
             "resize": cfg.resize.value, "serving_resize": resize, "serving_resize_from": decided_by,
             "channel_policy": cfg.channel_policy.value,
             # the signature decodes as TensorFlow does (no EXIF); safetrain.predict turns photos upright first
-            "exif_orientation": cfg.exif_orientation.value}
+            "exif_orientation": cfg.exif_orientation.value,
+            "task": "multi_label" if multi else "single_label", "output": "a sigmoid per label" if multi else "softmax"}
+    if multi:
+        info["thresholds"] = {name: round(float(v), 6) for name, v in zip(data.source.names(), thresholds)}
     if "keras" in formats:
         info.update(_keras_file(model, directory / names.KERAS_FILE))
     (directory / names.SIGNATURE).write_text(json.dumps(info, indent=2) + "\n")
@@ -108,7 +128,8 @@ def export(model, data: Datasets, cfg: DatasetConfig, directory: Path,
 def tflite_export(model, float_model, data: Datasets, path: Path, tolerance: float, layer_of=None) -> dict:
     """`model.tflite`: the float32 copy of the model converted with TensorFlow's TFLite converter
     (builtin ops only: what an app's interpreter has), input = the model input (the app applies
-    signature.json's preprocessing), output = class probabilities. Checked with TensorFlow's TFLite
+    signature.json's preprocessing), output = class probabilities (multi-label: a sigmoid per
+    label; signature.json's thresholds make the set). Checked with TensorFlow's TFLite
     interpreter against the training model on the test split's first images; an op TFLite lacks is
     one message naming the op and the layer, and the rest of the export stands."""
     import tempfile
@@ -117,7 +138,10 @@ def tflite_export(model, float_model, data: Datasets, path: Path, tolerance: flo
 
     spec = data.spec
     inputs = keras.Input(spec.shape, dtype="float32", name="image")
-    wrapper = keras.Model(inputs, keras.layers.Softmax(dtype="float32", name="probabilities")(float_model(inputs)))
+    multi = data.source.multi_label
+    head = keras.layers.Activation("sigmoid", dtype="float32", name="probabilities") if multi else \
+        keras.layers.Softmax(dtype="float32", name="probabilities")
+    wrapper = keras.Model(inputs, head(float_model(inputs)))
     # Through Keras' own SavedModel export: converting a tf.function over the model (directly or
     # saved by tf.saved_model) left Keras 3's variables as TFLite resource variables that were never
     # initialized — measured: a 4 KB model whose every output was NaN.
@@ -139,7 +163,7 @@ def tflite_export(model, float_model, data: Datasets, path: Path, tolerance: flo
     images = _test_inputs(data)
     if images is None:
         return {"path": str(path), "bytes": len(flat), "max_abs_diff": None, "note": "no test images to compare"}
-    expected = tf.nn.softmax(tf.cast(model(images, training=False), tf.float32), axis=-1).numpy()
+    expected = probabilities_of(model(images, training=False), multi).numpy()
     got = run_tflite(flat, images.numpy())
     diff = float(np.max(np.abs(got - expected)))
     if diff > tolerance:
@@ -147,7 +171,7 @@ def tflite_export(model, float_model, data: Datasets, path: Path, tolerance: flo
                     diff, tolerance)
     return {"path": str(path), "bytes": len(flat), "max_abs_diff": round(diff, 6), "tolerance": tolerance,
             "compared_images": int(images.shape[0]), "input": f"{spec.describe()}: apply signature.json's "
-            f"preprocessing first", "output": "class probabilities"}
+            f"preprocessing first", "output": "a probability per label" if multi else "class probabilities"}
 
 
 @contextlib.contextmanager
@@ -247,7 +271,7 @@ def _self_check(serving: Serving, model, data: Datasets, samples: Path, toleranc
             return None  # float sources have no lossless PNG form; nothing to compare
         encoded.append(tf.io.encode_png(image).numpy())
         logits = model(data.model_input(image)[None], training=False)
-        expected.append(tf.nn.softmax(tf.cast(logits, tf.float32))[0].numpy())
+        expected.append(probabilities_of(logits, data.source.multi_label)[0].numpy())
     if not encoded:
         return None
     samples.mkdir(parents=True, exist_ok=True)

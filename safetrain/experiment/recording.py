@@ -79,9 +79,10 @@ def record_class_weights(record: RunRecord, cfg: Config, data: Datasets, weights
     if not weights:
         return
     names_ = data.source.names()
-    record.report.data["class_weights"] = dict(zip(names_, weights))
+    what = "positive_weights" if data.source.multi_label else "class_weights"  # multi-label: per label positives
+    record.report.data[what] = dict(zip(names_, weights))
     how = cfg.dataset.class_weights if isinstance(cfg.dataset.class_weights, str) else "a list"
-    log.info("class weights (dataset.class_weights: %s): %s", how,
+    log.info("%s (dataset.class_weights: %s): %s", what.replace("_", " "), how,
              ", ".join(f"{name} {w:.3g}" for name, w in zip(names_, weights)))
 
 
@@ -92,7 +93,7 @@ _FINDING_KEYS = {ErrorKind.duplicate: "dataset.near_duplicate_radius", ErrorKind
 def _record_findings(record: RunRecord, cfg: Config, data: Datasets) -> None:
     """What an image folder's (or table's) scan found beyond bad examples: the scan's work, the
     table's rows, duplicates, groups kept whole, leakage."""
-    for key in ("table", "scan", "duplicates", "groups", "selected"):
+    for key in ("table", "labels", "scan", "duplicates", "groups", "selected"):
         if key in data.report:
             record.report.data[key] = data.report[key]
     record.report.data["splits"] = data.splits
@@ -144,7 +145,7 @@ def record_loop(record: RunRecord, loop: TrainLoop, evaluation, model, wall: Wal
     report.model["weights_sha256"] = weights_digest(model)
     report.steps, report.epochs = r.steps, r.epochs
     report.time_to_first_step_s = r.time_to_first_step_s
-    report.metrics.update(train_loss=r.train_loss, train_accuracy=r.train_accuracy)
+    report.metrics.update({"train_loss": r.train_loss, f"train_{r.train_headline}": r.train_accuracy})
     if evaluation is not None:  # every eval metric, by name: eval_loss, eval_accuracy, eval_macro_f1, ...
         report.metrics.update({f"eval_{name}": value for name, value in evaluation.results.items()})
     report.throughput = loop.timer.summary()
@@ -194,18 +195,28 @@ def record_export(record: RunRecord, info: dict) -> None:
 def final_summary(record: RunRecord) -> None:
     report = record.report
     m, tp = report.metrics, report.throughput
-    acc = f"{m['test_accuracy']:.4f}" if m["test_accuracy"] is not None else "n/a"
-    if m.get("test_macro_f1") is not None:
-        acc += f" (macro F1 {m['test_macro_f1']:.4f})"
+    if m.get("task") == "multi_label":
+        scored = m.get("test_map") is not None
+        acc = (f"mAP {m['test_map']:.4f}, micro F1 {m['test_micro_f1']:.4f}, subset accuracy "
+               f"{m['test_subset_accuracy']:.4f} at the tuned thresholds (micro F1 {m['test_at_0.5']['micro_f1']:.4f} "
+               f"at 0.5)") if scored else "n/a"
+    else:
+        acc = "accuracy " + (f"{m['test_accuracy']:.4f}" if m["test_accuracy"] is not None else "n/a")
+        if m.get("test_macro_f1") is not None:
+            acc += f" (macro F1 {m['test_macro_f1']:.4f})"
     effective = tp.get("effective_examples_per_sec")
     rate = f"{effective:,.0f} examples/s" if effective else "n/a examples/s"
     if tp["examples_per_sec"]:
         rate += f" (training epochs; {tp['examples_per_sec']:,.0f} median steady-state step)"
     skipped = report.data.get("skipped", 0)
-    log.info("done: test accuracy %s | %s | %d step%s, %d epoch%s%s",
+    log.info("done: test %s | %s | %d step%s, %d epoch%s%s",
              acc, rate, report.steps, "" if report.steps == 1 else "s", report.epochs,
              "" if report.epochs == 1 else "s",
              f" | {skipped} bad examples skipped (errors.jsonl)" if skipped else "")
+    if m.get("per_label"):
+        rare = sorted(m["per_label"].items(), key=lambda item: (item[1]["support"], item[0]))[:3]
+        log.info("rarest labels (test): %s", ", ".join(
+            f"{name} F1 {r['f1']:.3f} at threshold {r['threshold']:.2f} ({r['support']} images)" for name, r in rare))
     if m.get("per_class"):
         worst = results.worst_classes(m["per_class"])
         log.info("worst classes (test F1): %s", ", ".join(

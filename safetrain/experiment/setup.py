@@ -107,12 +107,28 @@ def check_data(cfg: Config, data: Datasets) -> None:
             config_key="trainer.batch_size")
 
 
+def positive_weights(data: Datasets) -> list[float]:
+    """Multi-label dataset.class_weights=balanced: each label's positives weighed by its negatives
+    over its positives on the training split (the `pos_weight` of TensorFlow's weighted
+    cross-entropy), so a rare label's few positives count as much as its many negatives."""
+    images, counts = data.counts["train"], data.class_counts["train"]
+    empty = [name for name, n in zip(data.source.names(), counts) if not n]
+    if empty:
+        raise SpecError(f"dataset.class_weights=balanced: label {empty[0]!r} has no training image "
+                        f"(split {data.splits['train']!r}), so it has no positives to weigh",
+                        hint="give the weights as a list (one per label), or add images with that label",
+                        config_key="dataset.class_weights")
+    return [float((images - n) / n) if images > n else 1.0 for n in counts]
+
+
 def class_weights(cfg: Config, data: Datasets) -> list[float] | None:
     """dataset.class_weights for this data: balanced (scikit-learn's n / (K * n_class) over the
     training split's counts) or the given list, checked against the classes found."""
     weights, names = cfg.dataset.class_weights, data.source.names()
     if weights == ClassWeights.none:
         return None
+    if weights == ClassWeights.balanced and data.source.multi_label:
+        return positive_weights(data)
     if weights == ClassWeights.balanced:
         counts = data.class_counts["train"]
         empty = [name for name, n in zip(names, counts) if not n]

@@ -29,7 +29,7 @@ from safetrain.diagnose.diagnosis import diagnose
 from safetrain.diagnose.facts import is_safetrain_bug, layer_from_op
 from safetrain.diagnose.replay import locate_non_finite
 from safetrain.experiment import lr_find, precision, recording, setup
-from safetrain.experiment.analysis import analyse_test
+from safetrain.experiment.analysis import analyse_label_sets, analyse_test
 from safetrain.experiment.assemble import Assembly, assemble, record_best, run_spec, selection
 from safetrain.experiment.export import export
 from safetrain.experiment.setup import Hardware
@@ -105,7 +105,8 @@ def _run(cfg: Config, plan: ModelPlan, record: RunRecord, guard: SignalGuard | N
     class_weights = setup.class_weights(cfg, data)
     recording.record_class_weights(record, cfg, data, class_weights)
 
-    plan = infer(list(plan.layers), data.spec.shape, data.source.num_classes, backbone=plan.backbone)  # real input
+    plan = infer(list(plan.layers), data.spec.shape, data.source.num_classes, backbone=plan.backbone,  # real input
+                 multi_label=data.source.multi_label)
     recording.record_plan(record, cfg, plan)
     context.phase, context.input_spec = Phase.build, data.spec.describe()
     hardware = _precision(cfg, plan, data, hardware, math_mode)
@@ -173,15 +174,22 @@ def _fit(cfg: Config, task: Task, data: Datasets, hardware: Hardware, record: Ru
         recording.record_loop(record, loop, parts.evaluation, model, wall)
         if parts.budget is not None:
             record.report.budget = parts.budget.summary(loop.result.steps)
+    multi = data.source.multi_label
+    if multi:  # the loop's test metrics are at 0.5 (mAP binned): the tuned, exact ones come from the analysis
+        test = {name: value for name, value in test.items() if name == "loss"}
     record.report.metrics.update({f"test_{name}": value for name, value in test.items()})
     if test:
         record.scalars(result.steps, {f"test/{name}": value for name, value in test.items()})
-    if data.test is not None and hardware.is_chief:
+    thresholds = None
+    if multi and hardware.is_chief:
+        with wall.phase("results"):
+            thresholds = analyse_label_sets(cfg, steps, data, record, result.steps)
+    elif data.test is not None and hardware.is_chief:
         with wall.phase("results"):
             analyse_test(cfg, steps, data, record, result.steps)
     if t.export:
         with wall.phase("export"):
-            _export(cfg, task, data, hardware, record, context)
+            _export(cfg, task, data, hardware, record, context, thresholds)
     loop.close()
 
 
@@ -209,16 +217,20 @@ def _choose_weights(record: RunRecord, parts: Assembly, chosen, exported: bool) 
         parts.ema.use(True)
 
 
-def _export(cfg: Config, task: Task, data: Datasets, hardware: Hardware, record: RunRecord, context: Context) -> None:
+def _export(cfg: Config, task: Task, data: Datasets, hardware: Hardware, record: RunRecord, context: Context,
+            thresholds=None) -> None:
+    """`thresholds`: multi-label, each label's (tuned on eval; the serving signature applies them)."""
     if hardware.is_chief:
         recording.record_export(record, export(
             task.model, data, cfg.dataset, record.run_dir / names.EXPORT, tuple(cfg.trainer.export_formats),
             float32_model=lambda: _float32_copy(task.plan, task.model),
-            layer_of=lambda node: layer_from_op(node, context), asked_resize=cfg.trainer.serving_resize.value))
+            layer_of=lambda node: layer_from_op(node, context), asked_resize=cfg.trainer.serving_resize.value,
+            thresholds=thresholds))
         return
     # Saving may read variables collectively: every worker saves, only the chief keeps it.
     with tempfile.TemporaryDirectory(prefix="safetrain-worker-export-") as scratch:
-        export(task.model, data, cfg.dataset, Path(scratch) / names.EXPORT, asked_resize=cfg.trainer.serving_resize.value)
+        export(task.model, data, cfg.dataset, Path(scratch) / names.EXPORT, asked_resize=cfg.trainer.serving_resize.value,
+               thresholds=thresholds)
 
 
 def _halved(cfg: Config, error: SafetrainError) -> Config | None:

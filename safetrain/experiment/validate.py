@@ -19,11 +19,13 @@ from safetrain.models.backbones import BACKBONES, check_input, parse_backbone
 from safetrain.models.shapes import ModelPlan, infer
 from safetrain.models.parse import parse_layers
 from safetrain.train.cluster import current_task
-from safetrain.config.schema import AUTO, FILE_SOURCES, Config, Normalization, OnOom, Source, StrategyKind
+from safetrain.config.schema import AUTO, FILE_SOURCES, Config, Normalization, OnOom, Source, StrategyKind, TaskKind
 from safetrain.core.errors import ConfigError
 from safetrain.train.throughput import divisors
 from safetrain.train.optimizers import LOSS_ENCODING, LOSSES, OPTIMIZERS
 from safetrain.experiment.validate_recipe import check_recipe
+from safetrain.experiment.validate_task import check_task
+from safetrain.train.metrics import best_metric, metric_names, task_of
 
 
 def _positive(key: str, value: float | int | None, allow_none: bool = False) -> None:
@@ -78,12 +80,16 @@ def resolve(cfg: Config) -> Config:
                                   image=image)
     weights = b.weights if b.weights in (None, "imagenet") else _absolute(b.weights)
     model = dataclasses.replace(cfg.model, backbone=dataclasses.replace(b, weights=weights))
+    # Null metrics are the task's (accuracy for one class per image, mAP for label sets).
+    t, task = cfg.trainer, task_of(d)
+    stopping = t.early_stopping and dataclasses.replace(t.early_stopping, metric=best_metric(t, task))
+    trainer = dataclasses.replace(t, metrics=metric_names(t, task), early_stopping=stopping)
     # The default experiment's name on another dataset (`dataset=image_folder` without
     # +experiment) would call a run on a user's photos "digits_cnn": name it by what it trains.
     name = cfg.name
     if name == DEFAULT_NAME and d.source is not Source.digits:
         name = f"{d.name}_{cfg.model.name}"
-    return dataclasses.replace(cfg, dataset=dataset, model=model, name=name)
+    return dataclasses.replace(cfg, dataset=dataset, model=model, trainer=trainer, name=name)
 
 
 def validate(cfg: Config) -> ModelPlan:
@@ -149,6 +155,7 @@ def validate(cfg: Config) -> ModelPlan:
     check_recipe(cfg)
     OPTIMIZERS.get(cfg.optimizer.name)
     LOSSES.get(t.loss)
+    check_task(cfg)
     wanted = LOSS_ENCODING.get(t.loss)
     if wanted and wanted != d.label_encoding.value:
         other = next(loss for loss, enc in LOSS_ENCODING.items() if enc == d.label_encoding.value)
@@ -161,7 +168,8 @@ def validate(cfg: Config) -> ModelPlan:
     backbone = _check_backbone(cfg)
     layers = parse_layers(cfg.model.layers) if cfg.model.layers or backbone is None else []
     # The head size does not change whether the body fits; the real count comes from the data.
-    return infer(layers, (d.image.height, d.image.width, d.image.channels), d.num_classes or 2, backbone=backbone)
+    return infer(layers, (d.image.height, d.image.width, d.image.channels), d.num_classes or 2, backbone=backbone,
+                 multi_label=d.task is TaskKind.multi_label)
 
 
 def _check_backbone(cfg: Config):

@@ -5,7 +5,7 @@ TensorFlow-free, like the rest of validation."""
 from __future__ import annotations
 
 from safetrain.config.schema import ClassWeights, Config, Mode, Schedule
-from safetrain.train.metrics import METRICS, direction
+from safetrain.train.metrics import METRICS, MULTI, best_metric, direction, metric_names, task_of
 from safetrain.core.errors import ConfigError
 from safetrain.train.budget import MIN_SECONDS, parse_budget
 from safetrain.train.cluster import current_task
@@ -131,12 +131,19 @@ def best_mode(metric: str, mode: Mode | None, config_key: str = "trainer.early_s
 
 
 def _check_metrics(cfg: Config, refuse) -> None:
-    """Every metric name is a registered one (the error lists them)."""
-    for i, name in enumerate(cfg.trainer.metrics):
-        METRICS.get(name, f"trainer.metrics[{i}]")
-    if cfg.trainer.early_stopping is not None:
-        METRICS.get(cfg.trainer.early_stopping.metric, "trainer.early_stopping.metric")
-    METRICS.get(cfg.optimizer.plateau_metric, "optimizer.plateau_metric")
+    """Every metric name is a registered one (the error lists them) that means something for
+    dataset.task (accuracy has no meaning for label sets; mAP none for one class per image)."""
+    task = task_of(cfg.dataset)
+    named = [(f"trainer.metrics[{i}]", name) for i, name in enumerate(metric_names(cfg.trainer, task))]
+    named += [("trainer.early_stopping.metric", best_metric(cfg.trainer, task)),
+              ("optimizer.plateau_metric", cfg.optimizer.plateau_metric)]
+    for key, name in named:
+        if task not in METRICS.get(name, key).tasks:
+            fitting = [n for n in METRICS.names() if task in METRICS.get(n).tasks]
+            why = ("a label set is not one class: accuracy and top-k pick one class per image"
+                   if task == MULTI else "it scores label sets (dataset.task=multi_label)")
+            refuse(f"{key}={name} has no meaning for dataset.task={task}: {why}.",
+                   f"use one of {', '.join(fitting)} (null: the task's defaults)", key)
 
 
 def _check_selection(cfg: Config, refuse) -> None:
@@ -159,10 +166,11 @@ def _check_selection(cfg: Config, refuse) -> None:
     if stopping.min_delta < 0:
         refuse(f"trainer.early_stopping.min_delta={stopping.min_delta} must be >= 0.",
                "set trainer.early_stopping.min_delta=0", "trainer.early_stopping.min_delta")
-    natural = best_mode(stopping.metric, None)
+    metric = best_metric(t, task_of(cfg.dataset))
+    natural = best_mode(metric, None)
     if stopping.mode is not None and stopping.mode is not natural:
         refuse(f"trainer.early_stopping.mode={stopping.mode.value} contradicts trainer.early_stopping.metric="
-               f"{stopping.metric}, which improves by going {'up' if natural is Mode.max else 'down'}.",
+               f"{metric}, which improves by going {'up' if natural is Mode.max else 'down'}.",
                f"set trainer.early_stopping.mode={natural.value} (or null)", "trainer.early_stopping.mode")
 
 

@@ -25,6 +25,7 @@ SAMPLES = "samples"                  # in export/: test images and the outputs t
 RESULTS = "results"
 CONFUSION_MATRIX = "confusion_matrix.png"  # in results/
 TOP_LOSSES = "top_losses.png"              # in results/
+PRECISION_RECALL = "precision_recall.png"  # in results/: multi-label, per label
 SUSPECTS = "suspect_labels.csv"
 LR_FIND_PNG = "lr_find.png"
 LR_FIND_JSON = "lr_find.json"

@@ -125,7 +125,7 @@ class LogScalars(BaseAction):
             return
         due = self.due(end.at.step)
         if due:
-            values = {"train/loss": end.totals.mean_loss, "train/accuracy": end.totals.accuracy,
+            values = {"train/loss": end.totals.mean_loss, f"train/{end.totals.headline[0]}": end.totals.accuracy,
                       "optimizer/learning_rate": self.learning_rate()}
             values.update(self.timer.interval())
             self.record.scalars(end.at.step, values)

@@ -47,7 +47,8 @@ class LoopResult:
     steps: int = 0
     epochs: int = 0
     train_loss: float | None = None
-    train_accuracy: float | None = None
+    train_accuracy: float | None = None  # the task's headline: accuracy, or subset_accuracy (multi-label)
+    train_headline: str = "accuracy"     # which of the two
     skipped_steps: int = 0
     time_to_first_step_s: float | None = None
     examples: int = 0                 # trained in this process (finite steps)
@@ -131,11 +132,12 @@ class TrainLoop:
             completed = completed or (self.steps_per_epoch is not None and in_epoch >= self.steps_per_epoch)
             result.epochs = epoch
             result.train_loss, result.train_accuracy = totals.mean_loss, totals.accuracy
+            result.train_headline = totals.headline[0]
             # Where a resume starts: the next epoch, or the rest of this one (max_steps hit).
             resume_at = Position(result.steps, epoch + 1, 0) if completed else Position(result.steps, epoch, in_epoch)
             end = EpochEnd(epoch=epoch, step=result.steps, totals=totals, next_position=resume_at,
                            ending=lambda: epoch >= cfg.epochs or self._budget_spent() or self.stopped_early)
-            line = [f"train loss {totals.mean_loss:.4f} acc {totals.accuracy:.4f}"]
+            line = [f"train loss {totals.mean_loss:.4f} {totals.headline[1]} {totals.accuracy:.4f}"]
             line += [text for action in self.actions if (text := action.after_epoch(end))]
             self.progress.end_epoch(" | ".join(line))
             self.record.flush()
@@ -182,7 +184,7 @@ class TrainLoop:
 
     def _train_calls(self, epoch: int, skip: int, iterator) -> tuple[Totals, int, bool]:
         result = self.result
-        totals = Totals()
+        totals = Totals(self.steps.train_metrics)
         in_epoch, calls = skip, 0
         rate_from: tuple[float, int] | None = None  # (time, examples) after the epoch's first call
         while not self._budget_spent():

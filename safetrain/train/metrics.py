@@ -37,15 +37,35 @@ METRICS: Registry[type["Metric"]] = Registry("metric", "trainer.metrics")
 COUNT = "count"  # every collection's examples (summed like the metrics' own state)
 
 
+SINGLE, MULTI = "single_label", "multi_label"  # dataset.task
+# What eval and test compute beside the loss, and what keep_best and early stopping choose on,
+# when trainer.metrics and trainer.early_stopping.metric are null (safetrain.experiment.validate.resolve).
+DEFAULT_METRICS = {SINGLE: ["accuracy", "macro_f1"],
+                   MULTI: ["map", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"]}
+DEFAULT_BEST = {SINGLE: "accuracy", MULTI: "map"}
+AP_BINS = 256  # mAP during training: per-label score histograms (the final test mAP is exact, from scikit-learn)
+
+
 @dataclass(frozen=True)
 class Batch:
-    """One batch as the metrics see it (graph tensors): the true and predicted class per example
-    (int32), the logits and the per-example loss (float32)."""
+    """One batch as the metrics see it (graph tensors). Single-label: the true and predicted class
+    per example (int32, shape (B,)). Multi-label: the true and predicted label sets as 0/1 rows
+    (int32, (B, C); predicted at probability >= 0.5, a logit >= 0). Both: the logits and the
+    per-example loss (float32)."""
 
     true: Any
     predicted: Any
     logits: Any
     per_example_loss: Any
+    multi_label: bool = False
+
+    def label_counts(self) -> dict[str, Any]:
+        """Multi-label: true positives, false positives and false negatives per label, int32 (C,)."""
+        import tensorflow as tf
+
+        t, p = self.true, self.predicted
+        return {"label_tp": tf.reduce_sum(t * p, axis=0), "label_fp": tf.reduce_sum((1 - t) * p, axis=0),
+                "label_fn": tf.reduce_sum(t * (1 - p), axis=0)}
 
     def confusion(self, num_classes: int):
         """This batch's confusion matrix (rows: true class), int32."""
@@ -55,16 +75,19 @@ class Batch:
 
 
 class Metric:
-    """One metric. `state()`: the sums it keeps, {key: (shape, dtype)} (keys unique across the
-    registry: a collection keeps them side by side); `update(batch)`: this batch's contribution to
-    each; `result(sums, count)`: the value from the totals (plain numpy)."""
+    """One metric. `state()`: the sums it keeps, {key: (shape, dtype)} (a key two metrics share
+    must mean the same sums: a collection keeps one of each); `update(batch)`: this batch's
+    contribution to each; `result(sums, count)`: the value from the totals (plain numpy).
+    `tasks`: the dataset.task values it has a meaning for (validation refuses it elsewhere)."""
 
     higher_is_better: ClassVar[bool]
     label: ClassVar[str] = ""   # short name on the console ("acc"); the registry name when empty
+    tasks: ClassVar[tuple[str, ...]] = (SINGLE,)
 
-    def __init__(self, name: str, num_classes: int) -> None:
+    def __init__(self, name: str, num_classes: int, task: str = SINGLE) -> None:
         self.name = name
         self.num_classes = num_classes
+        self.task = task
 
     def state(self) -> dict[str, tuple[tuple[int, ...], str]]:
         raise NotImplementedError
@@ -83,6 +106,7 @@ class Loss(Metric):
 
     higher_is_better = False
     label = "loss"
+    tasks = (SINGLE, MULTI)
 
     def state(self):
         return {"loss_sum": ((), "float32")}
@@ -124,8 +148,8 @@ class Top5Accuracy(Metric):
     label = "top5"
     k = 5
 
-    def __init__(self, name: str, num_classes: int) -> None:
-        super().__init__(name, num_classes)
+    def __init__(self, name: str, num_classes: int, task: str = SINGLE) -> None:
+        super().__init__(name, num_classes, task)
         if num_classes <= self.k:
             from safetrain.core.errors import ConfigError
 
@@ -151,19 +175,43 @@ class MacroF1(Metric):
     """The unweighted mean of the per-class F1 scores, from the split's confusion matrix: every
     class counts the same, so a rare class the model ignores pulls it down where accuracy hides it.
     Classes that neither occur nor are predicted are left out (scikit-learn's
-    `f1_score(average="macro")` does the same); a class's F1 is 0 when it has no true positive."""
+    `f1_score(average="macro")` does the same); a class's F1 is 0 when it has no true positive.
+    Multi-label: the same mean over the labels, each label's F1 from its own true positives, false
+    positives and false negatives at the 0.5 threshold (the test's are at the tuned thresholds)."""
 
     higher_is_better = True
     label = "macro_f1"
+    tasks = (SINGLE, MULTI)
 
     def state(self):
+        if self.task == MULTI:
+            return _label_counts(self.num_classes)
         return {"confusion": ((self.num_classes, self.num_classes), "int32")}
 
     def update(self, batch):
+        if self.task == MULTI:
+            return batch.label_counts()
         return {"confusion": batch.confusion(self.num_classes)}
 
     def result(self, sums, count):
+        if self.task == MULTI:
+            tp, fp, fn = (np.asarray(sums[k], np.float64) for k in ("label_tp", "label_fp", "label_fn"))
+            return label_f1(tp, fp, fn)[0]
         return macro_f1(np.asarray(sums["confusion"]))
+
+
+def _label_counts(num_classes: int) -> dict:
+    return {k: ((num_classes,), "int32") for k in ("label_tp", "label_fp", "label_fn")}
+
+
+def label_f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[float, float]:
+    """(macro F1 over the labels that occur or are predicted, micro F1) from per-label counts."""
+    seen = (tp + fp + fn) > 0
+    per_label = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=seen)
+    macro = float(per_label[seen].mean()) if seen.any() else float("nan")
+    pooled = 2 * tp.sum() + fp.sum() + fn.sum()
+    micro = float(2 * tp.sum() / pooled) if pooled else float("nan")
+    return macro, micro
 
 
 def macro_f1(confusion: np.ndarray) -> float:
@@ -178,13 +226,29 @@ def macro_f1(confusion: np.ndarray) -> float:
     return float(f1[seen].mean())
 
 
-def eval_names(trainer, optimizer) -> list[str]:
+def task_of(dataset) -> str:
+    """dataset.task's value (single_label | multi_label)."""
+    return getattr(getattr(dataset, "task", None), "value", SINGLE)
+
+
+def metric_names(trainer, task: str = SINGLE) -> list[str]:
+    """trainer.metrics, or the task's defaults when null."""
+    return list(trainer.metrics) if trainer.metrics is not None else list(DEFAULT_METRICS[task])
+
+
+def best_metric(trainer, task: str = SINGLE) -> str:
+    """trainer.early_stopping.metric (what keep_best and early stopping choose on), or the task's default."""
+    stopping = trainer.early_stopping
+    return (stopping.metric if stopping is not None and stopping.metric else None) or DEFAULT_BEST[task]
+
+
+def eval_names(trainer, optimizer, task: str = SINGLE) -> list[str]:
     """What the eval step computes, in order (each once): the loss, trainer.metrics, and the metrics
     that choose the best epoch and stop early (trainer.early_stopping.metric) or cut the rate on a
-    plateau (optimizer.plateau_metric)."""
-    names = ["loss", *trainer.metrics]
+    plateau (optimizer.plateau_metric). Null names are the task's defaults."""
+    names = ["loss", *metric_names(trainer, task)]
     if trainer.early_stopping is not None:
-        names.append(trainer.early_stopping.metric)
+        names.append(best_metric(trainer, task))
     if optimizer.schedule is Schedule.plateau:
         names.append(optimizer.plateau_metric)
     return list(dict.fromkeys(names))
@@ -199,13 +263,18 @@ class Collection:
     """The metrics one step function computes, side by side: their state's sums (plus the example
     count) come out of the graph, `Totals` adds them up, `results` turns totals into values."""
 
-    def __init__(self, names: list[str], num_classes: int) -> None:
+    def __init__(self, names: list[str], num_classes: int, task: str = SINGLE) -> None:
         self.names = list(dict.fromkeys(names))  # in order, once each
-        self.metrics = [METRICS.get(name)(name, num_classes) for name in self.names]
-        self.num_classes = num_classes
-        keys = [key for metric in self.metrics for key in metric.state()]
-        if len(keys) != len(set(keys)) or COUNT in keys:
-            raise ValueError(f"metrics {self.names} share state keys {keys}: each key must be one metric's")
+        self.metrics = [METRICS.get(name)(name, num_classes, task) for name in self.names]
+        self.num_classes, self.task = num_classes, task
+        wrong = [m.name for m in self.metrics if task not in m.tasks]
+        if wrong:
+            raise ValueError(f"metrics {wrong} have no meaning for dataset.task={task}")
+        specs: dict[str, tuple] = {}
+        for metric in self.metrics:
+            for key, spec in metric.state().items():
+                if key == COUNT or specs.setdefault(key, spec) != spec:
+                    raise ValueError(f"metrics {self.names} disagree on the state key {key!r}")
 
     def state(self) -> dict[str, tuple[tuple[int, ...], str]]:
         return {COUNT: ((), "int32"), **{k: v for metric in self.metrics for k, v in metric.state().items()}}
@@ -214,10 +283,15 @@ class Collection:
         """In the graph: this batch's sums, for every metric of the collection, and the count."""
         import tensorflow as tf
 
-        true = tf.argmax(labels, axis=-1, output_type=tf.int32) if labels.shape.rank == 2 \
-            else tf.cast(labels, tf.int32)  # one-hot or soft (MixUp/CutMix) rows: their largest class
-        batch = Batch(true=true, predicted=tf.argmax(logits, axis=-1, output_type=tf.int32), logits=logits,
-                      per_example_loss=per_example_loss)
+        if self.task == MULTI:  # 0/1 rows (soft targets from label smoothing count at >= 0.5)
+            true = tf.cast(tf.cast(labels, tf.float32) >= 0.5, tf.int32)
+            batch = Batch(true=true, predicted=tf.cast(tf.cast(logits, tf.float32) >= 0.0, tf.int32), logits=logits,
+                          per_example_loss=per_example_loss, multi_label=True)
+        else:
+            true = tf.argmax(labels, axis=-1, output_type=tf.int32) if labels.shape.rank == 2 \
+                else tf.cast(labels, tf.int32)  # one-hot or soft (MixUp/CutMix) rows: their largest class
+            batch = Batch(true=true, predicted=tf.argmax(logits, axis=-1, output_type=tf.int32), logits=logits,
+                          per_example_loss=per_example_loss)
         out = {COUNT: tf.shape(true)[0]}
         for metric in self.metrics:
             out.update(metric.update(batch))
@@ -236,16 +310,22 @@ class Collection:
         return {metric.name: metric.result(sums, count) for metric in self.metrics}
 
 
-TRAIN_METRICS = ["loss", "accuracy"]  # what every train step reports (cheap; the console and TensorBoard show them)
+# What every train step reports (cheap; the console and TensorBoard show them): the loss and the
+# task's headline accuracy.
+TRAIN_METRICS = {SINGLE: ["loss", "accuracy"], MULTI: ["loss", "subset_accuracy"]}
+
+
+def train_collection(num_classes: int, task: str = SINGLE) -> Collection:
+    return Collection(TRAIN_METRICS[task], num_classes, task)
 
 
 class Totals:
     """Sums of one epoch's (or one evaluation's) step outputs over a collection's state keys
     (plain numpy, host side); `results()` gives each metric's value. Without a collection: the
-    train step's (loss and accuracy)."""
+    train step's (single-label: loss and accuracy)."""
 
     def __init__(self, collection: Collection | None = None) -> None:
-        self.collection = collection or Collection(TRAIN_METRICS, num_classes=0)
+        self.collection = collection or train_collection(0)
         self.sums: dict[str, np.ndarray] = {}
 
     def add(self, out: Mapping[str, Any]) -> None:
@@ -266,5 +346,18 @@ class Totals:
         return self.results().get("loss", float("nan"))
 
     @property
+    def headline(self) -> tuple[str, str, float]:
+        """(name, console label, value) of the collection's first metric after the loss: accuracy
+        (single-label) or subset_accuracy (multi-label)."""
+        metric = next(m for m in self.collection.metrics if m.name != "loss")
+        return metric.name, metric.label or metric.name, self.results().get(metric.name, float("nan"))
+
+    @property
     def accuracy(self) -> float:
-        return self.results().get("accuracy", float("nan"))
+        """The headline accuracy (see `headline`)."""
+        return self.headline[2]
+
+
+# The multi-label members register themselves into METRICS on import (they subclass Metric, so
+# they can only be defined once this module is).
+from safetrain.train import label_metrics  # noqa: E402,F401

@@ -113,5 +113,30 @@ def categorical_crossentropy(label_smoothing: float = 0.0):
     return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing, reduction="none")
 
 
+@LOSSES.register("binary_crossentropy")
+def binary_crossentropy(label_smoothing: float = 0.0, positive_weights: list[float] | None = None):
+    """Multi-hot labels (dataset.task=multi_label): one sigmoid per label, each a yes/no question;
+    the per-example loss is the mean over the labels. Label smoothing as Keras' BinaryCrossentropy
+    (targets 1 - s/2 and s/2). `positive_weights` (dataset.class_weights under multi-label):
+    each label's positive term times its weight (`tf.nn.weighted_cross_entropy_with_logits`), so
+    a rare label's few positives count as much as its many negatives."""
+    import tensorflow as tf
+
+    weights = tf.constant(positive_weights, tf.float32) if positive_weights else None
+
+    def loss(labels, logits):
+        y, z = tf.cast(labels, tf.float32), tf.cast(logits, tf.float32)
+        if label_smoothing:
+            y = y * (1.0 - label_smoothing) + 0.5 * label_smoothing
+        if weights is None:
+            per_label = tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z)
+        else:
+            per_label = tf.nn.weighted_cross_entropy_with_logits(labels=y, logits=z, pos_weight=weights)
+        return tf.reduce_mean(per_label, axis=-1)
+
+    return loss
+
+
 # Which label encoding each loss expects: validate() refuses the other one before training.
-LOSS_ENCODING = {"sparse_categorical_crossentropy": "sparse", "categorical_crossentropy": "one_hot"}
+LOSS_ENCODING = {"sparse_categorical_crossentropy": "sparse", "categorical_crossentropy": "one_hot",
+                 "binary_crossentropy": "multi_hot"}

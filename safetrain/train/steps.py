@@ -28,7 +28,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from safetrain.train.metrics import TRAIN_METRICS, Collection
+from safetrain.train.metrics import MULTI, SINGLE, Collection, train_collection
 
 _SUM = tf.distribute.ReduceOp.SUM
 _NOT_MEASURED = -1.0  # input wait under op determinism (not NaN: check_numerics would object)
@@ -39,7 +39,7 @@ class Steps:
                  jit_compile: bool = False, guard_updates: bool = False, time_input: bool = True,
                  on_missing_gradients: Callable[[list[str]], Exception] | None = None,
                  class_weights: list[float] | None = None, fine_tune=None, check_finite: bool = True,
-                 eval_metrics: Collection | None = None) -> None:
+                 eval_metrics: Collection | None = None, multi_label: bool = False) -> None:
         """`eval_spec`: the distributed eval dataset's element spec (a fixed signature, so the
         last, smaller eval batch does not retrace). With `jit_compile` only the per-replica
         computation is compiled: XLA cannot compile the iterator's `next`.
@@ -59,22 +59,28 @@ class Steps:
 
         Each step returns its metrics' sums (safetrain.train.metrics): `train_metrics` (loss and
         accuracy) from the train steps, `eval_metrics` (loss, trainer.metrics and the metrics that
-        choose the best epoch) from the eval step."""
+        choose the best epoch) from the eval step.
+
+        `multi_label`: the head is a sigmoid per label (dataset.task=multi_label): the metrics
+        read 0/1 label rows, `probabilities` is the sigmoid, and `class_weights` are per-label
+        positive weights that the loss itself applies (optimizers.binary_crossentropy)."""
         self.strategy = strategy
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = loss_fn
         # dataset.class_weights: each training example's loss times its class's weight (soft labels
         # from MixUp/CutMix: the label-weighted mean of the weights); evaluation stays unweighted.
-        self.class_weights = tf.constant(class_weights, tf.float32) if class_weights else None
+        self.multi_label = multi_label
+        self.class_weights = tf.constant(class_weights, tf.float32) if class_weights and not multi_label else None
         self.guard_updates = guard_updates
         self.check_finite = check_finite
         self.time_input = time_input
         self.on_missing_gradients = on_missing_gradients
         self.missing_gradients: list[str] = []
         num_classes = int(model.outputs[0].shape[-1]) if getattr(model, "outputs", None) else 0
-        self.train_metrics = Collection(TRAIN_METRICS, num_classes)
-        self.eval_metrics = eval_metrics or Collection(TRAIN_METRICS, num_classes)
+        task = MULTI if multi_label else SINGLE
+        self.train_metrics = train_collection(num_classes, task)
+        self.eval_metrics = eval_metrics or train_collection(num_classes, task)
         self.variable_paths = [v.path for v in model.trainable_variables]
         self.fine_tune_optimizer = fine_tune[0] if fine_tune else None
         self._fine_tune_ids = frozenset(id(v) for v in fine_tune[1]) if fine_tune else frozenset()
@@ -200,8 +206,10 @@ class Steps:
         return {k: self.strategy.reduce(_SUM, v, axis=None) for k, v in out.items()}
 
     def _probabilities(self, images):
-        """Class probabilities (float32) for one batch: the results' per-example view."""
-        return tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32), axis=-1)
+        """Class probabilities (float32) for one batch, the results' per-example view: a softmax
+        over the classes, or a sigmoid per label (multi-label)."""
+        logits = tf.cast(self.model(images, training=False), tf.float32)
+        return tf.sigmoid(logits) if self.multi_label else tf.nn.softmax(logits, axis=-1)
 
     def _replica_eval(self, images, labels):
         logits = self.model(images, training=False)

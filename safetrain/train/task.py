@@ -22,7 +22,7 @@ from safetrain.models.build import build_model
 from safetrain.models.shapes import ModelPlan
 from safetrain.train import schedules
 from safetrain.train.fine_tune import FineTune
-from safetrain.train.metrics import Collection, eval_names
+from safetrain.train.metrics import MULTI, SINGLE, Collection, eval_names
 from safetrain.train.optimizers import LOSSES, OPTIMIZERS, exclude_one_dimensional
 from safetrain.train.steps import Steps
 
@@ -64,12 +64,15 @@ class Task:
               on_missing_gradients: Callable[[list[str]], Exception] | None = None, **overrides) -> Steps:
         """The step functions for the model's current trainable set, as trainer.* configures them;
         `overrides` replace any Steps argument (the NaN replay turns the guards off)."""
-        t = self.trainer
+        t, multi = self.trainer, self.plan.multi_label
+        # Multi-label class weights are per-label positive weights, which the loss applies itself.
+        positive = {"positive_weights": class_weights} if multi and class_weights else {}
         args = dict(strategy=self.strategy, model=self.model, optimizer=self.optimizer,
-                    loss_fn=LOSSES.get(t.loss)(label_smoothing=t.label_smoothing), eval_spec=eval_spec,
+                    loss_fn=LOSSES.get(t.loss)(label_smoothing=t.label_smoothing, **positive), eval_spec=eval_spec,
                     jit_compile=t.jit_compile, guard_updates=t.on_nan is OnNan.skip_step,
                     time_input=not t.deterministic, on_missing_gradients=on_missing_gradients,
-                    class_weights=class_weights, eval_metrics=Collection(list(self.eval_metrics), self.plan.num_classes),
+                    class_weights=class_weights, multi_label=multi,
+                    eval_metrics=Collection(list(self.eval_metrics), self.plan.num_classes, MULTI if multi else SINGLE),
                     **(self.fine_tune.steps_args() if self.fine_tune else {}))
         return Steps(**{**args, **overrides})
 
@@ -100,7 +103,8 @@ def build_task(plan: ModelPlan, *, optimizer: OptimizerConfig, trainer: TrainerC
         head_optimizer, undecayed = ready_optimizer(new_optimizer(o, schedule.learning_rate, t.ema), own, policy)
     recipe = _recipe(o, t, plan, schedule, tuned, undecayed)
     return Task(plan=plan, model=model, optimizer=head_optimizer, strategy=strategy, trainer=t, schedule=schedule,
-                recipe=recipe, fine_tune=tuned, horizon=horizon, eval_metrics=tuple(eval_names(t, o)))
+                recipe=recipe, fine_tune=tuned, horizon=horizon,
+                eval_metrics=tuple(eval_names(t, o, MULTI if plan.multi_label else SINGLE)))
 
 
 def _recipe(o: OptimizerConfig, t: TrainerConfig, plan: ModelPlan, schedule: schedules.Plan, tuned: FineTune | None,
