@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from safetrain.train.metrics import AP_BINS, METRICS, MULTI, Metric, _label_counts, label_f1
+from safetrain.train.metric_base import AP_BINS, METRICS, MULTI, Metric, label_count_state, label_f1
 
 
 @METRICS.register("micro_f1")
@@ -20,7 +20,7 @@ class MicroF1(Metric):
     tasks = (MULTI,)
 
     def state(self):
-        return _label_counts(self.num_classes)
+        return label_count_state(self.num_classes)
 
     def update(self, batch):
         return batch.label_counts()
