@@ -137,7 +137,8 @@ def _source(cfg: DatasetConfig, listing: Listing, caches: Path, started: float) 
     if broken:
         notes.append(f"dangling symbolic links: {len(broken)} (bad examples, each in errors.jsonl): "
                      + ", ".join(str(p) for _, p in broken[:3]) + (" ..." if len(broken) > 3 else ""))
-    notes += _missing_classes(found, membership, roles, classes, cfg.allow_missing_classes)
+    notes += _missing_classes(found, membership, roles, classes, cfg.allow_missing_classes, listing.bad,
+                              "label" if listing.multi_label else "class")
     notes.append(_scan_note(stats, home))
     adapters = plan.steps[2:-2]  # between the source/check lines and normalize/model input (done per batch)
     if adapters:
@@ -358,21 +359,25 @@ def _scan_and_cache(files: list[ImageFile], shards: dict, scan_cache: ScanCache,
     return stats
 
 
-def _missing_classes(found: Found, membership: dict, roles: dict, classes: list[str], allow: bool) -> list[str]:
+def _missing_classes(found: Found, membership: dict, roles: dict, classes: list[str], allow: bool,
+                     refused_rows: list[BadExample] = (), word: str = "class") -> list[str]:
     notes = []
     for role, chosen in membership.items():
         have = {i for f in chosen if f.key not in found.dropped for i in f.label_ids}
         missing = [classes[i] for i in range(len(classes)) if i not in have]
         if not missing:
             continue
-        message = (f"split {role} ({roles[role]!r}) has no image of class{'es' if len(missing) > 1 else ''} "
-                   f"{', '.join(repr(m) for m in missing)}")
+        plural = {"class": "classes", "label": "labels"}[word] if len(missing) > 1 else word
+        message = f"split {role} ({roles[role]!r}) has no image of {plural} {', '.join(repr(m) for m in missing)}"
         if not allow:
             also = found.report["duplicates"]
             more = [f"{also['cross_split']} image(s) in two splits (leakage, dataset.on_leakage)"] \
                 if also["cross_split"] else []
             more += [f"{also['exact']} exact and {also['near']} near duplicate pair(s)"] \
                 if also["exact"] + also["near"] - also["cross_split"] > 0 else []
+            kinds = collections.Counter(b.kind or "bad" for b in refused_rows)
+            more += [f"{len(refused_rows)} bad table row(s) (" + ", ".join(f"{k} {n}" for k, n in kinds.items())
+                     + f"; the first: {refused_rows[0].reason})"] if refused_rows else []
             raise DataError(message + ": its scores would say nothing about that class"
                             + (f" (the scan also found: {'; '.join(more)}; all listed once this passes)"
                                if more else ""),

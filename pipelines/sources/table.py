@@ -45,7 +45,7 @@ FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".ndjson": None}
 # Column names tried, in order, when dataset.columns.* is null (the common exports' spellings).
 PATH_COLUMNS = ("path", "filepath", "file_path", "filename", "file_name", "file", "image", "image_path", "image_name",
                 "image_id", "id", "img")
-LABEL_COLUMNS = ("label", "labels", "class", "class_name", "category", "target")
+LABEL_COLUMNS = ("label", "labels", "class", "class_name", "category", "categories", "target", "tags")
 GROUP_COLUMNS = ("group",)
 SPLIT_COLUMNS = ("split",)
 BAD_KINDS = ("missing_file", "outside_root", "empty_label", "unknown_label", "empty_split", "conflicting",

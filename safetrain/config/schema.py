@@ -180,7 +180,7 @@ class TableColumns:
     """dataset=image_table: which column holds what; null = the first column of a common name."""
 
     path: Optional[str] = None           # null: path, filepath, filename, file, image, image_path, image_id, id, ...
-    label: Optional[str] = None          # null: label, labels, class, class_name, category, target
+    label: Optional[str] = None          # null: label, labels, class, class_name, category, categories, target, tags
     group: Optional[str] = None          # null: a column named group, if any (rows of one group stay in one split)
     split: Optional[str] = None          # null: a column named split, if any (train, val, test per row)
     labels: Optional[List[str]] = None   # multi_label: one 0/1 column per label (instead of a label-set column)

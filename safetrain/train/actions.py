@@ -129,7 +129,8 @@ class LogScalars(BaseAction):
                       "optimizer/learning_rate": self.learning_rate()}
             values.update(self.timer.interval())
             self.record.scalars(end.at.step, values)
-        self.progress.update(end.at.in_epoch, end.totals.mean_loss, end.totals.accuracy, end.rate, force=due)
+        self.progress.update(end.at.in_epoch, end.totals.mean_loss, end.totals.accuracy, end.rate, force=due,
+                             label=end.totals.headline[1])
 
 
 class SaveCheckpoints(BaseAction):

@@ -33,6 +33,7 @@ from safetrain.train import label_metrics  # noqa: F401 - registers the multi-la
 from safetrain.train.metric_base import (COUNT, DEFAULT_BEST, DEFAULT_METRICS, METRICS, MULTI, SINGLE,  # noqa: F401
                                          Batch, Metric, label_count_state, label_f1)
 
+
 @METRICS.register("loss")
 class Loss(Metric):
     """The mean per-example loss (the training loss, class weights and regularization left out on

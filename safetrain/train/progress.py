@@ -45,11 +45,11 @@ class Progress:
             log.addFilter(self)
 
     def update(self, step: int, loss: float, accuracy: float, examples_per_sec: float | None,
-               force: bool = False) -> None:
+               force: bool = False, label: str = "acc") -> None:
         """Terminal: redraw at most every 0.1 s. Not a terminal: only when `force` (log cadence)."""
         if not self.is_tty and not force:
             return  # called every step: no formatting work for lines nobody sees
-        stats = f"loss {loss:.4f}  acc {accuracy:.4f}"
+        stats = f"loss {loss:.4f}  {label} {accuracy:.4f}"
         if examples_per_sec:
             stats += f"  {examples_per_sec:,.0f} ex/s"
         if self.is_tty:
