@@ -91,6 +91,13 @@ def run_probe(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
     (["trainer.early_stopping.metric=f1"],
      r"trainer\.early_stopping\.metric='f1' is not a known metric\. Known metrics: accuracy, hamming_loss, loss, macro_f1, map"),
     (["dataset=image_table"], r"dataset\.source=image_table reads its labels from dataset\.table, which is not set"),
+    # dataset.task decides the head: a loss or metric of the other task is refused before TensorFlow
+    (["trainer.loss=binary_crossentropy", "dataset.label_encoding=multi_hot"],
+     r"trainer\.loss=binary_crossentropy treats each class as its own yes/no question, and "
+     r"dataset\.task=single_label says each image has exactly one class"),
+    (["dataset.task=multi_label"], r"dataset\.task=multi_label reads each image's label set from a table, and "
+                                   r"dataset\.source=digits gives one class per image"),
+    (["trainer.metrics=[accuracy,map]"], r"trainer\.metrics\[1\]=map has no meaning for dataset\.task=single_label"),
     (["trainer.lr_find=true", "optimizer.schedule=plateau"],
      r"trainer\.lr_find cannot honour optimizer\.schedule=plateau: plateau lowers the rate after epochs"),
     # a backbone's input contract: before TensorFlow too (the default digits are 28x28x1 scale_0_1)
@@ -108,6 +115,20 @@ def test_config_error_exits_2_with_one_paragraph_before_tensorflow(tmp_path, ove
     import re
     assert re.search(expected, proc.stderr), proc.stderr
     assert "fix:" in proc.stderr
+
+
+def test_a_softmax_loss_or_accuracy_on_label_sets_is_refused_before_tensorflow(tmp_path):
+    """Multi-hot labels through a softmax train without a word in plain Keras and give a model that
+    names one label per image: refused, naming the keys to set."""
+    (tmp_path / "sets.csv").write_text("path,labels\na.png,cat|dog\n")
+    table = ["dataset=image_table", f"dataset.table={tmp_path / 'sets.csv'}", "dataset.task=multi_label"]
+    for extra, key, fix in (([], "trainer.loss", "set trainer.loss=binary_crossentropy dataset.label_encoding=multi_hot"),
+                            (["trainer.loss=binary_crossentropy", "dataset.label_encoding=multi_hot",
+                              "trainer.metrics=[accuracy]"], "trainer.metrics[0]", "use one of hamming_loss, loss, ")):
+        proc = run_probe(tmp_path, *table, *extra)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == "TF_IMPORTED=False"
+        assert f"{key}=" in proc.stderr and f"fix: {fix}" in proc.stderr, proc.stderr
 
 
 def test_shape_error_names_layer_and_fix_before_tensorflow(tmp_path):
