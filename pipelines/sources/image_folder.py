@@ -424,7 +424,9 @@ def _summary(title: str, classes: list[str], files: list[ImageFile], good: list[
     lines = [f"{title}: {len(files)} image files, {len(good)} readable, "
              f"{len(files) - len(good)} refused" + (f", {ignored} non-image files ignored" if ignored else "")
              + (f"; {len(refused_rows)} table rows refused before reading (errors.jsonl)" if refused_rows else ""),
-             "per class: " + ", ".join(f"{c} {per_class[c]}" for c in classes),
+             ("images per label: " if any(f.labels is not None for f in good) else "per class: ")
+             + ", ".join(f"{c} {per_class[c]}" for c in classes)
+             + (f"; {sum(1 for f in good if f.labels == ())} with no label" if any(f.labels == () for f in good) else ""),
              "sizes: " + ", ".join(f"{k} ({v})" for k, v in sizes.most_common(5))
              + (f", ... {len(sizes) - 5} more" if len(sizes) > 5 else ""),
              "channels: " + ", ".join(f"{k} ({v})" for k, v in sorted(chans.items())),
