@@ -30,7 +30,8 @@ def main(folder: str) -> int:
     where = Path(folder)
     spec = json.loads((where / "spec.json").read_text())
     arrays = np.load(where / "batches.npz")
-    plan = infer(parse_layers(spec["layers"]), tuple(spec["input_shape"]), spec["num_classes"])
+    plan = infer(parse_layers(spec["layers"]), tuple(spec["input_shape"]), spec["num_classes"],
+                 multi_label=spec.get("multi_label", False))
 
     def build(policy: str):
         return build_task(plan, optimizer=OptimizerConfig(**spec["optimizer"]),

@@ -6,7 +6,10 @@ in photos do); its labels are the set of the items' classes. Several items of on
 label once. Written as PNG files in one flat folder with a `labels.csv` (`path,labels`, labels
 joined with `|`): the way labelling tools export multi-label sets.
 
-    python scripts/fashion_pastes.py OUT_DIR [--images 6000] [--seed 0] [--split-from train|test]
+    python scripts/fashion_pastes.py OUT_DIR [--images 6000] [--test-images 0] [--seed 0]
+
+With `--test-images N`, N more canvases are made from Fashion-MNIST's own test part (seed + 1)
+and the table gets a `split` column (train, test): no item is in both.
 
 Generator: numpy's `default_rng(seed)`; items are drawn from the IDX file's images in order of
 that generator, so a seed and a count always give the same images and labels.
@@ -58,21 +61,25 @@ def compose(images: np.ndarray, labels: np.ndarray, count: int, seed: int,
     return canvases, sets
 
 
-def write(out: Path, count: int, seed: int, part: str = "train", classes: int = len(CLASSES)) -> Path:
-    """The images as PNG files in `out` and their `labels.csv`; returns the table's path."""
+def write(out: Path, count: int, seed: int, classes: int = len(CLASSES), test_count: int = 0) -> Path:
+    """The images as PNG files in `out` and their `labels.csv` (with a split column when
+    `test_count`); returns the table's path."""
     from PIL import Image
 
-    images, labels = load_items(part)
-    canvases, sets = compose(images, labels, count, seed, classes)
+    parts = [("train", "img", count, seed)] + ([("t10k", "test", test_count, seed + 1)] if test_count else [])
     out.mkdir(parents=True, exist_ok=True)
     table = out / "labels.csv"
     with open(table, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "labels"])
-        for i, (canvas, labels_) in enumerate(zip(canvases, sets)):
-            name = f"img{i:05d}.png"
-            Image.fromarray(canvas, "L").save(out / name)
-            writer.writerow([name, "|".join(CLASSES[c] for c in labels_)])
+        writer.writerow(["path", "labels"] + (["split"] if test_count else []))
+        for part, prefix, n, part_seed in parts:
+            images, labels = load_items(part)
+            canvases, sets = compose(images, labels, n, part_seed, classes)
+            for i, (canvas, labels_) in enumerate(zip(canvases, sets)):
+                name = f"{prefix}{i:05d}.png"
+                Image.fromarray(canvas, "L").save(out / name)
+                split = ["train" if part == "train" else "test"] if test_count else []
+                writer.writerow([name, "|".join(CLASSES[c] for c in labels_)] + split)
     return table
 
 
@@ -80,10 +87,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--images", type=int, default=6000)
+    parser.add_argument("--test-images", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--split-from", choices=("train", "test"), default="train")
     args = parser.parse_args()
-    print(write(args.out, args.images, args.seed, args.split_from))
+    print(write(args.out, args.images, args.seed, test_count=args.test_images))
 
 
 if __name__ == "__main__":

@@ -388,6 +388,11 @@ def read_table_arg(parser, path: Path, extension: str | None):
                     print(f"the table's paths have no extension; its files are .{guess} (--extension {guess})")
                     return tried, guess
     except SafetrainError as err:
+        if err.config_key == "dataset.task":  # label sets: the multi-label experiment reads them as they are
+            parser.error(f"{err.message}. The scaffold writes single-label experiments only; train label sets with "
+                         f"the multi-label recipe: python -m safetrain +experiment=multi_label_table "
+                         f"dataset.table={path}" + (f" dataset.extension={extension}" if extension else "")
+                         + " dataset.image.height=H dataset.image.width=W dataset.image.channels=C")
         parser.error(f"{err.message}" + (f" ({err.hint})" if err.hint else ""))
     return table, extension
 

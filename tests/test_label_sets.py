@@ -214,3 +214,12 @@ def test_a_new_user_with_label_sets_dry_run_then_train_then_predict(pastes, run_
             assert shown.startswith("none (most probable: ") or all(
                 float(part.rsplit(" ", 1)[1]) >= signature["thresholds"][part.rsplit(" ", 1)[0]] - 1e-3
                 for part in shown.split(" | ")), line
+
+
+def test_the_scaffold_points_a_table_of_label_sets_at_the_multi_label_recipe(pastes, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "new_experiment.py"), str(pastes), "sets",
+                           "--configs", str(tmp_path), "--check", "none"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "has label sets" in proc.stderr and "+experiment=multi_label_table" in proc.stderr
+    assert not (tmp_path / "experiment" / "sets.yaml").exists()

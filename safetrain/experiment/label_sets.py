@@ -93,17 +93,21 @@ def scores(truth: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray)
 
 
 def per_label(truth: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray, names: list[str]) -> dict:
-    """{label: {support, ap, f1, precision, recall, threshold}} on one split (ap None without a positive)."""
+    """{label: {support, ap, f1, precision, recall, threshold, f1_at_0.5}} on one split (ap None without a
+    positive; f1_at_0.5: what the label's F1 would be at a fixed 0.5)."""
     from sklearn.metrics import average_precision_score, precision_recall_fscore_support
 
     predicted = (probabilities >= thresholds[None, :]).astype(np.int64)
     precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, average=None, zero_division=0)
+    half = precision_recall_fscore_support(truth, (probabilities >= DEFAULT_THRESHOLD).astype(np.int64), average=None,
+                                           zero_division=0)[2]
     out = {}
     for c, name in enumerate(names):
         ap = average_precision_score(truth[:, c], probabilities[:, c]) if truth[:, c].any() else None
         out[name] = {"support": int(support[c]), "ap": None if ap is None else round(float(ap), 4),
                      "f1": round(float(f1[c]), 4), "precision": round(float(precision[c]), 4),
-                     "recall": round(float(recall[c]), 4), "threshold": round(float(thresholds[c]), 4)}
+                     "recall": round(float(recall[c]), 4), "threshold": round(float(thresholds[c]), 4),
+                     "f1_at_0.5": round(float(half[c]), 4)}
     return out
 
 

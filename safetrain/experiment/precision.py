@@ -152,7 +152,8 @@ def _inputs(cfg: Config, plan: ModelPlan, data, hardware):
     worker = None
     if plan.backbone is None and hardware.replicas == 1:
         worker = {**spec, "layers": [dict(layer) for layer in cfg.model.layers], "input_shape": list(data.spec.shape),
-                  "num_classes": data.source.num_classes, "input_dtype": data.spec.dtype}
+                  "num_classes": data.source.num_classes, "input_dtype": data.spec.dtype,
+                  "multi_label": data.source.multi_label}
     run_steps = data.steps_per_epoch * t.epochs
     return pt.TrialInputs(images=images, labels=labels, build=build, strategy=hardware.strategy,
                           planned_steps=min(run_steps, t.max_steps or run_steps), worker_spec=worker)

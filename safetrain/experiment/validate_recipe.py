@@ -186,7 +186,7 @@ def _check_augment(cfg: Config, refuse) -> None:
     for key, value in (("mixup", a.mixup), ("cutmix", a.cutmix)):
         if value < 0:
             refuse(f"augment.{key}={value} must be >= 0 (0 = off).", f"set augment.{key}=0.2", f"augment.{key}")
-        if value and cfg.dataset.label_encoding.value != "one_hot":
+        if value and cfg.dataset.label_encoding.value != "one_hot" and task_of(cfg.dataset) != MULTI:  # check_task's
             refuse(f"augment.{key}={value} mixes two images and their labels into soft labels, but "
                    f"dataset.label_encoding={cfg.dataset.label_encoding.value} and trainer.loss={cfg.trainer.loss} "
                    f"take one class id per image.",
