@@ -125,6 +125,16 @@ def test_hostile_overrides_are_refused_before_anything_runs(tmp_path):
     assert not target.exists()
 
 
+def test_the_guard_refuses_a_target_key_segment_not_a_key_that_contains_the_word():
+    from safetrain.experiment.app import refuse_code_execution
+
+    for hostile in ("+model._target_=os.system", "a.b[0]._target_=x", "+model={_target_: os.system}",
+                    "+hydra.callbacks.x.name=y"):
+        assert refuse_code_execution([hostile]) is not None, hostile
+    for plain in ("trainer.serving_target_accuracy=0.99", "model.name=my_target_net", "name=_target_ish"):
+        assert refuse_code_execution([plain]) is None, plain
+
+
 def test_an_unwritable_run_dir_is_a_clear_error_before_anything_starts(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")

@@ -254,7 +254,6 @@ class _Selection:
                 chosen += _take(units, lo, hi)
         return chosen
 
-
     def _label_set_carve(self) -> list[tuple[list[ImageFile], int]]:
         """Multi-label: every unit of the folder carved from, with its slice (computed once)."""
         if self._label_set_parts is None:

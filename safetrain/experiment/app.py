@@ -10,6 +10,7 @@ a multirun exits with the worst one.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -73,8 +74,13 @@ def refuse_code_execution(args: list[str]) -> ConfigError | None:
     Hydra itself would instantiate `hydra.callbacks` (and honour `_target_` where a caller asks
     for it) before any safetrain code sees the config, so such overrides are refused up front."""
     for arg in args:
-        key = arg.split("=", 1)[0].lstrip("+~")
-        if "_target_" in key or key.startswith(("hydra.callbacks", "hydra/callbacks")):
+        key, _, value = arg.partition("=")
+        key = key.lstrip("+~")
+        # A key segment that *is* _target_ (model._target_, a[0]._target_), or a dict value that
+        # names one ({_target_: os.system}); a key that only contains the word
+        # (trainer.serving_target_accuracy) is an ordinary setting.
+        named = "_target_" in re.split(r"[./\[\]]", key) or re.search(r"(^|[{,\s])_target_\s*:", value)
+        if named or key.startswith(("hydra.callbacks", "hydra/callbacks")):
             return ConfigError(
                 f"the override {arg!r} asks to import and run code named in a config; safetrain never does "
                 f"(no _target_ instantiation, no Hydra callbacks from the command line).",
