@@ -7,6 +7,9 @@
 A table (.csv, .tsv, .jsonl) is read as `dataset=image_table` reads it (pipelines.sources.table:
 columns found by their common names, ids completed by the extension its files have, every bad
 row named); its usable rows are scanned like a folder's files and the experiment names the table.
+A table whose labels are sets (`bag|sneaker`) gets a multi-label experiment (dataset.task=
+multi_label, binary cross-entropy, images without a label allowed and counted), and its learning
+check reads the eval mAP against chance (the mean label prevalence) instead of the accuracy.
 
 The folder holds one sub-folder per class (or train/ and test/ each holding them). The scan
 reads every file's header with Pillow (nothing is decoded but a sample): counts per class, image
@@ -81,6 +84,13 @@ class Scan:
     bad_rows: list[str] = field(default_factory=list)     # a table's refused rows: "kind (line N)"
     split_names: list[str] = field(default_factory=list)  # split folders, or a table's split column values
     table: object = None                                 # pipelines.sources.table.Table, for a table
+    images: int = 0                                      # readable training images (a label set counts once)
+    empty_sets: int = 0                                  # multi-label: training images with no label
+
+    @property
+    def multi_label(self) -> bool:
+        """A table of label sets: `counts` are images per label."""
+        return bool(self.table is not None and self.table.multi_label)
 
 
 def split_dirs(folder: Path) -> dict[str, Path]:
@@ -116,10 +126,11 @@ def scan_table(table) -> Scan:
     """A table's usable rows (pipelines.sources.table: every bad row is named there) as the folder
     scan sees files; its split column, when it has one, as split folders."""
     found = Scan(table=table)
-    look(found, [(r.split or "train", r.label, table.root / r.rel) for r in table.rows])
+    look(found, [(r.split or "train", r.labels if table.multi_label else r.label, table.root / r.rel)
+                 for r in table.rows])
     splits = {r.split for r in table.rows if r.split}
     for split in sorted(splits - {"train"}):
-        have = {r.label for r in table.rows if r.split == split}
+        have = {x for r in table.rows if r.split == split for x in (r.labels if table.multi_label else (r.label,))}
         found.missing += [(split, cls) for cls in sorted(found.counts) if cls not in have]
     found.bad_rows = [f"{b.kind} (line {b.line})" for b in table.bad]
     found.split_names = sorted(splits or {"train"})
@@ -148,8 +159,11 @@ def look(found: Scan, entries: list[tuple[str, str, Path]]) -> None:
                 found.sizes.append((width, height))
                 found.modes[mode] += 1
                 found.formats[img.format] += 1
-            if split == "train":
-                found.counts[cls] += 1
+            if split == "train":  # a label set (a tuple) counts for each of its labels
+                for label in (cls if isinstance(cls, tuple) else (cls,)):
+                    found.counts[label] += 1
+                found.images += 1
+                found.empty_sets += cls == ()
             found.readable.append(path)
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             found.unreadable.append(f"{path} ({err.__class__.__name__})")
@@ -213,7 +227,12 @@ def advice(found: Scan) -> list[str]:
     if few:
         notes.append(f"too few images in {', '.join(few)}: under {FEW_PER_CLASS} per class the test split "
                      f"is too small to trust; collect more, or merge classes")
-    if imbalanced(counts):
+    if imbalanced(counts) and found.multi_label:
+        big, small = max(counts, key=counts.get), min(counts, key=counts.get)
+        notes.append(f"imbalanced labels: {big} is on {counts[big]} images, {small} on {counts[small]}; the "
+                     f"experiment weighs each label's positives by its negatives (dataset.class_weights: balanced) "
+                     f"and tunes each label's threshold on eval; report.json per_label shows each label's F1")
+    elif imbalanced(counts):
         big, small = max(counts, key=counts.get), min(counts, key=counts.get)
         notes.append(f"imbalanced classes: {big} has {counts[big]} images, {small} {counts[small]}; accuracy "
                      f"will flatter the big class — the experiment weights the loss per class "
@@ -245,6 +264,13 @@ def advice(found: Scan) -> list[str]:
     for split, cls in found.missing:
         notes.append(f"the {split}/ folder has no images of class {cls!r}: its scores will say nothing about it; "
                      f"the experiment sets dataset.allow_missing_classes=true so it runs — better, add some")
+    if rare_labels(found):
+        notes.append(f"labels on fewer images than the splits: {', '.join(rare_labels(found))}; some split will lack "
+                     f"them and its scores say nothing about them: the experiment sets "
+                     f"dataset.allow_missing_classes=true so it runs — better, label more images with them")
+    if found.empty_sets:
+        notes.append(f"{found.empty_sets} image(s) have no label: kept as images with an empty set "
+                     f"(dataset.allow_empty_labels=true); if they were left unlabelled by mistake, label them")
     if found.bad_rows:
         notes.append(f"{len(found.bad_rows)} table row(s) refused, skipped with dataset.on_bad_example=skip and "
                      f"listed in errors.jsonl: " + ", ".join(found.bad_rows[:6])
@@ -285,6 +311,14 @@ def splits_lines(splits: dict[str, Path], found: Scan) -> list[str]:
             f"    test: 'train[{t + e}%:]'"]
 
 
+def rare_labels(found: Scan) -> list[str]:
+    """Multi-label: labels on fewer images than the three splits carved from the table (such a
+    label cannot be in all of them: the experiment allows it, and the advice says so)."""
+    if not found.multi_label:
+        return []
+    return [f"{c} ({n})" for c, n in sorted(found.counts.items()) if n < 3]
+
+
 def imbalanced(counts) -> bool:
     return bool(counts) and max(counts.values()) > IMBALANCE * max(1, min(counts.values()))
 
@@ -304,7 +338,7 @@ def input_spec(found: Scan) -> tuple[int, int, int, bool]:
 def sizing(found: Scan, budget: str) -> "recipe.Sizing":
     """The model that fits the budget on this folder, from each candidate's measured rate."""
     height, width, channels, _ = input_spec(found)
-    images = sum(found.counts.values())
+    images = found.images or sum(found.counts.values())
     # the training split's share of train/: all of it beside a val/ folder, 90% beside test/ alone
     # (eval carved from it), else 80%
     splits = found.split_names
@@ -329,13 +363,15 @@ def render(name: str, folder: Path, found: Scan, command: str, chosen_model: str
     height, width, channels, resize = input_spec(found)
     convert = any(MODE_CHANNELS.get(mode, 0) != channels for mode in found.modes)
     mean, std = stats(found.readable, height, width, channels)
-    chosen = recipe.propose(chosen_model, recipe.looks(found.readable, channels), budget, learning_rate)
+    chosen = recipe.propose(chosen_model, recipe.looks(found.readable, channels), budget, learning_rate,
+                            multi_label=found.multi_label)
     classes = sorted(found.counts)
+    what = "labels" if found.multi_label else "classes"
     lines = [
         "# @package _global_",
         f"# Written by scripts/new_experiment.py from {folder}",
         f"#   {command}",
-        f"# classes ({len(classes)}): " + ", ".join(f"{c} {found.counts[c]}" for c in classes),
+        f"# {what} ({len(classes)}{'; images per label' if found.multi_label else ''}): " + ", ".join(f"{c} {found.counts[c]}" for c in classes),
         f"# sizes: {len(set(found.sizes))} distinct; median {statistics.median(h for _, h in found.sizes):.0f}x"
         f"{statistics.median(w for w, _ in found.sizes):.0f} (height x width)",
         f"# modes: {dict(found.modes)}; formats: {dict(found.formats)}",
@@ -362,12 +398,22 @@ def render(name: str, folder: Path, found: Scan, command: str, chosen_model: str
         f"  channel_policy: {'convert' if convert else 'error'}",
         f"  on_bad_example: {'skip' if found.unreadable or found.bad_rows else 'error'}",
         f"  class_weights: {'balanced' if imbalanced(found.counts) else 'none'}"
-        + ("   # or class_weights: none with sampling: balanced" if imbalanced(found.counts) else ""),
+        + ("   # or class_weights: none with sampling: balanced" if imbalanced(found.counts)
+           and not found.multi_label else "   # label sets: each label's positives weighed" if
+           imbalanced(found.counts) else ""),
     ]
+    if found.multi_label:
+        lines += ["  task: multi_label      # each image has a set of labels: a sigmoid per label, thresholds "
+                  "tuned on eval", "  label_encoding: multi_hot"]
+        lines += [f"  allow_empty_labels: true   # {found.empty_sets} training image(s) have no label"] \
+            if found.empty_sets else []
+    scarce = rare_labels(found)
     if found.missing:
         lines.append("  allow_missing_classes: true   # a split folder lacks a class (see the advice above)")
+    elif scarce:
+        lines.append(f"  allow_missing_classes: true   # {', '.join(scarce)}: too few images for every split")
     lines += found.split_lines
-    lines += chosen.lines(batch_size(sum(found.counts.values())))
+    lines += chosen.lines(batch_size(found.images or sum(found.counts.values())))
     return "\n".join(lines) + "\n"
 
 
@@ -378,21 +424,33 @@ def read_table_arg(parser, path: Path, extension: str | None):
     from safetrain.core.errors import SafetrainError
     from safetrain.pipelines.sources.table import read_table
 
+    from safetrain.pipelines.sources.table import LabelSets
+
     root = str(parser.images) if getattr(parser, "images", None) else None
+
+    def read(ext: str | None, sets):
+        return read_table(str(path), root, TableColumns(), ext, None, sets=sets)
+
     try:
-        table = read_table(str(path), root, TableColumns(), extension, None)
+        try:
+            sets = None
+            table = read(extension, sets)
+        except SafetrainError as err:
+            if err.config_key != "dataset.task":
+                raise
+            # Label sets (`bag|sneaker`): a multi-label experiment; images with no label are kept
+            # (counted, and the experiment allows them), as a labelling tool's export has them.
+            sets = LabelSets(allow_empty=True)
+            table = read(extension, sets)
+            print("the table has label sets (labels joined by '|'): a multi-label experiment (dataset.task="
+                  "multi_label: a sigmoid per label, thresholds tuned on eval)")
         if extension is None and sum(b.kind == "missing_file" for b in table.bad) > len(table.rows):
             for guess in ("png", "jpg", "jpeg"):
-                tried = read_table(str(path), root, TableColumns(), guess, None)
+                tried = read(guess, sets)
                 if len(tried.rows) > len(table.rows):
                     print(f"the table's paths have no extension; its files are .{guess} (--extension {guess})")
                     return tried, guess
     except SafetrainError as err:
-        if err.config_key == "dataset.task":  # label sets: the multi-label experiment reads them as they are
-            parser.error(f"{err.message}. The scaffold writes single-label experiments only; train label sets with "
-                         f"the multi-label recipe: python -m safetrain +experiment=multi_label_table "
-                         f"dataset.table={path}" + (f" dataset.extension={extension}" if extension else "")
-                         + " dataset.image.height=H dataset.image.width=W dataset.image.channels=C")
         parser.error(f"{err.message}" + (f" ({err.hint})" if err.hint else ""))
     return table, extension
 
@@ -440,12 +498,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if not folder.is_file():
         found = scan(folder)
-    elif len(found.counts) < 2:
+    elif len(found.counts) < (1 if found.multi_label else 2):
         parser.error(f"{folder} has {len(found.counts)} label(s) among its usable training rows "
                      f"({', '.join(sorted(found.counts)) or 'none'}); classification needs at least 2")
     if not found.readable:
         parser.error(f"no readable images ({', '.join(sorted(EXTENSIONS))}) under {folder}")
-    print(f"scanned {len(found.readable) + len(found.unreadable)} files in {len(found.counts)} classes: "
+    print(f"scanned {len(found.readable) + len(found.unreadable)} files in {len(found.counts)} "
+          f"{'labels (images per label)' if found.multi_label else 'classes'}: "
           + ", ".join(f"{c} {n}" for c, n in sorted(found.counts.items())))
     for note in advice(found):
         print(f"advice: {note}")
@@ -462,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     print(recipe.summary(target.read_text()))
     check = "none" if args.no_check else args.check
     if check == "learn":
-        code, learning_rate = recipe.learning_check(run, args.name, found.counts, target.read_text())
+        code, learning_rate = recipe.learning_check(run, args.name, found.counts, target.read_text(),
+                                                    images=found.images if found.multi_label else None)
         if learning_rate is not None:  # the lower rate learned: the experiment keeps it
             target.write_text(render(args.name, folder, found, command, sized.model, budget, learning_rate,
                                      extension=extension))

@@ -56,6 +56,7 @@ class Recipe:
     kind: str           # drawing | photo
     budget: str
     learning_rate: float
+    multi_label: bool = False   # label sets: binary cross-entropy, no label smoothing (thresholds are tuned)
 
     def lines(self, batch_size: int) -> list[str]:
         augment = (["augment:", "  flip: horizontal", "  rotation: 0.1     # up to 36 degrees", "  translate: 0.1",
@@ -75,7 +76,8 @@ class Recipe:
             f"  time_budget: {self.budget}     # the steps that fit it are planned from measured costs",
             "  epochs: 300          # at most: the time budget decides",
             f"  batch_size: {batch_size}",
-            "  label_smoothing: 0.1",
+            *(["  loss: binary_crossentropy   # a sigmoid per label (dataset.task: multi_label)"]
+              if self.multi_label else ["  label_smoothing: 0.1"]),
             "  keep_best: true",
             "# augmentation: the sample looks like " + ("drawings (sparse strokes on a flat background)"
                                                          if self.kind == "drawing" else "photos"),
@@ -83,8 +85,9 @@ class Recipe:
         ]
 
 
-def propose(model: str, kind: str, budget: str, learning_rate: float | None) -> Recipe:
-    return Recipe(model=model, kind=kind, budget=budget, learning_rate=learning_rate or 0.001)
+def propose(model: str, kind: str, budget: str, learning_rate: float | None, multi_label: bool = False) -> Recipe:
+    return Recipe(model=model, kind=kind, budget=budget, learning_rate=learning_rate or 0.001,
+                  multi_label=multi_label)
 
 
 def candidates(images: int, height: int, width: int) -> tuple[str, ...]:
@@ -101,9 +104,10 @@ def summary(text: str) -> str:
     model = next(d["override /model"] for d in config["defaults"] if isinstance(d, dict) and "override /model" in d)
     t, o, a = config["trainer"], config["optimizer"], config.get("augment", {})
     shown = ", ".join(f"{k} {v}" for k, v in a.items()) or "none"
-    return (f"recipe: {model}, adamw {o['learning_rate']:g} (1-epoch warmup, cosine), label smoothing "
-            f"{t['label_smoothing']:g}, best eval epoch kept, augmentation: {shown}; trainer.time_budget="
-            f"{t['time_budget']}")
+    loss = ("binary cross-entropy (label sets), thresholds tuned on eval" if t.get("loss") == "binary_crossentropy"
+            else f"label smoothing {t['label_smoothing']:g}")
+    return (f"recipe: {model}, adamw {o['learning_rate']:g} (1-epoch warmup, cosine), {loss}, best eval epoch kept, "
+            f"augmentation: {shown}; trainer.time_budget={t['time_budget']}")
 
 
 MIN_CHECK_STEPS = 20      # fewer trained steps say nothing about learning
@@ -122,15 +126,24 @@ class CheckRun:
     plan: str                 # the budget's plan in words
 
 
-def learning_check(run: list[str], name: str, counts, text: str) -> tuple[int, float | None]:
+MAP_MARGIN = 0.1          # label sets: eval mAP this far above chance (the mean label prevalence) is learning
+
+
+def learning_check(run: list[str], name: str, counts, text: str, images: int | None = None) -> tuple[int, float | None]:
     """(exit code, a lower learning rate that learned where the proposed one did not, or None).
     About a minute of training on up to CHECK_EXAMPLES images per split. It tells the truth: a
     run that failed prints its own error (exit 3); one that trained too few steps, or whose eval
     split is too small to tell learning from chance, says so (exit 0: the experiment is fine to
-    train); one that does not learn is tried once more at a third of the rate, then exit 4."""
+    train); one that does not learn is tried once more at a third of the rate, then exit 4.
+
+    `images` (label sets): the eval split's mAP is the evidence instead of its accuracy; a random
+    ranking's AP is the label's prevalence, so chance is the mean prevalence, and learning is an
+    mAP at least MAP_MARGIN above it (no binomial test: AP is not a count of right answers)."""
     import yaml
 
-    chance = max(counts.values()) / max(1, sum(counts.values()))
+    multi = images is not None
+    chance = (sum(counts.values()) / max(1, images * len(counts)) if multi
+              else max(counts.values()) / max(1, sum(counts.values())))
     rate = yaml.safe_load(text)["optimizer"]["learning_rate"]
     tried = []
     for attempt_rate in (rate, rate / 3):
@@ -145,18 +158,26 @@ def learning_check(run: list[str], name: str, counts, text: str) -> tuple[int, f
                   f"too few to see learning. The experiment is written and trains with its own budget")
             return 0, None
         first, last = result.losses[0], result.losses[-1]
-        right = round(result.accuracy * result.eval_images)
-        p_value = _above_chance(right, result.eval_images, chance)
-        words = (f"optimizer.learning_rate={attempt_rate:g}: {result.steps} steps, training loss {first:.3f} -> "
-                 f"{last:.3f}, eval accuracy {result.accuracy:.3f} ({right} of {result.eval_images} images; chance "
-                 f"{chance:.3f})")
+        if multi:
+            above = result.accuracy >= chance + MAP_MARGIN
+            p_value = 0.0 if above else 1.0
+            words = (f"optimizer.learning_rate={attempt_rate:g}: {result.steps} steps, training loss {first:.3f} -> "
+                     f"{last:.3f}, eval mAP {result.accuracy:.3f} ({result.eval_images} images; chance {chance:.3f}, "
+                     f"learning from {chance + MAP_MARGIN:.3f})")
+        else:
+            right = round(result.accuracy * result.eval_images)
+            p_value = _above_chance(right, result.eval_images, chance)
+            words = (f"optimizer.learning_rate={attempt_rate:g}: {result.steps} steps, training loss {first:.3f} -> "
+                     f"{last:.3f}, eval accuracy {result.accuracy:.3f} ({right} of {result.eval_images} images; "
+                     f"chance {chance:.3f})")
         tried.append(words)
         if last < first and p_value < SIGNIFICANCE:  # the eval split, above chance, is the evidence
             print(f"learning check ({CHECK_BUDGET} on up to {CHECK_EXAMPLES:,} images per split): {words}: it learns")
             return 0, (attempt_rate if attempt_rate != rate else None)
         if result.eval_images < MIN_EVAL_IMAGES:  # too few to show learning, and too few to deny it
+            test = "" if multi else f" (one-sided binomial p = {p_value:.2f})"
             print(f"learning check: cannot tell: {words}; an eval split of {result.eval_images} images cannot tell "
-                  f"learning from chance (one-sided binomial p = {p_value:.2f}). The experiment is written and "
+                  f"learning from chance{test}. The experiment is written and "
                   f"trains; more images per class make the check (and the test split) say more")
             return 0, None
         print(f"learning check: {words}: not learning yet" + ("; trying a third of the rate" if len(tried) == 1
@@ -190,7 +211,9 @@ def _check_run(run: list[str], name: str, learning_rate: float) -> CheckRun | st
     budget = report.get("budget") or {}
     plan = (f"{budget.get('step_ms')} ms a step, first plan {budget.get('first_plan')} steps, stopped by "
             f"{budget.get('stopped_by')}")
-    accuracy = (report.get("best") or {}).get("value") or report["metrics"].get("eval_accuracy") or 0.0
+    # the kept epoch's eval value: accuracy, or mAP for label sets (keep_best chooses on it)
+    accuracy = ((report.get("best") or {}).get("value") or report["metrics"].get("eval_accuracy")
+                or report["metrics"].get("eval_map") or 0.0)
     eval_images = int((report.get("data") or {}).get("counts", {}).get("eval") or 0)
     return CheckRun(losses=_scalars(check_dir / "tb", "train/loss"), accuracy=float(accuracy),
                     eval_images=eval_images, steps=int(report.get("steps") or 0), plan=plan)
