@@ -196,6 +196,9 @@ def test_a_new_user_with_label_sets_dry_run_then_train_then_predict(pastes, run_
     assert {"support", "ap", "f1", "threshold"} <= set(metrics["per_label"]["trouser"])
     assert report["data"]["labels"]["cooccurrence_train"], report["data"]["labels"]
     assert (trained.run_dir / "results" / "precision_recall.png").stat().st_size > 0
+    assert (trained.run_dir / "results" / "top_losses.png").stat().st_size > 0
+    worst = metrics["per_label"]["trouser"]["top_losses"]  # the images it is most wrong about, per label
+    assert len(worst) == 3 and all(Path(w["file"]).is_file() and w["given"] in (0, 1) for w in worst)
     signature = json.loads((trained.run_dir / "export" / "signature.json").read_text())
     assert signature["task"] == "multi_label"
     assert signature["thresholds"] == {k: pytest.approx(v["threshold"], abs=1e-4)

@@ -5,6 +5,7 @@ and records what they give."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -29,6 +30,7 @@ def predictions(steps: Steps, data: Datasets, split: str, keep: int = 0):
     if ds is None:
         return None, {}
     labels, probabilities, keys = [], [], []
+    multi = data.source.multi_label
     kept: dict[int, tuple[float, np.ndarray]] = {}  # index -> (loss, image)
     for images, y, key in ds:
         start = len(keys)
@@ -36,14 +38,14 @@ def predictions(steps: Steps, data: Datasets, split: str, keep: int = 0):
         labels.append(y.numpy().astype(np.int64))
         keys += [k.decode() for k in key.numpy()]
         if keep:
-            batch = results.Predictions(split, labels[-1], probabilities[-1], keys[start:])
+            batch = results.Predictions(split, labels[-1], probabilities[-1], keys[start:], multi)
             for i in results.top_loss_indices(batch, keep):
                 kept[start + int(i)] = (float(batch.losses[i]), images[int(i)].numpy().astype(np.float32))
             # the same order as results.top_loss_indices: highest loss first, the earlier example on ties
             kept = dict(sorted(kept.items(), key=lambda item: (-item[1][0], item[0]))[:keep])
     if not keys:
-        return results.Predictions(split, np.zeros(0, np.int64), np.zeros((0, 1)), []), {}
-    pred = results.Predictions(split, np.concatenate(labels), np.concatenate(probabilities), keys)
+        return results.Predictions(split, np.zeros(0, np.int64), np.zeros((0, 1)), [], multi), {}
+    pred = results.Predictions(split, np.concatenate(labels), np.concatenate(probabilities), keys, multi)
     return pred, {i: image for i, (_, image) in kept.items()}
 
 
@@ -88,13 +90,22 @@ def analyse_label_sets(cfg: Config, steps: Steps, data: Datasets, record: RunRec
         thresholds = label_sets.fixed(count, "no eval split: 0.5")
     metrics["task"] = "multi_label"
     metrics["thresholds"] = thresholds.report(names)
-    test = predictions(steps, data, "test")[0] if data.test is not None else None
+    test, images = predictions(steps, data, "test", keep=TOP_LOSSES) if data.test is not None else (None, {})
     if test is not None and len(test.labels):
-        truth = label_sets.label_matrix(test.labels, count)
+        test = dataclasses.replace(test, thresholds=thresholds.values)
+        truth = test.truth
         tuned = label_sets.scores(truth, test.probabilities, thresholds.values)
         metrics.update({f"test_{name}": value for name, value in tuned.items()})
         metrics["test_at_0.5"] = label_sets.scores(truth, test.probabilities, np.full(count, 0.5))
         metrics["per_label"] = label_sets.per_label(truth, test.probabilities, thresholds.values, names)
+        for name, worst in label_sets.top_losses(test.label_losses, test.probabilities, truth, test.keys,
+                                                 names).items():
+            metrics["per_label"][name]["top_losses"] = worst
+        chosen = results.top_loss_indices(test, TOP_LOSSES)
+        shown = [as_it_looks(images[int(i)], test.keys[int(i)], data) for i in chosen]
+        grid = results.top_losses_figure(shown, test, chosen, names, record.run_dir / run_files.RESULTS /
+                                         run_files.TOP_LOSSES)
+        record.image("test/top_losses", grid, step=step)
         record.scalars(step, {f"test/{name}": value for name, value in tuned.items()})
         record.text("test/per_label", label_sets.table_text(metrics["per_label"]), step=step, code=False)
         picture = label_sets.pr_figure(truth, test.probabilities, thresholds.values, names,

@@ -111,6 +111,18 @@ def per_label(truth: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarr
     return out
 
 
+def top_losses(losses: np.ndarray, probabilities: np.ndarray, truth: np.ndarray, keys: list[str], names: list[str],
+               n: int = 3) -> dict[str, list[dict]]:
+    """Per label, the `n` test examples with its highest binary cross-entropy: the images it is
+    most wrong about, missed (given 1) or wrongly claimed (given 0), each {file, given, probability}."""
+    out = {}
+    for c, name in enumerate(names):
+        worst = np.argsort(-losses[:, c], kind="stable")[:n]
+        out[name] = [{"file": keys[i], "given": int(truth[i, c]), "probability": round(float(probabilities[i, c]), 4)}
+                     for i in worst]
+    return out
+
+
 def table_text(rows: dict) -> str:
     """The per-label table as Markdown (TensorBoard's Text tab), rarest label first."""
     lines = ["| label | support | AP | F1 | precision | recall | threshold |", "|---|---|---|---|---|---|---|"]

@@ -32,18 +32,48 @@ class Predictions:
     labels: np.ndarray         # (N,) int class ids
     probabilities: np.ndarray  # (N, K) float
     keys: list[str]            # (N,) file path (image folders) or split#index
+    multi_label: bool = False  # labels are label sets as bit masks; probabilities a sigmoid per label
+    thresholds: np.ndarray | None = None  # multi-label: a label is predicted at or above its (None: 0.5)
 
     @property
     def predicted(self) -> np.ndarray:
         return self.probabilities.argmax(axis=1)
 
     @property
+    def truth(self) -> np.ndarray:
+        """Multi-label: the sets as 0/1 rows (N, K)."""
+        labels = np.asarray(self.labels, np.int64).reshape(-1)
+        return (labels[:, None] >> np.arange(self.probabilities.shape[1])) & 1
+
+    @property
+    def label_losses(self) -> np.ndarray:
+        """Multi-label: each example's binary cross-entropy per label (N, K)."""
+        p = np.clip(np.nan_to_num(self.probabilities, nan=0.5, posinf=1.0, neginf=0.0), 1e-7, 1 - 1e-7)
+        return -np.where(self.truth == 1, np.log(p), np.log(1 - p))
+
+    @property
     def losses(self) -> np.ndarray:
-        """Cross-entropy of each example (-log p(true class)), for the top losses. A non-finite
-        probability (a model whose weights overflowed) counts as p = 0, the worst loss: NaN would
-        make every ordering of the examples arbitrary."""
+        """Cross-entropy of each example (-log p(true class)), for the top losses (multi-label: the
+        mean over labels of the binary cross-entropy). A non-finite probability (a model whose
+        weights overflowed) counts as p = 0, the worst loss: NaN would make every ordering of the
+        examples arbitrary."""
+        if self.multi_label:
+            return self.label_losses.mean(axis=1)
         p = self.probabilities[np.arange(len(self.labels)), self.labels]
         return -np.log(np.clip(np.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0), 1e-12, 1.0))
+
+    def title(self, i: int, names: list[str]) -> str:
+        """What example `i` is and what the model said, for a picture's title."""
+        if not self.multi_label:
+            top = self.predicted[i]
+            return f"true {names[self.labels[i]]} | pred {names[top]} {self.probabilities[i, top]:.2f}"
+        cut = self.thresholds if self.thresholds is not None else np.full(len(names), 0.5)
+        given = [names[c] for c in np.flatnonzero(self.truth[i])] or ["none"]
+        said = [f"{names[c]} {self.probabilities[i, c]:.2f}" for c in np.argsort(-self.probabilities[i])
+                if self.probabilities[i, c] >= cut[c]] or ["none"]
+        if len(said) > 3:  # a title has room for three
+            said = said[:3] + [f"+{len(said) - 3}"]
+        return f"true {', '.join(given)}\npred {', '.join(said)}"
 
 
 def confusion(pred: Predictions, num_classes: int) -> np.ndarray:
@@ -169,18 +199,18 @@ def top_losses_figure(images: list[np.ndarray], pred: Predictions, indices: np.n
     n = len(indices)
     columns = min(5, max(1, n))
     rows = max(1, math.ceil(n / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), dpi=80, squeeze=False)
+    size = (3.6, 4.2) if pred.multi_label else (3.2, 3.6)  # a label set takes two title lines
+    fig, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows), dpi=80,
+                             squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    predicted = pred.predicted
     for ax, image, i in zip(axes.ravel(), images, indices):
         shown = np.clip(image, 0.0, 1.0)
         ax.imshow(shown[..., 0] if shown.shape[-1] == 1 else shown[..., :3], cmap="gray" if shown.shape[-1] == 1
                   else None, vmin=0.0, vmax=1.0)
         key = pred.keys[i]
         key = key if len(key) <= 34 else "…" + key[-33:]
-        ax.set_title(f"true {names[pred.labels[i]]} | pred {names[predicted[i]]} "
-                     f"{pred.probabilities[i, predicted[i]]:.2f}\nloss {pred.losses[i]:.2f}  {key}", fontsize=8)
+        ax.set_title(f"{pred.title(i, names)}\nloss {pred.losses[i]:.2f}  {key}", fontsize=8)
     fig.suptitle(f"{pred.split}: the {n} highest losses", fontsize=11)
     fig.tight_layout()
     return _rendered(fig, path)
