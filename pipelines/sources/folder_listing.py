@@ -97,6 +97,10 @@ def from_table(cfg: DatasetConfig, table) -> Listing:
         raise DataError(f"dataset.table={table.file} has {len(classes)} labels; multi-label runs take at most "
                         f"{MAX_LABELS} (a label set travels as one 64-bit mask)", config_key="dataset.classes",
                         hint="list the labels to train in dataset.classes (rows with others are then refused)")
+    if multi and not classes:
+        raise DataError(f"dataset.table={table.file}: none of its {len(table.rows)} usable rows has a label",
+                        config_key="dataset.table", hint="check dataset.columns.label (or dataset.columns.labels) "
+                        "names the column with the label sets")
     if len(classes) < 2 and not multi:
         raise DataError(f"dataset.table={table.file} has {len(classes)} label{'s' if len(classes) != 1 else ''} "
                         f"among its {len(table.rows)} usable rows ({', '.join(map(repr, classes)) or 'none'}); "
