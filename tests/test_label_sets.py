@@ -119,6 +119,22 @@ def test_multi_label_metric_types_agree_with_scikit_learn():
         Collection(["loss", "accuracy"], 6, "multi_label")
 
 
+def test_binary_cross_entropy_is_keras_own_and_positive_weights_scale_the_positives():
+    import keras
+    import tensorflow as tf
+
+    from safetrain.train.optimizers import binary_crossentropy
+
+    y, z = tf.constant([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]), tf.constant([[0.3, -1.0, 2.0], [1.5, -0.5, 0.0]])
+    for smoothing in (0.0, 0.1):
+        ours = binary_crossentropy(smoothing)(y, z).numpy()
+        theirs = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=smoothing, reduction="none")(y, z)
+        np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-6)
+    p = tf.sigmoid(z).numpy()
+    by_hand = -(y.numpy() * np.array([3.0, 1.0, 1.0]) * np.log(p) + (1 - y.numpy()) * np.log(1 - p)).mean(axis=1)
+    np.testing.assert_allclose(binary_crossentropy(positive_weights=[3.0, 1.0, 1.0])(y, z).numpy(), by_hand, rtol=1e-5)
+
+
 def test_thresholds_tuned_on_eval_find_a_rare_label_that_0_5_misses():
     from safetrain.experiment import label_sets
 
@@ -185,11 +201,13 @@ def test_a_new_user_with_label_sets_dry_run_then_train_then_predict(pastes, run_
     assert softmax.code == 2 and softmax.report()["error"]["config_key"] == "trainer.loss"
 
     trained = run_main(*args, "dataset.allow_empty_labels=true", "dataset.allow_missing_classes=true",
-                       "trainer.export_formats=[saved_model,tflite]", name="trained")
+                       "dataset.class_weights=balanced", "trainer.export_formats=[saved_model,tflite]", name="trained")
     assert trained.code == 0, trained.err
     report = trained.report()
     metrics = report["metrics"]
     assert metrics["task"] == "multi_label" and report["data"]["table"]["empty_label_sets"] == 1
+    weights = report["data"]["positive_weights"]  # negatives over positives on the training split
+    assert weights["hat"] > 20 * weights["trouser"] > 0, weights
     for name in ("map", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"):
         assert isinstance(metrics[f"test_{name}"], float) and name in metrics["test_at_0.5"], name
     assert set(metrics["per_label"]) == {"t-shirt", "trouser", "pullover", "dress", "hat"}

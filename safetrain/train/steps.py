@@ -39,7 +39,7 @@ class Steps:
                  jit_compile: bool = False, guard_updates: bool = False, time_input: bool = True,
                  on_missing_gradients: Callable[[list[str]], Exception] | None = None,
                  class_weights: list[float] | None = None, fine_tune=None, check_finite: bool = True,
-                 eval_metrics: Collection | None = None, multi_label: bool = False) -> None:
+                 eval_metrics: Collection | None = None, multi_label: bool = False, eval_loss_fn=None) -> None:
         """`eval_spec`: the distributed eval dataset's element spec (a fixed signature, so the
         last, smaller eval batch does not retrace). With `jit_compile` only the per-replica
         computation is compiled: XLA cannot compile the iterator's `next`.
@@ -63,11 +63,13 @@ class Steps:
 
         `multi_label`: the head is a sigmoid per label (dataset.task=multi_label): the metrics
         read 0/1 label rows, `probabilities` is the sigmoid, and `class_weights` are per-label
-        positive weights that the loss itself applies (optimizers.binary_crossentropy)."""
+        positive weights that the loss itself applies (optimizers.binary_crossentropy); `eval_loss_fn`
+        is then the same loss unweighted, so evaluation stays unweighted as for classes."""
         self.strategy = strategy
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = loss_fn
+        self.eval_loss_fn = eval_loss_fn or loss_fn
         # dataset.class_weights: each training example's loss times its class's weight (soft labels
         # from MixUp/CutMix: the label-weighted mean of the weights); evaluation stays unweighted.
         self.multi_label = multi_label
@@ -213,7 +215,7 @@ class Steps:
 
     def _replica_eval(self, images, labels):
         logits = self.model(images, training=False)
-        return self.eval_metrics.update(labels, logits, self.loss_fn(labels, logits))
+        return self.eval_metrics.update(labels, logits, self.eval_loss_fn(labels, logits))
 
 
 def _example_weights(labels, class_weights):

@@ -69,6 +69,7 @@ class Task:
         positive = {"positive_weights": class_weights} if multi and class_weights else {}
         args = dict(strategy=self.strategy, model=self.model, optimizer=self.optimizer,
                     loss_fn=LOSSES.get(t.loss)(label_smoothing=t.label_smoothing, **positive), eval_spec=eval_spec,
+                    eval_loss_fn=LOSSES.get(t.loss)(label_smoothing=t.label_smoothing) if positive else None,
                     jit_compile=t.jit_compile, guard_updates=t.on_nan is OnNan.skip_step,
                     time_input=not t.deterministic, on_missing_gradients=on_missing_gradients,
                     class_weights=class_weights, multi_label=multi,
