@@ -37,6 +37,7 @@ class FakeSteps:
 
     variable_paths = ["L0_dense/kernel", "L0_dense/bias", "head/kernel"]
     eval_metrics = Collection(["loss", "accuracy"], num_classes=2)  # the real collection: sums the outputs below
+    train_metrics = Collection(["loss", "accuracy"], num_classes=2)  # what a single-label train step reports
 
     def __init__(self, clock: FakeClock, step_seconds: float = 1.0, grads=(1.0, 0.0, 2.0)) -> None:
         self.clock, self.step_seconds, self.grads = clock, step_seconds, grads
