@@ -3,8 +3,9 @@ thresholds (and at 0.5, to show what tuning bought), the per-label table and the
 precision-recall picture.
 
 A sigmoid per label gives a probability per label, and where to cut it is a choice: 0.5 (what
-fastai's `MultiCategoryBlock` and a plain Keras `fit` use) favours frequent labels, since a rare
-label's scores rarely climb that high. Each label's threshold is chosen on the eval split (never
+fastai's `MultiCategoryBlock` and a plain Keras `fit` use) is rarely where a label's best F1 lies
+(scripts/bench_multi_label.py: after 8 epochs the tuned thresholds ran from 0.06 to 0.94, and micro
+F1 rose from 0.627 at 0.5 to 0.763). Each label's threshold is chosen on the eval split (never
 test): the one with the best F1 there, or the lowest one reaching `trainer.threshold_precision`
 when asked. A label with no positive in eval keeps 0.5 (nothing to tune it on), said so.
 
@@ -22,7 +23,6 @@ import numpy as np
 from safetrain.train.metrics import label_f1
 
 DEFAULT_THRESHOLD = 0.5
-NAMES = ("map", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss")  # report.json test_NAME
 
 
 def label_matrix(masks: np.ndarray, num_labels: int) -> np.ndarray:
@@ -34,7 +34,7 @@ def label_matrix(masks: np.ndarray, num_labels: int) -> np.ndarray:
 @dataclass(frozen=True)
 class Thresholds:
     values: np.ndarray        # (C,) the probability at or above which a label is predicted
-    how: list[str]            # per label: "eval F1", "eval precision 0.9", "no eval positive: 0.5", ...
+    how: list[str]            # per label: "best eval F1", "eval precision >= 0.9", "no eval positive: 0.5", ...
     eval_examples: int
 
     def report(self, names: list[str]) -> dict:
