@@ -197,6 +197,7 @@ def test_a_new_user_with_label_sets_dry_run_then_train_then_predict(pastes, run_
     message = dry.report()["error"]["message"]
     assert dry.code == 3 and "has no image of label 'hat'" in message, dry.err  # 2 images, 3 splits
     assert "1 bad table row(s) (empty_label 1; the first: line 2: img00000.png has no 'labels' value" in message
+    assert dry.report()["data"]["table"]["bad_rows"]["empty_label"] == 1  # recorded though the source stopped
     softmax = run_main(*args, "trainer.loss=sparse_categorical_crossentropy", name="softmax")
     assert softmax.code == 2 and softmax.report()["error"]["config_key"] == "trainer.loss"
 

@@ -129,16 +129,20 @@ def _source(cfg: DatasetConfig, listing: Listing, caches: Path, started: float) 
     found.report["groups"]["crossing_carved"] = len(cut)
     if cut:  # by construction never; checked, because a cut unit would be silent leakage
         raise RuntimeError(f"internal error: the carved splits cut {len(cut)} group(s)/copy cluster(s): {cut[:3]}")
-    found.report["groups"]["crossing_fixed"] = groups.group_leakage(good, membership, cfg.on_leakage, found.events,
-                                                                   found.dropped)
-    leakage(found, membership, cfg.on_leakage)
     notes = _summary(listing.title, classes, files, good, ignored, hidden, listing.bad) + split_plan.notes \
         + selection.widened(classes)
     if broken:
         notes.append(f"dangling symbolic links: {len(broken)} (bad examples, each in errors.jsonl): "
                      + ", ".join(str(p) for _, p in broken[:3]) + (" ..." if len(broken) > 3 else ""))
-    notes += _missing_classes(found, membership, roles, classes, cfg.allow_missing_classes, listing.bad,
-                              "label" if listing.multi_label else "class")
+    try:
+        found.report["groups"]["crossing_fixed"] = groups.group_leakage(good, membership, cfg.on_leakage,
+                                                                       found.events, found.dropped)
+        leakage(found, membership, cfg.on_leakage)
+        notes += _missing_classes(found, membership, roles, classes, cfg.allow_missing_classes, listing.bad,
+                                  "label" if listing.multi_label else "class")
+    except DataError as err:  # report.json keeps what the scan found (a table's bad rows, the duplicates)
+        err.data = {**listing.report, **{k: v for k, v in found.report.items() if k in ("duplicates", "groups")}}
+        raise
     notes.append(_scan_note(stats, home))
     adapters = plan.steps[2:-2]  # between the source/check lines and normalize/model input (done per batch)
     if adapters:

@@ -103,6 +103,9 @@ class SafetrainError(Exception):
         self.config_key = config_key
         self.op = op
         self.tf_error_class = tf_error_class
+        # What a data source had found when it stopped (report.json `data`: a table's bad rows, the
+        # duplicates), so a refused dry run still records it; set by the raiser, None when nothing.
+        self.data: dict | None = None
         if kind is not None:
             self.kind = ErrorKind(kind)
 

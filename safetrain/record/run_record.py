@@ -82,6 +82,8 @@ class RunRecord:
         """The error that ends the run: report.json `error` too."""
         self.report.status = Status.failed
         self.report.error = error.as_record()
+        for key, value in (error.data or {}).items():  # what the data source found before it stopped
+            self.report.data.setdefault(key, value)
         self.failure(error, step=self.report.steps or None)
 
     def close(self, exit_code: int, wall_seconds: float) -> None:
