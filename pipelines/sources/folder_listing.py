@@ -182,3 +182,17 @@ def _list(root: Path, split_dirs: dict[str, Path], classes: list[str], hidden: l
         raise DataError(f"no PNG/JPEG/BMP/GIF files under {root}", config_key="dataset.path",
                         hint="arrange the images as DIR/<class name>/<image file>")
     return files, ignored, shards
+
+
+def label_report(per_role: dict[str, list[ImageFile]], classes: list[str], top: int = 10) -> dict:
+    """Multi-label: images per label and empty sets per split, and the label pairs the training
+    split shows together most often (what the model may learn to predict together)."""
+    pairs: collections.Counter = collections.Counter()
+    for f in per_role.get("train", []):
+        pairs.update((a, b) for i, a in enumerate(f.labels) for b in f.labels[i + 1:])
+    return {"per_label": {role: dict(zip(classes, (sum(1 for f in files if i in f.labels)
+                                                   for i in range(len(classes)))))
+                          for role, files in per_role.items()},
+            "empty_sets": {role: sum(1 for f in files if not f.labels) for role, files in per_role.items()},
+            "cooccurrence_train": [{"labels": [classes[a], classes[b]], "images": n}
+                                   for (a, b), n in sorted(pairs.items(), key=lambda item: (-item[1], item[0]))[:top]]}

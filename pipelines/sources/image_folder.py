@@ -40,7 +40,7 @@ from safetrain.pipelines.sources.base import Source, slices
 from safetrain.pipelines.sources.folder_cache import (Leases, PixelShards, ScanCache, fingerprint, folder_cache_dir,
                                                      parse, versions)
 from safetrain.pipelines.sources.folder_files import Adapt, Limits, adapt_problem, link_problem
-from safetrain.pipelines.sources.folder_listing import ImageFile, Listing, from_table, tree
+from safetrain.pipelines.sources.folder_listing import ImageFile, Listing, from_table, label_report, tree
 from safetrain.pipelines.sources.folder_duplicates import Found, find_duplicates, leakage
 from safetrain.pipelines.sources.stratify import class_range
 from safetrain.pipelines.ops import plain
@@ -134,15 +134,7 @@ def _source(cfg: DatasetConfig, listing: Listing, caches: Path, started: float) 
     if broken:
         notes.append(f"dangling symbolic links: {len(broken)} (bad examples, each in errors.jsonl): "
                      + ", ".join(str(p) for _, p in broken[:3]) + (" ..." if len(broken) > 3 else ""))
-    try:
-        found.report["groups"]["crossing_fixed"] = groups.group_leakage(good, membership, cfg.on_leakage,
-                                                                       found.events, found.dropped)
-        leakage(found, membership, cfg.on_leakage)
-        notes += _missing_classes(found, membership, roles, classes, cfg.allow_missing_classes, listing.bad,
-                                  "label" if listing.multi_label else "class")
-    except DataError as err:  # report.json keeps what the scan found (a table's bad rows, the duplicates)
-        err.data = {**listing.report, **{k: v for k, v in found.report.items() if k in ("duplicates", "groups")}}
-        raise
+    notes += _split_checks(cfg, listing, found, good, membership, roles)
     notes.append(_scan_note(stats, home))
     adapters = plan.steps[2:-2]  # between the source/check lines and normalize/model input (done per batch)
     if adapters:
@@ -175,7 +167,7 @@ def _source(cfg: DatasetConfig, listing: Listing, caches: Path, started: float) 
 
     counts = {role: len([f for f in chosen if f.key not in found.dropped]) for role, chosen in membership.items()}
     if listing.multi_label:
-        found.report["labels"] = _label_report({role: delivered(s) for role, s in roles.items()}, classes)
+        found.report["labels"] = label_report({role: delivered(s) for role, s in roles.items()}, classes)
     return Source(spec=spec, read=read, bad=bad, notes=notes, sizes=sizes, class_counts=class_counts,
                   splits=split_plan.roles, report={**listing.report, **found.report, "selected": counts},
                   events=found.events, examples=lambda split: len(delivered(split)))
@@ -362,6 +354,21 @@ def _scan_and_cache(files: list[ImageFile], shards: dict, scan_cache: ScanCache,
     return stats
 
 
+def _split_checks(cfg: DatasetConfig, listing: Listing, found: Found, good: list[ImageFile], membership: dict,
+                  roles: dict) -> list[str]:
+    """Groups and copies across the splits (leakage), and splits without a class; a refusal carries
+    what the scan found (a table's bad rows, the duplicates, the groups) for report.json `data`."""
+    try:
+        found.report["groups"]["crossing_fixed"] = groups.group_leakage(good, membership, cfg.on_leakage,
+                                                                       found.events, found.dropped)
+        leakage(found, membership, cfg.on_leakage)
+        return _missing_classes(found, membership, roles, listing.classes, cfg.allow_missing_classes, listing.bad,
+                                "label" if listing.multi_label else "class")
+    except DataError as err:
+        err.data = {**listing.report, **{k: v for k, v in found.report.items() if k in ("duplicates", "groups")}}
+        raise
+
+
 def _missing_classes(found: Found, membership: dict, roles: dict, classes: list[str], allow: bool,
                      refused_rows: list[BadExample] = (), word: str = "class") -> list[str]:
     notes = []
@@ -390,20 +397,6 @@ def _missing_classes(found: Found, membership: dict, roles: dict, classes: list[
                                       message=message + " (dataset.allow_missing_classes=true)"))
         notes.append("warning: " + message)
     return notes
-
-
-def _label_report(per_role: dict[str, list[ImageFile]], classes: list[str], top: int = 10) -> dict:
-    """Multi-label: images per label and empty sets per split, and the label pairs the training
-    split shows together most often (what the model may learn to predict together)."""
-    pairs: collections.Counter = collections.Counter()
-    for f in per_role.get("train", []):
-        pairs.update((a, b) for i, a in enumerate(f.labels) for b in f.labels[i + 1:])
-    return {"per_label": {role: dict(zip(classes, (sum(1 for f in files if i in f.labels)
-                                                   for i in range(len(classes)))))
-                          for role, files in per_role.items()},
-            "empty_sets": {role: sum(1 for f in files if not f.labels) for role, files in per_role.items()},
-            "cooccurrence_train": [{"labels": [classes[a], classes[b]], "images": n}
-                                   for (a, b), n in sorted(pairs.items(), key=lambda item: (-item[1], item[0]))[:top]]}
 
 
 def _single(values: set) -> int | None:
