@@ -84,7 +84,7 @@ def analyse_label_sets(cfg: Config, steps: Steps, data: Datasets, record: RunRec
     count, metrics = len(names), record.report.metrics
     evaluated = predictions(steps, data, "eval")[0]
     if evaluated is not None and len(evaluated.labels):
-        thresholds = label_sets.tune(label_sets.label_matrix(evaluated.labels, count), evaluated.probabilities,
+        thresholds = label_sets.tune(evaluated.truth, evaluated.probabilities,
                                      cfg.trainer.threshold_precision)
     else:
         thresholds = label_sets.fixed(count, "no eval split: 0.5")

@@ -25,12 +25,6 @@ from safetrain.train.metrics import label_f1
 DEFAULT_THRESHOLD = 0.5
 
 
-def label_matrix(masks: np.ndarray, num_labels: int) -> np.ndarray:
-    """Label sets as int64 bit masks -> 0/1 rows (N, num_labels)."""
-    masks = np.asarray(masks, np.int64).reshape(-1)
-    return ((masks[:, None] >> np.arange(num_labels)) & 1).astype(np.int64)
-
-
 @dataclass(frozen=True)
 class Thresholds:
     values: np.ndarray        # (C,) the probability at or above which a label is predicted

@@ -267,14 +267,14 @@ class Totals:
         return self.results().get("loss", float("nan"))
 
     @property
-    def headline(self) -> tuple[str, str, float]:
-        """(name, console label, value) of the collection's first metric after the loss: accuracy
-        (single-label) or subset_accuracy (multi-label)."""
+    def headline(self) -> tuple[str, str]:
+        """(name, console label) of the collection's first metric after the loss: accuracy
+        (single-label) or subset_accuracy (multi-label). No result computed: it runs every step."""
         metric = next(m for m in self.collection.metrics if m.name != "loss")
-        return metric.name, metric.label or metric.name, self.results().get(metric.name, float("nan"))
+        return metric.name, metric.label or metric.name
 
     @property
     def accuracy(self) -> float:
         """The headline accuracy (see `headline`)."""
-        return self.headline[2]
+        return self.results().get(self.headline[0], float("nan"))
 
