@@ -20,11 +20,15 @@ def serving_resize(trained: str, asked: str) -> tuple[str, str]:
     return (trained, "dataset.resize") if trained != "error" else (asked, "trainer.serving_resize")
 
 
-def prepare_encoded(data: tf.Tensor, spec: ImageSpec, resize: str, channel_policy: str, stats) -> tf.Tensor:
+def prepare_encoded(data: tf.Tensor, spec: ImageSpec, resize: str, channel_policy: str, stats,
+                    rounded: bool = False) -> tf.Tensor:
     """The serving path for one encoded image (PNG, JPEG, BMP, GIF bytes): decode, then the
     adapters (`resize`: serving_resize's; `channel_policy`: dataset.channel_policy) and the
     training normalization. What the policies refuse is refused by name, before any op could fail
-    on the shape: every later op takes the checked image as its input."""
+    on the shape: every later op takes the checked image as its input. `rounded`: the adapted
+    pixels are rounded to uint8 before normalizing, as an image folder's decode-once cache stores
+    them (pipelines.sources.folder_decode): a resized file then serves exactly the pixels it
+    trained on (unrounded, the probabilities of resized files moved by ~1e-3)."""
     image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
     shape = tf.shape(image)
     ok = tf.constant(True)
@@ -48,4 +52,32 @@ def prepare_encoded(data: tf.Tensor, spec: ImageSpec, resize: str, channel_polic
     image = tf.cast(image, tf.float32)
     plan = AdapterPlan(resize=None if resize == "error" else resize,
                        channels=None if channel_policy == "error" else spec.channels, steps=())
-    return normalize(adapt(image, plan, spec), spec, (0.0, 255.0), stats)
+    image = adapt(image, plan, spec)
+    if rounded:
+        image = tf.clip_by_value(tf.round(image), 0.0, 255.0)
+    return normalize(image, spec, (0.0, 255.0), stats)
+
+
+def upright_bytes(data: bytes) -> bytes:
+    """A photo with an EXIF rotation, decoded by TensorFlow as in training, turned upright the way
+    the scan does (pipelines.sources.folder_decode.upright) and re-encoded losslessly as PNG:
+    exactly the pixels training saw (dataset.exif_orientation=apply). Any other file is passed on
+    unchanged, so TensorFlow's decoder still reports what it cannot read."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            orientation = int(img.getexif().get(0x0112, 1) or 1)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return data
+    if orientation == 1:
+        return data
+    from safetrain.pipelines.sources.folder_decode import upright
+
+    try:
+        pixels = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
+    except tf.errors.OpError:
+        return data
+    return tf.io.encode_png(upright(pixels, orientation)).numpy()

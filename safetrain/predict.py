@@ -1,4 +1,4 @@
-"""`python -m safetrain.predict run_dir=RUN FILE... [top_k=3] [--tflite]`: classify image files with a run's export.
+"""`python -m safetrain.predict run_dir=RUN FILE... [top_k=3] [--format NAME]`: classify image files with a run's export.
 
 Loads <run dir>/export (the SavedModel written at the end of training) and classifies each file
 on its own, so one bad file (not an image, truncated, the wrong size or channels for a model
@@ -6,7 +6,12 @@ trained with resize/channel_policy=error) gets its own error line and the others
 classified. Prints one line per file:
 
     digit.png: 7 0.982 | 1 0.011 | 9 0.004
+    blurry.png: unsure (best guess: 3 0.61, below 0.83: the threshold for 0.99 accuracy) | 3 0.610 | 5 0.301 | 8 0.042
     notes.txt: error: not an image TensorFlow can decode (Unknown image file format...)
+
+The probabilities are calibrated (the temperature fitted on eval, signature.json `temperature`);
+"unsure" appears when the run set trainer.serving_target_accuracy and the top probability is below
+the threshold that reached it on eval (signature.json `unsure`).
 
 A multi-label run prints the label set instead: every label at or above its threshold (tuned on
 eval, in signature.json), most probable first, or "none" and the most probable label:
@@ -14,9 +19,11 @@ eval, in signature.json), most probable first, or "none" and the most probable l
     shop.png: bag 0.941 | sneaker 0.702
     empty.png: none (most probable: coat 0.212, threshold 0.384)
 
-`--tflite` classifies with export/model.tflite instead (TensorFlow's TFLite interpreter), each
-file prepared by the SavedModel's own `prepare_images` — the enforcement `classify` applies — so
-the two can be compared file by file.
+`--format tflite|tflite_int8|onnx|keras` classifies with that export file instead (LiteRT's
+interpreter, ONNX Runtime, Keras), each file prepared by the SavedModel's own `prepare_images` —
+the enforcement `classify` applies — through safetrain.experiment.runtimes, the same code that
+proved each format on the test files at export (report.json export.parity). `--tflite` is
+`--format tflite`.
 
 Exit 0 when every file was classified, 3 when any could not be (data error), 2 for bad arguments
 or a run without an export.
@@ -32,15 +39,24 @@ from pathlib import Path
 from safetrain.core.errors import EXIT_CONFIG, EXIT_DATA, Phase
 from safetrain.record import names as run_files
 
-USAGE = "usage: python -m safetrain.predict run_dir=RUN_DIR [top_k=3] [--tflite] FILE [FILE...]"
+USAGE = ("usage: python -m safetrain.predict run_dir=RUN_DIR [top_k=3] [--format saved_model|keras|tflite|"
+         "tflite_int8|onnx] FILE [FILE...]")
+FORMATS = ("saved_model", "keras", "tflite", "tflite_int8", "onnx")
 
 
-def parse(args: list[str]) -> tuple[Path, int, list[Path], bool]:
-    run_dir, top_k, files, tflite = None, 3, [], False
-    for arg in args:
+def parse(args: list[str]) -> tuple[Path, int, list[Path], str]:
+    run_dir, top_k, files, fmt = None, 3, [], "saved_model"
+    args = list(args)
+    while args:
+        arg = args.pop(0)
         key, eq, value = arg.partition("=")
-        if arg == "--tflite":
-            tflite = True
+        if arg == "--tflite":  # the older spelling of --format tflite
+            fmt = "tflite"
+        elif key == "--format":
+            fmt = value if eq else (args.pop(0) if args else "")
+            if fmt not in FORMATS:
+                raise ValueError(f"--format {fmt or '(nothing)'} is not an export format; give one of "
+                                 f"{', '.join(FORMATS)}")
         elif eq and key == "run_dir":
             run_dir = Path(value).expanduser()
         elif eq and key == "top_k":
@@ -51,14 +67,17 @@ def parse(args: list[str]) -> tuple[Path, int, list[Path], bool]:
             files.append(Path(arg))
     if run_dir is None or not files:
         raise ValueError("give run_dir=... and at least one image file")
-    if not (run_dir / run_files.EXPORT / run_files.SAVED_MODEL).exists():
+    export = run_dir / run_files.EXPORT
+    if not (export / run_files.SAVED_MODEL).exists():
         raise ValueError(f"{run_dir} has no export/ (trained with trainer.export=false, or not finished); "
                          f"train with trainer.export=true")
-    if tflite and not (run_dir / run_files.EXPORT / run_files.TFLITE_FILE).exists():
-        raise ValueError(f"{run_dir}/export has no model.tflite (trainer.export_formats without tflite, or its "
-                         f"conversion failed: report.json export.tflite says why); train with "
-                         f"trainer.export_formats=[saved_model,keras,tflite]")
-    return run_dir, top_k, files, tflite
+    from safetrain.experiment.runtimes import FILES
+
+    if not (export / FILES[fmt]).exists():
+        raise ValueError(f"{run_dir}/export has no {FILES[fmt]} (trainer.export_formats without {fmt}, or it was left "
+                         f"out: report.json export.{fmt} says why); train with trainer.export_formats=[saved_model,"
+                         f"{fmt}]")
+    return run_dir, top_k, files, fmt
 
 
 def _reason(err: Exception) -> str:
@@ -76,14 +95,17 @@ def _reason(err: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        run_dir, top_k, files, tflite = parse(sys.argv[1:] if argv is None else argv)
+        run_dir, top_k, files, fmt = parse(sys.argv[1:] if argv is None else argv)
     except ValueError as err:
         print(f"safetrain.predict: {err}\n{USAGE}", file=sys.stderr)
         return EXIT_CONFIG
     tf, served = _load(run_dir)
+    from safetrain.experiment.runtimes import runner
+    from safetrain.pipelines.serving import upright_bytes
+
     signature = json.loads((run_dir / run_files.EXPORT / run_files.SIGNATURE).read_text())
     names, upright = signature["classes"], signature.get("exif_orientation", "ignore") == "apply"
-    flat = (run_dir / run_files.EXPORT / run_files.TFLITE_FILE).read_bytes() if tflite else None
+    classify = runner(run_dir / run_files.EXPORT, fmt, served)
     failed = 0
     for path in files:
         try:
@@ -93,13 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 failed += 1
                 print(f"{path}: error: {refused}")
                 continue
-            encoded = tf.constant([upright_bytes(data) if upright else data])
-            if flat is not None:
-                from safetrain.experiment.export import run_tflite
-
-                probabilities = run_tflite(flat, served.prepare_images(encoded).numpy())[0]
-            else:
-                probabilities = served.classify(encoded)["probabilities"].numpy()[0]
+            probabilities = classify([upright_bytes(data) if upright else data])[0]
         except (OSError, tf.errors.OpError) as err:
             failed += 1
             reason = err.strerror if isinstance(err, OSError) else _reason(err)
@@ -117,6 +133,11 @@ def answer(probabilities, names: list[str], signature: dict, top_k: int) -> str:
     the most probable label when no label reaches its threshold."""
     order = probabilities.argsort()[::-1]
     if signature.get("task") != "multi_label":
+        below = (signature.get("unsure") or {}).get("below")
+        if below is not None and probabilities[order[0]] < below:
+            return (f"unsure (best guess: {names[order[0]]} {probabilities[order[0]]:.2f}, below {below:.2f}: the "
+                    f"threshold for {signature['unsure']['target_accuracy']:g} accuracy) | "
+                    + " | ".join(f"{names[i]} {probabilities[i]:.3f}" for i in order[:top_k]))
         return " | ".join(f"{names[i]} {probabilities[i]:.3f}" for i in order[:top_k])
     cut = signature["thresholds"]
     chosen = [i for i in order if probabilities[i] >= cut[names[i]]]
@@ -150,33 +171,6 @@ def _size_refused(data: bytes, signature: dict, upright: bool) -> str | None:
             f"with trainer.serving_resize=bilinear")
 
 
-def upright_bytes(data: bytes) -> bytes:
-    """A photo with an EXIF rotation, decoded by TensorFlow as in training, turned upright the way
-    the scan does (pipelines.sources.folder_decode.upright) and re-encoded losslessly as PNG:
-    exactly the pixels training saw (dataset.exif_orientation=apply). Any other file is passed on
-    unchanged, so TensorFlow's decoder still reports what it cannot read."""
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            orientation = int(img.getexif().get(0x0112, 1) or 1)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return data
-    if orientation == 1:
-        return data
-    import tensorflow as tf
-
-    from safetrain.pipelines.sources.folder_decode import upright
-
-    try:
-        pixels = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
-    except tf.errors.OpError:
-        return data
-    return tf.io.encode_png(upright(pixels, orientation)).numpy()
-
-
 def _load(run_dir: Path):
     """TensorFlow (imported quietly) and the run's exported SavedModel."""
     from safetrain.core.tf_import import import_tensorflow
@@ -187,6 +181,8 @@ def _load(run_dir: Path):
 
 def probabilities_of(run_dir: Path, files: list[Path]) -> list[list[float]]:
     """For tests and scripts: the probability rows for `files` (all must be readable)."""
+    from safetrain.pipelines.serving import upright_bytes
+
     tf, served = _load(run_dir)
     signature = json.loads((run_dir / run_files.EXPORT / run_files.SIGNATURE).read_text())
     upright = signature.get("exif_orientation") == "apply"

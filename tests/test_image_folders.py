@@ -264,7 +264,7 @@ def test_predict_turns_an_exif_rotated_photo_upright_as_training_did(tmp_path):
     import tensorflow as tf
 
     from safetrain.pipelines.sources.folder_decode import upright
-    from safetrain.predict import upright_bytes
+    from safetrain.pipelines.serving import upright_bytes
 
     stored = smooth(np.random.default_rng(8), 24, 40)
     exif = Image.Exif()

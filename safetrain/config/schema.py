@@ -27,6 +27,8 @@ class Source(Enum):
 # The sources read through the image-folder machinery (scan, decode-once cache, duplicates, carved
 # splits, suspect labels): a folder is a table built from the tree.
 FILE_SOURCES = (Source.image_folder, Source.image_table)
+# trainer.export_formats: saved_model first (always: predict and the other formats' preprocessing use it)
+EXPORT_FORMATS = ("saved_model", "keras", "tflite", "tflite_int8", "onnx")
 
 
 class ImageDType(Enum):
@@ -312,7 +314,10 @@ class TrainerConfig:
     min_batch_size: int = 1              # on_oom=halve_batch stops halving below this
     export: bool = True                  # write <run dir>/export: a SavedModel for safetrain.predict
     hparams: bool = True                 # list the run in TensorBoard's HParams table (never dry runs; +debug=tiny: no)
-    export_formats: List[str] = field(default_factory=lambda: ["saved_model", "keras"])  # also: tflite
+    export_formats: List[str] = field(default_factory=lambda: ["saved_model", "keras"])  # also: tflite,
+                                         # tflite_int8, onnx; each proven on the test files (export.parity)
+    calibrate: bool = True               # temperature scaling fitted on eval, folded into the export
+    serving_target_accuracy: Optional[float] = None  # an "unsure" threshold reaching this eval accuracy
     serving_resize: ResizePolicy = ResizePolicy.bilinear  # other sizes at serving if dataset.resize=error
     on_dead_gradient: OnDeadGradient = OnDeadGradient.warn  # exactly-zero gradients over the first steps
     lr_find: bool = False                # a learning-rate range test instead of training (python -m safetrain.lr_find)

@@ -54,6 +54,7 @@ class ErrorKind(StrEnum):
     graph = "graph"
     cluster = "cluster"
     checkpoint_fallback = "checkpoint_fallback"
+    export_parity = "export_parity"          # an exported format disagrees with the trained model on test files
     interrupted = "interrupted"
     internal = "internal"                    # a safetrain bug (keeps its traceback)
     error = "error"

@@ -11,7 +11,7 @@ import logging
 import numpy as np
 
 from safetrain.config.schema import FILE_SOURCES, Config
-from safetrain.experiment import label_sets, results, visuals
+from safetrain.experiment import calibration, label_sets, results, visuals
 from safetrain.pipelines.build import Datasets
 from safetrain.record import names as run_files
 from safetrain.record.run_record import RunRecord
@@ -22,19 +22,21 @@ log = logging.getLogger("safetrain")
 TOP_LOSSES = 15  # examples in the top-losses grid
 
 
-def predictions(steps: Steps, data: Datasets, split: str, keep: int = 0):
-    """Every example of `split` through the model: class ids, probabilities, keys (file paths);
-    with `keep`, also {index: model input} of the `keep` highest-loss examples, picked as the batches
-    go (one pass; never more than `keep` plus one batch of images held)."""
+def predictions(steps: Steps, data: Datasets, split: str, keep: int = 0, temperature: float = 1.0):
+    """Every example of `split` through the model: class ids, probabilities (softmax of the logits
+    over `temperature`; multi-label: a sigmoid per label), logits, keys (file paths); with `keep`,
+    also {index: model input} of the `keep` highest-loss examples, picked as the batches go (one
+    pass; never more than `keep` plus one batch of images held)."""
     ds = data.with_keys(split)
     if ds is None:
         return None, {}
-    labels, probabilities, keys = [], [], []
+    labels, logits, probabilities, keys = [], [], [], []
     multi = data.source.multi_label
     kept: dict[int, tuple[float, np.ndarray]] = {}  # index -> (loss, image)
     for images, y, key in ds:
         start = len(keys)
-        probabilities.append(steps.probabilities(images).numpy())
+        logits.append(steps.logits(images).numpy())
+        probabilities.append(_probabilities(logits[-1], multi, temperature))
         labels.append(y.numpy().astype(np.int64))
         keys += [k.decode() for k in key.numpy()]
         if keep:
@@ -45,17 +47,32 @@ def predictions(steps: Steps, data: Datasets, split: str, keep: int = 0):
             kept = dict(sorted(kept.items(), key=lambda item: (-item[1][0], item[0]))[:keep])
     if not keys:
         return results.Predictions(split, np.zeros(0, np.int64), np.zeros((0, 1)), [], multi), {}
-    pred = results.Predictions(split, np.concatenate(labels), np.concatenate(probabilities), keys, multi)
+    pred = results.Predictions(split, np.concatenate(labels), np.concatenate(probabilities), keys, multi,
+                               logits=np.concatenate(logits))
     return pred, {i: image for i, (_, image) in kept.items()}
 
 
-def analyse_test(cfg: Config, steps: Steps, data: Datasets, record: RunRecord, step: int) -> None:
-    """The test split's mistakes in TensorBoard, report.json and results/*.png, and for image
-    folders the suspect labels of eval and test (suspect_labels.csv)."""
-    test, images = predictions(steps, data, "test", keep=TOP_LOSSES)
+def _probabilities(logits: np.ndarray, multi: bool, temperature: float) -> np.ndarray:
+    if multi:
+        return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+    return calibration.softmax(logits, temperature).astype(np.float32)
+
+
+def analyse_test(cfg: Config, steps: Steps, data: Datasets, record: RunRecord, step: int) -> calibration.Calibration:
+    """The temperature fitted on eval (calibration) and scored on test; then the test split's
+    mistakes in TensorBoard, report.json and results/*.png, and for image folders the suspect
+    labels of eval and test (suspect_labels.csv), all with the calibrated probabilities. Returns the
+    calibration (the export folds it in)."""
+    evaluated = predictions(steps, data, "eval")[0]
+    usable = evaluated is not None and len(evaluated.labels) > 0
+    found = calibration.calibrate(evaluated.logits if usable else None, evaluated.labels if usable else None,
+                                  cfg.trainer.calibrate, cfg.trainer.serving_target_accuracy)
+    test, images = predictions(steps, data, "test", keep=TOP_LOSSES, temperature=found.temperature)
     if test is None or not len(test.labels):
-        return
+        record.report.calibration = found.report()
+        return found
     names, out = data.source.names(), record.run_dir / run_files.RESULTS
+    _calibration_results(found, test, record, step, out / run_files.RELIABILITY)
     matrix = results.confusion(test, len(names))
     accuracy = visuals.per_class_accuracy(matrix)
     record.image("test/confusion_matrix",
@@ -73,7 +90,42 @@ def analyse_test(cfg: Config, steps: Steps, data: Datasets, record: RunRecord, s
     grid = results.top_losses_figure(shown, test, chosen, names, out / run_files.TOP_LOSSES)
     record.image("test/top_losses", grid, step=step)
     if cfg.dataset.source in FILE_SOURCES:
-        _suspect_labels(cfg, steps, data, record, test)
+        scaled = dataclasses.replace(evaluated, probabilities=_probabilities(evaluated.logits, False,
+                                                                            found.temperature)) if usable else None
+        _suspect_labels(cfg, data, record, [p for p in (scaled, test) if p is not None])
+    return found
+
+
+def _calibration_results(found: calibration.Calibration, test, record: RunRecord, step: int, picture) -> None:
+    """report.json `calibration` with ECE, NLL and Brier on test before and after the temperature,
+    the unsure threshold's test coverage and accuracy, the reliability diagram."""
+    raw = calibration.softmax(test.logits)
+    before, after = calibration.scores(raw, test.labels), calibration.scores(test.probabilities, test.labels)
+    found.test = {f"{name}_{when}": value for when, said in (("before", before), ("after", after))
+                  for name, value in said.items()}
+    found.test["examples"] = int(len(test.labels))
+    if found.unsure is not None and found.unsure.threshold is not None:
+        found.test["at_unsure_threshold"] = calibration.at_threshold(test.probabilities, test.labels,
+                                                                     found.unsure.threshold)
+    record.report.calibration = found.report()
+    record.scalars(step, {"calibration/temperature": found.temperature,
+                          **{f"calibration/test_{k}": v for k, v in found.test.items() if isinstance(v, float)}})
+    record.image("test/reliability", calibration.reliability_figure(raw, test.probabilities, test.labels,
+                                                                    found.temperature, picture), step=step)
+    said = (f"temperature {found.temperature:.3f} fitted on {found.eval_examples} eval images" if not found.skipped
+            else f"not calibrated ({found.skipped})")
+    log.info("calibration: %s; test ECE %.4f -> %.4f, NLL %.4f -> %.4f, Brier %.4f -> %.4f", said,
+             before["ece"], after["ece"], before["nll"], after["nll"], before["brier"], after["brier"])
+    unsure = found.unsure
+    if unsure is not None:
+        if unsure.threshold is None:
+            log.info("unsure: %s", unsure.reason)
+        else:
+            at = found.test["at_unsure_threshold"]
+            log.info("unsure below %.4f (eval: %.1f%% of images answered at %.4f accuracy, target %g); test: %.1f%% "
+                     "answered at %s accuracy", unsure.threshold, 100 * unsure.eval_coverage, unsure.eval_accuracy,
+                     unsure.target_accuracy, 100 * at["coverage"],
+                     "n/a" if at["accuracy"] is None else f"{at['accuracy']:.4f}")
 
 
 def analyse_label_sets(cfg: Config, steps: Steps, data: Datasets, record: RunRecord, step: int) -> np.ndarray:
@@ -156,8 +208,7 @@ def _is_grey(img) -> bool:
     return bool(np.all(rgb[..., 0] == rgb[..., 1]) and np.all(rgb[..., 1] == rgb[..., 2]))
 
 
-def _suspect_labels(cfg: Config, steps: Steps, data: Datasets, record: RunRecord, test) -> None:
-    evaluated = [p for p in (predictions(steps, data, "eval")[0], test) if p is not None]
+def _suspect_labels(cfg: Config, data: Datasets, record: RunRecord, evaluated: list) -> None:
     suspect = results.suspects(evaluated, data.source.names(), cfg.dataset.suspect_min_probability)
     results.write_suspects(record.run_dir / run_files.SUSPECTS, suspect)
     record.report.metrics["suspect_labels"] = {"count": len(suspect), "file": run_files.SUSPECTS,

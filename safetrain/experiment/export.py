@@ -16,19 +16,19 @@ a fresh process, through `python -m safetrain.predict`).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from safetrain.pipelines.build import Datasets
-from safetrain.pipelines.serving import prepare_encoded, serving_resize
+from safetrain.experiment import conversions, parity, runtimes
+from safetrain.experiment.calibration import Calibration
+from safetrain.pipelines.serving import prepare_encoded, serving_resize, upright_bytes
 from safetrain.config.schema import DatasetConfig
 from safetrain.record import names
 
@@ -44,7 +44,8 @@ def probabilities_of(logits, multi_label: bool):
 
 
 class Serving(tf.Module):
-    def __init__(self, model, data: Datasets, cfg: DatasetConfig, resize: str, thresholds=None) -> None:
+    def __init__(self, model, data: Datasets, cfg: DatasetConfig, resize: str, thresholds=None,
+                 temperature: float = 1.0, unsure: float | None = None, rounded: bool = False) -> None:
         super().__init__()
         self.model = model
         self.class_names = tf.constant(data.source.names())
@@ -55,16 +56,20 @@ class Serving(tf.Module):
         channels = cfg.channel_policy.value
 
         def prepare(encoded):
-            return tf.cast(prepare_encoded(encoded, spec, resize, channels, stats), tf.float32)
+            return tf.cast(prepare_encoded(encoded, spec, resize, channels, stats, rounded), tf.float32)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
         def classify(images):
             x = tf.map_fn(prepare, images, fn_output_signature=tf.TensorSpec(spec.shape, tf.float32))
-            probabilities = probabilities_of(self.model(tf.cast(x, spec.dtype), training=False), multi)
+            logits = tf.cast(self.model(tf.cast(x, spec.dtype), training=False), tf.float32)
+            probabilities = probabilities_of(logits if multi else logits / temperature, multi)
             top = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-            out = {"probabilities": probabilities, "top_class": top, "top_name": tf.gather(self.class_names, top)}
+            out = {"probabilities": probabilities, "logits": logits, "top_class": top,
+                   "top_name": tf.gather(self.class_names, top)}
             if multi:  # the label set: each label at or above its threshold
                 out["labels"] = tf.cast(probabilities >= cut, tf.int32)
+            if unsure is not None:  # below it the answer is "unsure" (trainer.serving_target_accuracy)
+                out["sure"] = tf.reduce_max(probabilities, axis=-1) >= unsure
             return out
 
         self.classify = classify
@@ -74,32 +79,49 @@ class Serving(tf.Module):
         def describe():
             """What `classify` applies, readable from the SavedModel alone (signature `describe`)."""
             return {"model_input": tf.constant(spec.describe()), "preprocessing": tf.constant(preprocessing),
-                    "resize": tf.constant(resize), "channel_policy": tf.constant(channels)}
+                    "resize": tf.constant(resize), "channel_policy": tf.constant(channels),
+                    "temperature": tf.constant(float(temperature))}
 
         self.describe = describe
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
         def prepare_images(images):
-            """Encoded files to the model input, exactly as `classify` prepares them (for a TFLite
-            model, which takes the model input: safetrain.predict --tflite)."""
+            """Encoded files to the model input, exactly as `classify` prepares them (for the TFLite,
+            ONNX and .keras models, which take the model input: safetrain.predict --format)."""
             return tf.map_fn(prepare, images, fn_output_signature=tf.TensorSpec(spec.shape, tf.float32))
 
         self.prepare_images = prepare_images
 
 
-def export(model, data: Datasets, cfg: DatasetConfig, directory: Path,
-           formats: tuple[str, ...] = ("saved_model", "keras"), float32_model=None, layer_of=None,
-           asked_resize: str = "bilinear", thresholds=None) -> dict:
+@dataclass
+class ExportAsk:
+    """What the export writes besides the SavedModel, and what it folds in."""
+
+    formats: tuple[str, ...] = ("saved_model", "keras")
+    asked_resize: str = "bilinear"
+    thresholds: list | None = None       # multi-label: each label's (None: 0.5)
+    calibration: Calibration | None = None
+    from_files: bool = False             # an image folder or table: the test files are on disk
+    prove: bool = True                   # the parity rows (workers' scratch exports skip them)
+
+
+def export(model, data: Datasets, cfg: DatasetConfig, directory: Path, ask: ExportAsk | None = None,
+           float32_model=None, layer_of=None) -> dict:
     """Write the SavedModel and its self-check (always: safetrain.predict and the other formats'
-    checks use it), `model.keras` and `model.tflite` when asked; return what report.json records.
-    `float32_model()`: the same weights in a float32 model (TFLite has no bfloat16 kernels);
-    `layer_of(node_name)`: the LayerRef of the config entry a graph node came from (for a conversion error).
-    `thresholds`: multi-label, each label's (null: 0.5 each)."""
-    resize, decided_by = serving_resize(cfg.resize.value, asked_resize)
+    preprocessing use it), then each format asked, then prove every written format on the test
+    split's files (export.parity); return what report.json records. `float32_model()`: the same
+    weights in a float32 model (TFLite has no bfloat16 kernels); `layer_of(node_name)`: the LayerRef
+    of the config entry a graph node came from (for a conversion error). A float format that
+    disagrees beyond the tolerance is listed in `info["failed"]` (the caller stops the run with exit
+    4 after recording it)."""
+    ask = ask or ExportAsk()
+    resize, decided_by = serving_resize(cfg.resize.value, ask.asked_resize)
     multi = data.source.multi_label
-    if multi and thresholds is None:
-        thresholds = [0.5] * data.source.num_classes
-    serving = Serving(model, data, cfg, resize, thresholds)
+    thresholds = ask.thresholds if ask.thresholds is not None or not multi else [0.5] * data.source.num_classes
+    calibrated = ask.calibration if ask.calibration is not None and not multi else Calibration(skipped="multi-label")
+    temperature = calibrated.temperature
+    unsure = calibrated.unsure.threshold if calibrated.unsure is not None else None
+    serving = Serving(model, data, cfg, resize, thresholds, temperature, unsure, rounded=ask.from_files)
     tf.saved_model.save(serving, str(directory), signatures={"serving_default": serving.classify,
                                                              "describe": serving.describe})
     info = {"path": str(directory), "input": "encoded image files (PNG, JPEG, BMP, GIF), any size",
@@ -109,128 +131,136 @@ def export(model, data: Datasets, cfg: DatasetConfig, directory: Path,
             "channel_policy": cfg.channel_policy.value,
             # the signature decodes as TensorFlow does (no EXIF); safetrain.predict turns photos upright first
             "exif_orientation": cfg.exif_orientation.value,
-            "task": "multi_label" if multi else "single_label", "output": "a sigmoid per label" if multi else "softmax"}
+            "task": "multi_label" if multi else "single_label", "output": "a sigmoid per label" if multi else "softmax",
+            "temperature": round(temperature, 6), "calibrated": not calibrated.skipped,
+            "logits": "classify's `logits` output: before the temperature"}
     if multi:
         info["thresholds"] = {name: round(float(v), 6) for name, v in zip(data.source.names(), thresholds)}
-    if "keras" in formats:
+    if calibrated.unsure is not None:
+        info["unsure"] = {"below": unsure, "target_accuracy": calibrated.unsure.target_accuracy,
+                          "eval_coverage": calibrated.unsure.eval_coverage, "reason": calibrated.unsure.reason or None}
+    if "keras" in ask.formats:
         info.update(_keras_file(model, directory / names.KERAS_FILE))
     (directory / names.SIGNATURE).write_text(json.dumps(info, indent=2) + "\n")
     # bfloat16 keeps ~3 significant digits: batch composition alone moves probabilities by ~1e-3.
     tolerance = 1e-2 if model.dtype_policy.compute_dtype != "float32" else 1e-4
     info["self_check_tolerance"] = tolerance
-    info["self_check_max_abs_diff"] = _self_check(serving, model, data, directory / names.SAMPLES, tolerance)
-    if "tflite" in formats:
-        info["tflite"] = tflite_export(model, float32_model() if float32_model else model, data,
-                                       directory / names.TFLITE_FILE, tolerance, layer_of)
+    info["self_check_max_abs_diff"] = _self_check(serving, model, data, directory / names.SAMPLES, tolerance,
+                                                  temperature)
+    converted = [f for f in ("tflite", "tflite_int8", "onnx") if f in ask.formats]
+    if converted:
+        info.update(convert_all(float32_model() if float32_model else model, data, directory, converted,
+                                temperature, layer_of))
+    if ask.prove:
+        prove_all(model, data, directory, ask, info, tolerance, temperature, float32_model, layer_of)
     return info
 
 
-def tflite_export(model, float_model, data: Datasets, path: Path, tolerance: float, layer_of=None) -> dict:
-    """`model.tflite`: the float32 copy of the model converted with TensorFlow's TFLite converter
-    (builtin ops only: what an app's interpreter has), input = the model input (the app applies
-    signature.json's preprocessing), output = class probabilities (multi-label: a sigmoid per
-    label; signature.json's thresholds make the set). Checked with TensorFlow's TFLite
-    interpreter against the training model on the test split's first images; an op TFLite lacks is
-    one message naming the op and the layer, and the rest of the export stands."""
-    import tempfile
+def convert_all(float_model, data: Datasets, directory: Path, formats: list[str], temperature: float,
+                layer_of, int8_full: bool = True) -> dict:
+    """Each of `formats` (tflite, tflite_int8, onnx) written, or its reason; one Keras wrapper for all."""
+    spec, multi = data.spec, data.source.multi_label
+    wrapper = conversions.probability_model(float_model, spec, multi, temperature)
+    concrete = tf.function(lambda x: wrapper(x)).get_concrete_function(tf.TensorSpec([None, *spec.shape], tf.float32))
+    log_path = directory / "converter.log"
+    out: dict = {}
 
-    import keras
+    def why(target, key):
+        return lambda err: conversions.failure_reason(target, key, err, concrete, layer_of)
 
-    spec = data.spec
-    inputs = keras.Input(spec.shape, dtype="float32", name="image")
+    with conversions.saved_for_conversion(wrapper) as saved:
+        for fmt in formats:
+            path = directory / runtimes.FILES[fmt]
+            try:
+                if fmt == "tflite":
+                    flat = conversions.tflite(saved, log_path, why("TFLite", fmt))
+                    kind = "float32"
+                elif fmt == "tflite_int8":
+                    flat, kind = _int8(saved, log_path, data, why("TFLite int8", fmt), int8_full)
+                else:
+                    flat, kind = conversions.onnx(wrapper, spec, why("ONNX", fmt)), "float32"
+            except conversions.Unconvertible as err:
+                out[fmt] = {"path": None, "error": str(err)}
+                log.warning("warning: no %s in the export (%s); the SavedModel is complete%s", path.name, err,
+                            f"; the converter's own output is in {log_path}" if log_path.exists() else "")
+                continue
+            path.write_bytes(flat)
+            out[fmt] = {"path": str(path), "bytes": len(flat), "quantization": kind,
+                        "input": f"{spec.describe()}: apply signature.json's preprocessing first (the SavedModel's "
+                                 f"prepare_images does)",
+                        "output": "a probability per label" if multi else "calibrated class probabilities"}
+    return out
+
+
+def _int8(saved: str, log_path: Path, data: Datasets, why, full: bool) -> tuple[bytes, str]:
+    """Full-integer int8 calibrated on training images; dynamic range when that cannot convert."""
+    if full:
+        try:
+            return conversions.tflite_int8(saved, log_path, _representative(data), why, full_integer=True), "int8"
+        except conversions.Unconvertible as err:
+            log.warning("warning: full-integer int8 did not convert (%s); trying dynamic-range int8", err)
+    return conversions.tflite_int8(saved, log_path, (), why, full_integer=False), "dynamic_range"
+
+
+def _representative(data: Datasets) -> list:
+    """Training images as the model takes them, without augmentation (the int8 activation ranges)."""
+    batches = data.train_plain(0) if data.train_plain is not None else data.train_epoch(0)
+    images = []
+    for batch in batches:
+        images += list(tf.cast(batch[0], tf.float32).numpy())
+        if len(images) >= conversions.INT8_SAMPLES:
+            break
+    return images[:conversions.INT8_SAMPLES]
+
+
+def prove_all(model, data: Datasets, directory: Path, ask: ExportAsk, info: dict, tolerance: float,
+              temperature: float, float32_model, layer_of) -> None:
+    """export.parity: each written format on the test files; an int8 model under its gate falls
+    back to dynamic range (proven again); a float format beyond the tolerance goes in info["failed"]."""
     multi = data.source.multi_label
-    head = keras.layers.Activation("sigmoid", dtype="float32", name="probabilities") if multi else \
-        keras.layers.Softmax(dtype="float32", name="probabilities")
-    wrapper = keras.Model(inputs, head(float_model(inputs)))
-    # Through Keras' own SavedModel export: converting a tf.function over the model (directly or
-    # saved by tf.saved_model) left Keras 3's variables as TFLite resource variables that were never
-    # initialized — measured: a 4 KB model whose every output was NaN.
-    converter_log = path.with_name("tflite_converter.log")
-    with tempfile.TemporaryDirectory(prefix="safetrain-tflite-") as scratch:
-        wrapper.export(scratch, format="tf_saved_model", verbose=False)
-        try:
-            with _stderr_to(converter_log):  # the converter's C++ diagnostics: pages of MLIR locations
-                flat = tf.lite.TFLiteConverter.from_saved_model(scratch).convert()
-        except Exception as err:  # noqa: BLE001 - the converter raises ConverterError and plain exceptions
-            concrete = tf.function(lambda x: wrapper(x)).get_concrete_function(
-                tf.TensorSpec([None, *spec.shape], tf.float32))
-            reason = _conversion_problem(err, concrete, layer_of)
-            log.warning("warning: no model.tflite in the export (%s); the SavedModel is complete; the converter's "
-                        "own output is in %s", reason, converter_log)
-            return {"path": None, "error": reason, "converter_log": str(converter_log)}
-    converter_log.unlink(missing_ok=True)
-    path.write_bytes(flat)
-    images = _test_inputs(data)
-    if images is None:
-        return {"path": str(path), "bytes": len(flat), "max_abs_diff": None, "note": "no test images to compare"}
-    expected = probabilities_of(model(images, training=False), multi).numpy()
-    got = run_tflite(flat, images.numpy())
-    diff = float(np.max(np.abs(got - expected)))
-    if diff > tolerance:
-        log.warning("warning: model.tflite disagrees with the training model on test images (max |diff| %.3g > %g)",
-                    diff, tolerance)
-    return {"path": str(path), "bytes": len(flat), "max_abs_diff": round(diff, 6), "tolerance": tolerance,
-            "compared_images": int(images.shape[0]), "input": f"{spec.describe()}: apply signature.json's "
-            f"preprocessing first", "output": "a probability per label" if multi else "class probabilities"}
+
+    def reference(images):
+        logits = tf.cast(model(images, training=False), tf.float32)
+        return probabilities_of(logits if multi else logits / temperature, multi).numpy()
+
+    upright = upright_bytes if info["exif_orientation"] == "apply" else (lambda b: b)
+    files = parity.collect(data, model, reference, ask.from_files, upright, info.get("thresholds") and
+                           [info["thresholds"][n] for n in data.source.names()])
+    if files is None:
+        info["parity"] = []
+        info["parity_note"] = "no test split with a file form (float images, or no test split): nothing proven"
+        return
+    served = runtimes.load_saved_model(directory)
+    rows, failed = [], []
+    written = [f for f in ask.formats if f == "saved_model" or (f == "keras" and info.get("keras_file"))
+               or (info.get(f) or {}).get("path")]
+    for fmt in written:
+        row = _prove(fmt, directory, served, files, tolerance, data)
+        if fmt == "tflite_int8" and not row["passed"] and info[fmt]["quantization"] == "int8":
+            reason = f"full-integer int8 failed its gate ({row['gate']})"
+            log.warning("warning: %s; falling back to dynamic-range int8", reason)
+            info.update(convert_all(float32_model() if float32_model else model, data, directory, [fmt],
+                                    temperature, layer_of, int8_full=False))
+            info[fmt]["fallback_reason"] = reason
+            row = _prove(fmt, directory, served, files, tolerance, data) if info[fmt].get("path") else None
+        if row is not None and fmt == "tflite_int8" and not row["passed"]:
+            (directory / runtimes.FILES[fmt]).unlink(missing_ok=True)
+            info[fmt] = {"path": None, "error": f"int8 failed its gate ({row['gate']}); not exported",
+                         **({"fallback_reason": info[fmt]["fallback_reason"]} if "fallback_reason" in info[fmt] else {})}
+            log.warning("warning: no %s in the export: %s", runtimes.FILES[fmt], info[fmt]["error"])
+        elif row is not None and not row["passed"]:
+            failed.append(row)
+        if row is not None:
+            rows.append(row)
+    info["parity"] = rows
+    if failed:
+        info["failed"] = failed
 
 
-@contextlib.contextmanager
-def _stderr_to(path: Path):
-    """Send file descriptor 2 (where TensorFlow's C++ code writes) to `path` for the block."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "w") as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-def run_tflite(flat: bytes, images: np.ndarray) -> np.ndarray:
-    """Class probabilities from a TFLite model, one image at a time (TensorFlow's interpreter)."""
-    import warnings
-
-    with warnings.catch_warnings():  # "tf.lite.Interpreter is deprecated ... ai-edge-litert": still TF's own
-        warnings.simplefilter("ignore")
-        interpreter = tf.lite.Interpreter(model_content=flat)
-    interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    rows = []
-    for image in images.astype(np.float32):
-        interpreter.set_tensor(inp["index"], image[None])
-        interpreter.invoke()
-        rows.append(interpreter.get_tensor(out["index"])[0])
-    return np.stack(rows)
-
-
-def _test_inputs(data: Datasets, count: int = 32):
-    keyed = data.with_keys("test")
-    if keyed is None:
-        return None
-    for images, _, _ in keyed.take(1):
-        return tf.cast(images[:count], tf.float32)
-    return None
-
-
-def _conversion_problem(err: Exception, concrete, layer_of) -> str:
-    """The ops TFLite lacks and the layers that hold them, from the converter's message and the graph."""
-    import re
-
-    text = str(err)
-    ops = sorted(set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text)))
-    if not ops:
-        return f"the TFLite converter failed: {text.strip().splitlines()[0][:300] if text.strip() else type(err)}"
-    nodes = [node.name for node in concrete.graph.as_graph_def().node if node.op in ops]
-    for function in concrete.graph.as_graph_def().library.function:
-        nodes += [node.name for node in function.node_def if node.op in ops]
-    layers = sorted({ref.describe() for ref in (layer_of(n) for n in nodes) if ref} if layer_of else set())
-    where = f" in {', '.join(layers)}" if layers else ""
-    return (f"TFLite has no builtin kernel for {', '.join(ops)}{where}; an app's TFLite interpreter could not run it. "
-            f"Fix: replace the op in that layer with a TFLite builtin one (TensorFlow's TFLite op list), or leave "
-            f"tflite out of trainer.export_formats")
+def _prove(fmt: str, directory: Path, served, files, tolerance: float, data: Datasets) -> dict:
+    run = runtimes.runner(directory, fmt, served)
+    gate = None if fmt == "tflite_int8" else tolerance
+    return parity.prove(fmt, run, files, directory / runtimes.FILES[fmt], gate, data.source.names())
 
 
 def _keras_file(model, path: Path) -> dict:
@@ -262,7 +292,8 @@ def arrays_digest(arrays) -> str:
     return digest.hexdigest()
 
 
-def _self_check(serving: Serving, model, data: Datasets, samples: Path, tolerance: float) -> float | None:
+def _self_check(serving: Serving, model, data: Datasets, samples: Path, tolerance: float,
+                temperature: float) -> float | None:
     if data.raw_test is None:
         return None
     files, expected, encoded = [], [], []
@@ -270,8 +301,9 @@ def _self_check(serving: Serving, model, data: Datasets, samples: Path, toleranc
         if image.dtype != tf.uint8:
             return None  # float sources have no lossless PNG form; nothing to compare
         encoded.append(tf.io.encode_png(image).numpy())
-        logits = model(data.model_input(image)[None], training=False)
-        expected.append(probabilities_of(logits, data.source.multi_label)[0].numpy())
+        logits = tf.cast(model(data.model_input(image)[None], training=False), tf.float32)
+        multi = data.source.multi_label
+        expected.append(probabilities_of(logits if multi else logits / temperature, multi)[0].numpy())
     if not encoded:
         return None
     samples.mkdir(parents=True, exist_ok=True)

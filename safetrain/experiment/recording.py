@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from safetrain.config.schema import BadExamplePolicy, Config
-from safetrain.core.errors import ErrorKind, Phase
+from safetrain.core.errors import ErrorKind, GraphError, Phase
 from safetrain.core.run_state import Context, LayerRef
 from safetrain.experiment import results, visuals
 from safetrain.experiment.setup import Hardware
@@ -183,13 +183,33 @@ def record_wall(record: RunRecord, wall: WallTime) -> None:
 
 def record_export(record: RunRecord, info: dict) -> None:
     record.report.export = info
-    log.info("exported: %s (self-check on test images: max |diff| %s)%s", info["path"],
-             info["self_check_max_abs_diff"], _tflite_note(info.get("tflite")))
+    log.info("exported: %s (self-check on test images: max |diff| %s)", info["path"], info["self_check_max_abs_diff"])
+    for fmt in ("tflite", "tflite_int8", "onnx"):
+        if (info.get(fmt) or {}).get("path") is None and fmt in info:
+            log.info("  %s: not exported (%s)", fmt, info[fmt].get("error"))
+    for row in info.get("parity", []):
+        log.info("  %-11s %8.1f KB  agreement %.4f  max |dp| %.2g  accuracy %.4f  worst class drop %.4f  "
+                 "%.2f ms/image  %s", row["format"], row["bytes"] / 1e3, row["agreement"], row["max_abs_diff"],
+                 row["accuracy"], row["worst_class_drop"], row["latency_ms"], "ok" if row["passed"] else "FAILED")
+    if info.get("parity"):
+        log.info("  (proven on %d test files through each format's serving path: report.json export.parity)",
+                 info["parity"][0]["files"])
     if info.get("serving_resize_from") == "trainer.serving_resize":
         h, w = info["model_input"].split("x")[:2]
         log.info("serving: images of another size than %sx%s are %s (trainer.serving_resize; error refuses them)",
                  h, w, {"bilinear": "resized (bilinear)", "pad_or_crop": "padded or cropped",
                         "error": "refused, naming the file and its size"}[info["serving_resize"]])
+
+
+def parity_error(failed: list[dict]) -> GraphError:
+    """Exit 4 for exported formats that do not serve what was tested, naming the first files."""
+    said = "; ".join(f"{row['format']} ({row['gate']}; first files: {', '.join(row['differing_files'][:3])})"
+                     for row in failed)
+    return GraphError(f"the exported model disagrees with the trained model on the test files: {said}. The training "
+                      f"result, report.json and every export file are kept.",
+                      hint="compare the files with `python -m safetrain.predict --format NAME`; leave the format out "
+                           "of trainer.export_formats, or report the model to safetrain with the files named",
+                      kind=ErrorKind.export_parity, config_key="trainer.export_formats")
 
 
 def final_summary(record: RunRecord) -> None:
@@ -256,14 +276,6 @@ def _activation_bytes(plan: ModelPlan, policy: str) -> int:
     """Forward activations of one example, all kept for the backward pass (an estimate for OOM hints)."""
     width = 2 if policy.startswith("mixed") else 4
     return width * sum(math.prod(d for d in row.shape if d) for row in plan.rows)
-
-
-def _tflite_note(tflite: dict | None) -> str:
-    if tflite is None:
-        return ""
-    if tflite.get("path") is None:
-        return "; no model.tflite (report.json export.tflite says why)"
-    return f"; model.tflite {tflite['bytes'] / 1e6:.1f} MB, max |diff| {tflite['max_abs_diff']} vs the training model"
 
 
 def _hparams(cfg: Config, policy: str, replicas: int) -> dict:

@@ -34,6 +34,7 @@ class Predictions:
     keys: list[str]            # (N,) file path (image folders) or split#index
     multi_label: bool = False  # labels are label sets as bit masks; probabilities a sigmoid per label
     thresholds: np.ndarray | None = None  # multi-label: a label is predicted at or above its (None: 0.5)
+    logits: np.ndarray | None = None      # (N, K) the head's, before any temperature (calibration)
 
     @property
     def predicted(self) -> np.ndarray:

@@ -22,7 +22,7 @@ import keras
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from safetrain.config.schema import AUTO, Config, OnDeadGradient, OnOom
+from safetrain.config.schema import AUTO, FILE_SOURCES, Config, OnDeadGradient, OnOom
 from safetrain.core.errors import ErrorKind, GraphError, NanStop, NumericsError, Phase, SafetrainError
 from safetrain.core.run_state import Context
 from safetrain.diagnose.diagnosis import diagnose
@@ -31,7 +31,7 @@ from safetrain.diagnose.replay import locate_non_finite
 from safetrain.experiment import lr_find, precision, recording, setup
 from safetrain.experiment.analysis import analyse_label_sets, analyse_test
 from safetrain.experiment.assemble import Assembly, assemble, record_best, run_spec, selection
-from safetrain.experiment.export import export
+from safetrain.experiment.export import ExportAsk, export
 from safetrain.experiment.setup import Hardware
 from safetrain.models import gradients
 from safetrain.models.backbone_build import fetch_imagenet
@@ -180,16 +180,19 @@ def _fit(cfg: Config, task: Task, data: Datasets, hardware: Hardware, record: Ru
     record.report.metrics.update({f"test_{name}": value for name, value in test.items()})
     if test:
         record.scalars(result.steps, {f"test/{name}": value for name, value in test.items()})
-    thresholds = None
+    thresholds, calibrated = None, None
     if multi and hardware.is_chief:
         with wall.phase("results"):
             thresholds = analyse_label_sets(cfg, steps, data, record, result.steps)
+        record.report.calibration = {"skipped": "multi-label: each label's threshold is tuned on eval instead"}
     elif data.test is not None and hardware.is_chief:
         with wall.phase("results"):
-            analyse_test(cfg, steps, data, record, result.steps)
+            calibrated = analyse_test(cfg, steps, data, record, result.steps)
     if t.export:
         with wall.phase("export"):
-            _export(cfg, task, data, hardware, record, context, thresholds)
+            _export(cfg, task, data, hardware, record, context, ExportAsk(
+                formats=tuple(t.export_formats), asked_resize=t.serving_resize.value, thresholds=thresholds,
+                calibration=calibrated, from_files=cfg.dataset.source in FILE_SOURCES))
     loop.close()
 
 
@@ -218,19 +221,21 @@ def _choose_weights(record: RunRecord, parts: Assembly, chosen, exported: bool) 
 
 
 def _export(cfg: Config, task: Task, data: Datasets, hardware: Hardware, record: RunRecord, context: Context,
-            thresholds=None) -> None:
-    """`thresholds`: multi-label, each label's (tuned on eval; the serving signature applies them)."""
+            ask: ExportAsk) -> None:
+    """The chief's export, recorded in report.json; a format that disagrees with the trained model
+    beyond its tolerance then stops the run with exit 4 (the training result and the export stay)."""
     if hardware.is_chief:
-        recording.record_export(record, export(
-            task.model, data, cfg.dataset, record.run_dir / names.EXPORT, tuple(cfg.trainer.export_formats),
-            float32_model=lambda: _float32_copy(task.plan, task.model),
-            layer_of=lambda node: layer_from_op(node, context), asked_resize=cfg.trainer.serving_resize.value,
-            thresholds=thresholds))
+        info = export(task.model, data, cfg.dataset, record.run_dir / names.EXPORT, ask,
+                      float32_model=lambda: _float32_copy(task.plan, task.model),
+                      layer_of=lambda node: layer_from_op(node, context))
+        recording.record_export(record, info)
+        if info.get("failed"):
+            raise recording.parity_error(info["failed"])
         return
     # Saving may read variables collectively: every worker saves, only the chief keeps it.
     with tempfile.TemporaryDirectory(prefix="safetrain-worker-export-") as scratch:
-        export(task.model, data, cfg.dataset, Path(scratch) / names.EXPORT, asked_resize=cfg.trainer.serving_resize.value,
-               thresholds=thresholds)
+        export(task.model, data, cfg.dataset, Path(scratch) / names.EXPORT,
+               dataclasses.replace(ask, formats=("saved_model",), prove=False))
 
 
 def _halved(cfg: Config, error: SafetrainError) -> Config | None:

@@ -19,7 +19,7 @@ from safetrain.models.backbones import BACKBONES, check_input, parse_backbone
 from safetrain.models.shapes import ModelPlan, infer
 from safetrain.models.parse import parse_layers
 from safetrain.train.cluster import current_task
-from safetrain.config.schema import AUTO, FILE_SOURCES, Config, Normalization, OnOom, Source, StrategyKind, TaskKind
+from safetrain.config.schema import AUTO, EXPORT_FORMATS, FILE_SOURCES, Config, Normalization, OnOom, Source, StrategyKind, TaskKind
 from safetrain.core.errors import ConfigError
 from safetrain.train.throughput import divisors
 from safetrain.train.optimizers import LOSS_ENCODING, LOSSES, OPTIMIZERS
@@ -125,13 +125,19 @@ def validate(cfg: Config) -> ModelPlan:
                           f"predicted probability above which a misclassified file is listed as a suspect label.",
                           hint="set dataset.suspect_min_probability=0.8", config_key="dataset.suspect_min_probability")
     formats = list(t.export_formats)
-    unknown = [f for f in formats if f not in ("saved_model", "keras", "tflite")]
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
     if unknown or "saved_model" not in formats or len(set(formats)) != len(formats):
         raise ConfigError(f"trainer.export_formats={formats} must list saved_model (the self-checked serving "
-                          f"export safetrain.predict uses) and optionally keras and tflite, each once"
+                          f"export safetrain.predict uses) and any of {', '.join(EXPORT_FORMATS[1:])}, each once"
                           + (f"; unknown: {', '.join(map(str, unknown))}" if unknown else "") + ".",
-                          hint="set trainer.export_formats=[saved_model,keras,tflite]",
+                          hint="set trainer.export_formats=[saved_model,keras,tflite,tflite_int8,onnx]",
                           config_key="trainer.export_formats")
+    target = t.serving_target_accuracy
+    if target is not None and not 0.0 < target <= 1.0:
+        raise ConfigError(f"trainer.serving_target_accuracy={target} must be in (0, 1]: the accuracy the answers "
+                          f"above the \"unsure\" threshold reach on eval.",
+                          hint="set trainer.serving_target_accuracy=0.99 (or null: no unsure answer)",
+                          config_key="trainer.serving_target_accuracy")
     _check_paths(cfg)
     _check_cluster(cfg)
     _check_folder_settings(d)

@@ -61,6 +61,11 @@ def check_task(cfg: Config) -> None:
         refuse("dataset.sampling=balanced draws each image by its one class; a label set has several (or none).",
                "set dataset.sampling=shuffle, and dataset.class_weights=balanced for rare labels (it weighs each "
                "label's positives)", "dataset.sampling")
+    if t.serving_target_accuracy is not None:
+        refuse("trainer.serving_target_accuracy sets an \"unsure\" threshold on the top class's probability; a "
+               "multi-label answer is a set, decided per label by the thresholds tuned on eval.",
+               "set trainer.serving_target_accuracy=null, and trainer.threshold_precision=0.9 for surer labels",
+               "trainer.serving_target_accuracy")
     if not d.label_separator:
         refuse("dataset.label_separator is empty: the labels of a set could not be told apart.",
                "set dataset.label_separator='|' (or the character your table puts between labels)",

@@ -63,6 +63,7 @@ class RunReport:
     wall_seconds: float = 0.0
     time_to_first_step_s: float | None = None
     export: dict | None = None        # the SavedModel's path, input, classes and self-check
+    calibration: dict | None = None   # {temperature, eval_examples, test: {ece_before, ...}, unsure}
     best: dict | None = None          # the best eval epoch {epoch, step, metric, value}, when one was chosen
     budget: dict | None = None        # trainer.time_budget: {seconds, planned_steps, steps, replans, stopped_by, ...}
     lr_find: dict | None = None       # trainer.lr_find: the suggestion (the curve is in lr_find.json)

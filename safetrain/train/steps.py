@@ -94,7 +94,7 @@ class Steps:
         self.train_probe = tf.function(functools.partial(self._train, probe=True), reduce_retracing=True)
         self.train_steps = tf.function(self._train_steps, reduce_retracing=True)
         self.eval = tf.function(self._eval, input_signature=eval_spec, jit_compile=jit_compile)
-        self.probabilities = tf.function(self._probabilities, reduce_retracing=True)
+        self.logits = tf.function(self._logits, reduce_retracing=True)
 
     def _train(self, iterator, probe: bool):
         if self.time_input:
@@ -207,11 +207,10 @@ class Steps:
         out = self.strategy.run(self._replica_eval, args=(images, labels))
         return {k: self.strategy.reduce(_SUM, v, axis=None) for k, v in out.items()}
 
-    def _probabilities(self, images):
-        """Class probabilities (float32) for one batch, the results' per-example view: a softmax
-        over the classes, or a sigmoid per label (multi-label)."""
-        logits = tf.cast(self.model(images, training=False), tf.float32)
-        return tf.sigmoid(logits) if self.multi_label else tf.nn.softmax(logits, axis=-1)
+    def _logits(self, images):
+        """The head's logits (float32) for one batch, the results' per-example view (the analysis
+        makes them probabilities, with the temperature fitted on eval)."""
+        return tf.cast(self.model(images, training=False), tf.float32)
 
     def _replica_eval(self, images, labels):
         logits = self.model(images, training=False)
