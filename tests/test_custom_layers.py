@@ -143,9 +143,9 @@ def test_argmax_cuts_gradients_exit_4_naming_variables_and_layer(train):
     assert result.report()["steps"] == 1  # found by the first step, before any checkpoint
 
 
-def test_a_layer_tflite_cannot_run_is_named_and_the_rest_of_the_export_stands(train):
+def test_a_layer_tflite_and_onnx_cannot_run_is_named_and_the_rest_of_the_export_stands(train):
     result = train("model.layers=[{type: flatten}, {type: dense, units: 16}, {type: bessel_features}]",
-                   "trainer.export=true", "trainer.export_formats=[saved_model,keras,tflite]",
+                   "trainer.export=true", "trainer.export_formats=[saved_model,keras,tflite,onnx]",
                    "hardware.precision=float32")  # BesselI1e has no bfloat16 kernel on CPU (diagnosed, exit 4)
     assert_clean(result, 0)
     export = result.report()["export"]
@@ -156,3 +156,7 @@ def test_a_layer_tflite_cannot_run_is_named_and_the_rest_of_the_export_stands(tr
     assert (result.run_dir / "export" / "saved_model.pb").exists() and export["self_check_max_abs_diff"] is not None
     assert not (result.run_dir / "export" / "model.tflite").exists()
     assert "BesselI1e" in (result.run_dir / "export" / "tflite_converter.log").read_text()  # its own words, kept
+    assert export["onnx"]["path"] is None and not (result.run_dir / "export" / "model.onnx").exists()
+    assert export["onnx"]["error"].startswith("ONNX has no builtin kernel for BesselI1e in model layer 2 ")
+    assert export["keras_file"] is None  # a custom layer without get_config: its own reason, recorded
+    assert [row["format"] for row in export["parity"]] == ["saved_model"]  # the formats written, proven

@@ -82,9 +82,17 @@ def onnx(wrapper, spec, describe_failure: Callable[[Exception], str]) -> bytes:
     import onnxruntime
     import tf2onnx
 
-    quiet = logging.getLogger("tf2onnx")
-    level = quiet.level
+    said: list[str] = []
+
+    class Keep(logging.Handler):  # tf2onnx names an unsupported op only in its log, then emits the graph anyway
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    quiet, keep = logging.getLogger("tf2onnx"), Keep(logging.ERROR)
+    level, propagate = quiet.level, quiet.propagate
+    quiet.addHandler(keep)
     quiet.setLevel(logging.ERROR)
+    quiet.propagate = False
     try:
         fn = tf.function(lambda x: wrapper(x, training=False))
         proto, _ = tf2onnx.convert.from_function(
@@ -92,9 +100,11 @@ def onnx(wrapper, spec, describe_failure: Callable[[Exception], str]) -> bytes:
         flat = proto.SerializeToString()
         onnxruntime.InferenceSession(flat, providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - tf2onnx and onnxruntime raise many types
-        raise Unconvertible(describe_failure(err)) from None
+        raise Unconvertible(describe_failure(RuntimeError("\n".join([*said, str(err)])))) from None
     finally:
+        quiet.removeHandler(keep)
         quiet.setLevel(level)
+        quiet.propagate = propagate
     return flat
 
 
@@ -129,7 +139,6 @@ def failure_reason(target: str, key: str, err: Exception, concrete, layer_of) ->
     text = str(err)
     ops = set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text))
     ops |= set(re.findall(r"Tensorflow op \[[^:\]]*: (\w+)\] is not supported", text))
-    ops |= set(re.findall(r"[Uu]nsupported ops?:? (?:\[)?'?(\w+)", text))
     if not ops:
         first = text.strip().splitlines()[0][:300] if text.strip() else type(err).__name__
         return f"the {target} converter failed: {first}"
@@ -138,5 +147,5 @@ def failure_reason(target: str, key: str, err: Exception, concrete, layer_of) ->
         nodes += [node.name for node in function.node_def if node.op in ops]
     layers = sorted({ref.describe() for ref in (layer_of(n) for n in nodes) if ref} if layer_of else set())
     where = f" in {', '.join(layers)}" if layers else ""
-    return (f"{target} has no kernel for {', '.join(sorted(ops))}{where}; an app's runtime could not run it. Fix: "
+    return (f"{target} has no builtin kernel for {', '.join(sorted(ops))}{where}; an app's runtime could not run it. Fix: "
             f"replace the op in that layer with a builtin one, or leave {key} out of trainer.export_formats")

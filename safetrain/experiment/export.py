@@ -162,7 +162,6 @@ def convert_all(float_model, data: Datasets, directory: Path, formats: list[str]
     spec, multi = data.spec, data.source.multi_label
     wrapper = conversions.probability_model(float_model, spec, multi, temperature)
     concrete = tf.function(lambda x: wrapper(x)).get_concrete_function(tf.TensorSpec([None, *spec.shape], tf.float32))
-    log_path = directory / "converter.log"
     out: dict = {}
 
     def why(target, key):
@@ -170,7 +169,7 @@ def convert_all(float_model, data: Datasets, directory: Path, formats: list[str]
 
     with conversions.saved_for_conversion(wrapper) as saved:
         for fmt in formats:
-            path = directory / runtimes.FILES[fmt]
+            path, log_path = directory / runtimes.FILES[fmt], directory / f"{fmt}_converter.log"
             try:
                 if fmt == "tflite":
                     flat = conversions.tflite(saved, log_path, why("TFLite", fmt))

@@ -20,7 +20,11 @@ and signature.json describes it for an app that does its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -83,8 +87,9 @@ def tflite_runner(flat: bytes) -> Callable[[np.ndarray], np.ndarray]:
     inputs and outputs are (de)quantized with the file's own scale and zero point."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_content=flat)
-    interpreter.allocate_tensors()
+    with _filtered_stderr("INFO: Created TensorFlow Lite XNNPACK delegate"):  # said on every load
+        interpreter = Interpreter(model_content=flat)
+        interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
 
     def run(images: np.ndarray) -> np.ndarray:
@@ -121,3 +126,24 @@ def onnx_runner(proto: bytes) -> Callable[[np.ndarray], np.ndarray]:
     session = onnxruntime.InferenceSession(proto, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda images: session.run(None, {name: np.asarray(images, np.float32)})[0].astype(np.float64)
+
+
+@contextlib.contextmanager
+def _filtered_stderr(noise: str):
+    """File descriptor 2 (where the runtimes' C++ code writes) through a file for the block; every
+    line but those starting with `noise` is written back."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            kept = [line for line in sink.read().decode(errors="replace").splitlines(True)
+                    if not line.startswith(noise)]
+            if kept:
+                sys.stderr.write("".join(kept))
