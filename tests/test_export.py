@@ -33,8 +33,10 @@ def test_mosaic_confusion_matrix_and_per_class_accuracy():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tfds_dir):
     run_dir = tmp_path_factory.mktemp("export") / "run"
+    # 1000 digits: 144 eval images, enough to fit a temperature (calibration.MIN_EXAMPLES is 100)
     proc = subprocess.run([sys.executable, "-m", "safetrain", "+debug=tiny", "trainer.export=true",
-                           "trainer.export_formats=[saved_model,keras,tflite]",
+                           "trainer.export_formats=[saved_model,keras,tflite,tflite_int8,onnx]",
+                           "dataset.max_examples=1000", "trainer.serving_target_accuracy=0.95",
                            "trainer.max_steps=24", "trainer.epochs=3", f"hydra.run.dir={run_dir}",
                            f"dataset.data_dir={tfds_dir}"], capture_output=True, text=True, env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -136,24 +138,79 @@ def test_tensorboard_shows_the_inputs_the_labelled_confusion_matrix_top_losses_a
 
 
 @pytest.mark.e2e
-def test_the_tflite_export_agrees_with_the_training_model_and_predict_runs_it(trained):
-    """The converted model, checked in the run against the training model (mixed_bfloat16 here, float32 in
-    the TFLite copy), and classified again here through `safetrain.predict --tflite` in a fresh process:
-    the same top class and probabilities within the recorded tolerance as the SavedModel's."""
-    tflite = json.loads((trained / "report.json").read_text())["export"]["tflite"]
-    assert tflite["path"] == str(trained / "export" / "model.tflite") and tflite["bytes"] > 1_000_000
-    assert tflite["compared_images"] == 32 and tflite["max_abs_diff"] <= tflite["tolerance"]
+def test_every_format_is_proven_on_the_test_files_and_predict_runs_each(trained):
+    """Each asked format, proven in the run on the test split's files through its own serving path
+    (report.json export.parity), then run again here by `safetrain.predict --format` in a fresh process:
+    the same top class as the SavedModel's and probabilities within the recorded gate."""
+    report = json.loads((trained / "report.json").read_text())
+    export = report["export"]
+    rows = {row["format"]: row for row in export["parity"]}
+    test_count = report["data"]["counts"]["test"]
+    assert set(rows) == {"saved_model", "keras", "tflite", "tflite_int8", "onnx"}
+    for fmt in ("saved_model", "keras", "tflite", "onnx"):
+        row = rows[fmt]
+        assert row["passed"] and row["files"] == test_count and row["agreement"] == 1.0
+        assert row["max_abs_diff"] <= row["tolerance"] == export["self_check_tolerance"]
+        assert row["accuracy"] == row["reference_accuracy"] == round(report["metrics"]["test_accuracy"], 6)
+        assert row["latency_ms"] > 0 and row["bytes"] > 100_000
+    int8 = rows["tflite_int8"]  # full-integer when it passes its gate, else the dynamic-range fallback
+    assert int8["passed"] and int8["agreement"] >= 0.99 and int8["worst_class_drop"] <= 0.02
+    assert export["tflite_int8"]["quantization"] in ("int8", "dynamic_range")
+    if export["tflite_int8"]["quantization"] == "dynamic_range":
+        assert export["tflite_int8"]["fallback_reason"].startswith("full-integer int8 failed its gate (agreement ")
+    assert int8["bytes"] < rows["tflite"]["bytes"] / 3  # int8 weights: about a quarter of float32
     samples = sorted((trained / "export" / "samples").glob("test_*.png"))
 
     def classify(*flags):
         out = subprocess.run([sys.executable, "-m", "safetrain.predict", f"run_dir={trained}", "top_k=10", *flags,
                               *map(str, samples)], capture_output=True, text=True, env=ENV, timeout=120)
         assert out.returncode == 0, out.stderr
-        return [dict((cell.split()[0], float(cell.split()[1])) for cell in line.split(": ", 1)[1].split(" | "))
-                for line in out.stdout.splitlines()]
+        assert "XNNPACK" not in out.stderr and "Traceback" not in out.stderr
+        cells = [line.split(": ", 1)[1].split(" | ") for line in out.stdout.splitlines()]
+        return [dict((c.split()[0], float(c.split()[1])) for c in row if not c.startswith("unsure")) for row in cells]
 
-    saved, lite = classify(), classify("--tflite")
-    assert len(saved) == len(lite) == len(samples)
-    for a, b in zip(saved, lite):
-        assert max(a, key=a.get) == max(b, key=b.get)
-        assert max(abs(a[k] - b[k]) for k in a) <= tflite["tolerance"] + 2e-3  # printed to 3 decimals
+    saved = classify()
+    for flags, fmt in ((("--tflite",), "tflite"), (("--format", "onnx"), "onnx"), (("--format=tflite_int8",),
+                                                                                   "tflite_int8")):
+        other = classify(*flags)
+        assert len(saved) == len(other) == len(samples)
+        for a, b in zip(saved, other):
+            assert max(a, key=a.get) == max(b, key=b.get)
+            assert max(abs(a[k] - b[k]) for k in a) <= rows[fmt]["max_abs_diff"] + 1e-3  # printed to 3 decimals
+
+
+@pytest.mark.e2e
+def test_the_probabilities_are_calibrated_on_eval_and_the_unsure_threshold_is_reported_on_test(trained):
+    import tensorflow as tf
+
+    report = json.loads((trained / "report.json").read_text())
+    calibration, signature = report["calibration"], json.loads((trained / "export" / "signature.json").read_text())
+    assert calibration["eval_examples"] == report["data"]["counts"]["eval"] >= 100 and "skipped" not in calibration
+    assert 0.05 < calibration["temperature"] < 20 and signature["temperature"] == calibration["temperature"]
+    test = calibration["test"]
+    assert test["examples"] == report["data"]["counts"]["test"]
+    # fitted on eval to minimise the NLL: test's NLL follows (the same images' distribution)
+    assert test["nll_after"] <= test["nll_before"] + 0.01
+    assert set(test) >= {"ece_before", "ece_after", "brier_before", "brier_after", "at_unsure_threshold"}
+    unsure = calibration["unsure"]
+    assert unsure["target_accuracy"] == 0.95 and unsure["eval"]["accuracy"] >= 0.95
+    assert signature["unsure"]["below"] == unsure["threshold"]
+    assert 0 < test["at_unsure_threshold"]["coverage"] <= 1
+    # the SavedModel serves the calibrated probabilities, and its logits
+    served = tf.saved_model.load(str(trained / "export"))
+    out = served.classify(tf.constant([(trained / "export" / "samples" / "test_0.png").read_bytes()]))
+    logits = out["logits"].numpy()[0] / calibration["temperature"]
+    np.testing.assert_allclose(out["probabilities"].numpy()[0], np.exp(logits) / np.exp(logits).sum(), atol=1e-5)
+    assert bool(out["sure"].numpy()[0]) == (out["probabilities"].numpy()[0].max() >= unsure["threshold"])
+    assert (trained / "results" / "reliability.png").stat().st_size > 10_000
+
+
+def test_predict_says_unsure_below_the_threshold_with_the_best_guess():
+    from safetrain.predict import answer
+
+    signature = {"task": "single_label", "unsure": {"below": 0.8, "target_accuracy": 0.99}}
+    names = ["cat", "dog", "fox"]
+    assert answer(np.array([0.1, 0.85, 0.05]), names, signature, 2) == "dog 0.850 | cat 0.100"
+    assert answer(np.array([0.61, 0.3, 0.09]), names, signature, 2) == (
+        "unsure (best guess: cat 0.61, below 0.80: the threshold for 0.99 accuracy) | cat 0.610 | dog 0.300")
+    assert answer(np.array([0.61, 0.3, 0.09]), names, {"task": "single_label"}, 1) == "cat 0.610"

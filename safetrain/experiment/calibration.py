@@ -114,7 +114,7 @@ def unsure_threshold(probabilities: np.ndarray, labels: np.ndarray, target: floa
         return Unsure(target, None, n, reason=f"no confidence reaches {target:g} accuracy on the {n} eval images "
                                               f"(the most confident reach {best:.3f}); every answer stays a guess")
     k = int(ok[-1])
-    return Unsure(target, round(float(confidence[k]), 6), n, round((k + 1) / n, 6), round(float(running[k]), 6))
+    return Unsure(target, float(confidence[k]), n, round((k + 1) / n, 6), round(float(running[k]), 6))
 
 
 def at_threshold(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> dict:

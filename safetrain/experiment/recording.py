@@ -202,13 +202,17 @@ def record_export(record: RunRecord, info: dict) -> None:
 
 
 def parity_error(failed: list[dict]) -> GraphError:
-    """Exit 4 for exported formats that do not serve what was tested, naming the first files."""
-    said = "; ".join(f"{row['format']} ({row['gate']}; first files: {', '.join(row['differing_files'][:3])})"
-                     for row in failed)
+    """Exit 4 for exported formats that do not serve what was tested, naming the first files
+    (formats that fail on the same files are named together)."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in failed:
+        groups.setdefault(tuple(row["differing_files"][:3]), []).append(row)
+    said = "; ".join(f"{', '.join(r['format'] for r in rows)} ({'; '.join(sorted({r['gate'] for r in rows}))}) on "
+                     f"{', '.join(files)}" for files, rows in groups.items())
     return GraphError(f"the exported model disagrees with the trained model on the test files: {said}. The training "
-                      f"result, report.json and every export file are kept.",
-                      hint="compare the files with `python -m safetrain.predict --format NAME`; leave the format out "
-                           "of trainer.export_formats, or report the model to safetrain with the files named",
+                      f"result, report.json (export.parity) and every export file are kept.",
+                      hint="run `python -m safetrain.predict run_dir=RUN --format NAME FILE` on the files named to "
+                           "see the difference; leave that format out of trainer.export_formats to export the rest",
                       kind=ErrorKind.export_parity, config_key="trainer.export_formats")
 
 
