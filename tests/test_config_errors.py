@@ -98,6 +98,10 @@ def run_probe(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
     (["dataset.task=multi_label"], r"dataset\.task=multi_label reads each image's label set from a table, and "
                                    r"dataset\.source=digits gives one class per image"),
     (["trainer.metrics=[accuracy,map]"], r"trainer\.metrics\[1\]=map has no meaning for dataset\.task=single_label"),
+    (["trainer.export_formats=[saved_model,coreml]"],
+     r"trainer\.export_formats=\['saved_model', 'coreml'\] must list saved_model .* and any of keras, tflite, "
+     r"tflite_int8, onnx, each once; unknown: coreml"),
+    (["trainer.serving_target_accuracy=99"], r"trainer\.serving_target_accuracy=99\.0 must be in \(0, 1\]"),
     (["trainer.lr_find=true", "optimizer.schedule=plateau"],
      r"trainer\.lr_find cannot honour optimizer\.schedule=plateau: plateau lowers the rate after epochs"),
     # a backbone's input contract: before TensorFlow too (the default digits are 28x28x1 scale_0_1)
@@ -124,7 +128,10 @@ def test_a_softmax_loss_or_accuracy_on_label_sets_is_refused_before_tensorflow(t
     table = ["dataset=image_table", f"dataset.table={tmp_path / 'sets.csv'}", "dataset.task=multi_label"]
     for extra, key, fix in (([], "trainer.loss", "set trainer.loss=binary_crossentropy dataset.label_encoding=multi_hot"),
                             (["trainer.loss=binary_crossentropy", "dataset.label_encoding=multi_hot",
-                              "trainer.metrics=[accuracy]"], "trainer.metrics[0]", "use one of hamming_loss, loss, ")):
+                              "trainer.metrics=[accuracy]"], "trainer.metrics[0]", "use one of hamming_loss, loss, "),
+                            (["trainer.loss=binary_crossentropy", "dataset.label_encoding=multi_hot",
+                              "trainer.serving_target_accuracy=0.99"], "trainer.serving_target_accuracy",
+                             "set trainer.serving_target_accuracy=null, and trainer.threshold_precision=0.9")):
         proc = run_probe(tmp_path, *table, *extra)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().splitlines()[-1] == "TF_IMPORTED=False"

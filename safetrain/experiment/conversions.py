@@ -74,9 +74,10 @@ def tflite_int8(saved: str, log: Path, representative: Iterable[np.ndarray],
     return _convert(converter, log, describe_failure)
 
 
-def onnx(wrapper, spec, describe_failure: Callable[[Exception], str]) -> bytes:
-    """ONNX through tf2onnx from the wrapper's concrete function; loaded back by ONNX Runtime
-    before it counts (tf2onnx can emit a graph that only fails when a runtime opens it)."""
+def onnx(fn, spec, describe_failure: Callable[[Exception], str]) -> bytes:
+    """ONNX through tf2onnx from `fn`, the wrapper as a tf.function (safetrain.experiment.export
+    makes it); loaded back by ONNX Runtime before it counts (tf2onnx can emit a graph that only
+    fails when a runtime opens it)."""
     import logging
 
     import onnxruntime
@@ -94,7 +95,6 @@ def onnx(wrapper, spec, describe_failure: Callable[[Exception], str]) -> bytes:
     quiet.setLevel(logging.ERROR)
     quiet.propagate = False
     try:
-        fn = tf.function(lambda x: wrapper(x, training=False))
         proto, _ = tf2onnx.convert.from_function(
             fn, input_signature=(tf.TensorSpec([None, *spec.shape], tf.float32, name="image"),), opset=ONNX_OPSET)
         flat = proto.SerializeToString()

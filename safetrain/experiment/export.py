@@ -161,7 +161,8 @@ def convert_all(float_model, data: Datasets, directory: Path, formats: list[str]
     """Each of `formats` (tflite, tflite_int8, onnx) written, or its reason; one Keras wrapper for all."""
     spec, multi = data.spec, data.source.multi_label
     wrapper = conversions.probability_model(float_model, spec, multi, temperature)
-    concrete = tf.function(lambda x: wrapper(x)).get_concrete_function(tf.TensorSpec([None, *spec.shape], tf.float32))
+    fn = tf.function(lambda x: wrapper(x, training=False))
+    concrete = fn.get_concrete_function(tf.TensorSpec([None, *spec.shape], tf.float32))
     out: dict = {}
 
     def why(target, key):
@@ -177,7 +178,7 @@ def convert_all(float_model, data: Datasets, directory: Path, formats: list[str]
                 elif fmt == "tflite_int8":
                     flat, kind = _int8(saved, log_path, data, why("TFLite int8", fmt), int8_full)
                 else:
-                    flat, kind = conversions.onnx(wrapper, spec, why("ONNX", fmt)), "float32"
+                    flat, kind = conversions.onnx(fn, spec, why("ONNX", fmt)), "float32"
             except conversions.Unconvertible as err:
                 out[fmt] = {"path": None, "error": str(err)}
                 log.warning("warning: no %s in the export (%s); the SavedModel is complete%s", path.name, err,

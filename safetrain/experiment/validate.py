@@ -124,20 +124,7 @@ def validate(cfg: Config) -> ModelPlan:
         raise ConfigError(f"dataset.suspect_min_probability={d.suspect_min_probability} must be in (0, 1]: the "
                           f"predicted probability above which a misclassified file is listed as a suspect label.",
                           hint="set dataset.suspect_min_probability=0.8", config_key="dataset.suspect_min_probability")
-    formats = list(t.export_formats)
-    unknown = [f for f in formats if f not in EXPORT_FORMATS]
-    if unknown or "saved_model" not in formats or len(set(formats)) != len(formats):
-        raise ConfigError(f"trainer.export_formats={formats} must list saved_model (the self-checked serving "
-                          f"export safetrain.predict uses) and any of {', '.join(EXPORT_FORMATS[1:])}, each once"
-                          + (f"; unknown: {', '.join(map(str, unknown))}" if unknown else "") + ".",
-                          hint="set trainer.export_formats=[saved_model,keras,tflite,tflite_int8,onnx]",
-                          config_key="trainer.export_formats")
-    target = t.serving_target_accuracy
-    if target is not None and not 0.0 < target <= 1.0:
-        raise ConfigError(f"trainer.serving_target_accuracy={target} must be in (0, 1]: the accuracy the answers "
-                          f"above the \"unsure\" threshold reach on eval.",
-                          hint="set trainer.serving_target_accuracy=0.99 (or null: no unsure answer)",
-                          config_key="trainer.serving_target_accuracy")
+    _check_export(t)
     _check_paths(cfg)
     _check_cluster(cfg)
     _check_folder_settings(d)
@@ -311,6 +298,24 @@ def _check_cluster(cfg: Config) -> None:
     if h.worker_timeout_s <= 0:
         raise ConfigError(f"hardware.worker_timeout_s={h.worker_timeout_s} must be > 0.",
                           hint="set hardware.worker_timeout_s=300", config_key="hardware.worker_timeout_s")
+
+
+def _check_export(t) -> None:
+    """trainer.export_formats names known formats, saved_model among them; the unsure target is a rate."""
+    formats = list(t.export_formats)
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
+    if unknown or "saved_model" not in formats or len(set(formats)) != len(formats):
+        raise ConfigError(f"trainer.export_formats={formats} must list saved_model (the self-checked serving "
+                          f"export safetrain.predict uses) and any of {', '.join(EXPORT_FORMATS[1:])}, each once"
+                          + (f"; unknown: {', '.join(map(str, unknown))}" if unknown else "") + ".",
+                          hint="set trainer.export_formats=[saved_model,keras,tflite,tflite_int8,onnx]",
+                          config_key="trainer.export_formats")
+    target = t.serving_target_accuracy
+    if target is not None and not 0.0 < target <= 1.0:
+        raise ConfigError(f"trainer.serving_target_accuracy={target} must be in (0, 1]: the accuracy the answers "
+                          f"above the \"unsure\" threshold reach on eval.",
+                          hint="set trainer.serving_target_accuracy=0.99 (or null: no unsure answer)",
+                          config_key="trainer.serving_target_accuracy")
 
 
 def _check_paths(cfg: Config) -> None:
