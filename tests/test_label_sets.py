@@ -223,7 +223,10 @@ def test_a_new_user_with_label_sets_dry_run_then_train_then_predict(pastes, run_
     assert signature["thresholds"] == {k: pytest.approx(v["threshold"], abs=1e-4)
                                        for k, v in metrics["thresholds"].items()}
     assert report["export"]["self_check_max_abs_diff"] <= 1e-4  # the served sigmoid is the trained one
-    assert report["export"]["tflite"]["max_abs_diff"] <= 1e-4
+    rows = {row["format"]: row for row in report["export"]["parity"]}  # proven on the test files: the same sets
+    assert rows["tflite"]["passed"] and rows["tflite"]["max_abs_diff"] <= 1e-4 and rows["tflite"]["agreement"] == 1.0
+    assert rows["tflite"]["files"] == report["data"]["counts"]["test"]
+    assert report["calibration"]["skipped"].startswith("multi-label")
 
     pictures = [pastes.parent / row[0] for row in _rows(pastes)[5:8]]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
