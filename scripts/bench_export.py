@@ -49,6 +49,7 @@ def train(args: list[str], run_dir: Path) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"safetrain {' '.join(args)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return {"args": " ".join(args), "test_accuracy": report["metrics"]["test_accuracy"],
+            "seconds": {k: report["throughput"]["wall_seconds"].get(k) for k in ("total", "results", "export")},
             "calibration": report["calibration"], "export": {k: report["export"].get(k) for k in
                                                               ("parity", "tflite_int8", "onnx", "tflite")}}
 
@@ -88,21 +89,26 @@ def show(name: str, row: dict) -> None:
         label = r["format"] + (f" ({int8.get('quantization')})" if r["format"] == "tflite_int8" else "")
         print(f"| {label} | {r['bytes'] / 1e6:.2f} MB | {r['agreement']:.4f} | {r['max_abs_diff']:.2g} | "
               f"{r['accuracy']:.4f} | {r['worst_class_drop']:.4f} ({r['worst_class']}) | {r['latency_ms']:.2f} |")
-    print(f"({row['export']['parity'][0]['files']} test files)")
+    print(f"({row['export']['parity'][0]['files']} test files; the run took {row['seconds']['total']:.0f} s, "
+          f"{row['seconds']['results']:.0f} s of it for the results and calibration, {row['seconds']['export']:.0f} s "
+          f"for the export and its proof)")
     if int8.get("fallback_reason"):
         print(f"int8: {int8['fallback_reason']}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", nargs="*", default=["fashion", "shapes"], choices=["fashion", "shapes"])
+    parser.add_argument("which", nargs="*", help="fashion, shapes (default: both)")
     parser.add_argument("--minutes", default="5")
     parser.add_argument("--shapes", type=Path, default=SHAPES)
     args = parser.parse_args()
+    unknown = set(args.which) - {"fashion", "shapes"}
+    if unknown:
+        parser.error(f"unknown: {', '.join(sorted(unknown))}; choose fashion and/or shapes")
     print(f"CPU: {cpu_model()}", flush=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
-        for which in args.which:
+        for which in args.which or ["fashion", "shapes"]:
             row = fashion(Path(tmp), args.minutes) if which == "fashion" else shapes(Path(tmp), args.minutes,
                                                                                      args.shapes)
             results[which] = row

@@ -16,7 +16,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from safetrain.config.schema import FILE_SOURCES, Config, Mode
+from safetrain.config.schema import Config, Mode
+from safetrain.experiment.parity import PARITY_FILES
 from safetrain.experiment.validate_recipe import best_mode
 from safetrain.pipelines.build import Datasets
 from safetrain.record.run_record import RunRecord
@@ -147,12 +148,14 @@ def _budget(cfg: Config, task: Task, data: Datasets, record: RunRecord, loop: Tr
     cap = min(spe * t.epochs, t.max_steps or spe * t.epochs)
     timed = data.eval if data.eval is not None else data.test
     counts = data.counts
-    folder = cfg.dataset.source in FILE_SOURCES  # its pictures also pass over eval (suspect labels)
+    formats = tuple(t.export_formats)
     return Budget(parse_budget(t.time_budget), task.horizon, cap=cap, steps_per_epoch=spe,
                   batch_size=t.batch_size, eval_examples=counts.get("eval", 0) if evaluation else 0,
                   test_examples=counts.get("test", 0),
-                  results_examples=counts.get("eval", 0) if folder else 0,
+                  results_examples=counts.get("eval", 0),  # calibration (or thresholds) and suspect labels
                   export=t.export, started=record.started, clock=time.monotonic, replan=not t.deterministic,
+                  converted=sum(f in ("tflite", "tflite_int8", "onnx") for f in formats), proven=len(formats),
+                  parity_examples=min(counts.get("test", 0), PARITY_FILES),
                   evaluation=evaluation,
                   time_evaluation=(lambda: loop.time_evaluation(timed)) if timed is not None else None,
                   time_test=(lambda: loop.time_evaluation(data.test)) if data.test is not None else None)

@@ -12,15 +12,15 @@ out and says why, the others stand.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 import tensorflow as tf
+
+from safetrain.experiment.runtimes import captured_stderr
 
 ONNX_OPSET = 17
 INT8_SAMPLES = 200  # training images the int8 converter calibrates its activation ranges on
@@ -109,28 +109,15 @@ def onnx(fn, spec, describe_failure: Callable[[Exception], str]) -> bytes:
 
 
 def _convert(converter, log: Path, describe_failure) -> bytes:
+    """The conversion, its C++ diagnostics (pages of MLIR locations) kept off the terminal and
+    written to `log` when it fails."""
     try:
-        with _stderr_to(log):  # the converter's C++ diagnostics: pages of MLIR locations
+        with captured_stderr() as said:
             flat = converter.convert()
     except Exception as err:  # noqa: BLE001 - the converter raises ConverterError and plain exceptions
+        log.write_text("".join(said) + f"\n{type(err).__name__}: {err}\n")
         raise Unconvertible(describe_failure(err)) from None
-    log.unlink(missing_ok=True)
     return flat
-
-
-@contextlib.contextmanager
-def _stderr_to(path: Path):
-    """Send file descriptor 2 (where TensorFlow's C++ code writes) to `path` for the block."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "w") as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def failure_reason(target: str, key: str, err: Exception, concrete, layer_of) -> str:

@@ -1,17 +1,22 @@
-"""Export the trained model as a SavedModel whose serving signature enforces the input spec.
+"""Export the trained model as a SavedModel whose serving signature enforces the input spec, then
+the other formats asked, each proven on the test split's files.
 
 `classify(images)` takes a batch of encoded image files (PNG, JPEG, BMP, GIF bytes) of any size
 and applies what training applied — decode, the channel and size adapters the config allows,
-the same normalization (with the training split's statistics for `standardize`) — then returns
-class probabilities, the top class id and its name (multi-label: a sigmoid per label, and
-`labels`, the 0/1 set at the thresholds tuned on eval, which signature.json also lists). The enforcement is
+the same normalization (with the training split's statistics for `standardize`), and for an image
+folder the cache's rounding to uint8 — then returns the calibrated class probabilities (the logits
+over the temperature fitted on eval; `logits` is before it), the top class id and its name, and
+`sure` when an "unsure" threshold was set (multi-label: a sigmoid per label, and `labels`, the 0/1
+set at the thresholds tuned on eval, which signature.json also lists). The enforcement is
 `pipelines.serving.prepare_encoded`, the same adapter ops the training pipeline runs, so serving
 cannot drift from training. A SavedModel is a graph: loading it runs no Python from the export.
 
 Each export checks itself: test-split images are encoded as PNG and classified both ways — the
 training pipeline plus the model, and the serving signature — and must agree. The images and the
 in-training probabilities are kept under export/samples/ for anyone to re-check (the tests do, in
-a fresh process, through `python -m safetrain.predict`).
+a fresh process, through `python -m safetrain.predict`). Then `.keras`, TFLite, int8 and ONNX
+(safetrain.experiment.conversions) are written as asked and every written format is proven on the
+test files through its own serving path (safetrain.experiment.parity, report.json export.parity).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,6 +177,7 @@ def convert_all(float_model, data: Datasets, directory: Path, formats: list[str]
     with conversions.saved_for_conversion(wrapper) as saved:
         for fmt in formats:
             path, log_path = directory / runtimes.FILES[fmt], directory / f"{fmt}_converter.log"
+            began = time.monotonic()
             try:
                 if fmt == "tflite":
                     flat = conversions.tflite(saved, log_path, why("TFLite", fmt))
@@ -186,6 +193,7 @@ def convert_all(float_model, data: Datasets, directory: Path, formats: list[str]
                 continue
             path.write_bytes(flat)
             out[fmt] = {"path": str(path), "bytes": len(flat), "quantization": kind,
+                        "seconds": round(time.monotonic() - began, 2),
                         "input": f"{spec.describe()}: apply signature.json's preprocessing first (the SavedModel's "
                                  f"prepare_images does)",
                         "output": "a probability per label" if multi else "calibrated class probabilities"}
@@ -258,9 +266,12 @@ def prove_all(model, data: Datasets, directory: Path, ask: ExportAsk, info: dict
 
 
 def _prove(fmt: str, directory: Path, served, files, tolerance: float, data: Datasets) -> dict:
+    began = time.monotonic()
     run = runtimes.runner(directory, fmt, served)
     gate = None if fmt == "tflite_int8" else tolerance
-    return parity.prove(fmt, run, files, directory / runtimes.FILES[fmt], gate, data.source.names())
+    row = parity.prove(fmt, run, files, directory / runtimes.FILES[fmt], gate, data.source.names())
+    row["seconds"] = round(time.monotonic() - began, 2)  # loading, the files and the latency repeats
+    return row
 
 
 def _keras_file(model, path: Path) -> dict:

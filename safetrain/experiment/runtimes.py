@@ -129,21 +129,29 @@ def onnx_runner(proto: bytes) -> Callable[[np.ndarray], np.ndarray]:
 
 
 @contextlib.contextmanager
-def _filtered_stderr(noise: str):
-    """File descriptor 2 (where the runtimes' C++ code writes) through a file for the block; every
-    line but those starting with `noise` is written back."""
+def captured_stderr():
+    """File descriptor 2 (where TensorFlow's, LiteRT's and the converters' C++ code writes) caught
+    for the block; the list it yields holds the text once the block is over."""
+    said: list[str] = []
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
-            yield
+            yield said
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             sink.seek(0)
-            kept = [line for line in sink.read().decode(errors="replace").splitlines(True)
-                    if not line.startswith(noise)]
-            if kept:
-                sys.stderr.write("".join(kept))
+            said.append(sink.read().decode(errors="replace"))
+
+
+@contextlib.contextmanager
+def _filtered_stderr(noise: str):
+    """The block's stderr written back without the lines that start with `noise`."""
+    with captured_stderr() as said:
+        yield
+    kept = [line for line in said[0].splitlines(True) if not line.startswith(noise)]
+    if kept:
+        sys.stderr.write("".join(kept))

@@ -67,6 +67,11 @@ EVAL_SHARE = 1 / 3       # an evaluated example's cost in training examples, unt
 RESULTS_SECONDS = 2.5    # the result pictures (matplotlib), reports and the last records, beyond their passes
 MARGIN_SHARE = 0.01      # of the budget, kept for what no estimate sees (the interpreter's start and exit)
 EXPORT_SECONDS = 2.5     # writing the SavedModel and .keras files, beyond the traces it pays
+# Measured on Fashion-MNIST's recipe (3.5 MB float32 CNN, 2,000 test files, all five formats): the
+# export took 19.2 s; conversions 0.7-1.2 s (int8 with its fallback ~4 s), each proof 0.3-3.2 s.
+CONVERT_SECONDS = 2.0    # each of TFLite, int8 (its calibration pass) and ONNX
+PROVE_SECONDS = 1.0      # each written format: loading it and its single-image latency repeats
+SERVING_SHARE = 1.0      # a test file through a format's serving path, in evaluated examples
 
 
 def parse_budget(value) -> float | None:
@@ -127,7 +132,8 @@ class Budget(BaseAction):
 
     def __init__(self, seconds: float, horizon, *, cap: int, steps_per_epoch: int, batch_size: int,
                  eval_examples: int, test_examples: int, results_examples: int, export: bool, started: float,
-                 clock: Callable[[], float], replan: bool, evaluation=None,
+                 clock: Callable[[], float], replan: bool, evaluation=None, converted: int = 0, proven: int = 0,
+                 parity_examples: int = 0,
                  time_evaluation: Callable[[], tuple[float, float | None]] | None = None,
                  time_test: Callable[[], tuple[float, float | None]] | None = None) -> None:
         """`horizon`: safetrain.train.schedules.Horizon. `evaluation`: the Evaluate action (its
@@ -135,13 +141,16 @@ class Budget(BaseAction):
         seconds per example) of the evaluation step (safetrain.train.loop.TrainLoop.time_evaluation)
         on the eval split, `time_test()` the same on the test split (its pipeline may cost
         another rate: a split carved from a folder's shards reads all of them).
-        `results_examples`: the eval examples the result pictures evaluate again (image folders)."""
+        `results_examples`: the eval examples the results evaluate again (calibration, thresholds).
+        `converted`: export formats converted (TFLite, int8, ONNX); `proven`: formats proven on
+        `parity_examples` test files (safetrain.experiment.parity)."""
         import tensorflow as tf
 
         self.seconds, self.horizon, self.cap = seconds, horizon, cap
         self.steps_per_epoch, self.batch_size = steps_per_epoch, batch_size
         self.eval_examples, self.test_examples, self.results_examples = eval_examples, test_examples, results_examples
         self.export, self.started, self.clock, self.allow_replan = export, started, clock, replan
+        self.converted, self.proven, self.parity_examples = converted, proven, parity_examples
         self.evaluation, self.time_evaluation, self.time_test = evaluation, time_evaluation, time_test
         self._test_example_s: float | None = None  # measured by time_test
         self._planned = tf.Variable(False, trainable=False, name="budget_planned")
@@ -210,9 +219,14 @@ class Budget(BaseAction):
         test_s = self.test_examples * (self._test_example_s or example_s)
         after_s = (test_s                                                                        # test
                    + RESULTS_SECONDS + self._eval_trace_s + test_s + self.results_examples * example_s  # pictures
-                   + ((EXPORT_SECONDS + 2 * self._eval_trace_s) if self.export else 0.0)         # export
+                   + (self._export_s(example_s) if self.export else 0.0)                          # export
                    + MARGIN_SHARE * self.seconds)
         return Costs(step_s=step_s, eval_s=eval_s, after_s=after_s)
+
+    def _export_s(self, example_s: float) -> float:
+        """The export: the SavedModel and its traces, each conversion, each format's proof on the test files."""
+        proofs = self.proven * (PROVE_SECONDS + SERVING_SHARE * self.parity_examples * example_s)
+        return EXPORT_SECONDS + 2 * self._eval_trace_s + self.converted * CONVERT_SECONDS + proofs
 
     def after_step(self, end: StepEnd) -> None:
         if not self._probed:  # before anything is timed: trace the eval step, time a few batches
