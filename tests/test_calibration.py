@@ -65,7 +65,8 @@ def test_calibration_is_skipped_with_its_reason_on_a_small_eval_or_when_off():
     off = calibration.calibrate(*_overconfident(300, 2.0), False, 0.9)
     assert off.temperature == 1.0 and off.skipped == "trainer.calibrate=false" and off.unsure is not None
     none = calibration.calibrate(None, None, True, 0.9)
-    assert none.skipped.startswith("no eval split") and none.unsure is None
+    assert none.skipped.startswith("no eval split") and none.unsure.threshold is None
+    assert none.report()["unsure"]["reason"].startswith("no eval split to choose it on")
     fitted = calibration.calibrate(*_overconfident(300, 2.0), True, 0.9)
     assert fitted.report()["temperature"] == pytest.approx(2.0, rel=0.3) and "skipped" not in fitted.report()
 

@@ -158,8 +158,9 @@ def calibrate(eval_logits: np.ndarray | None, eval_labels: np.ndarray | None, en
                                                      f"{MIN_EXAMPLES} to be trusted")
     else:
         found = Calibration(fit_temperature(eval_logits, eval_labels), n)
-    if target is not None and n:
-        found.unsure = unsure_threshold(softmax(eval_logits, found.temperature), eval_labels, target)
+    if target is not None:
+        found.unsure = unsure_threshold(softmax(eval_logits, found.temperature), eval_labels, target) if n else \
+            Unsure(target, None, 0, reason="no eval split to choose it on; every answer stays a guess")
     return found
 
 

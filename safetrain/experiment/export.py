@@ -124,7 +124,8 @@ def export(model, data: Datasets, cfg: DatasetConfig, directory: Path, ask: Expo
     resize, decided_by = serving_resize(cfg.resize.value, ask.asked_resize)
     multi = data.source.multi_label
     thresholds = ask.thresholds if ask.thresholds is not None or not multi else [0.5] * data.source.num_classes
-    calibrated = ask.calibration if ask.calibration is not None and not multi else Calibration(skipped="multi-label")
+    calibrated = ask.calibration if ask.calibration is not None and not multi else Calibration(
+        skipped="multi-label" if multi else "no eval split")
     temperature = calibrated.temperature
     unsure = calibrated.unsure.threshold if calibrated.unsure is not None else None
     serving = Serving(model, data, cfg, resize, thresholds, temperature, unsure, rounded=ask.from_files)
@@ -232,8 +233,9 @@ def prove_all(model, data: Datasets, directory: Path, ask: ExportAsk, info: dict
         return probabilities_of(logits if multi else logits / temperature, multi).numpy()
 
     upright = upright_bytes if info["exif_orientation"] == "apply" else (lambda b: b)
-    files = parity.collect(data, model, reference, ask.from_files, upright, info.get("thresholds") and
-                           [info["thresholds"][n] for n in data.source.names()])
+    files = parity.collect(data, reference, ask.from_files, upright, info.get("thresholds") and
+                           [info["thresholds"][n] for n in data.source.names()],
+                           limit=min(parity.PARITY_FILES, data.counts.get("test") or parity.PARITY_FILES))
     if files is None:
         info["parity"] = []
         info["parity_note"] = "no test split with a file form (float images, or no test split): nothing proven"

@@ -45,7 +45,7 @@ class TestFiles:
         return np.eye(probabilities.shape[1], dtype=np.int64)[probabilities.argmax(axis=1)]
 
 
-def collect(data, model, probabilities_of, from_files: bool, upright, thresholds=None,
+def collect(data, probabilities_of, from_files: bool, upright, thresholds=None,
             limit: int = PARITY_FILES) -> TestFiles | None:
     """The first `limit` test examples as files with the reference probabilities;
     `probabilities_of(model_input_batch)`: the trained model's (calibrated) probabilities;

@@ -185,8 +185,8 @@ def _fit(cfg: Config, task: Task, data: Datasets, hardware: Hardware, record: Ru
         with wall.phase("results"):
             thresholds = analyse_label_sets(cfg, steps, data, record, result.steps)
         record.report.calibration = {"skipped": "multi-label: each label's threshold is tuned on eval instead"}
-    elif data.test is not None and hardware.is_chief:
-        with wall.phase("results"):
+    elif hardware.is_chief and (data.test is not None or data.eval is not None):
+        with wall.phase("results"):  # the temperature needs eval only; the mistakes, test
             calibrated = analyse_test(cfg, steps, data, record, result.steps)
     if t.export:
         with wall.phase("export"):
