@@ -99,6 +99,13 @@ def analyse_test(cfg: Config, steps: Steps, data: Datasets, record: RunRecord, s
 def _calibration_results(found: calibration.Calibration, test, record: RunRecord, step: int, picture) -> None:
     """report.json `calibration` with ECE, NLL and Brier on test before and after the temperature,
     the unsure threshold's test coverage and accuracy, the reliability diagram."""
+    finite = np.isfinite(test.logits).all(axis=1)
+    if not finite.all():  # a model whose weights overflowed: no probability to score
+        found.test = {"examples": int(len(test.labels)), "non_finite": int((~finite).sum())}
+        record.report.calibration = found.report()
+        log.info("calibration: not scored (the model's logits are not finite on %d of %d test images)",
+                 int((~finite).sum()), len(test.labels))
+        return
     raw = calibration.softmax(test.logits)
     before, after = calibration.scores(raw, test.labels), calibration.scores(test.probabilities, test.labels)
     found.test = {f"{name}_{when}": value for when, said in (("before", before), ("after", after))

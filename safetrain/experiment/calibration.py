@@ -32,10 +32,11 @@ T_RANGE = (0.05, 20.0)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite logits stay NaN rows (the caller says so)
+        z = np.asarray(logits, np.float64) / temperature
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -153,6 +154,12 @@ def calibrate(eval_logits: np.ndarray | None, eval_labels: np.ndarray | None, en
     elif n == 0:
         found = Calibration(skipped="no eval split to fit it on (calibrating on test would grade the model on "
                                     "what tuned it)")
+    elif not np.isfinite(eval_logits).all():
+        bad = int((~np.isfinite(eval_logits).all(axis=1)).sum())
+        found = Calibration(eval_examples=n, skipped=f"the model's logits are not finite on {bad} of {n} eval images")
+        if target is not None:
+            found.unsure = Unsure(target, None, n, reason="the model's eval logits are not finite")
+        return found
     elif n < MIN_EXAMPLES:
         found = Calibration(eval_examples=n, skipped=f"{n} eval examples; a temperature needs at least "
                                                      f"{MIN_EXAMPLES} to be trusted")

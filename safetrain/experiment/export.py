@@ -236,9 +236,12 @@ def prove_all(model, data: Datasets, directory: Path, ask: ExportAsk, info: dict
     files = parity.collect(data, reference, ask.from_files, upright, info.get("thresholds") and
                            [info["thresholds"][n] for n in data.source.names()],
                            limit=min(parity.PARITY_FILES, data.counts.get("test") or parity.PARITY_FILES))
-    if files is None:
+    if files is None or not np.isfinite(files.reference).all():
         info["parity"] = []
-        info["parity_note"] = "no test split with a file form (float images, or no test split): nothing proven"
+        info["parity_note"] = ("no test split with a file form (float images, or no test split): nothing proven"
+                               if files is None else "the trained model's probabilities are not finite on the test "
+                               "files (its weights overflowed): nothing to prove the formats against")
+        log.warning("warning: the export formats were not proven: %s", info["parity_note"])
         return
     served = runtimes.load_saved_model(directory)
     rows, failed = [], []
