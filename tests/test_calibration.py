@@ -47,13 +47,18 @@ def test_the_unsure_threshold_keeps_the_most_images_that_reach_the_target():
     p = np.stack([confidence, 1 - confidence], axis=1)
     labels = np.where(correct, 0, 1)
     found = calibration.unsure_threshold(p, labels, 0.9)
-    kept = confidence >= found.threshold
-    assert correct[kept].mean() >= 0.9 and found.eval_coverage == pytest.approx(kept.mean())
+    top, right = p.max(axis=1), p.argmax(axis=1) == labels  # below 0.5 the top class is the other one
+    kept = top >= found.threshold
+    assert right[kept].mean() >= 0.9 and found.eval_coverage == pytest.approx(kept.mean())
     # no lower threshold (more coverage) reaches the target
-    for lower in np.unique(confidence[confidence < found.threshold]):
-        assert correct[confidence >= lower].mean() < 0.9
+    for lower in np.unique(top[top < found.threshold]):
+        assert right[top >= lower].mean() < 0.9
     at = calibration.at_threshold(p, labels, found.threshold)
-    assert at["coverage"] == pytest.approx(kept.mean()) and at["accuracy"] == pytest.approx(correct[kept].mean())
+    assert at["coverage"] == pytest.approx(kept.mean()) and at["accuracy"] == pytest.approx(right[kept].mean())
+    curve = calibration.coverage_curve(p, labels)  # the curve the threshold is read from, 5% steps
+    assert len(curve) == 20 and curve[-1]["coverage"] == 1.0 and curve[-1]["accuracy"] == pytest.approx(right.mean())
+    assert curve[0]["threshold"] >= curve[-1]["threshold"] == pytest.approx(p.max(axis=1).min(), abs=1e-6)
+    assert curve[0]["accuracy"] == pytest.approx(right[np.argsort(-p.max(axis=1))][:25].mean())
     never = calibration.unsure_threshold(p, 1 - p.argmax(axis=1), 0.99)  # every answer wrong
     assert never.threshold is None and "no confidence reaches 0.99" in never.reason
 
@@ -88,6 +93,7 @@ def test_a_float_format_beyond_its_tolerance_fails_naming_the_files_that_differ_
     exact = parity.prove("onnx", lambda enc: reference[[int(e) for e in enc]], files, artifact, 1e-4, list("abcd"))
     broken = parity.prove("onnx", lambda enc: shifted[[int(e) for e in enc]], files, artifact, 1e-4, list("abcd"))
     assert exact["passed"] and exact["agreement"] == 1.0 and exact["bytes"] == 1000 and exact["files"] == 200
+    assert set(exact["recall"]) == set("abcd") and all(r == 1.0 for r in exact["recall"].values())
     assert not broken["passed"] and broken["agreement"] == 0.995 and broken["differing_files"][0] == "f17.png"
     assert broken["gate"].startswith("max |diff| ") and broken["gate"].endswith("> 0.0001")
     from safetrain.experiment.recording import parity_error

@@ -79,6 +79,22 @@ def scores(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
             "brier": round(float(brier_score_loss(labels, probabilities, labels=classes)), 6)}
 
 
+def coverage_curve(probabilities: np.ndarray, labels: np.ndarray, points: int = 20) -> list[dict]:
+    """Accuracy against coverage: answering only the surest `coverage` share of the images (5%,
+    10%, ..., 100%), the accuracy they reach and the confidence they start at."""
+    confidence, correct = _confidence(probabilities, labels)
+    if not len(correct):
+        return []
+    order = np.argsort(-confidence, kind="stable")
+    running = np.cumsum(correct[order]) / np.arange(1, len(correct) + 1)
+    rows = []
+    for share in np.linspace(1.0 / points, 1.0, points):
+        k = max(0, int(np.ceil(share * len(correct))) - 1)
+        rows.append({"coverage": round(float(share), 4), "accuracy": round(float(running[k]), 6),
+                     "threshold": round(float(confidence[order][k]), 6)})
+    return rows
+
+
 @dataclass(frozen=True)
 class Unsure:
     """Answer "unsure" below `threshold` (a calibrated top probability)."""
@@ -135,6 +151,7 @@ class Calibration:
     skipped: str = ""                 # why T stayed 1 (the export is then the raw model)
     test: dict = field(default_factory=dict)
     unsure: Unsure | None = None
+    eval_curve: list = field(default_factory=list)  # coverage_curve on the calibrated eval
 
     def report(self) -> dict:
         out = {"temperature": round(self.temperature, 6), "eval_examples": self.eval_examples, "test": self.test}
@@ -142,6 +159,8 @@ class Calibration:
             out["skipped"] = self.skipped
         if self.unsure is not None:
             out["unsure"] = self.unsure.report()
+        if self.eval_curve:
+            out["eval_accuracy_by_coverage"] = self.eval_curve
         return out
 
 
@@ -165,6 +184,8 @@ def calibrate(eval_logits: np.ndarray | None, eval_labels: np.ndarray | None, en
                                                      f"{MIN_EXAMPLES} to be trusted")
     else:
         found = Calibration(fit_temperature(eval_logits, eval_labels), n)
+    if n:
+        found.eval_curve = coverage_curve(softmax(eval_logits, found.temperature), eval_labels)
     if target is not None:
         found.unsure = unsure_threshold(softmax(eval_logits, found.temperature), eval_labels, target) if n else \
             Unsure(target, None, 0, reason="no eval split to choose it on; every answer stays a guess")

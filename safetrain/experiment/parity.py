@@ -108,7 +108,8 @@ def prove(fmt: str, run, files: TestFiles, path: Path, tolerance: float | None, 
            "reference_accuracy": round(float((expected == files.truth).all(axis=1).mean()), 6),
            "worst_class_drop": round(float(max(0.0, drops[worst])) if len(drops) else 0.0, 6),
            "worst_class": np.asarray(class_names)[seen][worst] if len(drops) else None,
-           "latency_ms": _latency(run, files.encoded[0])}
+           "latency_ms": _latency(run, files.encoded[0]),
+           "recall": {str(name): round(float(r), 6) for name, r in zip(np.asarray(class_names)[seen], recall)}}
     if tolerance is not None:
         row["tolerance"] = tolerance
         ok = row["max_abs_diff"] <= tolerance
