@@ -195,6 +195,8 @@ def test_the_probabilities_are_calibrated_on_eval_and_the_unsure_threshold_is_re
     unsure = calibration["unsure"]
     assert unsure["target_accuracy"] == 0.95 and unsure["eval"]["accuracy"] >= 0.95
     assert signature["unsure"]["below"] == unsure["threshold"]
+    curve = calibration["eval_accuracy_by_coverage"]  # where the threshold was read: 5%, 10%, ... of eval answered
+    assert len(curve) == 20 and curve[-1]["coverage"] == 1.0 and curve[-1]["accuracy"] <= curve[0]["accuracy"]
     assert 0 < test["at_unsure_threshold"]["coverage"] <= 1
     # the SavedModel serves the calibrated probabilities, and its logits
     served = tf.saved_model.load(str(trained / "export"))
