@@ -53,9 +53,7 @@ def predictions(steps: Steps, data: Datasets, split: str, keep: int = 0, tempera
 
 
 def _probabilities(logits: np.ndarray, multi: bool, temperature: float) -> np.ndarray:
-    if multi:
-        return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
-    return calibration.softmax(logits, temperature).astype(np.float32)
+    return calibration.probabilities(logits, multi, temperature).astype(np.float32)
 
 
 def analyse_test(cfg: Config, steps: Steps, data: Datasets, record: RunRecord, step: int) -> calibration.Calibration:

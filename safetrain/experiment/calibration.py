@@ -39,6 +39,13 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
         return e / e.sum(axis=1, keepdims=True)
 
 
+def probabilities(logits: np.ndarray, multi: bool, temperature: float = 1.0) -> np.ndarray:
+    """The head's logits as probabilities: a softmax over logits / T, or a sigmoid per label."""
+    if multi:
+        return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
+    return softmax(logits, temperature)
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """T minimising the mean negative log-likelihood of softmax(logits / T) (a 1-D bounded search
     over log T: the NLL is smooth and unimodal in it)."""
@@ -82,16 +89,14 @@ def scores(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 def coverage_curve(probabilities: np.ndarray, labels: np.ndarray, points: int = 20) -> list[dict]:
     """Accuracy against coverage: answering only the surest `coverage` share of the images (5%,
     10%, ..., 100%), the accuracy they reach and the confidence they start at."""
-    confidence, correct = _confidence(probabilities, labels)
-    if not len(correct):
+    confidence, running = _ranked(probabilities, labels)
+    if not len(running):
         return []
-    order = np.argsort(-confidence, kind="stable")
-    running = np.cumsum(correct[order]) / np.arange(1, len(correct) + 1)
     rows = []
     for share in np.linspace(1.0 / points, 1.0, points):
-        k = max(0, int(np.ceil(share * len(correct))) - 1)
+        k = max(0, int(np.ceil(share * len(running))) - 1)
         rows.append({"coverage": round(float(share), 4), "accuracy": round(float(running[k]), 6),
-                     "threshold": round(float(confidence[order][k]), 6)})
+                     "threshold": round(float(confidence[k]), 6)})
     return rows
 
 
@@ -118,14 +123,11 @@ class Unsure:
 def unsure_threshold(probabilities: np.ndarray, labels: np.ndarray, target: float) -> Unsure:
     """The lowest confidence whose examples at or above it reach `target` accuracy on eval (the
     most coverage that does), or None with the reason."""
-    confidence, correct = _confidence(probabilities, labels)
-    order = np.argsort(-confidence, kind="stable")
-    confidence, correct = confidence[order], correct[order]
-    running = np.cumsum(correct) / np.arange(1, len(correct) + 1)
+    confidence, running = _ranked(probabilities, labels)
     # only cut between distinct confidences: every example at the threshold is answered
     last_of_value = np.append(confidence[1:] != confidence[:-1], True)
     ok = np.flatnonzero(last_of_value & (running >= target))
-    n = len(correct)
+    n = len(running)
     if not len(ok):
         best = float(running[last_of_value].max()) if n else 0.0
         return Unsure(target, None, n, reason=f"no confidence reaches {target:g} accuracy on the {n} eval images "
@@ -184,10 +186,11 @@ def calibrate(eval_logits: np.ndarray | None, eval_labels: np.ndarray | None, en
                                                      f"{MIN_EXAMPLES} to be trusted")
     else:
         found = Calibration(fit_temperature(eval_logits, eval_labels), n)
+    calibrated = softmax(eval_logits, found.temperature) if n else None
     if n:
-        found.eval_curve = coverage_curve(softmax(eval_logits, found.temperature), eval_labels)
+        found.eval_curve = coverage_curve(calibrated, eval_labels)
     if target is not None:
-        found.unsure = unsure_threshold(softmax(eval_logits, found.temperature), eval_labels, target) if n else \
+        found.unsure = unsure_threshold(calibrated, eval_labels, target) if n else \
             Unsure(target, None, 0, reason="no eval split to choose it on; every answer stays a guess")
     return found
 
@@ -221,6 +224,13 @@ def reliability_figure(before: np.ndarray, after: np.ndarray, labels: np.ndarray
     share.set_xlabel("confidence (top probability)")
     share.set_ylabel("share")
     return _rendered(fig, path)
+
+
+def _ranked(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence from the surest example down, and the accuracy of the examples up to each."""
+    confidence, correct = _confidence(probabilities, labels)
+    order = np.argsort(-confidence, kind="stable")
+    return confidence[order], np.cumsum(correct[order]) / np.arange(1, len(correct) + 1)
 
 
 def _confidence(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

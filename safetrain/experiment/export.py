@@ -43,10 +43,10 @@ log = logging.getLogger("safetrain")
 SAMPLES = 8
 
 
-def probabilities_of(logits, multi_label: bool):
-    """The head's logits as probabilities: a softmax over the classes, or a sigmoid per label."""
+def probabilities_of(logits, multi_label: bool, temperature: float = 1.0):
+    """The head's logits as probabilities: a softmax over logits / T, or a sigmoid per label."""
     logits = tf.cast(logits, tf.float32)
-    return tf.sigmoid(logits) if multi_label else tf.nn.softmax(logits, axis=-1)
+    return tf.sigmoid(logits) if multi_label else tf.nn.softmax(logits / temperature, axis=-1)
 
 
 class Serving(tf.Module):
@@ -68,7 +68,7 @@ class Serving(tf.Module):
         def classify(images):
             x = tf.map_fn(prepare, images, fn_output_signature=tf.TensorSpec(spec.shape, tf.float32))
             logits = tf.cast(self.model(tf.cast(x, spec.dtype), training=False), tf.float32)
-            probabilities = probabilities_of(logits if multi else logits / temperature, multi)
+            probabilities = probabilities_of(logits, multi, temperature)
             top = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
             out = {"probabilities": probabilities, "logits": logits, "top_class": top,
                    "top_name": tf.gather(self.class_names, top)}
@@ -229,8 +229,7 @@ def prove_all(model, data: Datasets, directory: Path, ask: ExportAsk, info: dict
     multi = data.source.multi_label
 
     def reference(images):
-        logits = tf.cast(model(images, training=False), tf.float32)
-        return probabilities_of(logits if multi else logits / temperature, multi).numpy()
+        return probabilities_of(model(images, training=False), multi, temperature).numpy()
 
     upright = upright_bytes if info["exif_orientation"] == "apply" else (lambda b: b)
     files = parity.collect(data, reference, ask.from_files, upright, info.get("thresholds") and
@@ -317,9 +316,8 @@ def _self_check(serving: Serving, model, data: Datasets, samples: Path, toleranc
         if image.dtype != tf.uint8:
             return None  # float sources have no lossless PNG form; nothing to compare
         encoded.append(tf.io.encode_png(image).numpy())
-        logits = tf.cast(model(data.model_input(image)[None], training=False), tf.float32)
-        multi = data.source.multi_label
-        expected.append(probabilities_of(logits if multi else logits / temperature, multi)[0].numpy())
+        logits = model(data.model_input(image)[None], training=False)
+        expected.append(probabilities_of(logits, data.source.multi_label, temperature)[0].numpy())
     if not encoded:
         return None
     samples.mkdir(parents=True, exist_ok=True)

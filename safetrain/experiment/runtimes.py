@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from safetrain.experiment.calibration import probabilities
 from safetrain.record import names
 
 FILES = {"saved_model": names.SAVED_MODEL, "keras": names.KERAS_FILE, "tflite": names.TFLITE_FILE,
@@ -63,8 +64,7 @@ def runner(export_dir: Path, fmt: str, served=None) -> Runner:
         import keras
 
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
-        return lambda encoded: probabilities(np.asarray(model(prepare(encoded), training=False), np.float64),
-                                             multi, temperature)
+        return lambda encoded: probabilities(np.asarray(model(prepare(encoded), training=False)), multi, temperature)
     if fmt in ("tflite", "tflite_int8"):
         run = tflite_runner(path.read_bytes())
         return lambda encoded: run(prepare(encoded))
@@ -72,14 +72,6 @@ def runner(export_dir: Path, fmt: str, served=None) -> Runner:
         run = onnx_runner(path.read_bytes())
         return lambda encoded: run(prepare(encoded))
     raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FILES)}")
-
-
-def probabilities(logits: np.ndarray, multi: bool, temperature: float = 1.0) -> np.ndarray:
-    if multi:
-        return 1.0 / (1.0 + np.exp(-logits))
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    return np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
 
 
 def tflite_runner(flat: bytes) -> Callable[[np.ndarray], np.ndarray]:
