@@ -11,6 +11,7 @@ import keras
 from safetrain.models import preflight
 from safetrain.models.backbone_build import InferenceMode, build_backbone, set_trainable
 from safetrain.models.custom import CustomLayerSpec
+from safetrain.models.norm import FusedBatchNorm
 from safetrain.models.shapes import ModelPlan
 from safetrain.models.spec import LayerSpec
 from safetrain.core.errors import SpecError
@@ -26,7 +27,7 @@ _KERAS = {
     "flatten": keras.layers.Flatten,
     "dense": keras.layers.Dense,
     "dropout": keras.layers.Dropout,
-    "batch_norm": keras.layers.BatchNormalization,
+    "batch_norm": FusedBatchNorm,      # Keras' layer, trained through the fused kernel (norm.py)
     "lstm": keras.layers.LSTM,
     "gru": keras.layers.GRU,
 }
@@ -42,9 +43,9 @@ class ResidualBlock(keras.layers.Layer):
         self.filters, self.kernel_size, self.strides = filters, kernel_size, strides
         conv = dict(padding="same", use_bias=False)
         self.conv1 = keras.layers.Conv2D(filters, kernel_size, strides=strides, **conv)
-        self.bn1 = keras.layers.BatchNormalization()
+        self.bn1 = FusedBatchNorm()
         self.conv2 = keras.layers.Conv2D(filters, kernel_size, **conv)
-        self.bn2 = keras.layers.BatchNormalization()
+        self.bn2 = FusedBatchNorm()
         self.project = None
 
     def get_config(self) -> dict:
@@ -55,7 +56,7 @@ class ResidualBlock(keras.layers.Layer):
         if input_shape[-1] != self.filters or self.strides not in (1, (1, 1)):
             self.project = keras.Sequential([
                 keras.layers.Conv2D(self.filters, 1, strides=self.strides, use_bias=False),
-                keras.layers.BatchNormalization()])
+                FusedBatchNorm()])
 
     def call(self, x, training=None):
         y = keras.ops.relu(self.bn1(self.conv1(x), training=training))

@@ -284,7 +284,10 @@ def _keras_file(model, path: Path) -> dict:
     Keras registration cannot; the file is then left out and the reason recorded."""
     import keras
 
+    from safetrain.models.norm import portable
+
     try:
+        model = portable(model)   # Keras' own BatchNormalization: loads without safetrain
         model.save(path)
         loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
         saved, back = model.get_weights(), loaded.get_weights()
