@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -108,3 +109,27 @@ def test_portable_swaps_in_keras_layer_and_the_file_loads_without_safetrain(tmp_
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     name, value = loaded.stdout.split()[-2:]
     assert name == "BatchNormalization" and float(value) == pytest.approx(total, rel=1e-6)
+
+
+def test_the_models_safetrain_builds_train_through_the_fused_kernel(features):
+    """`batch_norm` specs and the residual block's norms: the training graph holds FusedBatchNormV3
+    (forward and gradient), the inference graph none."""
+    from safetrain.models.build import build_model
+    from safetrain.models.parse import parse_layers
+    from safetrain.models.shapes import infer
+
+    layers = [{"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same"}, {"type": "batch_norm"},
+              {"type": "residual", "filters": 8}, {"type": "global_avg_pool"}]
+    model = build_model(infer(parse_layers(layers), (8, 8, 8), 3), seed=0)
+
+    def ops(training: bool) -> Counter:
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(model(x, training=training))
+            return tape.gradient(loss, model.trainable_variables)
+        return Counter(op.type for op in step.get_concrete_function(features).graph.get_operations())
+
+    training, inference = ops(True), ops(False)
+    assert training["FusedBatchNormV3"] == 3 and training["FusedBatchNormGradV3"] == 3  # top level + the block's two
+    assert inference["FusedBatchNormV3"] == 0 and inference["FusedBatchNormGradV3"] == 0
