@@ -1,6 +1,6 @@
 """Recipe pieces measured per minute: named variants of an experiment at fixed time budgets, repeated.
 
-    python scripts/recipe_study.py fashion --minutes 15 --variants recipe no_block_dropout
+    python scripts/recipe_study.py fashion --minutes 15 --variants recipe block_dropout
     python scripts/recipe_study.py shapes --minutes 5 --variants scaffold residual --seeds 0 1 2
     python scripts/recipe_study.py shapes --list        # the variants each study knows
 
@@ -30,11 +30,31 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_budget  # noqa: E402  (runs python -m safetrain and reads its report.json)
 
+
+def layers_override(*layers: str) -> str:
+    """`model.layers=[...]` in Hydra's grammar from short names: c32 (3x3 conv, relu), bn, pool, flat,
+    d256 (dense, relu), drop0.3."""
+    def one(name: str) -> str:
+        if name.startswith("c"):
+            return f"{{type:conv2d,filters:{name[1:]},kernel_size:3,padding:same,activation:relu}}"
+        if name.startswith("d") and not name.startswith("drop"):
+            return f"{{type:dense,units:{name[1:]},activation:relu}}"
+        if name.startswith("drop"):
+            return f"{{type:dropout,rate:{name[4:]}}}"
+        return {"bn": "{type:batch_norm}", "pool": "{type:max_pool,pool_size:2}", "flat": "{type:flatten}"}[name]
+    return "model.layers=[" + ",".join(one(n) for n in layers) + "]"
+
+
 # Each variant is the overrides it adds to the study's base command.
 VARIANTS = {
     "fashion": {
         "recipe": [],
-        "no_block_dropout": ["model.layers.5.rate=0.0", "model.layers.11.rate=0.0"],
+        # the recipe until this study: dropout 0.1 after each conv block too
+        "block_dropout": [layers_override("c32", "bn", "c32", "bn", "pool", "drop0.1", "c64", "bn", "c64", "bn",
+                                          "pool", "drop0.1", "flat", "d256", "drop0.3")],
+        # one conv at 28x28 instead of two: 1.4x the examples a second (the second conv was 38% of the FLOPs)
+        "first_single": [layers_override("c32", "bn", "pool", "c64", "bn", "c64", "bn", "pool", "flat", "d256",
+                                         "drop0.3")],
         "batch_256": ["trainer.batch_size=256", "optimizer.learning_rate=0.003"],
         "no_ema": ["trainer.ema=null"],
         "no_label_smoothing": ["trainer.label_smoothing=0.0"],
@@ -44,17 +64,19 @@ VARIANTS = {
         "scaffold": [],
         "residual": ["model=cnn_residual"],
         "no_augment": ["augment=none"],
+        # what the written experiment's comment offers for drawings whose class ignores orientation
+        "any_orientation": ["augment.rotation=0.5", "augment.flip=both"],
         "batch_32": ["trainer.batch_size=32"],
     },
 }
 
 
-def base(study: str, tmp: Path, shapes: Path) -> list[str]:
+def base(study: str, tmp: Path, shapes: Path, configs: Path | None) -> list[str]:
     if study == "fashion":
         return ["+experiment=fashion_mnist_recipe", "dataset.download=false", "trainer.export=false"]
-    configs = tmp / "configs"
-    bench_budget.SHAPES = shapes
-    bench_budget.scaffold(shapes, "shapes", configs)
+    if configs is None:
+        configs = tmp / "configs"
+        bench_budget.scaffold(shapes, "shapes", configs)
     return [f"hydra.searchpath=[file://{configs}]", "+experiment=shapes", "trainer.export=false"]
 
 
@@ -65,6 +87,8 @@ def main() -> None:
     parser.add_argument("--minutes", nargs="+", default=["1", "5"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--shapes", type=Path, default=bench_budget.SHAPES)
+    parser.add_argument("--configs", type=Path, help="shapes: a folder where new_experiment.py already wrote "
+                        "experiment/shapes.yaml (default: scaffold it again)")
     parser.add_argument("--list", action="store_true")
     args = parser.parse_args()
     known = VARIANTS[args.study]
@@ -77,7 +101,7 @@ def main() -> None:
         raise SystemExit(f"unknown variants {unknown}; {args.study} knows {sorted(known)}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="recipe-study-") as tmp:
-        command = base(args.study, Path(tmp), args.shapes)
+        command = base(args.study, Path(tmp), args.shapes, args.configs)
         for minutes in args.minutes:
             for seed in args.seeds:
                 for name in args.variants or list(known):   # variants interleaved within a seed

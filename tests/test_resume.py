@@ -42,8 +42,9 @@ def test_sigterm_at_a_random_step_then_rerun_ends_bitwise_equal_to_an_uninterrup
             "trainer.checkpoint_every_steps=1000",  # 8 steps per epoch; saves only at epoch ends and on signals
             # the recipe's pieces ride along: a schedule with warmup, weight decay, label smoothing, the
             # weights' moving average, augmentation (with the crop), balanced sampling and the best epoch
-            # (keep_best: the digits have eval)
-            "optimizer.schedule=cosine", "optimizer.warmup_epochs=1", "optimizer.weight_decay=0.01",
+            # (keep_best: the digits have eval); the residual model's batch norms (moving statistics,
+            # the fused kernel) too
+            "model=cnn_residual", "optimizer.schedule=cosine", "optimizer.warmup_epochs=1", "optimizer.weight_decay=0.01",
             "trainer.label_smoothing=0.1", "trainer.ema=0.9", "augment=standard", "augment.crop=random_resized",
             "dataset.sampling=balanced")
     straight = tmp_path / "straight"
