@@ -2,11 +2,12 @@
 
 Why. Keras 3's `BatchNormalization` trains with `tf.nn.moments` and `tf.nn.batch_normalization`:
 about ten element-wise ops a layer, forward and backward, each a pass over the activations. On a
-CPU those passes cost as much as the convolutions: on Fashion-MNIST's recipe model (four conv +
-batch-norm pairs, batch 128, float32, 2-core Intel Xeon) a training step took 154 ms with the
-Keras layer and 91 ms with no batch norm at all. TensorFlow's `FusedBatchNormV3` (oneDNN's kernel on
-CPU, cuDNN's on GPU) does the statistics, the normalization and the moving averages in one op and
-the gradient in another: the same step took 114 ms (`scripts/bench_fused_norm.py`).
+CPU those passes cost about as much as the convolutions: on Fashion-MNIST's recipe model (four conv
++ batch-norm pairs, with dropout after each block as it then had; batch 128, float32, a 2-core Intel
+Xeon) a training step took 150 ms with the Keras layer and 88 ms with no batch norm at all.
+TensorFlow's `FusedBatchNormV3` (oneDNN's kernel on CPU, cuDNN's on GPU) does the statistics, the
+normalization and the moving averages in one op and the gradient in another: the same step took
+107 ms (`scripts/bench_fused_norm.py`, median of 5 interleaved rounds).
 
 So `FusedBatchNorm` is Keras' layer (same weights, arguments and inference path, so exports and
 the shape table are unchanged) whose training call on a 4-D NHWC input goes through
