@@ -30,9 +30,8 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
     """`keras.layers.BatchNormalization` that trains through TensorFlow's fused kernel."""
 
     def _fuses(self, inputs, training, mask) -> bool:
-        axis = self.axis if isinstance(self.axis, int) else (self.axis[0] if len(self.axis) == 1 else None)
         return (training is True and self.trainable and mask is None and len(inputs.shape) == 4
-                and axis in (-1, 3) and not self.renorm and not self.synchronized
+                and self.axis in (-1, 3) and not self.renorm and not self.synchronized
                 and keras.backend.backend() == "tensorflow")
 
     def call(self, inputs, training=None, mask=None):

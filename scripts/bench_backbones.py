@@ -64,8 +64,9 @@ def profiled_flops(backbone, size: int) -> int:
                                          options=options).total_float_ops
 
 
-def train_step(model):
-    optimizer = keras.optimizers.SGD(0.01)
+def train_step(model, optimizer=None):
+    """A plain `tf.function` training step (forward, gradient, update; SGD unless given)."""
+    optimizer = optimizer or keras.optimizers.SGD(0.01)
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 

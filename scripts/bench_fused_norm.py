@@ -14,7 +14,6 @@ the ratios, and the largest difference between the two normalizations' first-ste
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from safetrain.core.tf_import import import_tensorflow  # noqa: E402
 
@@ -34,13 +34,8 @@ from safetrain.models.build import build_model  # noqa: E402
 from safetrain.models.norm import portable  # noqa: E402
 from safetrain.models.parse import parse_layers  # noqa: E402
 from safetrain.models.shapes import infer  # noqa: E402
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+from bench_backbones import train_step  # noqa: E402
+from bench_budget import cpu_model  # noqa: E402
 
 
 def experiment_layers(name: str) -> tuple[list[dict], int]:
@@ -48,21 +43,6 @@ def experiment_layers(name: str) -> tuple[list[dict], int]:
     layers = OmegaConf.to_container(config.model.layers)
     batch = int(OmegaConf.select(config, "trainer.batch_size", default=128))
     return layers, batch
-
-
-def step_function(model):
-    optimizer = keras.optimizers.AdamW(1e-3)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            value = loss(y, model(x, training=True))
-        grads = tape.gradient(value, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return value
-
-    return step
 
 
 def main() -> None:
@@ -85,7 +65,7 @@ def main() -> None:
                 "none": build([s for s in layers if s["type"] != "batch_norm"])}
     x = tf.random.stateless_uniform((batch, *shape), seed=(0, 1))
     y = tf.random.stateless_uniform((batch,), seed=(0, 2), maxval=args.classes, dtype=tf.int32)
-    steps = {name: step_function(model) for name, model in variants.items()}
+    steps = {name: train_step(model, keras.optimizers.AdamW(1e-3)) for name, model in variants.items()}
     first = {name: float(step(x, y)) for name, step in steps.items()}  # trace + the first update
     for step in steps.values():
         for _ in range(3):
