@@ -111,13 +111,14 @@ class FakeEvaluation:
         self.seconds, self.count = 0.0, 0
 
 
-def _budget(clock, seconds=100.0, cap=10_000, deterministic=False, eval_examples=320, export=True):
+def _budget(clock, seconds=100.0, cap=10_000, deterministic=False, eval_examples=320, export=True, save_s=0.0):
     horizon = horizon_for(OptimizerConfig(learning_rate=0.1, schedule=Schedule.cosine, warmup_epochs=1), 100, cap)
     evaluation = FakeEvaluation()
-    # the eval step: its trace took 0.5 s, then 1 ms an example
+    # the eval step: its trace took 0.5 s, then 1 ms an example; a checkpoint save `save_s`
     budget = Budget(seconds, horizon, cap=cap, steps_per_epoch=100, batch_size=32, eval_examples=eval_examples,
                     test_examples=320, results_examples=0, export=export, started=0.0, clock=clock,
-                    replan=not deterministic, evaluation=evaluation, time_evaluation=lambda: (0.5, 0.001))
+                    replan=not deterministic, evaluation=evaluation, time_evaluation=lambda: (0.5, 0.001),
+                    save_seconds=lambda: save_s)
     return budget, horizon, evaluation
 
 
@@ -139,7 +140,7 @@ def _run(budget, clock, evaluation, steps, dt, start=1, eval_s=0.32, first_call=
 
 def test_the_first_plan_leaves_the_traces_out_and_fits_steps_evaluations_and_what_follows():
     clock = FakeClock()
-    budget, horizon, evaluation = _budget(clock, seconds=300.0)
+    budget, horizon, evaluation = _budget(clock, seconds=300.0, save_s=0.4)
     clock.now = 10.0  # start-up: imports, the scan, the model
     # The first call traces (3 s), the second is the first untraced one: neither is measured.
     budget.after_step(StepEnd(at=Position(1, 1, 1), outputs={}, totals=Totals(), rate=None, finite=True,
@@ -151,9 +152,9 @@ def test_the_first_plan_leaves_the_traces_out_and_fits_steps_evaluations_and_wha
     costs = budget.costs
     assert costs.step_s == pytest.approx(0.05, rel=0.01)  # the trace left out
     assert costs.eval_s == pytest.approx(0.32)           # real evaluations, measured
-    # test 320 x 1 ms, the pictures (2.5 s + a trace + 320 x 1 ms), the export (2.5 s + two traces)
-    # and 1% of the budget for what no estimate sees
-    assert costs.after_s == pytest.approx(0.32 + 2.5 + 0.5 + 0.32 + 2.5 + 1.0 + 3.0, rel=0.01)
+    # the checkpoint where training ends (0.4 s), test 320 x 1 ms, the pictures (2.5 s + a trace +
+    # 320 x 1 ms), the export (2.5 s + two traces) and 1% of the budget for what no estimate sees
+    assert costs.after_s == pytest.approx(0.4 + 0.32 + 2.5 + 0.5 + 0.32 + 2.5 + 1.0 + 3.0, rel=0.01)
     first, mark = budget.summary(400)["first_plan"], budget._mark
     assert budget.summary(400)["replans"] == 0 and 300 < mark.step < 400
     # What is left after the plan's steps and evaluations (the last one too), at these costs, is
@@ -201,6 +202,22 @@ def test_a_plan_reached_early_is_extended_with_the_time_left():
     first = budget.planned
     _run(budget, clock, evaluation, first, 0.02, start=301)  # then ten times faster
     assert budget.planned > first
+
+
+def test_the_budget_counts_the_whole_command_from_its_first_line(tmp_path):
+    """`python -m safetrain` marks its first line; the command's first run counts from there
+    (Python, Hydra and the config included), a later run in the same process from its own start."""
+    import time
+
+    from safetrain.core import run_state
+    from safetrain.record.run_record import RunRecord
+
+    began = time.monotonic() - 2.0  # the seconds before the run's record
+    run_state.command_started(began)
+    assert RunRecord(tmp_path).started == began
+    before = time.monotonic()
+    (tmp_path / "next").mkdir()
+    assert RunRecord(tmp_path / "next").started >= before  # a multirun's next job
 
 
 def test_deterministic_runs_keep_the_first_plan():

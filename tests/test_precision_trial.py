@@ -75,6 +75,37 @@ def test_the_budget_is_the_larger_of_ten_seconds_and_three_percent_of_the_traini
     assert pt.budget(60) == 10.0 and pt.budget(1000) == pytest.approx(30.0)
 
 
+def test_under_a_time_budget_the_trial_is_paid_from_it_and_skipped_when_it_is_too_small():
+    # 60 epochs planned, 15 minutes to train them in: 3% of the 900 s, not of the 3,000 s
+    assert pt.budget(3000, 900) == pytest.approx(27.0)
+    assert pt.budget(60, 300) == 10.0             # the floor, under the 5% cap (15 s)
+    assert pt.budget(3000, 100) == pytest.approx(5.0)  # never over 5% of the budget
+    assert pt.affordable(None) and pt.affordable(200) and not pt.affordable(60)
+
+
+def test_a_one_minute_run_trusts_the_table_or_the_cache_instead_of_measuring(tmp_path):
+    from types import SimpleNamespace
+
+    from safetrain.experiment import precision
+
+    cfg = _config(tmp_path, time_budget="1m")
+    # A fake bfloat16 CPU's device record: the machine running this may have none (then no trial anyway).
+    hardware = SimpleNamespace(devices=[CPU_AMX], cluster=None, replicas=1, policy="mixed_bfloat16",
+                               reason="auto: the CPU has AMX")
+    plan = SimpleNamespace(backbone=None)
+    policy, reason, trial = precision.decide(cfg, plan, None, hardware, None)  # data is never read: no trial
+    assert trial is None and policy == "mixed_bfloat16"
+    assert "no precision trial: it would take over 5% of trainer.time_budget=1m" in reason and "200 s" in reason
+    from safetrain.train.hardware import device_key
+
+    key = precision._key(cfg, device_key(hardware.devices, read_cpuinfo()), 1)  # a longer run measured it
+    record = pt.Trial(candidates={"float32": 1000.0, "mixed_bfloat16": 1500.0}, chosen="mixed_bfloat16",
+                      budget_s=10.0).record()
+    PrecisionCache(cache_path(str(tmp_path))).put(key, record)
+    policy, reason, trial = precision.decide(cfg, plan, SimpleNamespace(steps_per_epoch=10), hardware, None)
+    assert trial.cached and policy == "mixed_bfloat16" and reason.startswith("auto (cached trial)")
+
+
 def test_decisions_are_cached_per_key_and_concurrent_writers_lose_nothing(tmp_path):
     cache = PrecisionCache(cache_path(str(tmp_path)))
     key = trial_key("CPU test", {"layers": [{"type": "flatten"}]}, 32, (28, 28, 1, "float32"))
@@ -234,3 +265,4 @@ def test_a_cached_trial_that_left_a_candidate_out_is_measured_again_by_a_longer_
     assert _worth_measuring_again(trial, long, data)
     complete = pt.Trial(candidates={"float32": 1000.0, "mixed_bfloat16": 900.0}, chosen="float32", budget_s=10.0)
     assert not _worth_measuring_again(complete, long, data)
+    assert not _worth_measuring_again(trial, _config(tmp_path, epochs=200, batch_size=32, time_budget="2m"), data)

@@ -113,7 +113,7 @@ def assemble(cfg: Config, task: Task, data: Datasets, record: RunRecord, loop: T
     plateau = task.schedule.plateau if evaluation else None  # validate(): plateau needs eval
     # The rate the logged step used (the optimizer has already counted that step).
     used_rate = lambda: schedules.value_at(task.schedule.learning_rate, task.optimizer.iterations - 1)  # noqa: E731
-    budget = _budget(cfg, task, data, record, loop, evaluation)
+    budget = _budget(cfg, task, data, record, loop, evaluation, checkpoints)
     if budget is not None and evaluation is not None:
         evaluation.due = budget.eval_due  # evaluations spaced out when one costs too much of an epoch
     actions = [action for action in (
@@ -138,9 +138,9 @@ def assemble(cfg: Config, task: Task, data: Datasets, record: RunRecord, loop: T
 
 
 def _budget(cfg: Config, task: Task, data: Datasets, record: RunRecord, loop: TrainLoop,
-            evaluation: Evaluate | None) -> Budget | None:
+            evaluation: Evaluate | None, checkpoints: Checkpoints) -> Budget | None:
     """trainer.time_budget's planner over the task's horizon (the schedule reads it), counted
-    from the start of the run (before TensorFlow's import); None without a budget."""
+    from the command's start (safetrain.core.run_state.run_started); None without a budget."""
     t = cfg.trainer
     if task.horizon is None:
         return None
@@ -158,7 +158,8 @@ def _budget(cfg: Config, task: Task, data: Datasets, record: RunRecord, loop: Tr
                   parity_examples=min(counts.get("test", 0), PARITY_FILES),
                   evaluation=evaluation,
                   time_evaluation=(lambda: loop.time_evaluation(timed)) if timed is not None else None,
-                  time_test=(lambda: loop.time_evaluation(data.test)) if data.test is not None else None)
+                  time_test=(lambda: loop.time_evaluation(data.test)) if data.test is not None else None,
+                  save_seconds=lambda: checkpoints.save_seconds)
 
 
 def record_best(record: RunRecord, best: BestState, chosen: Selection, exported: bool = True) -> bool:

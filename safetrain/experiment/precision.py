@@ -15,6 +15,7 @@ import os
 
 from safetrain.config.schema import Config, Precision, StrategyKind
 from safetrain.models.shapes import ModelPlan
+from safetrain.train.budget import parse_budget
 from safetrain.train.hardware import cpu_device_key, device_key, gpu_memory_mib, read_cpuinfo
 from safetrain.train.precision_cache import ONEDNN_MATH_ENV, PrecisionCache, cache_path, trial_key
 
@@ -71,8 +72,15 @@ def decide(cfg: Config, plan: ModelPlan, data, hardware, math_mode: str | None):
     cache = PrecisionCache(cache_path(cfg.dataset.data_dir))
     key = _key(cfg, device_key(hardware.devices, read_cpuinfo()), hardware.replicas)
     found = cache.get(key)
+    budget_s = parse_budget(cfg.trainer.time_budget)
     if found is not None and not _worth_measuring_again(pt.Trial.from_record(found), cfg, data):
         trial = pt.Trial.from_record(found)
+    elif found is None and not pt.affordable(budget_s):
+        least = pt.MIN_BUDGET_S / pt.TIME_BUDGET_SHARE
+        return hardware.policy, (hardware.reason + f" (no precision trial: it would take over "
+                                 f"{pt.TIME_BUDGET_SHARE:.0%} of trainer.time_budget={cfg.trainer.time_budget}; a run "
+                                 f"of this model with a budget of {least:.0f} s or more, or none, measures it once "
+                                 f"and later runs reuse the decision)"), None
     elif math_mode:
         return hardware.policy, (hardware.reason + f" (no precision trial: {ONEDNN_MATH_ENV}={math_mode} is set, so "
                                  f"float32 would not be measured as float32)"), None
@@ -98,7 +106,8 @@ def _worth_measuring_again(trial, cfg: Config, data) -> bool:
     t = cfg.trainer
     run_steps = data.steps_per_epoch * t.epochs
     planned_s = min(run_steps, t.max_steps or run_steps) * t.batch_size / rate
-    return pt.budget(planned_s) > 1.2 * trial.budget_s
+    budget_s = parse_budget(t.time_budget)
+    return pt.affordable(budget_s) and pt.budget(planned_s, budget_s) > 1.2 * trial.budget_s
 
 
 def _apply(trial, math_mode: str | None) -> tuple[str, str]:
@@ -156,4 +165,5 @@ def _inputs(cfg: Config, plan: ModelPlan, data, hardware):
                   "multi_label": data.source.multi_label}
     run_steps = data.steps_per_epoch * t.epochs
     return pt.TrialInputs(images=images, labels=labels, build=build, strategy=hardware.strategy,
-                          planned_steps=min(run_steps, t.max_steps or run_steps), worker_spec=worker)
+                          planned_steps=min(run_steps, t.max_steps or run_steps), worker_spec=worker,
+                          time_budget_s=parse_budget(t.time_budget))

@@ -9,10 +9,10 @@ whatever happened. TensorFlow-free until TensorBoard is opened (config errors ne
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from safetrain.core.errors import ErrorKind, SafetrainError, Status
+from safetrain.core.run_state import run_started
 from safetrain.record.report import ErrorLog, RunReport
 from safetrain.record.summaries import Summaries
 from safetrain.record import names
@@ -28,7 +28,7 @@ def graph_text(error: SafetrainError, note: str = "") -> str:
 class RunRecord:
     def __init__(self, run_dir: Path, name: str = "") -> None:
         self.run_dir = run_dir
-        self.started = time.monotonic()  # the run's start (report.json wall_seconds; trainer.time_budget)
+        self.started = run_started()  # the run's start (report.json wall_seconds; trainer.time_budget)
         self.report = RunReport(name=name, run_dir=str(run_dir))
         self.errors = ErrorLog(run_dir / names.ERRORS)
         self.errors.path.touch()

@@ -65,7 +65,7 @@ EVAL_SHARE_MAX = 0.10    # evaluations cost at most this share of the training b
 MIN_EVALUATIONS = 5      # ... unless the plan would then hold fewer evaluations than this
 EVAL_SHARE = 1 / 3       # an evaluated example's cost in training examples, until one is measured
 RESULTS_SECONDS = 2.5    # the result pictures (matplotlib), reports and the last records, beyond their passes
-MARGIN_SHARE = 0.01      # of the budget, kept for what no estimate sees (the interpreter's start and exit)
+MARGIN_SHARE = 0.01      # of the budget, kept for what no estimate sees (the interpreter's exit)
 EXPORT_SECONDS = 2.5     # writing the SavedModel and .keras files, beyond the traces it pays
 # Measured on Fashion-MNIST's recipe (3.5 MB float32 CNN, 2,000 test files, all five formats): the
 # export took 19.2 s; conversions 0.7-1.2 s (int8 with its fallback ~4 s), each proof 0.3-3.2 s.
@@ -135,7 +135,8 @@ class Budget(BaseAction):
                  clock: Callable[[], float], replan: bool, evaluation=None, converted: int = 0, proven: int = 0,
                  parity_examples: int = 0,
                  time_evaluation: Callable[[], tuple[float, float | None]] | None = None,
-                 time_test: Callable[[], tuple[float, float | None]] | None = None) -> None:
+                 time_test: Callable[[], tuple[float, float | None]] | None = None,
+                 save_seconds: Callable[[], float] = lambda: 0.0) -> None:
         """`horizon`: safetrain.train.schedules.Horizon. `evaluation`: the Evaluate action (its
         `seconds` and `count`), None without an eval split. `time_evaluation()`: (trace seconds,
         seconds per example) of the evaluation step (safetrain.train.loop.TrainLoop.time_evaluation)
@@ -143,7 +144,8 @@ class Budget(BaseAction):
         another rate: a split carved from a folder's shards reads all of them).
         `results_examples`: the eval examples the results evaluate again (calibration, thresholds).
         `converted`: export formats converted (TFLite, int8, ONNX); `proven`: formats proven on
-        `parity_examples` test files (safetrain.experiment.parity)."""
+        `parity_examples` test files (safetrain.experiment.parity). `save_seconds()`: the last
+        checkpoint save's seconds (one more is saved where training ends)."""
         import tensorflow as tf
 
         self.seconds, self.horizon, self.cap = seconds, horizon, cap
@@ -152,6 +154,7 @@ class Budget(BaseAction):
         self.export, self.started, self.clock, self.allow_replan = export, started, clock, replan
         self.converted, self.proven, self.parity_examples = converted, proven, parity_examples
         self.evaluation, self.time_evaluation, self.time_test = evaluation, time_evaluation, time_test
+        self.save_seconds = save_seconds
         self._test_example_s: float | None = None  # measured by time_test
         self._planned = tf.Variable(False, trainable=False, name="budget_planned")
         self._replans = tf.Variable(0, dtype=tf.int64, trainable=False, name="budget_replans")
@@ -217,7 +220,7 @@ class Budget(BaseAction):
         if not self.eval_examples:
             eval_s = 0.0
         test_s = self.test_examples * (self._test_example_s or example_s)
-        after_s = (test_s                                                                        # test
+        after_s = (self.save_seconds() + test_s                                  # the last checkpoint, test
                    + RESULTS_SECONDS + self._eval_trace_s + test_s + self.results_examples * example_s  # pictures
                    + (self._export_s(example_s) if self.export else 0.0)                          # export
                    + MARGIN_SHARE * self.seconds)

@@ -22,6 +22,7 @@ import json
 import logging
 import re
 import tempfile
+import time
 from pathlib import Path
 
 import tensorflow as tf
@@ -55,6 +56,7 @@ class Checkpoints:
         self.writer = writer
         self.run_spec = run_spec or {}
         self.last_saved_step: int | None = None
+        self.save_seconds = 0.0  # the last save's (trainer.time_budget keeps one for where training ends)
         self.warnings: list[str] = []  # skipped unreadable checkpoints, for errors.jsonl
 
     def track(self, state: dict) -> None:
@@ -126,6 +128,7 @@ class Checkpoints:
     def save(self, at: Position) -> None:
         if at.step == self.last_saved_step and int(self.epoch.numpy()) == at.epoch:
             return
+        began = time.perf_counter()
         self.step.assign(at.step)
         self.epoch.assign(at.epoch)
         self.in_epoch.assign(at.in_epoch)
@@ -140,3 +143,4 @@ class Checkpoints:
             with tempfile.TemporaryDirectory(prefix="safetrain-worker-ckpt-") as scratch:
                 self.checkpoint.write(str(Path(scratch) / "ckpt"))
         self.last_saved_step = at.step
+        self.save_seconds = time.perf_counter() - began

@@ -63,6 +63,9 @@ TIMED_SECONDS = 0.6            # float32's timed call lasts about this long (5 t
 OVER_BUDGET = "not measured: over the trial's budget"
 MIN_BUDGET_S = 10.0            # the trial may take the larger of this and 3% of the planned training
 BUDGET_SHARE = 0.03
+# Under trainer.time_budget the trial's seconds come out of the budget: at most this share of it, and
+# no trial when that share is under MIN_BUDGET_S (a 1-minute run spent half its training measuring).
+TIME_BUDGET_SHARE = 0.05
 
 
 def candidates(devices: list[Device], trains_backbone: bool = False) -> list[str]:
@@ -169,8 +172,17 @@ def _noise(name: str) -> float:
     return NOISE_OTHER_PROCESS if name == ONEDNN_BF16 else NOISE
 
 
-def budget(planned_train_s: float) -> float:
-    return max(MIN_BUDGET_S, BUDGET_SHARE * planned_train_s)
+def budget(planned_train_s: float, time_budget_s: float | None = None) -> float:
+    """Seconds the trial may take: the larger of MIN_BUDGET_S and BUDGET_SHARE of the planned
+    training, which a time budget bounds; and never more than TIME_BUDGET_SHARE of that budget."""
+    if time_budget_s is None:
+        return max(MIN_BUDGET_S, BUDGET_SHARE * planned_train_s)
+    return min(max(MIN_BUDGET_S, BUDGET_SHARE * min(planned_train_s, time_budget_s)), TIME_BUDGET_SHARE * time_budget_s)
+
+
+def affordable(time_budget_s: float | None) -> bool:
+    """Whether a run with this trainer.time_budget (None: none) can pay for a trial."""
+    return time_budget_s is None or TIME_BUDGET_SHARE * time_budget_s >= MIN_BUDGET_S
 
 
 @dataclass
@@ -184,6 +196,7 @@ class TrialInputs:
     strategy: object
     planned_steps: int                   # the run's training steps (for the budget)
     worker_spec: dict | None = None      # JSON for safetrain/trial_worker.py; None: no second process
+    time_budget_s: float | None = None   # trainer.time_budget, which the trial's seconds come out of
 
     def batches(self):
         ds = tf.data.Dataset.from_tensor_slices((self.images, self.labels)).repeat()
@@ -207,7 +220,7 @@ def run_trial(names: list[str], inputs: TrialInputs) -> Trial:
         if isinstance(reference, Measured):  # the reference itself failed: nothing to compare with
             raise TrialFailed(reference.why)
         steps = int(min(40, max(3, TIMED_SECONDS / max(reference.step_s, 1e-6))))
-        limit = budget(inputs.planned_steps * reference.step_s)
+        limit = budget(inputs.planned_steps * reference.step_s, inputs.time_budget_s)
         rounds_s = ROUNDS * steps * reference.step_s  # one candidate's timed calls, at float32's speed
         committed = time.perf_counter() - started + rounds_s
         for name in (n for n in names[1:] if n != ONEDNN_BF16):
