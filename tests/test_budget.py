@@ -12,7 +12,7 @@ from safetrain.core.errors import ConfigError
 from safetrain.core.run_state import Position
 from safetrain.train.actions import EpochEnd, StepEnd
 from safetrain.train.metrics import Totals
-from safetrain.train.budget import Budget, Costs, parse_budget, spacing, steps_that_fit
+from safetrain.train.budget import Budget, Costs, parse_budget, snapped, spacing, steps_that_fit
 from safetrain.train.schedules import horizon_for, learning_rate, value_at
 
 
@@ -219,6 +219,16 @@ def test_the_budget_counts_the_whole_command_from_its_first_line(tmp_path):
     before = time.monotonic()
     (tmp_path / "next").mkdir()
     assert RunRecord(tmp_path / "next").started >= before  # a multirun's next job
+
+
+def test_a_plan_that_would_end_a_few_steps_into_a_new_epoch_ends_at_the_epoch_end():
+    """Measured at 1 minute on Fashion-MNIST (421 steps an epoch): plans of 422-456 steps paid the
+    second epoch's start and a stop inside it, 1-3 s beyond the budget, for a few steps."""
+    assert snapped(422, 300, 421) == 421 and snapped(456, 300, 421) == 421
+    assert snapped(500, 300, 421) == 500   # 79 steps in: a share of an epoch worth training
+    assert snapped(403, 0, 421) == 403     # inside the first epoch: nothing to end at
+    assert snapped(842, 0, 421) == 842     # already an epoch end
+    assert snapped(429, 425, 421) == 429   # the epoch end has passed: never back before the step
 
 
 def test_deterministic_runs_keep_the_first_plan():

@@ -63,6 +63,7 @@ STEADY_TOLERANCE = 0.10  # steady: the two halves of the window cost the same pe
 MEASURE_MAX_SHARE = 0.10  # or the window is this share of the budget
 MARK_EVERY = 0.01        # step ends kept for the window's middle: one per this share of the shortest window
 REPLAN_SHARE = 0.10      # a re-plan every tenth of the budget
+SNAP_SHARE = 0.10        # a plan ending this share of an epoch past an epoch's end ends there instead
 EVAL_SHARE_MAX = 0.10    # evaluations cost at most this share of the training between them (eval_every)
 MIN_EVALUATIONS = 5      # ... unless the plan would then hold fewer evaluations than this
 EVAL_SHARE = 1 / 3       # an evaluated example's cost in training examples, until one is measured
@@ -109,6 +110,17 @@ def steps_that_fit(seconds: float, costs: Costs, steps_per_epoch: int, eval_ever
     per_step = costs.step_s + costs.eval_s / (max(1, eval_every) * max(1, steps_per_epoch))
     left = seconds - costs.eval_s
     return max(0, int(left / per_step)) if per_step > 0 else 0
+
+
+def snapped(total: int, step: int, steps_per_epoch: int) -> int:
+    """`total`, or the epoch end before it when the plan would end only a few steps (SNAP_SHARE of
+    an epoch) into a new epoch: those steps would pay the new epoch's start (its iterator and
+    shuffle buffer) and a stop inside it (the iterator's teardown, which competes with the last
+    evaluation and the test for the CPU), and a 1-minute run ended 1-3 s over its budget for them."""
+    over = total % steps_per_epoch
+    if total > steps_per_epoch and 0 < over <= SNAP_SHARE * steps_per_epoch and total - over >= step:
+        return total - over
+    return total
 
 
 def spacing(costs: Costs, steps_per_epoch: int, planned_epochs: float) -> int:
@@ -321,7 +333,7 @@ class Budget(BaseAction):
         left = self.seconds - (now - self.started) - costs.after_s
         spe = self.steps_per_epoch
         every = spacing(costs, spe, steps_that_fit(left, costs, spe) / spe)
-        total = max(step, min(self.cap, step + steps_that_fit(left, costs, spe, every)))
+        total = max(step, snapped(min(self.cap, step + steps_that_fit(left, costs, spe, every)), step, spe))
         self._every.assign(every)
         spaced = f", evaluating every {every} epochs" if every > 1 else ""
         capped = " (capped by trainer.epochs/max_steps)" if total == self.cap else ""
