@@ -359,12 +359,13 @@ def _table_lines(table, extension: str | None) -> list[str]:
 
 
 def render(name: str, folder: Path, found: Scan, command: str, chosen_model: str, budget: str,
-           learning_rate: float | None = None, extension: str | None = None) -> str:
+           learning_rate: float | None = None, extension: str | None = None,
+           max_epochs: int = recipe.MIN_CEILING) -> str:
     height, width, channels, resize = input_spec(found)
     convert = any(MODE_CHANNELS.get(mode, 0) != channels for mode in found.modes)
     mean, std = stats(found.readable, height, width, channels)
     chosen = recipe.propose(chosen_model, recipe.looks(found.readable, channels), budget, learning_rate,
-                            multi_label=found.multi_label)
+                            multi_label=found.multi_label, max_epochs=max_epochs)
     classes = sorted(found.counts)
     what = "labels" if found.multi_label else "classes"
     lines = [
@@ -516,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     sized = sizing(found, args.budget)
     print(f"model: {sized.why}")
     budget = sized.budget
-    target.write_text(render(args.name, folder, found, command, sized.model, budget, extension=extension))
+    target.write_text(render(args.name, folder, found, command, sized.model, budget, extension=extension,
+                             max_epochs=sized.ceiling()))
     print(f"wrote {target}")
     print(recipe.summary(target.read_text()))
     check = "none" if args.no_check else args.check
@@ -525,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     images=found.images if found.multi_label else None)
         if learning_rate is not None:  # the lower rate learned: the experiment keeps it
             target.write_text(render(args.name, folder, found, command, sized.model, budget, learning_rate,
-                                     extension=extension))
+                                     extension=extension, max_epochs=sized.ceiling()))
         if code:
             return code
     print(f"train it with:\n  {command}   # trainer.time_budget={budget}: the most training that fits it")

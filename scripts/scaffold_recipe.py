@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = 200
 CHECK_BUDGET = "60s"
 CHECK_EXAMPLES = 2000
+MIN_CEILING = 300  # trainer.epochs written, at least (a ceiling: the time budget decides)
 
 
 def looks(paths: list[Path], channels: int) -> str:
@@ -57,6 +58,7 @@ class Recipe:
     budget: str
     learning_rate: float
     multi_label: bool = False   # label sets: binary cross-entropy, no label smoothing (thresholds are tuned)
+    max_epochs: int = MIN_CEILING  # trainer.epochs: a ceiling the budget should never reach
 
     def lines(self, batch_size: int) -> list[str]:
         augment = (["augment:", "  flip: horizontal", "  rotation: 0.1     # up to 36 degrees", "  translate: 0.1",
@@ -74,7 +76,7 @@ class Recipe:
             "  min_learning_rate: 0.00001",
             "trainer:",
             f"  time_budget: {self.budget}     # the steps that fit it are planned from measured costs",
-            "  epochs: 300          # at most: the time budget decides",
+            f"  epochs: {self.max_epochs}          # at most: the time budget decides",
             f"  batch_size: {batch_size}",
             *(["  loss: binary_crossentropy   # a sigmoid per label (dataset.task: multi_label)"]
               if self.multi_label else ["  label_smoothing: 0.1"]),
@@ -85,9 +87,10 @@ class Recipe:
         ]
 
 
-def propose(model: str, kind: str, budget: str, learning_rate: float | None, multi_label: bool = False) -> Recipe:
+def propose(model: str, kind: str, budget: str, learning_rate: float | None, multi_label: bool = False,
+            max_epochs: int = MIN_CEILING) -> Recipe:
     return Recipe(model=model, kind=kind, budget=budget, learning_rate=learning_rate or 0.001,
-                  multi_label=multi_label)
+                  multi_label=multi_label, max_epochs=max_epochs)
 
 
 def candidates(images: int, height: int, width: int) -> tuple[str, ...]:
@@ -250,8 +253,16 @@ class Sizing:
     model: str
     budget: str                        # the budget to write: the one asked, or more when none fits it
     rates: dict[str, float]            # images per second, each candidate
-    epochs: dict[str, float]           # epochs each would train in the budget
+    epochs: dict[str, float]           # epochs each would train in the budget asked
     why: str
+    expected: float = 0.0              # epochs the chosen model should train in the budget written
+
+    def ceiling(self) -> int:
+        """trainer.epochs to write: a ceiling the budget never reaches (twice the expected epochs, in
+        hundreds, at least MIN_CEILING). A fixed 300 already capped a 5-minute run on the 545 shared
+        drawings (300 epochs in 288 s on an Intel Xeon with AMX, where the precision trial chose
+        bfloat16), and the scaffold writes 10 minutes for them."""
+        return max(MIN_CEILING, 100 * math.ceil(2 * self.expected / 100))
 
 
 def measure_rates(height: int, width: int, channels: int, classes: int, batch: int,
@@ -306,7 +317,7 @@ def size_model(rates: dict[str, float], train_images: int, budget: str) -> Sizin
         model = fits[-1]
         return Sizing(model, budget, rates, epochs,
                       f"{model}: the most capable model that trains {MIN_EPOCHS}+ epochs of the {train_images:,} "
-                      f"training images in {budget} ({seen})")
+                      f"training images in {budget} ({seen})", expected=epochs[model])
     fastest = max(rates, key=rates.get)
     needed = MIN_EPOCHS * train_images / rates[fastest] / TRAIN_SHARE
     minutes = min(MAX_BUDGET_MINUTES, math.ceil(needed / 60))
@@ -315,4 +326,4 @@ def size_model(rates: dict[str, float], train_images: int, budget: str) -> Sizin
                   f"{fastest}, with trainer.time_budget={raised}: no model trains {MIN_EPOCHS} epochs of the "
                   f"{train_images:,} training images in {budget} ({seen}); {fastest} needs about {needed / 60:.0f} "
                   f"minutes for them" + (f" (capped at {MAX_BUDGET_MINUTES} minutes)" if minutes == MAX_BUDGET_MINUTES
-                                         else ""))
+                                         else ""), expected=epochs[fastest] * 60 * minutes / seconds)

@@ -185,6 +185,12 @@ def test_the_model_is_the_most_capable_that_trains_enough_epochs_and_the_budget_
     assert "no model trains 10 epochs of the 21,800 training images in 10m" in big.why
     huge = recipe.size_model({"cnn_small": 10.0}, 1_000_000, "10m")
     assert huge.budget == "120m" and "capped at 120 minutes" in huge.why
+    # trainer.epochs is a ceiling the budget never reaches: twice the epochs expected, at least 300
+    assert big.expected >= 10 and small.ceiling() == big.ceiling() == 300
+    fast = recipe.size_model({"cnn_small": 578.0}, 436, "10m")  # the 545 drawings on a Xeon with AMX
+    assert fast.expected == pytest.approx(636, abs=1) and fast.ceiling() == 1300
+    assert "  epochs: 1300 " in "\n".join(recipe.propose("cnn_small", "drawing", "10m", None,
+                                                         max_epochs=fast.ceiling()).lines(16))
     assert recipe.candidates(545, 70, 70) == ("cnn_small",)  # small folders: cnn_small only
     assert recipe.candidates(27_292, 70, 70) == ("cnn_small", "cnn_residual")
 

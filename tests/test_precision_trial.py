@@ -61,6 +61,10 @@ def test_the_fastest_candidate_whose_loss_agrees_is_chosen():
 def test_a_candidate_is_rejected_with_the_reason(candidate, words):
     chosen, rejected = pt.decide({"float32": _m(1000, 1.00), "mixed_bfloat16": candidate})
     assert chosen == "float32" and words in rejected["mixed_bfloat16"]
+    faster = candidate.examples_per_sec and candidate.examples_per_sec > 1050 and "departs" in words
+    # a candidate rejected on its loss says what it would have gained, and how to take it anyway
+    assert ("1.50x float32's examples/s: hardware.precision=mixed_bfloat16 uses it anyway" in
+            rejected["mixed_bfloat16"]) == bool(faster)
 
 
 def test_a_math_mode_that_changed_nothing_cannot_win_on_another_process_speed():
