@@ -333,7 +333,8 @@ class Budget(BaseAction):
         left = self.seconds - (now - self.started) - costs.after_s
         spe = self.steps_per_epoch
         every = spacing(costs, spe, steps_that_fit(left, costs, spe) / spe)
-        total = max(step, snapped(min(self.cap, step + steps_that_fit(left, costs, spe, every)), step, spe))
+        fit = step + steps_that_fit(left, costs, spe, every)
+        total = max(step, self.cap if fit >= self.cap else snapped(fit, step, spe))  # the cap is the user's: kept
         self._every.assign(every)
         spaced = f", evaluating every {every} epochs" if every > 1 else ""
         capped = " (capped by trainer.epochs/max_steps)" if total == self.cap else ""
