@@ -55,6 +55,17 @@ class CliResult:
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _float32_policy_after_each_test():
+    """A run made in this process sets Keras' global precision policy (on a CPU with AMX `auto`
+    picks mixed_bfloat16) and a CLI process never needs it back; tests that follow expect the
+    default, float32, as they get when run alone."""
+    yield
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 @pytest.fixture(scope="session")
 def hand_drawn() -> Path:
     """../shared/data/hand_drawn_shapes: 545 real drawings by many people (CC BY 4.0; its README).
