@@ -19,16 +19,6 @@ from sklearn.datasets import load_digits  # noqa: E402
 from safetrain.models.norm import FusedBatchNorm, portable  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def float32_policy():
-    """These tests compare float32 arithmetic; a run made earlier in the same process may have left a
-    mixed policy global (on a CPU with AMX, `auto` picks mixed_bfloat16)."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    yield
-    keras.mixed_precision.set_global_policy(previous)
-
-
 @pytest.fixture(scope="module")
 def features():
     """Real activations: 64 of scikit-learn's digits through a fixed 3x3 conv (8 channels)."""

@@ -70,7 +70,7 @@ EVAL_SHARE = 1 / 3       # an evaluated example's cost in training examples, unt
 RESULTS_SECONDS = 2.5    # the result pictures (matplotlib), reports and the last records, beyond their passes
 MARGIN_SHARE = 0.01      # of the budget, kept for what no estimate sees
 EXIT_SECONDS = 1.5       # from report.json to the command's end: the interpreter's exit with TensorFlow
-# loaded (1.3-1.4 s measured on a 2-core Intel Xeon VM); the budget is the whole command's wall time.
+# loaded (1.2-1.4 s measured on a 2-core Intel Xeon VM); the budget is the whole command's wall time.
 EXPORT_SECONDS = 2.5     # writing the SavedModel and .keras files, beyond the traces it pays
 # Measured on Fashion-MNIST's recipe (3.5 MB float32 CNN, 2,000 test files, all five formats): the
 # export took 19.2 s; conversions 0.7-1.2 s (int8 with its fallback ~4 s), each proof 0.3-3.2 s.
