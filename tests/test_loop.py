@@ -8,6 +8,9 @@ handling are checked exactly, step by step.
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -102,6 +105,8 @@ class FakeCheckpoints:
         return self.start
 
     def save(self, at: Position) -> None:
+        if self.saved and self.saved[-1] == at:  # as Checkpoints does: the same position once
+            return
         self.saved.append(at)
 
 
@@ -260,6 +265,50 @@ def test_a_pending_signal_saves_at_the_exact_step_then_stops():
         loop.run()
     assert stopped.value.exit_code == 143
     assert checkpoints.saved == [Position(0, 1, 0), Position(4, 1, 4)]
+
+
+@pytest.mark.parametrize("epoch_seconds", [0.0, 100.0])
+def test_a_signal_during_the_epoch_end_evaluation_waits_for_it_and_saves_where_a_resume_starts(epoch_seconds):
+    """A real SIGTERM to this process while epoch 1's end evaluates: the evaluation finishes and
+    the run stops with a checkpoint at the next epoch's start — also where the epoch-end save was
+    not due (epoch_seconds=100) — not with only the step-0 one."""
+    guard = SignalGuard().install()
+    loop, steps, _, checkpoints, evaluation, _, _ = make_loop(epochs=3, steps_per_epoch=5, every_steps=100,
+                                                              guard=guard, epoch_seconds=epoch_seconds)
+    real_eval, evaluated = steps.eval, []
+
+    def eval_(images, labels):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, in this thread
+        evaluated.append(1)
+        return real_eval(images, labels)
+
+    steps.eval = eval_
+    try:
+        with pytest.raises(Interrupted) as stopped:
+            loop.run()
+    finally:
+        guard.restore()
+    assert stopped.value.exit_code == 143 and stopped.value.saved_step == 5
+    assert evaluated == [1] and evaluation.accuracy == 0.5
+    assert checkpoints.saved == [Position(0, 1, 0), Position(5, 2, 0)]
+
+
+def test_a_second_signal_during_the_epoch_end_stops_at_once():
+    guard = SignalGuard().install()
+    loop, steps, _, checkpoints, _, _, _ = make_loop(epochs=3, steps_per_epoch=5, every_steps=100, guard=guard)
+
+    def eval_(images, labels):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the second signal did not stop the evaluation")
+
+    steps.eval = eval_
+    try:
+        with pytest.raises(Interrupted) as stopped:
+            loop.run()
+    finally:
+        guard.restore()
+    assert stopped.value.saved_step is None and checkpoints.saved == [Position(0, 1, 0)]
 
 
 class FakeBest:

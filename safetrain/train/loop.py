@@ -112,7 +112,7 @@ class TrainLoop:
         self._called: set[str] = set()     # the step functions called once already (traced)
 
     def run(self) -> LoopResult:
-        cfg, result = self.cfg, self.result
+        result = self.result
         start = self.checkpoints.restore()
         for warning in self.checkpoints.warnings:
             self.record.event(phase=Phase.train, kind=ErrorKind.checkpoint_fallback, message=warning, step=start.step,
@@ -122,12 +122,30 @@ class TrainLoop:
         else:  # the starting point: a NaN in the first steps can still be replayed from here
             self.checkpoints.save(Position())
         result.steps, result.epochs = start.step, start.epoch - 1
-        skip = start.in_epoch
+        # Signals are held from the first step to the last epoch's end, not only while steps run:
+        # one that came after an epoch's last step raised in the middle of its evaluation (or with
+        # the weights' moving average swapped in), and the run stopped with only the previous
+        # epoch's checkpoint (seen in CI: a SIGTERM right after step 16 resumed from step 8). Held,
+        # it waits for the step or the epoch's end it came in, then a save; a second signal stops
+        # at once (SignalGuard).
+        with self.guard.deferred():
+            last = self._epochs(start)
+        self._stop_if_signalled(last)  # one that came after the last epoch end's check
+        return result
+
+    def _stop_if_signalled(self, at: Position) -> None:
+        if self.guard.pending:
+            self.checkpoints.save(at)
+            self.guard.raise_if_pending(saved_step=at.step)
+
+    def _epochs(self, start: Position) -> Position:
+        """Train epochs from `start`; returns where a resume would start after the last one."""
+        cfg, result = self.cfg, self.result
+        skip, resume_at = start.in_epoch, start
         for epoch in range(start.epoch, cfg.epochs + 1):
             if self._budget_spent() or self.stopped_early:
                 break
-            with self.guard.deferred():
-                totals, in_epoch, completed = self._train_epoch(epoch, skip)
+            totals, in_epoch, completed = self._train_epoch(epoch, skip)
             skip = 0
             completed = completed or (self.steps_per_epoch is not None and in_epoch >= self.steps_per_epoch)
             result.epochs = epoch
@@ -141,7 +159,8 @@ class TrainLoop:
             line += [text for action in self.actions if (text := action.after_epoch(end))]
             self.progress.end_epoch(" | ".join(line))
             self.record.flush()
-        return result
+            self._stop_if_signalled(resume_at)  # after the actions: the save holds what they decided
+        return resume_at
 
     def close(self, timeout: float = 5.0) -> None:
         """Wait (a little) for the last epoch's iterator to be dropped. Not at the end of `run`:
@@ -236,9 +255,7 @@ class TrainLoop:
             for action in self.actions:
                 action.after_step(end)
             result.action_seconds += self.clock() - t1
-            if self.guard.pending:  # SIGTERM/SIGINT: save exactly here, then stop
-                self.checkpoints.save(at)
-                self.guard.raise_if_pending(saved_step=at.step)
+            self._stop_if_signalled(at)  # SIGTERM/SIGINT: save exactly here, then stop
             if finite and ran < asked:  # the data ran out inside the call
                 return totals, in_epoch, True
         return totals, in_epoch, False

@@ -1,8 +1,9 @@
 """SIGINT/SIGTERM handling that lets the loop stop at a step boundary with a checkpoint.
 
-Outside training steps a signal raises `Interrupted` at once. Inside `deferred()` (the train
-loop) it is only recorded; the loop finishes the step it is in, saves a checkpoint whose step
-count matches the weights exactly, then raises. A second signal while one is pending raises at
+Outside training a signal raises `Interrupted` at once. Inside `deferred()` (an epoch's steps
+and its end: evaluation, best weights, save) it is only recorded; the loop finishes the step (or
+the epoch's end) it is in, saves a checkpoint whose step count matches the weights exactly, then
+raises. A second signal while one is pending raises at
 once, so a stuck step can still be stopped.
 """
 
