@@ -20,6 +20,10 @@ from importlib import metadata
 from pathlib import Path
 
 CACHE_FOLDER = "safetrain_precision"
+# Which rule made a decision (precision_trial.decide); raised when the rule changes what it picks, so a
+# decision an older rule made is measured again rather than reused. 2: a lower trial loss is no
+# reason to reject (1 rejected any departure over the tolerance, lower ones too).
+DECISION_RULE = 2
 ONEDNN_MATH_ENV = "TF_SET_ONEDNN_FPMATH_MODE"
 
 
@@ -38,9 +42,11 @@ def _version(name: str) -> str:
 
 def trial_key(device: str, model: dict, per_replica_batch: int, input_spec: tuple) -> dict:
     """What a decision depends on, readable (doctor prints it): the device, the TensorFlow and
-    Keras versions, the model's layers (and backbone), the per-replica batch, the input spec."""
+    Keras versions, the model's layers (and backbone), the per-replica batch, the input spec, and
+    the rule that decides (DECISION_RULE)."""
     return {"device": device, "tensorflow": _version("tensorflow"), "keras": _version("keras"),
-            "model": model, "per_replica_batch": per_replica_batch, "input": list(input_spec)}
+            "model": model, "per_replica_batch": per_replica_batch, "input": list(input_spec),
+            "rule": DECISION_RULE}
 
 
 def _digest(key: dict) -> str:
