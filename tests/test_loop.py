@@ -316,6 +316,7 @@ class FakeBest:
 
     def __init__(self) -> None:
         self.value, self.epoch, self.step, self.bad_epochs = 0.0, 0, 0, 0  # value: meaningless while epoch is 0
+        self.loss = 0.0
         self.captured: list[int] = []
 
     def capture(self) -> None:
@@ -400,6 +401,28 @@ def test_the_best_of_a_lower_is_better_metric_without_early_stopping():
         evaluation.after_epoch(end)
         choose.after_epoch(end)
     assert (best.epoch, best.value) == (2, pytest.approx(0.2)) and not choose.wants_stop
+
+
+def test_a_tie_on_the_metric_goes_to_the_lower_eval_loss_without_resetting_patience():
+    """A 55-image eval split's accuracy ties often; the later, better-trained epoch at the same
+    accuracy has the lower eval loss and becomes the best, while patience still counts it."""
+    from safetrain.train.actions import EpochEnd, SelectBest
+    from safetrain.train.metrics import Totals
+
+    class Scripted:
+        fresh, results = True, {}
+
+    evaluation, best = Scripted(), FakeBest()
+    choose = SelectBest(evaluation, best, "accuracy", higher_is_better=True, patience=3)
+    said = []
+    for epoch, (accuracy, loss) in enumerate([(0.9, 0.6), (0.8, 0.55), (0.9, 0.5), (0.9, 0.52)], start=1):
+        evaluation.results = {"accuracy": accuracy, "loss": loss}
+        said.append(choose.after_epoch(EpochEnd(epoch=epoch, step=10 * epoch, totals=Totals(),
+                                                next_position=Position(10 * epoch, epoch + 1))))
+    assert (best.epoch, best.step, best.value, best.loss) == (3, 30, 0.9, 0.5)
+    assert best.captured == [1, 3] and best.bad_epochs == 3 and choose.wants_stop
+    assert said[2] == "best eval accuracy 0.9000 at epoch 3 (tied, lower eval loss), 2/3 epochs without improvement"
+    assert said[3].startswith("best eval accuracy 0.9000 at epoch 3, 3/3")
 
 
 def test_plateau_drops_the_rate_after_patience_epochs_and_never_below_the_floor():

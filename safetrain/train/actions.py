@@ -254,7 +254,13 @@ class SelectBest(BaseAction):
     `state.capture()` keeps the current weights when they are the best (trainer.keep_best). With
     `patience`, the loop is asked to stop after that many evaluated epochs without an improvement
     of more than `min_delta` (trainer.early_stopping). Epoch ends that did not evaluate (a time
-    budget spacing evaluations out: `evaluation.fresh` is False) are not judged."""
+    budget spacing evaluations out: `evaluation.fresh` is False) are not judged.
+
+    A tie on the metric goes to the lower eval loss: a small eval split's accuracy moves in steps
+    of 1/n and ties often, and the earliest epoch at a value is the least trained one. On 545
+    drawings (a 55-drawing eval split, 396 epochs in 5 minutes) the first rule kept epoch 68 (eval
+    loss 0.60) over epochs 377-382 at the same 94.5% (eval loss 0.50), and tested 85.2%. Such an
+    epoch becomes the best (its weights kept) without counting as an improvement for patience."""
 
     def __init__(self, evaluation: Evaluate, state, metric: str, higher_is_better: bool, min_delta: float = 0.0,
                  patience: int | None = None) -> None:
@@ -276,12 +282,20 @@ class SelectBest(BaseAction):
         if not self.evaluation.fresh:
             return None
         value, gain = _gain(self.evaluation, self.metric, self.state.value, self.higher_is_better)
+        loss = self.evaluation.results.get("loss")
         if self.state.epoch == 0 or gain > self.min_delta:
             self.state.value, self.state.epoch, self.state.step, self.state.bad_epochs = value, end.epoch, end.step, 0
+            self.state.loss = 0.0 if loss is None else loss
             self.state.capture()
             return f"best eval {self.metric} so far"
         self.state.bad_epochs += 1
+        tied = gain == 0 and self.metric != "loss" and loss is not None and loss < self.state.loss
+        if tied:
+            self.state.epoch, self.state.step, self.state.loss = end.epoch, end.step, loss
+            self.state.capture()
         text = f"best eval {self.metric} {self.state.value:.4f} at epoch {self.state.epoch}"
+        if tied:
+            text += " (tied, lower eval loss)"
         if self.patience is not None:
             text += f", {self.state.bad_epochs}/{self.patience} epochs without improvement"
             if self.wants_stop:

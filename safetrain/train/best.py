@@ -1,7 +1,7 @@
 """The best eval epoch's record and weights, kept in tf.Variables so checkpoints carry them.
 
 `SelectBest` (safetrain.train.actions) decides in plain Python; this is where its state lives on the
-training side: the best value, its epoch and step, the epochs since, and — with trainer.keep_best
+training side: the best value, its epoch, step and eval loss, the epochs since, and — with trainer.keep_best
 — a copy of every model variable taken at the best epoch. All of them are checkpointed with the
 run (safetrain.train.checkpoints), so a resumed run keeps choosing exactly as an uninterrupted one, and
 restores the same weights for the test split and the export. The copy costs one model's worth of
@@ -22,18 +22,20 @@ class BestState:
         self._epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
         self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_step")
         self._bad = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_without_improvement")
+        self._loss = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="best_eval_loss")  # breaks ties
         self.copies = [tf.Variable(tf.identity(v.value), trainable=False, name="best_" + v.name)
                        for v in model.variables] if keep_weights else []
 
     def trackables(self) -> dict:
         """What the checkpoint holds of it."""
         return {"best_value": self._value, "best_epoch": self._epoch, "best_step": self._step,
-                "best_bad_epochs": self._bad, "best_weights": self.copies}
+                "best_bad_epochs": self._bad, "best_eval_loss": self._loss, "best_weights": self.copies}
 
     value = property(lambda self: float(self._value.numpy()), lambda self, v: self._value.assign(v))
     epoch = property(lambda self: int(self._epoch.numpy()), lambda self, v: self._epoch.assign(v))
     step = property(lambda self: int(self._step.numpy()), lambda self, v: self._step.assign(v))
     bad_epochs = property(lambda self: int(self._bad.numpy()), lambda self, v: self._bad.assign(v))
+    loss = property(lambda self: float(self._loss.numpy()), lambda self, v: self._loss.assign(v))
 
     def capture(self) -> None:
         for copy, variable in zip(self.copies, self.model.variables):
