@@ -267,6 +267,16 @@ def test_a_pending_signal_saves_at_the_exact_step_then_stops():
     assert checkpoints.saved == [Position(0, 1, 0), Position(4, 1, 4)]
 
 
+def _run_signalled(loop, guard: SignalGuard) -> Interrupted:
+    """Run the loop with `guard`'s real handlers installed; the Interrupted it must end with."""
+    try:
+        with pytest.raises(Interrupted) as stopped:
+            loop.run()
+    finally:
+        guard.restore()
+    return stopped.value
+
+
 @pytest.mark.parametrize("epoch_seconds", [0.0, 100.0])
 def test_a_signal_during_the_epoch_end_evaluation_waits_for_it_and_saves_where_a_resume_starts(epoch_seconds):
     """A real SIGTERM to this process while epoch 1's end evaluates: the evaluation finishes and
@@ -283,12 +293,8 @@ def test_a_signal_during_the_epoch_end_evaluation_waits_for_it_and_saves_where_a
         return real_eval(images, labels)
 
     steps.eval = eval_
-    try:
-        with pytest.raises(Interrupted) as stopped:
-            loop.run()
-    finally:
-        guard.restore()
-    assert stopped.value.exit_code == 143 and stopped.value.saved_step == 5
+    stopped = _run_signalled(loop, guard)
+    assert stopped.exit_code == 143 and stopped.saved_step == 5
     assert evaluated == [1] and evaluation.accuracy == 0.5
     assert checkpoints.saved == [Position(0, 1, 0), Position(5, 2, 0)]
 
@@ -303,12 +309,7 @@ def test_a_second_signal_during_the_epoch_end_stops_at_once():
         raise AssertionError("the second signal did not stop the evaluation")
 
     steps.eval = eval_
-    try:
-        with pytest.raises(Interrupted) as stopped:
-            loop.run()
-    finally:
-        guard.restore()
-    assert stopped.value.saved_step is None and checkpoints.saved == [Position(0, 1, 0)]
+    assert _run_signalled(loop, guard).saved_step is None and checkpoints.saved == [Position(0, 1, 0)]
 
 
 class FakeBest:

@@ -289,7 +289,7 @@ class SelectBest(BaseAction):
             self.state.capture()
             return f"best eval {self.metric} so far"
         self.state.bad_epochs += 1
-        tied = gain == 0 and self.metric != "loss" and loss is not None and loss < self.state.loss
+        tied = gain == 0 and loss is not None and loss < self.state.loss  # (metric=loss: never, loss == best)
         if tied:
             self.state.epoch, self.state.step, self.state.loss = end.epoch, end.step, loss
             self.state.capture()
