@@ -152,14 +152,15 @@ def export(model, data: Datasets, cfg: DatasetConfig, directory: Path, ask: Expo
     # bfloat16 keeps ~3 significant digits: batch composition alone moves probabilities by ~1e-3.
     tolerance = 1e-2 if model.dtype_policy.compute_dtype != "float32" else 1e-4
     info["self_check_tolerance"] = tolerance
-    info["self_check_max_abs_diff"] = _self_check(serving, model, data, directory / names.SAMPLES, tolerance,
+    logits = runtimes.graph_logits(model)
+    info["self_check_max_abs_diff"] = _self_check(serving, logits, data, directory / names.SAMPLES, tolerance,
                                                   temperature)
     converted = [f for f in ("tflite", "tflite_int8", "onnx") if f in ask.formats]
     if converted:
         info.update(convert_all(float32_model() if float32_model else model, data, directory, converted,
                                 temperature, layer_of))
     if ask.prove:
-        prove_all(model, data, directory, ask, info, tolerance, temperature, float32_model, layer_of)
+        prove_all(model, logits, data, directory, ask, info, tolerance, temperature, float32_model, layer_of)
     return info
 
 
@@ -222,14 +223,15 @@ def _representative(data: Datasets) -> list:
     return images[:conversions.INT8_SAMPLES]
 
 
-def prove_all(model, data: Datasets, directory: Path, ask: ExportAsk, info: dict, tolerance: float,
+def prove_all(model, logits, data: Datasets, directory: Path, ask: ExportAsk, info: dict, tolerance: float,
               temperature: float, float32_model, layer_of) -> None:
-    """export.parity: each written format on the test files; an int8 model under its gate falls
-    back to dynamic range (proven again); a float format beyond the tolerance goes in info["failed"]."""
+    """export.parity: each written format on the test files against `logits` (runtimes.graph_logits); an int8
+    model under its gate falls back to dynamic range (proven again); a float format beyond the
+    tolerance goes in info["failed"]."""
     multi = data.source.multi_label
 
     def reference(images):
-        return probabilities_of(model(images, training=False), multi, temperature).numpy()
+        return probabilities_of(logits(images), multi, temperature).numpy()
 
     upright = upright_bytes if info["exif_orientation"] == "apply" else (lambda b: b)
     files = parity.collect(data, reference, ask.from_files, upright, info.get("thresholds") and
@@ -310,26 +312,26 @@ def arrays_digest(arrays) -> str:
     return digest.hexdigest()
 
 
-def _self_check(serving: Serving, model, data: Datasets, samples: Path, tolerance: float,
+def _self_check(serving: Serving, logits, data: Datasets, samples: Path, tolerance: float,
                 temperature: float) -> float | None:
     if data.raw_test is None:
         return None
-    files, expected, encoded = [], [], []
+    inputs, encoded, files = [], [], []
     for image, _, _ in data.raw_test().take(SAMPLES):
         if image.dtype != tf.uint8:
             return None  # float sources have no lossless PNG form; nothing to compare
         encoded.append(tf.io.encode_png(image).numpy())
-        logits = model(data.model_input(image)[None], training=False)
-        expected.append(probabilities_of(logits, data.source.multi_label, temperature)[0].numpy())
+        inputs.append(data.model_input(image))
     if not encoded:
         return None
+    expected = probabilities_of(logits(tf.stack(inputs)), data.source.multi_label, temperature).numpy()
     samples.mkdir(parents=True, exist_ok=True)
     for i, png in enumerate(encoded):
         path = samples / f"test_{i}.png"
         path.write_bytes(png)
         files.append(path.name)
     served = serving.classify(tf.constant(encoded))["probabilities"].numpy()
-    diff = float(np.max(np.abs(served - np.stack(expected))))
+    diff = float(np.max(np.abs(served - expected)))
     (samples / "expected.json").write_text(json.dumps(
         {"files": files, "probabilities": [p.tolist() for p in expected]}, indent=1) + "\n")
     if diff > tolerance:
