@@ -12,7 +12,8 @@ report.json (`wall_seconds`, `budget`, `metrics`) and its TensorBoard learning-r
 
 - every run: seconds it took vs the budget (report.json `wall_seconds`, and the whole process), the
   first plan against the steps run, re-plans, the largest rise of the logged learning rate after
-  its peak (goal 0: one warmup, one decay), test accuracy.
+  its peak (goal 0: one warmup, one decay), the precision `auto` chose, each export format's
+  largest probability difference from the trained model (report.json export.parity), test accuracy.
 - default: the default experiment with `trainer.time_budget` of each `--minutes`.
 - shapes: `scripts/new_experiment.py` writes the experiment and runs its learning check, then the
   experiment trains with `trainer.time_budget=1m` and `=5m`: test accuracy (goal at 5 minutes:
@@ -70,6 +71,9 @@ def run(args: list[str], run_dir: Path) -> dict:
             "test_accuracy": report["metrics"]["test_accuracy"],
             "best_eval": (report.get("best") or {}).get("value"),
             "phases": report["throughput"].get("wall_seconds"),
+            "precision": report["hardware"]["precision_policy"],
+            "export_parity": [{k: row[k] for k in ("format", "agreement", "max_abs_diff", "passed")}
+                              for row in (report.get("export") or {}).get("parity", [])],
             "after_training_estimate": budget.get("after_training_seconds")}
 
 
@@ -255,8 +259,8 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
     print(f"\nCPU: {cpu_model()}")
     print("| bench | run | budget s | run s (used) | first plan / steps run | re-plans | epochs | stopped by | "
-          "LR first -> last | LR rise after peak | test accuracy |")
-    print("|---|---|---:|---:|---:|---:|---:|---|---|---:|---:|")
+          "LR first -> last | LR rise after peak | precision | export max abs dp | test accuracy |")
+    print("|---|---|---:|---:|---:|---:|---:|---|---|---:|---|---|---:|")
     for r in rows:
         lr = f"{r['first_lr']:.1e} -> {r['last_lr']:.1e}" if r.get("first_lr") else ""
         seconds = r.get("run_seconds", r["process_seconds"])
@@ -264,9 +268,11 @@ def main() -> None:
         plan = (f"{r['first_plan']:,} / {r['steps']:,} ({r['first_plan_error']:+.0%})" if r.get("first_plan")
                 else "")
         rise = f"{r['lr_rise_after_peak']:.1e}" if r.get("lr_rise_after_peak") is not None else ""
+        parity = ", ".join(f"{p['format']} {p['max_abs_diff']:.2g}{'' if p['passed'] else ' FAILED'}"
+                           for p in r.get("export_parity") or []) or "off"
         print(f"| {r['bench']} | {r['args']} | {r.get('budget_seconds') or ''} | {seconds}{used} | {plan} | "
               f"{r.get('replans', '')} | {r['epochs']} | {r.get('stopped_by') or ''} | {lr} | {rise} | "
-              f"{r['test_accuracy']:.4f} |")
+              f"{r.get('precision', '')} | {parity} | {r['test_accuracy']:.4f} |")
     out = ROOT / "bench_budget.json"
     old = json.loads(out.read_text()) if out.exists() else {}
     old.update({what: [r for r in rows if r["bench"] == what] for what in args.what}, cpu=cpu_model())

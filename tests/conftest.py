@@ -21,6 +21,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,11 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "2")
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "2")
+# A run that names no dataset.data_dir keeps its caches (precision trials, image-folder scans) beside
+# TFDS's data dir: the suite's, subprocesses included, go to a folder of its own (removed at exit),
+# never into the user's ~/tensorflow_datasets.
+_DATA_DIR = tempfile.TemporaryDirectory(prefix="safetrain-tests-data-")
+os.environ["TFDS_DATA_DIR"] = _DATA_DIR.name
 
 ROOT = Path(__file__).resolve().parent.parent
 
