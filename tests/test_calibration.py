@@ -103,6 +103,13 @@ def test_a_float_format_beyond_its_tolerance_fails_naming_the_files_that_differ_
     assert "onnx, tflite (max |diff|" in error.message and "f17.png" in error.message
 
 
+def test_a_bfloat16_models_gate_widens_as_the_temperature_sharpens_its_logits():
+    assert parity.tolerance("float32", 0.3) == parity.tolerance("float32", 4.0) == 1e-4
+    assert parity.tolerance("bfloat16", 1.0) == parity.tolerance("bfloat16", 2.5) == 1e-2  # T > 1 only softens
+    assert parity.tolerance("bfloat16", 0.475) == round(1e-2 / 0.475, 6)  # the same gate on the logits' scale
+    assert parity.tolerance("float16", 0.25) == 0.04
+
+
 def test_int8_is_gated_on_agreement_and_the_worst_class_recall_drop():
     labels = np.repeat(np.arange(4), 50)
     reference = np.eye(4)[labels] * 0.7 + 0.075

@@ -149,8 +149,7 @@ def export(model, data: Datasets, cfg: DatasetConfig, directory: Path, ask: Expo
     if "keras" in ask.formats:
         info.update(_keras_file(model, directory / names.KERAS_FILE))
     (directory / names.SIGNATURE).write_text(json.dumps(info, indent=2) + "\n")
-    # bfloat16 keeps ~3 significant digits: batch composition alone moves probabilities by ~1e-3.
-    tolerance = 1e-2 if model.dtype_policy.compute_dtype != "float32" else 1e-4
+    tolerance = parity.tolerance(model.dtype_policy.compute_dtype, temperature)
     info["self_check_tolerance"] = tolerance
     logits = runtimes.graph_logits(model)
     info["self_check_max_abs_diff"] = _self_check(serving, logits, data, directory / names.SAMPLES, tolerance,
