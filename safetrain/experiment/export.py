@@ -37,6 +37,7 @@ from safetrain.experiment.calibration import Calibration
 from safetrain.pipelines.serving import prepare_encoded, serving_resize, upright_bytes
 from safetrain.config.schema import DatasetConfig
 from safetrain.record import names
+from safetrain.train.steps import graph_logits
 
 log = logging.getLogger("safetrain")
 
@@ -151,7 +152,7 @@ def export(model, data: Datasets, cfg: DatasetConfig, directory: Path, ask: Expo
     (directory / names.SIGNATURE).write_text(json.dumps(info, indent=2) + "\n")
     tolerance = parity.tolerance(model.dtype_policy.compute_dtype, temperature)
     info["self_check_tolerance"] = tolerance
-    logits = runtimes.graph_logits(model)
+    logits = graph_logits(model)
     info["self_check_max_abs_diff"] = _self_check(serving, logits, data, directory / names.SAMPLES, tolerance,
                                                   temperature)
     converted = [f for f in ("tflite", "tflite_int8", "onnx") if f in ask.formats]
@@ -224,7 +225,7 @@ def _representative(data: Datasets) -> list:
 
 def prove_all(model, logits, data: Datasets, directory: Path, ask: ExportAsk, info: dict, tolerance: float,
               temperature: float, float32_model, layer_of) -> None:
-    """export.parity: each written format on the test files against `logits` (runtimes.graph_logits); an int8
+    """export.parity: each written format on the test files against `logits` (graph_logits); an int8
     model under its gate falls back to dynamic range (proven again); a float format beyond the
     tolerance goes in info["failed"]."""
     multi = data.source.multi_label

@@ -1,7 +1,7 @@
 """Every exported format proven on the test split's files through its own serving path.
 
 The reference is the trained model (the weights tested, any precision) computed as a graph
-(safetrain.experiment.runtimes.graph_logits) on the training pipeline's input for each test example,
+(safetrain.train.steps.graph_logits) on the training pipeline's input for each test example,
 with the calibration's temperature. Each format gets the *files*
 (image folders and tables: the files on disk, turned upright as the scan does; sources without
 files: their test images as lossless PNGs) through safetrain.experiment.runtimes, the code

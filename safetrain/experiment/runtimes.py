@@ -7,7 +7,7 @@ user runs:
 - `saved_model`: the SavedModel's `classify` signature: decode, adapters, normalization, the
   model and the temperature, all inside the graph.
 - `keras`: model.keras loaded by Keras (safe mode), run as a graph (as Keras' `predict` runs it:
-  under mixed_bfloat16 an eager call rounds differently, `graph_logits`)
+  under mixed_bfloat16 an eager call rounds differently: safetrain.train.steps.graph_logits)
   on the SavedModel's `prepare_images` output; the temperature from signature.json.
 - `tflite`, `tflite_int8`: the file run by LiteRT's interpreter (`ai-edge-litert`, TensorFlow's
   successor to `tf.lite.Interpreter`), one image at a time as on a phone; an int8 model's input is
@@ -46,18 +46,6 @@ def load_saved_model(export_dir: Path):
     return tf.saved_model.load(str(export_dir))
 
 
-def graph_logits(model):
-    """The model's float32 logits computed as a graph: the way the loop evaluated and calibrated it
-    (safetrain.train.steps) and the way every format serves it (the SavedModel's graph, Keras'
-    `predict`) — the reference the export is proven against. Not the eager call: in a graph Grappler
-    fuses a convolution or matmul with its bias and activation into one oneDNN kernel, which under
-    mixed_bfloat16 rounds to bfloat16 once where eager rounds after each op (on a Zen 5 EPYC: 0.03
-    apart in logits, 0.018 in probability after a 0.45 temperature, for the same weights)."""
-    import tensorflow as tf
-
-    return tf.function(lambda x: tf.cast(model(x, training=False), tf.float32), reduce_retracing=True)
-
-
 def runner(export_dir: Path, fmt: str, served=None) -> Runner:
     """The serving path of `fmt` in `export_dir` (`served`: the loaded SavedModel, when at hand)."""
     import tensorflow as tf
@@ -75,6 +63,8 @@ def runner(export_dir: Path, fmt: str, served=None) -> Runner:
         return lambda encoded: served.classify(tf.constant(encoded))["probabilities"].numpy()
     if fmt == "keras":
         import keras
+
+        from safetrain.train.steps import graph_logits
 
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
         logits = graph_logits(model)
