@@ -10,8 +10,9 @@ files: their test images as lossless PNGs) through safetrain.experiment.runtimes
 recall and the worst drop against the reference, single-image latency, size.
 
 Gates: a float format (SavedModel, .keras, TFLite, ONNX) must match within the export's tolerance
-(`tolerance`: 1e-4 in float32; 1e-2 over the temperature when the model computes in bfloat16); int8 must agree on >= 99% of the files and lose at most 2 points of
-recall in any class, else its fallback (dynamic range) is tried under the same gate.
+(`tolerance`: 1e-4 in float32; 1e-2 over the temperature when the model computes in bfloat16);
+int8 must agree on >= 99% of the files and lose at most 2 points of recall in any class, else its
+fallback (dynamic range) is tried under the same gate.
 """
 
 from __future__ import annotations
